@@ -1,0 +1,89 @@
+"""create_app() with its lifespan, and the `loraboard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from app.db import make_engine
+from app.routes import api, pages
+from app.settings import PROJECT_DIR, Settings, get_settings
+from app.supervisor import Supervisor, worker_env
+from app.templating import register_filters
+
+
+async def _watch(supervisor: Supervisor, interval_s: float) -> None:
+    while True:
+        await asyncio.to_thread(supervisor.tick)
+        await asyncio.sleep(interval_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_path)
+        app.state.engine = engine
+        app.state.supervisor = Supervisor(settings, engine)
+        watcher = asyncio.create_task(_watch(app.state.supervisor, settings.supervisor_interval_s))
+        yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        app.state.supervisor.shutdown()
+        engine.dispose()
+
+    app = FastAPI(title="loraboard", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    templates = Jinja2Templates(directory=settings.templates_dir)
+    register_filters(templates)
+    app.state.templates = templates
+    app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    return app
+
+
+def ensure_defaults(settings: Settings) -> None:
+    """Create the embedded model and sample data (in a worker process) if either is missing."""
+    if (settings.default_model_dir / "config.json").exists() and (
+        settings.default_dataset_dir / "train.jsonl"
+    ).exists():
+        return
+    print("loraboard: creating the embedded default model and sample data (first start only)…", flush=True)
+    result = subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR,
+                            env=worker_env(settings), check=False)
+    if result.returncode != 0:
+        raise SystemExit("loraboard: creating the default model failed (see the lines above)")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="loraboard", description="Local dashboard for MLX LoRA runs.")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve the dashboard (the default command)")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1, or LORABOARD_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000, or LORABOARD_PORT)")
+    sub.add_parser("defaults", help="create the embedded default model and sample data, then exit")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.command == "defaults":
+        ensure_defaults(settings)
+        return
+    overrides = {k: v for k, v in {"host": getattr(args, "host", None),
+                                   "port": getattr(args, "port", None)}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+    ensure_defaults(settings)
+    import uvicorn
+
+    print(f"loraboard: serving on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")

@@ -1,0 +1,107 @@
+"""Database tables. Shared by the app (reads, run creation, stop requests) and workers (reports)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index
+from sqlmodel import Field, SQLModel
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    completed = "completed"
+    stopped = "stopped"
+    early_stopped = "early_stopped"
+    failed = "failed"
+    interrupted = "interrupted"
+
+
+TERMINAL: frozenset[RunStatus] = frozenset(
+    {RunStatus.completed, RunStatus.stopped, RunStatus.early_stopped, RunStatus.failed, RunStatus.interrupted}
+)
+_STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Run(SQLModel, table=True):
+    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="run_status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+    status: str = Field(default=RunStatus.queued.value, index=True)
+    config_json: str = "{}"
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    stop_reason: str | None = None
+    error: str | None = None  # one readable line
+    traceback: str | None = None
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
+    stop_requested: bool = False
+    iteration: int = 0  # last iteration reported
+    total_iters: int = 0
+    backend: str | None = None  # e.g. "CPU + OpenBLAS (2 threads)"
+    trainable_params: int | None = None
+    total_params: int | None = None
+    log_path: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_json)
+
+    @property
+    def is_terminal(self) -> bool:
+        return RunStatus(self.status) in TERMINAL
+
+
+class TrainReport(SQLModel, table=True):
+    __table_args__ = (Index("ix_train_run_iter", "run_id", "iteration"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
+    iteration: int
+    train_loss: float
+    learning_rate: float
+    iterations_per_second: float
+    tokens_per_second: float
+    trained_tokens: int
+    peak_memory: float
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class ValReport(SQLModel, table=True):
+    __table_args__ = (Index("ix_val_run_iter", "run_id", "iteration"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
+    iteration: int
+    val_loss: float
+    val_time: float = 0.0
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Checkpoint(SQLModel, table=True):
+    __table_args__ = (Index("ix_ckpt_run_iter", "run_id", "iteration", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
+    iteration: int  # the weights after this many optimizer steps
+    filename: str
+    size_bytes: int
+    sha256: str
+    val_loss: float | None = None  # measured on exactly these weights, when it was
+    train_loss: float | None = None
+    trained_tokens: int | None = None
+    is_deployment: bool = False
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,117 @@
+"""The JSON API of API.md, under /api."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from pydantic import ValidationError
+from sqlmodel import select
+
+from app.deps import SessionDep, SettingsDep, SupervisorDep
+from app.models import Checkpoint, Run
+from app.policy import best_checkpoint
+from app.runconfig import RunConfig, dataset_problem
+from app.runs import (
+    adapter_zip,
+    checkpoint_json,
+    checkpoints_of,
+    create_run,
+    list_runs,
+    metrics_json,
+    run_json,
+)
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+
+def get_run_or_404(session: SessionDep, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
+    return run
+
+
+def validate_config(payload: dict[str, Any], settings: SettingsDep) -> RunConfig:
+    """RunConfig from a JSON body, resolved; a 422 naming every bad field otherwise."""
+    try:
+        config = RunConfig.model_validate(payload).resolved(settings)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["body", *exc_loc], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False)
+            for exc_loc in [list(err["loc"])]
+        ]
+        raise HTTPException(422, detail=errors) from None
+    problem = dataset_problem(Path(config.data))
+    if problem:
+        raise HTTPException(
+            422,
+            detail=[{"loc": ["body", "data"], "msg": problem, "type": "value_error"}],
+        )
+    return config
+
+
+@router.post("/runs", status_code=status.HTTP_201_CREATED)
+def post_run(
+    session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+    payload: dict[str, Any] = Body(default_factory=dict),
+) -> dict[str, Any]:
+    config = validate_config(payload, settings)
+    run = create_run(session, config)
+    supervisor.tick()
+    session.refresh(run)
+    return run_json(session, run)
+
+
+@router.get("/runs")
+def get_runs(session: SessionDep) -> list[dict[str, Any]]:
+    return [run_json(session, run) for run in list_runs(session)]
+
+
+@router.get("/runs/{run_id}")
+def get_run(session: SessionDep, run_id: int) -> dict[str, Any]:
+    return run_json(session, get_run_or_404(session, run_id))
+
+
+@router.get("/runs/{run_id}/metrics")
+def get_metrics(
+    session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after")
+) -> dict[str, list[dict[str, Any]]]:
+    get_run_or_404(session, run_id)
+    return metrics_json(session, run_id, after)
+
+
+@router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)
+def stop_run(session: SessionDep, supervisor: SupervisorDep, run_id: int) -> dict[str, Any]:
+    run = get_run_or_404(session, run_id)
+    supervisor.request_stop(session, run)
+    session.refresh(run)
+    return run_json(session, run)
+
+
+@router.get("/runs/{run_id}/checkpoints")
+def get_checkpoints(session: SessionDep, run_id: int) -> list[dict[str, Any]]:
+    get_run_or_404(session, run_id)
+    checkpoints = checkpoints_of(session, run_id)
+    best = best_checkpoint(checkpoints)
+    return [checkpoint_json(c, best) for c in checkpoints]
+
+
+@router.get("/runs/{run_id}/checkpoints/{iteration}/download")
+def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: int, iteration: int) -> Response:
+    run = get_run_or_404(session, run_id)
+    ckpt = session.exec(
+        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.iteration == iteration)
+    ).first()
+    if ckpt is None:
+        detail = f"run {run_id} has no checkpoint at iteration {iteration}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=detail)
+    try:
+        payload = adapter_zip(settings, run, ckpt)
+    except FileNotFoundError as exc:
+        raise HTTPException(status.HTTP_410_GONE, detail=f"checkpoint file is missing: {exc.filename}") from None
+    filename = f"run-{run_id}-iter-{iteration:07d}-adapter.zip"
+    return Response(payload, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -1,0 +1,155 @@
+"""Reading and creating runs: what the API and the pages share."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
+from app.policy import best_checkpoint, eta_seconds, format_duration
+from app.runconfig import RunConfig
+from app.settings import Settings
+
+
+def run_dir(settings: Settings, run_id: int) -> Path:
+    return settings.adapters_dir / f"run-{run_id:04d}"
+
+
+def default_name(config: RunConfig) -> str:
+    model = Path(config.model).name or config.model
+    return f"{model} · {utcnow():%Y-%m-%d %H:%M}"
+
+
+def create_run(session: Session, config: RunConfig) -> Run:
+    """Insert a queued run for an already resolved and validated config."""
+    run = Run(
+        name=config.name or default_name(config),
+        status=RunStatus.queued.value,
+        config_json=config.model_dump_json(),
+        total_iters=config.iters,
+    )
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def list_runs(session: Session) -> list[Run]:
+    return list(session.exec(select(Run).order_by(col(Run.id).desc())).all())
+
+
+def checkpoints_of(session: Session, run_id: int) -> list[Checkpoint]:
+    query = select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(col(Checkpoint.iteration))
+    return list(session.exec(query).all())
+
+
+def latest_train(session: Session, run_id: int) -> TrainReport | None:
+    query = select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration).desc())
+    return session.exec(query).first()
+
+
+def first_train(session: Session, run_id: int) -> TrainReport | None:
+    query = select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
+    return session.exec(query).first()
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None
+
+
+def checkpoint_json(ckpt: Checkpoint, best: Checkpoint | None) -> dict[str, Any]:
+    return {
+        "iteration": ckpt.iteration,
+        "val_loss": ckpt.val_loss,
+        "train_loss": ckpt.train_loss,
+        "trained_tokens": ckpt.trained_tokens,
+        "size_bytes": ckpt.size_bytes,
+        "sha256": ckpt.sha256,
+        "is_best": best is not None and best.id == ckpt.id,
+        "is_deployment": ckpt.is_deployment,
+        "created_at": _iso(ckpt.created_at),
+    }
+
+
+def run_json(session: Session, run: Run) -> dict[str, Any]:
+    assert run.id is not None
+    best = best_checkpoint(checkpoints_of(session, run.id))
+    return {
+        "id": run.id,
+        "name": run.name,
+        "status": run.status,
+        "config": run.config,
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "stop_reason": run.stop_reason,
+        "error": run.error,
+        "best_checkpoint": checkpoint_json(best, best) if best else None,
+        "iteration": run.iteration,
+        "total_iters": run.total_iters,
+        "backend": run.backend,
+        "trainable_params": run.trainable_params,
+        "total_params": run.total_params,
+    }
+
+
+def metrics_json(session: Session, run_id: int, after: int | None) -> dict[str, list[dict[str, Any]]]:
+    train_q = select(TrainReport).where(TrainReport.run_id == run_id)
+    val_q = select(ValReport).where(ValReport.run_id == run_id)
+    if after is not None:
+        train_q = train_q.where(TrainReport.iteration > after)
+        val_q = val_q.where(ValReport.iteration > after)
+    train = session.exec(train_q.order_by(col(TrainReport.iteration))).all()
+    val = session.exec(val_q.order_by(col(ValReport.iteration))).all()
+    return {
+        "train": [
+            {
+                "iteration": p.iteration,
+                "train_loss": p.train_loss,
+                "learning_rate": p.learning_rate,
+                "iterations_per_second": p.iterations_per_second,
+                "tokens_per_second": p.tokens_per_second,
+                "trained_tokens": p.trained_tokens,
+                "peak_memory": p.peak_memory,
+            }
+            for p in train
+        ],
+        "val": [{"iteration": p.iteration, "val_loss": p.val_loss} for p in val],
+    }
+
+
+def progress_view(run: Run) -> dict[str, Any]:
+    """Iteration progress, elapsed and ETA for the status partial."""
+    total = max(run.total_iters, 1)
+    end = run.finished_at or utcnow()
+    elapsed = (end - run.started_at).total_seconds() if run.started_at else 0.0
+    eta = None if run.is_terminal else eta_seconds(run.iteration, total, elapsed)
+    return {
+        "percent": min(100.0, 100.0 * run.iteration / total),
+        "elapsed": format_duration(elapsed if run.started_at else None),
+        "eta": format_duration(eta),
+    }
+
+
+def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
+    """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready."""
+    assert run.id is not None
+    folder = run_dir(settings, run.id)
+    weights = folder / ckpt.filename
+    config = folder / "adapter_config.json"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.write(weights, "adapters.safetensors")
+        archive.write(config, "adapter_config.json")
+        archive.writestr(
+            "loraboard.json",
+            json.dumps({"run_id": run.id, "run_name": run.name, "iteration": ckpt.iteration,
+                        "val_loss": ckpt.val_loss, "sha256": ckpt.sha256}, indent=2),
+        )
+    return buffer.getvalue()

@@ -1,0 +1,58 @@
+"""Every path, host, port and limit of loraboard, in one place (env prefix LORABOARD_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORABOARD_")
+
+    host: str = Field("127.0.0.1", description="Interface the dashboard binds to (loopback by default).")
+    port: int = Field(8000, description="Port the dashboard listens on.")
+    data_dir: Path = Field(PROJECT_DIR / "data", description="Datasets, the default model, the database.")
+    adapters_dir: Path = Field(PROJECT_DIR / "adapters", description="One folder of checkpoints per run.")
+    db_path: Path | None = Field(None, description="SQLite database file (default: <data_dir>/loraboard.db).")
+    cache_dir: Path | None = Field(None, description="Compiled helpers (default: <data_dir>/.cache).")
+    heartbeat_timeout_s: float = Field(
+        30.0, description="A worker silent this long whose process is gone is marked interrupted."
+    )
+    supervisor_interval_s: float = Field(2.0, description="How often the supervisor checks workers.")
+    max_concurrent_runs: int = Field(1, ge=1, description="Runs that train at once; the rest wait queued.")
+    openblas: bool = Field(True, description="Route MLX's CPU matrix products to OpenBLAS on Linux.")
+    hf_offline: bool = Field(False, description="Never reach a model hub (sets HF_HUB_OFFLINE=1 in workers).")
+
+    @property
+    def database_path(self) -> Path:
+        return self.db_path or self.data_dir / "loraboard.db"
+
+    @property
+    def compiled_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / ".cache"
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-mistral"
+
+    @property
+    def default_dataset_dir(self) -> Path:
+        return self.data_dir / "contact-center"
+
+    @property
+    def templates_dir(self) -> Path:
+        return PROJECT_DIR / "templates"
+
+    @property
+    def static_dir(self) -> Path:
+        return PROJECT_DIR / "static"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

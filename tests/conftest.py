@@ -1,0 +1,155 @@
+"""Shared fixtures: the embedded default built once, and real uvicorn servers on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT_DIR / "tests" / "artifacts"
+TERMINAL = {"completed", "stopped", "early_stopped", "failed", "interrupted"}
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "LORABOARD_HF_OFFLINE": "true", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The embedded tiny model and sample data (built on first use, then cached in data/)."""
+    subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=base_env(), check=True)
+    model = PROJECT_DIR / "data" / "models" / "tiny-mistral"
+    assert (model / "config.json").exists()
+    return model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `loraboard serve` process on a loopback port, with its own database and adapters."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return base_env(
+            LORABOARD_DB_PATH=str(self.root / "loraboard.db"),
+            LORABOARD_ADAPTERS_DIR=str(self.root / "adapters"),
+            LORABOARD_SUPERVISOR_INTERVAL_S="0.5",
+            LORABOARD_HEARTBEAT_TIMEOUT_S="15",
+        )
+
+    def start(self) -> Server:
+        log = (self.root / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
+            cwd=PROJECT_DIR, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.get("/api/runs")
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                if self.process.poll() is not None:
+                    raise RuntimeError((self.root / "server.log").read_text()) from None
+                time.sleep(0.2)
+        raise RuntimeError("server did not start in 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            for run in self.get("/api/runs"):  # never leave a worker training after a test
+                if run["status"] not in TERMINAL:
+                    self.post(f"/api/runs/{run['id']}/stop")
+            self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                status = resp.status
+                ctype = resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            raw, status, ctype = err.read(), err.code, err.headers.get("Content-Type", "")
+        parsed = json.loads(raw) if "json" in ctype else None
+        return status, parsed, raw
+
+    def get(self, path: str) -> Any:
+        status, parsed, _ = self.request("GET", path)
+        assert status == 200, (path, status, parsed)
+        return parsed
+
+    def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        status, parsed, _ = self.request("POST", path, body if body is not None else {})
+        return status, parsed
+
+    def wait_for(self, run_id: int, predicate: Any, timeout: float = 240, what: str = "") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = self.get(f"/api/runs/{run_id}")
+            if predicate(run):
+                return run
+            time.sleep(0.3)
+        raise AssertionError(f"run {run_id} never became {what or predicate}: {run}")
+
+    def wait_terminal(self, run_id: int, timeout: float = 240) -> dict[str, Any]:
+        return self.wait_for(run_id, lambda r: r["status"] in TERMINAL, timeout, "terminal")
+
+
+@pytest.fixture
+def server(tmp_path: Path, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("srv")).start()
+    yield srv
+    srv.stop()
+
+
+# Settings for quick real runs of the tiny model.
+QUICK_RUN: dict[str, Any] = {
+    "iters": 40,
+    "batch_size": 4,
+    "learning_rate": 1e-3,
+    "num_layers": 4,
+    "steps_per_report": 5,
+    "steps_per_eval": 20,
+    "save_every": 20,
+    "val_batches": 5,
+    "max_seq_length": 512,
+}

@@ -1,0 +1,141 @@
+"""Real server, real worker processes, real MLX training of the tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
+
+
+def unzip_adapter(server: Server, run_id: int, iteration: int, dest: Path) -> Path:
+    status, _, raw = server.request("GET", f"/api/runs/{run_id}/checkpoints/{iteration}/download")
+    assert status == 200
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        assert {"adapters.safetensors", "adapter_config.json"} <= set(archive.namelist())
+        archive.extractall(dest)
+    return dest
+
+
+def generate_with_adapter(model: Path, adapter_dir: Path) -> str:
+    """mlx_lm's own CLI loads the unzipped folder as is and writes text."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(model), "--adapter-path", str(adapter_dir),
+         "--prompt", "Analyze this contact-center conversation:", "--max-tokens", "24"],
+        cwd=PROJECT_DIR, env=base_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_full_run_reports_checkpoints_and_download(
+    shared_server: Server, default_model: Path, tmp_path: Path
+) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "quick"})
+    assert status == 201, run
+    assert run["config"]["model"] == str(default_model)  # resolved: absolute default model path
+    run = shared_server.wait_terminal(run["id"])
+    assert run["status"] == "completed", run
+    assert run["backend"]
+
+    metrics = shared_server.get(f"/api/runs/{run['id']}/metrics")
+    train_iters = [p["iteration"] for p in metrics["train"]]
+    assert train_iters == list(range(5, 41, 5))  # a row for every report
+    assert [p["iteration"] for p in metrics["val"]] == [0, 20, 40]
+    assert metrics["train"][-1]["train_loss"] < metrics["train"][0]["train_loss"]
+    assert metrics["val"][-1]["val_loss"] < metrics["val"][0]["val_loss"]
+    later = shared_server.get(f"/api/runs/{run['id']}/metrics?after=30")
+    assert [p["iteration"] for p in later["train"]] == [35, 40]
+    assert [p["iteration"] for p in later["val"]] == [40]
+
+    checkpoints = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
+    assert [c["iteration"] for c in checkpoints] == [20, 40]
+    run_dir = Path(shared_server.root) / "adapters" / f"run-{run['id']:04d}"
+    val_by_iter = {p["iteration"]: p["val_loss"] for p in metrics["val"]}
+    for ckpt in checkpoints:
+        path = run_dir / f"{ckpt['iteration']:07d}_adapters.safetensors"
+        assert path.stat().st_size == ckpt["size_bytes"] > 0
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt["sha256"]
+        assert ckpt["val_loss"] == val_by_iter[ckpt["iteration"]]
+    assert sum(c["is_best"] for c in checkpoints) == 1
+
+    adapter = unzip_adapter(shared_server, run["id"], 40, tmp_path / "adapter")
+    assert generate_with_adapter(default_model, adapter).strip()
+
+
+def test_stop_saves_a_loadable_adapter(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000})
+    assert status == 201
+    shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 10, what="past iteration 10")
+    status, _ = shared_server.post(f"/api/runs/{run['id']}/stop")
+    assert status == 202
+    run = shared_server.wait_terminal(run["id"], timeout=60)
+    assert run["status"] == "stopped", run
+    assert run["stop_reason"] and "stopped" in run["stop_reason"]
+    checkpoints = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
+    assert len(checkpoints) == 1 and checkpoints[0]["iteration"] >= 10
+    adapter = unzip_adapter(shared_server, run["id"], checkpoints[0]["iteration"], tmp_path / "a")
+    assert generate_with_adapter(default_model, adapter).strip()
+
+
+def test_missing_model_fails_readably_and_server_stays_up(shared_server: Server) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "model": "/nonexistent/model-folder"})
+    assert status == 201
+    run = shared_server.wait_terminal(run["id"], timeout=60)
+    assert run["status"] == "failed"
+    assert "/nonexistent/model-folder" in run["error"] and "does not exist" in run["error"]
+    _, _, page = shared_server.request("GET", f"/runs/{run['id']}")
+    assert b"does not exist" in page
+    assert shared_server.get("/api/runs")  # still serving
+
+
+def test_bad_config_is_422_naming_each_field_and_creates_nothing(shared_server: Server) -> None:
+    before = len(shared_server.get("/api/runs"))
+    status, body = shared_server.post(
+        "/api/runs", {"iters": 0, "batch_size": "four", "learning_rate": -1, "no_such_key": 1}
+    )
+    assert status == 422
+    fields = {tuple(e["loc"][1:]) for e in body["detail"]}
+    assert {("iters",), ("batch_size",), ("learning_rate",), ("no_such_key",)} <= fields
+    status, body = shared_server.post("/api/runs", {"data": "/nonexistent/data"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "data"]
+    assert len(shared_server.get("/api/runs")) == before
+
+
+def test_runs_survive_a_server_restart(server: Server) -> None:
+    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_every": 10})
+    assert status == 201
+    run = server.wait_terminal(run["id"])
+    metrics = server.get(f"/api/runs/{run['id']}/metrics")
+    checkpoints = server.get(f"/api/runs/{run['id']}/checkpoints")
+    server.stop()
+    server.start()
+    assert server.get(f"/api/runs/{run['id']}") == run
+    assert server.get(f"/api/runs/{run['id']}/metrics") == metrics
+    assert server.get(f"/api/runs/{run['id']}/checkpoints") == checkpoints
+
+
+def test_worker_killed_is_marked_interrupted(server: Server) -> None:
+    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 100_000})
+    assert status == 201
+    server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
+    pid = _worker_pid(server, run)
+    os.kill(pid, signal.SIGKILL)
+    run = server.wait_terminal(run["id"], timeout=30)
+    assert run["status"] == "interrupted"
+    assert "without reporting" in run["error"]
+
+
+def _worker_pid(server: Server, run: dict[str, Any]) -> int:
+    import sqlite3
+
+    with sqlite3.connect(server.root / "loraboard.db") as conn:
+        (pid,) = conn.execute("SELECT pid FROM run WHERE id = ?", (run["id"],)).fetchone()
+    return int(pid)

@@ -1,0 +1,113 @@
+"""`python -m worker train --run-id N` and `python -m worker defaults`.
+
+OpenBLAS routing happens here, before anything imports mlx.core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from sqlmodel import Session
+
+from app.db import make_engine
+from app.models import Run, RunStatus, utcnow
+from app.runconfig import RunConfig, looks_like_path
+from app.settings import Settings
+from worker.blas import BlasRouting, route_blas
+
+
+def describe_backend(routing: BlasRouting) -> str:
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        return "Metal (GPU)"
+    if mx.cuda.is_available():
+        return "CUDA (GPU)"
+    if routing.active:
+        return f"CPU + {routing.library}, {routing.threads} threads"
+    return "CPU, reference BLAS (1 thread)"
+
+
+def check_model_reachable(model: str) -> None:
+    """A readable error for a model that cannot be loaded, before mlx-lm's own."""
+    if looks_like_path(model):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def run_train(settings: Settings, run_id: int) -> int:
+    routing = route_blas(settings.compiled_cache_dir, settings.openblas)
+    engine = make_engine(settings.database_path)
+    with Session(engine) as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            print(f"worker: no run {run_id} in {settings.database_path}", file=sys.stderr)
+            return 2
+        config = RunConfig.model_validate_json(run.config_json)
+
+    from worker.reporting import ReportWriter
+
+    writer = ReportWriter(engine, run_id).start()
+    from worker.train import install_stop_signal
+
+    install_stop_signal(writer.stop_event)
+    try:
+        writer.set_status(RunStatus.starting, backend=describe_backend(routing))
+        check_model_reachable(config.model)
+        from worker.train import train_run
+
+        steps, stopped = train_run(config, settings.adapters_dir / f"run-{run_id:04d}", writer)
+        status = RunStatus.stopped if stopped else RunStatus.completed
+        reason = f"stopped on request at iteration {steps:,}" if stopped else None
+        writer.set_status(status, finished_at=utcnow(), stop_reason=reason, iteration=steps)
+        code = 0
+    except BaseException as exc:  # every failure is recorded, readable, with its traceback
+        writer.set_status(
+            RunStatus.failed, finished_at=utcnow(), error=first_line(exc), traceback=traceback.format_exc()
+        )
+        code = 1
+    finally:
+        writer.close()
+    return code
+
+
+def run_defaults(settings: Settings) -> int:
+    route_blas(settings.compiled_cache_dir, settings.openblas)
+    from worker.defaults import ensure_defaults
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    model_dir, data_dir = ensure_defaults(settings.data_dir, progress)
+    print(f"default model: {model_dir}\nsample dataset: {data_dir}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    sub = parser.add_subparsers(dest="job", required=True)
+    train = sub.add_parser("train", help="train one run")
+    train.add_argument("--run-id", type=int, required=True)
+    sub.add_parser("defaults", help="create the embedded default model and sample data if absent")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.job == "train":
+        return run_train(settings, args.run_id)
+    return run_defaults(settings)
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "worker"
+    sys.exit(main())

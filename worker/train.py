@@ -1,0 +1,271 @@
+"""A training job: load the run's model and data, train with mlx_lm.tuner.train, report, stop cleanly.
+
+The training schedule around mlx-lm's loop lives in `StepHooks`, which wraps the
+batch iterator: when the loop asks for batch k+1, step k is finished, so the
+hooks validate, save and check for a stop request on exactly the weights after
+k steps. A checkpoint named k therefore holds the weights whose validation loss
+is recorded at iteration k. Ending the iterator ends mlx-lm's loop normally,
+which then writes the final adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, SimpleNamespace
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten
+from mlx_lm.tuner import trainer
+from mlx_lm.tuner.datasets import CacheDataset, load_dataset
+from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+from mlx_lm.utils import load
+
+from app.runconfig import RunConfig
+from worker.reporting import ReportWriter
+
+HEARTBEAT_EVERY_S = 2.0
+
+
+class SilentUI:
+    """Stands in for mlx-lm's console UI: loraboard reports through the database."""
+
+    def __init__(self, total_iters: int, rank: int = 0) -> None:
+        self.total_iters = total_iters
+
+    def __enter__(self) -> SilentUI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self) -> None:
+        return None
+
+    def report_train(self, *args: object) -> None:
+        return None
+
+    def report_val(self, *args: object) -> None:
+        return None
+
+    def report_save(self, *args: object) -> None:
+        return None
+
+
+
+class DatabaseCallback(trainer.TrainingCallback):
+    """Writes every train report to the database (through the writer's queue)."""
+
+    def __init__(self, writer: ReportWriter) -> None:
+        self.writer = writer
+
+    def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
+        self.writer.train_report(train_info)
+
+    def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
+        # loraboard validates in StepHooks instead (aligned with checkpoints).
+        return None
+
+
+def save_adapter(model: nn.Module, path: Path) -> None:
+    """Write the trainable weights atomically (temp file, then rename)."""
+    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
+    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
+    os.replace(tmp, path)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"{iteration:07d}_adapters.safetensors"
+
+
+class StepHooks:
+    """Validation, checkpoints, heartbeats and stop requests between mlx-lm's steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RunConfig,
+        run_dir: Path,
+        writer: ReportWriter,
+        val_set: CacheDataset | None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.run_dir = run_dir
+        self.writer = writer
+        self.val_set = val_set
+        self.steps_done = 0
+        self.validated: set[int] = set()
+        self.saved: set[int] = set()
+        self.ended_by_stop = False
+        self._last_beat = time.monotonic()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.writer.stop_event.is_set()
+
+    def validate(self, iteration: int) -> None:
+        if self.val_set is None or iteration in self.validated:
+            return
+        tic = time.perf_counter()
+        val_loss = trainer.evaluate(
+            model=self.model,
+            dataset=self.val_set,
+            batch_size=self.config.batch_size,
+            num_batches=self.config.val_batches,
+            max_seq_length=self.config.max_seq_length,
+        )
+        self.model.train()
+        self.validated.add(iteration)
+        self.writer.val_report(iteration, float(val_loss), time.perf_counter() - tic)
+
+    def save_checkpoint(self, iteration: int) -> None:
+        if iteration in self.saved or iteration == 0:
+            return
+        path = self.run_dir / checkpoint_name(iteration)
+        save_adapter(self.model, path)
+        self.saved.add(iteration)
+        self.writer.checkpoint(iteration, path)
+
+    def between_steps(self, steps_done: int) -> None:
+        self.steps_done = steps_done
+        if steps_done % self.config.steps_per_eval == 0:
+            self.validate(steps_done)
+        if steps_done > 0 and steps_done % self.config.save_every == 0:
+            self.save_checkpoint(steps_done)
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_EVERY_S:
+            self._last_beat = now
+            self.writer.heartbeat()
+
+    def iterate_batches(self, **kwargs: Any) -> Iterator[Any]:
+        """mlx-lm's batch iterator, with the hooks run before each step."""
+        steps_done = 0
+        for batch in trainer.iterate_batches(**kwargs):
+            if kwargs.get("loop"):
+                self.between_steps(steps_done)
+                if self.stop_requested:
+                    self.ended_by_stop = True
+                    return
+                steps_done += 1
+            yield batch
+
+
+def load_model(config: RunConfig) -> tuple[nn.Module, Any]:
+    model, tokenizer = load(config.model)
+    if mx.default_device() == mx.cpu:  # bf16/f16 skip BLAS on CPU: train in float32
+        model.set_dtype(mx.float32, lambda dtype: mx.issubdtype(dtype, mx.floating))
+    return model, tokenizer
+
+
+def load_data(config: RunConfig, tokenizer: Any) -> tuple[CacheDataset, CacheDataset | None]:
+    args = SimpleNamespace(data=config.data, train=True, test=False, mask_prompt=config.mask_prompt)
+    train_set, valid_set, _ = load_dataset(args, tokenizer)
+    valid = CacheDataset(valid_set) if len(valid_set) else None
+    return CacheDataset(train_set), valid
+
+
+def attach_adapters(model: nn.Module, config: RunConfig) -> int:
+    """Freeze the base and add LoRA/DoRA layers (or unfreeze layers for full); returns layers used."""
+    layer_count = len(model.layers)  # type: ignore[attr-defined]
+    num_layers = layer_count if config.num_layers == -1 else min(config.num_layers, layer_count)
+    model.freeze()
+    if config.fine_tune_type == "full":
+        for layer in model.layers[-num_layers:]:  # type: ignore[attr-defined]
+            layer.unfreeze()
+    else:
+        params = config.lora_parameters.model_dump(exclude_none=True)
+        linear_to_lora_layers(model, num_layers, params, use_dora=config.fine_tune_type == "dora")
+    return num_layers
+
+
+def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
+    """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
+    data = config.model_dump(exclude={"name", "early_stopping"})
+    data["num_layers"] = num_layers
+    tmp = run_dir / ".adapter_config.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, run_dir / "adapter_config.json")
+
+
+def make_optimizer(config: RunConfig) -> optim.Optimizer:
+    learning_rate: Any = config.learning_rate
+    if config.lr_schedule is not None:
+        schedule = config.lr_schedule.model_dump()
+        schedule["arguments"] = [config.learning_rate, *schedule["arguments"]]
+        learning_rate = build_schedule(schedule)
+    classes: dict[str, type[optim.Optimizer]] = {
+        "adam": optim.Adam,
+        "adamw": optim.AdamW,
+        "sgd": optim.SGD,
+        "adafactor": optim.Adafactor,
+        "muon": optim.Muon,
+    }
+    return classes[config.optimizer](learning_rate=learning_rate)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    return trainable, total
+
+
+def install_stop_signal(event: threading.Event) -> None:
+    def _handler(signum: int, frame: FrameType | None) -> None:
+        event.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+
+
+def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> tuple[int, bool]:
+    """Train; returns (steps done, whether a stop request ended it)."""
+    mx.random.seed(config.seed)
+    import numpy as np
+
+    np.random.seed(config.seed)
+    model, tokenizer = load_model(config)
+    train_set, val_set = load_data(config, tokenizer)
+    num_layers = attach_adapters(model, config)
+    trainable, total = count_parameters(model)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_adapter_config(run_dir, config, num_layers)
+    writer.mark_running(trainable, total)
+
+    hooks = StepHooks(model, config, run_dir, writer, val_set)
+    args = trainer.TrainingArgs(
+        batch_size=config.batch_size,
+        iters=config.iters,
+        val_batches=config.val_batches,
+        steps_per_report=config.steps_per_report,
+        steps_per_eval=config.iters + 1,  # validation runs in StepHooks
+        steps_per_save=config.iters + 1,  # checkpoints too
+        max_seq_length=config.max_seq_length,
+        adapter_file=str(run_dir / "adapters.safetensors"),
+        grad_checkpoint=config.grad_checkpoint,
+        grad_accumulation_steps=config.grad_accumulation_steps,
+    )
+    trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
+    trainer.train(
+        model=model,
+        optimizer=make_optimizer(config),
+        train_dataset=train_set,
+        val_dataset=None,
+        args=args,
+        iterate_batches=hooks.iterate_batches,
+        training_callback=DatabaseCallback(writer),
+    )
+    stopped = hooks.ended_by_stop
+    steps = hooks.steps_done if stopped else config.iters
+    if not stopped:
+        hooks.validate(steps)
+    hooks.save_checkpoint(steps)
+    return steps, stopped
