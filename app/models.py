@@ -30,7 +30,7 @@ _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 class Run(SQLModel, table=True):

@@ -60,7 +60,7 @@ def first_train(session: Session, run_id: int) -> TrainReport | None:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() + "Z" if value else None
+    return value.isoformat() if value else None
 
 
 def checkpoint_json(ckpt: Checkpoint, best: Checkpoint | None) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "LORABOARD_DB_PATH": str(settings.database_path),
             "LORABOARD_CACHE_DIR": str(settings.compiled_cache_dir),
             "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
+            "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
             "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }

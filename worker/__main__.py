@@ -28,7 +28,8 @@ def describe_backend(routing: BlasRouting) -> str:
     if mx.cuda.is_available():
         return "CUDA (GPU)"
     if routing.active:
-        return f"CPU + {routing.library}, {routing.threads} threads"
+        plural = "thread" if routing.threads == 1 else "threads"
+        return f"CPU + {routing.library}, {routing.threads} {plural}"
     return "CPU, reference BLAS (1 thread)"
 
 
@@ -48,7 +49,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def run_train(settings: Settings, run_id: int) -> int:
-    routing = route_blas(settings.compiled_cache_dir, settings.openblas)
+    routing = route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
     engine = make_engine(settings.database_path)
     with Session(engine) as session:
         run = session.get(Run, run_id)
@@ -84,7 +85,7 @@ def run_train(settings: Settings, run_id: int) -> int:
 
 
 def run_defaults(settings: Settings) -> int:
-    route_blas(settings.compiled_cache_dir, settings.openblas)
+    route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
     from worker.defaults import ensure_defaults
 
     def progress(line: str) -> None:

@@ -92,11 +92,17 @@ def routing_wanted(setting: bool = True) -> bool:
     return setting
 
 
-def route_blas(cache_dir: Path, enabled: bool = True) -> BlasRouting:
+def route_blas(cache_dir: Path, enabled: bool = True, threads: int = 1) -> BlasRouting:
     """Load the shim before mlx.core on Linux; otherwise say why not.
 
+    `threads` is OpenBLAS's thread count (0: one per core) unless OPENBLAS_NUM_THREADS
+    is already set. One is the default: MLX's own CPU ops are single-threaded, a second
+    BLAS thread gains at most about a third, and OpenBLAS threads that spin-wait make
+    training many times slower as soon as another process wants the same cores.
     Never raises: any failure falls back to stock MLX with one warning line.
     """
+    if threads > 0:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
     reference = "reference BLAS"
     if not sys.platform.startswith("linux"):
         return BlasRouting(False, "platform BLAS", _thread_count(), "not Linux")

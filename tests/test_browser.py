@@ -1,0 +1,117 @@
+"""Real headless Chromium (system package) driven by Playwright against a real server and worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ARTIFACTS, Server
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    for candidate in (os.environ.get("LORABOARD_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
+                      shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail("no Chromium found: install Debian's chromium or set LORABOARD_CHROMIUM (make test does)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def points(page: Page, kind: str) -> int:
+    return int(page.locator("#loss-chart").get_attribute(f"data-{kind}-points") or 0)
+
+
+def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, tmp_path: Path) -> None:
+    page.goto(server.url + "/")
+    expect(page.get_by_text("No runs yet")).to_be_visible()
+    shot(page, "01-runs-empty")
+
+    page.goto(server.url + "/runs/new")
+    expect(page.locator("#f-model")).to_have_value(str(Path(__file__).parent.parent / "data/models/tiny-mistral"))
+    page.fill("#f-iters", "100000")  # long enough to stop by hand
+    page.fill("#f-steps_per_report", "5")
+    page.fill("#f-save_every", "100000")
+    shot(page, "02-new-run-form")
+    page.click("#start-button")
+
+    page.wait_for_url("**/runs/*")
+    chart = page.locator("#loss-chart")
+    expect(chart).to_have_attribute("data-drawn", "true", timeout=30_000)
+    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.trainPoints) >= 2", timeout=60_000)
+    first = points(page, "train")
+    page.wait_for_function(
+        f"Number(document.querySelector('#loss-chart').dataset.trainPoints) > {first}", timeout=60_000
+    )
+    assert points(page, "train") > first  # the chart gains points without a reload
+    assert points(page, "val") >= 1
+    expect(page.locator("#run-status-badge")).to_have_text("running")
+    shot(page, "03-run-training")
+
+    page.click("#stop-button")
+    expect(page.locator("#run-status-badge")).to_have_text("stopped", timeout=60_000)
+    expect(page.locator("#checkpoint-table tbody tr")).to_have_count(1, timeout=15_000)
+    expect(chart).to_have_attribute("data-live", "false", timeout=15_000)
+    shot(page, "04-run-stopped")
+
+    with page.expect_download() as download_info:
+        page.locator("#checkpoint-table a", has_text="Download").first.click()
+    download = download_info.value
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    assert target.suffix == ".zip" and target.stat().st_size > 0
+
+    page.goto(server.url + "/")
+    expect(page.locator("#runs-table .badge-stopped")).to_have_count(1)
+    shot(page, "05-runs-list")
+
+
+def test_failed_run_shows_its_error(server: Server, page: Page) -> None:
+    page.goto(server.url + "/runs/new")
+    page.fill("#f-model", "/nonexistent/model-folder")
+    page.click("#start-button")
+    page.wait_for_url("**/runs/*")
+    expect(page.locator("#run-status-badge")).to_have_text("failed", timeout=60_000)
+    expect(page.locator("#run-error")).to_contain_text("does not exist")
+    shot(page, "06-run-failed")
+
+
+def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: Page) -> None:
+    page.goto(server.url + "/runs/new")
+    page.fill("#f-iters", "0")
+    page.fill("#f-learning_rate", "fast")
+    page.click("#start-button")
+    expect(page.locator(".error-box")).to_contain_text("iters")
+    expect(page.locator(".error-box")).to_contain_text("learning_rate")
+    shot(page, "07-form-errors")
+    assert server.get("/api/runs") == []
