@@ -55,6 +55,7 @@ class Run(SQLModel, table=True):
     trainable_params: int | None = None
     total_params: int | None = None
     log_path: str | None = None
+    deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
 
     @property
     def config(self) -> dict[str, Any]:
@@ -104,4 +105,5 @@ class Checkpoint(SQLModel, table=True):
     train_loss: float | None = None
     trained_tokens: int | None = None
     is_deployment: bool = False
+    note: str = ""
     created_at: datetime = Field(default_factory=utcnow)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 
@@ -45,3 +46,41 @@ def format_duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class EarlyStopDecision:
+    stop: bool
+    best_iteration: int | None
+    best_loss: float | None
+    evaluations_since_best: int
+
+    def reason(self, stopped_at: int) -> str:
+        evals = "evaluation" if self.evaluations_since_best == 1 else "evaluations"
+        return (
+            f"validation loss has not improved on {self.best_loss:.3f} (iteration {self.best_iteration:,}) "
+            f"for {self.evaluations_since_best} {evals}; stopped at iteration {stopped_at:,}"
+        )
+
+
+def early_stop_decision(
+    val_losses: Sequence[tuple[int, float]], *, patience: int, min_delta: float
+) -> EarlyStopDecision:
+    """Whether to stop, given (iteration, val loss) pairs in order of evaluation.
+
+    An evaluation counts as an improvement when it is at least `min_delta` below the best so
+    far; with min_delta 0 a tie counts too, so the later of two equal losses is the reference
+    (more data seen at the same loss). Stop once `patience` evaluations in a row did not improve.
+    """
+    best_iteration: int | None = None
+    best_loss: float | None = None
+    since = 0
+    for iteration, loss in val_losses:
+        if loss != loss:  # NaN never improves
+            since += 1
+            continue
+        if best_loss is None or loss <= best_loss - min_delta:
+            best_iteration, best_loss, since = iteration, loss, 0
+        else:
+            since += 1
+    return EarlyStopDecision(since >= patience and best_loss is not None, best_iteration, best_loss, since)

@@ -59,6 +59,12 @@ def first_train(session: Session, run_id: int) -> TrainReport | None:
     return session.exec(query).first()
 
 
+def first_val_loss(session: Session, run_id: int) -> float | None:
+    query = select(ValReport).where(ValReport.run_id == run_id).order_by(col(ValReport.iteration))
+    first = session.exec(query).first()
+    return first.val_loss if first else None
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -73,6 +79,7 @@ def checkpoint_json(ckpt: Checkpoint, best: Checkpoint | None) -> dict[str, Any]
         "sha256": ckpt.sha256,
         "is_best": best is not None and best.id == ckpt.id,
         "is_deployment": ckpt.is_deployment,
+        "note": ckpt.note,
         "created_at": _iso(ckpt.created_at),
     }
 

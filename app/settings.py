@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(1, ge=1, description="Runs that train at once; the rest wait queued.")
     openblas: bool = Field(True, description="Route MLX's CPU matrix products to OpenBLAS on Linux.")
     blas_threads: int = Field(
-        1, ge=0, description="OpenBLAS threads per worker (0: one per core); more than one only pays on an idle machine."
+        1, ge=0, description="OpenBLAS threads per worker (0: one per core); more than one pays only when idle."
     )
     hf_offline: bool = Field(False, description="Never reach a model hub (sets HF_HUB_OFFLINE=1 in workers).")
 

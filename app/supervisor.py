@@ -115,11 +115,15 @@ class Supervisor:
         for run in queued:
             self.spawn(session, run)
 
-    def request_stop(self, session: Session, run: Run) -> None:
-        """Ask the worker to save and end (database flag, then SIGTERM); a queued run just ends."""
+    def request_stop(self, session: Session, run: Run, keep_best: bool = False) -> None:
+        """Ask the worker to save and end (database flag, then SIGTERM); a queued run just ends.
+
+        keep_best: when the run has ended, its best checkpoint becomes the deployment one.
+        """
         if run.is_terminal:
             return
         run.stop_requested = True
+        run.deploy_best_on_end = run.deploy_best_on_end or keep_best
         if run.status == RunStatus.queued.value:
             run.status = RunStatus.stopped.value
             run.finished_at = utcnow()

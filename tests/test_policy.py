@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.policy import best_checkpoint, eta_seconds, format_duration
+from app.policy import EarlyStopDecision, best_checkpoint, early_stop_decision, eta_seconds, format_duration
 
 
 @dataclass
@@ -42,3 +42,43 @@ def test_format_duration() -> None:
     assert format_duration(42.4) == "42s"
     assert format_duration(125) == "2m 05s"
     assert format_duration(5 * 3600 + 18 * 60) == "5h 18m"
+
+
+def decide(losses: list[float], patience: int = 2, min_delta: float = 0.0, step: int = 100) -> EarlyStopDecision:
+    return early_stop_decision([(i * step, v) for i, v in enumerate(losses)], patience=patience, min_delta=min_delta)
+
+
+def test_reference_run_stops_at_1300_on_the_tie_at_1200() -> None:
+    # val loss every 100 iterations from the reference run (0 is the baseline)
+    losses = [1.017, 0.326, 0.306, 0.310, 0.295, 0.287, 0.284, 0.272, 0.270, 0.268, 0.273, 0.286, 0.268, 0.293]
+    for n in range(1, len(losses)):
+        assert not decide(losses[:n], patience=3).stop
+    decision = decide(losses, patience=2)
+    assert not decision.stop and decision.best_iteration == 1200  # the tie moved the reference
+    decision = decide([*losses, 0.301], patience=2)
+    assert decision.stop and (decision.best_iteration, decision.best_loss) == (1200, 0.268)
+    assert decision.reason(1400) == (
+        "validation loss has not improved on 0.268 (iteration 1,200) for 2 evaluations; stopped at iteration 1,400"
+    )
+
+
+def test_plateau_stops_after_patience() -> None:
+    assert not decide([1.0, 0.5, 0.6]).stop
+    assert decide([1.0, 0.5, 0.6, 0.7]).stop
+    assert decide([1.0, 0.5, 0.5000001, 0.51], patience=2).stop
+
+
+def test_noise_within_min_delta_is_not_improvement() -> None:
+    decision = decide([1.0, 0.5, 0.49, 0.495], patience=2, min_delta=0.02)
+    assert decision.stop and decision.best_iteration == 100
+    assert not decide([1.0, 0.5, 0.49, 0.47], patience=2, min_delta=0.02).stop
+
+
+def test_improvement_on_the_last_evaluation_resets_the_count() -> None:
+    decision = decide([1.0, 0.5, 0.6, 0.4], patience=2)
+    assert not decision.stop and decision.best_iteration == 300 and decision.evaluations_since_best == 0
+
+
+def test_nan_never_improves_and_empty_never_stops() -> None:
+    assert decide([1.0, float("nan"), float("nan")], patience=2).stop
+    assert not decide([], patience=1).stop

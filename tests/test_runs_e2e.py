@@ -71,7 +71,9 @@ def test_full_run_reports_checkpoints_and_download(
 
 
 def test_stop_saves_a_loadable_adapter(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000})
+    status, run = shared_server.post(
+        "/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000, "steps_per_eval": 100_000}
+    )
     assert status == 201
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 10, what="past iteration 10")
     status, _ = shared_server.post(f"/api/runs/{run['id']}/stop")
@@ -139,3 +141,80 @@ def _worker_pid(server: Server, run: dict[str, Any]) -> int:
     with sqlite3.connect(server.root / "loraboard.db") as conn:
         (pid,) = conn.execute("SELECT pid FROM run WHERE id = ?", (run["id"],)).fetchone()
     return int(pid)
+
+
+def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
+    shared_server: Server, default_model: Path, tmp_path: Path
+) -> None:
+    # 8 training examples and a high learning rate: validation loss turns up quickly
+    data = tmp_path / "tiny-data"
+    data.mkdir()
+    source = PROJECT_DIR / "data" / "contact-center"
+    (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
+    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
+    config = {**QUICK_RUN, "data": str(data), "iters": 2000, "learning_rate": 1e-2, "steps_per_eval": 10,
+              "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}
+    status, run = shared_server.post("/api/runs", config)
+    assert status == 201, run
+    run = shared_server.wait_terminal(run["id"])
+    assert run["status"] == "early_stopped", run
+    assert run["stop_reason"].startswith("validation loss has not improved on ")
+    assert run["iteration"] < 2000
+
+    val = shared_server.get(f"/api/runs/{run['id']}/metrics")["val"]
+    lowest = min(p["val_loss"] for p in val)
+    best_iteration = max(p["iteration"] for p in val if p["val_loss"] == lowest)  # ties: the later one
+    checkpoints = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
+    best = [c for c in checkpoints if c["is_best"]]
+    assert len(best) == 1 and best[0]["iteration"] == best_iteration and best[0]["val_loss"] == lowest
+    assert run["best_checkpoint"]["iteration"] == best_iteration
+    assert f"(iteration {best_iteration:,})" in run["stop_reason"]
+    assert val[-1]["iteration"] == run["iteration"]  # it stopped right after the deciding evaluation
+    adapter = unzip_adapter(shared_server, run["id"], best_iteration, tmp_path / "best")
+    assert generate_with_adapter(default_model, adapter).strip()
+
+
+def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 30, "save_every": 10, "steps_per_eval": 10})
+    assert status == 201
+    run = shared_server.wait_terminal(run["id"])
+    base = f"/api/runs/{run['id']}/checkpoints"
+    assert [c["iteration"] for c in shared_server.get(base)] == [10, 20, 30]
+
+    for iteration in (10, 20):  # one deployment per run: the later pick wins
+        status, _, _ = shared_server.request("PATCH", f"{base}/{iteration}", {"is_deployment": True})
+        assert status == 200
+    status, body, _ = shared_server.request("PATCH", f"{base}/20", {"note": "looks good on samples"})
+    assert status == 200 and body["note"] == "looks good on samples"
+    checkpoints = {c["iteration"]: c for c in shared_server.get(base)}
+    assert [i for i, c in checkpoints.items() if c["is_deployment"]] == [20]
+
+    status, body, _ = shared_server.request("DELETE", f"{base}/20?confirm=yes")
+    assert status == 409 and "deployment" in body["detail"]
+    status, body, _ = shared_server.request("DELETE", f"{base}/10")
+    assert status == 409 and "confirm=yes" in body["detail"]
+    status, _, _ = shared_server.request("DELETE", f"{base}/10?confirm=yes")
+    assert status == 204
+    assert [c["iteration"] for c in shared_server.get(base)] == [20, 30]
+    run_dir = Path(shared_server.root) / "adapters" / f"run-{run['id']:04d}"
+    assert not (run_dir / "0000010_adapters.safetensors").exists()
+    status, _, _ = shared_server.request("DELETE", f"{base}/20?confirm=deployment")
+    assert status == 204
+    status, _, _ = shared_server.request("PATCH", f"{base}/999", {"note": "x"})
+    assert status == 404
+
+
+def test_stop_and_keep_best_marks_the_best_checkpoint_as_deployment(shared_server: Server) -> None:
+    status, run = shared_server.post(
+        "/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_eval": 10, "save_every": 100_000}
+    )
+    assert status == 201
+    shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 25, what="past iteration 25")
+    status, _ = shared_server.post(f"/api/runs/{run['id']}/stop?keep_best=true")
+    assert status == 202
+    run = shared_server.wait_terminal(run["id"], timeout=60)
+    assert run["status"] == "stopped"
+    checkpoints = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
+    deployment = [c for c in checkpoints if c["is_deployment"]]
+    assert len(deployment) == 1 and deployment[0]["is_best"]
+    assert deployment[0]["iteration"] == run["best_checkpoint"]["iteration"]

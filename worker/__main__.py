@@ -69,10 +69,8 @@ def run_train(settings: Settings, run_id: int) -> int:
         check_model_reachable(config.model)
         from worker.train import train_run
 
-        steps, stopped = train_run(config, settings.adapters_dir / f"run-{run_id:04d}", writer)
-        status = RunStatus.stopped if stopped else RunStatus.completed
-        reason = f"stopped on request at iteration {steps:,}" if stopped else None
-        writer.set_status(status, finished_at=utcnow(), stop_reason=reason, iteration=steps)
+        outcome = train_run(config, settings.adapters_dir / f"run-{run_id:04d}", writer)
+        writer.set_status(outcome.status, finished_at=utcnow(), stop_reason=outcome.reason, iteration=outcome.steps)
         code = 0
     except BaseException as exc:  # every failure is recorded, readable, with its traceback
         writer.set_status(

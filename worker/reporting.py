@@ -18,7 +18,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
+from app.checkpoints import set_deployment
+from app.models import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
+from app.policy import best_checkpoint
+from app.runs import checkpoints_of
 
 Job = Callable[[Session], None]
 
@@ -171,5 +174,10 @@ class ReportWriter:
             for key, value in fields.items():
                 setattr(run, key, value)
             session.add(run)
+            if status in TERMINAL and run.deploy_best_on_end:
+                session.flush()
+                best = best_checkpoint(checkpoints_of(session, self.run_id))
+                if best is not None:
+                    set_deployment(session, self.run_id, best)
 
         self.submit(job)

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import Any
@@ -29,6 +30,8 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import load
 
+from app.models import RunStatus
+from app.policy import early_stop_decision
 from app.runconfig import RunConfig
 from worker.reporting import ReportWriter
 
@@ -106,6 +109,8 @@ class StepHooks:
         self.validated: set[int] = set()
         self.saved: set[int] = set()
         self.ended_by_stop = False
+        self.val_history: list[tuple[int, float]] = []
+        self.early_stop_reason: str | None = None
         self._last_beat = time.monotonic()
 
     @property
@@ -126,6 +131,15 @@ class StepHooks:
         self.model.train()
         self.validated.add(iteration)
         self.writer.val_report(iteration, float(val_loss), time.perf_counter() - tic)
+        best = min((loss for _, loss in self.val_history), default=None)
+        self.val_history.append((iteration, float(val_loss)))
+        if best is None or val_loss <= best:  # a new best always has a file (ties: the later one)
+            self.save_checkpoint(iteration)
+        rule = self.config.early_stopping
+        if rule is not None and self.early_stop_reason is None:
+            decision = early_stop_decision(self.val_history, patience=rule.patience, min_delta=rule.min_delta)
+            if decision.stop:
+                self.early_stop_reason = decision.reason(iteration)
 
     def save_checkpoint(self, iteration: int) -> None:
         if iteration in self.saved or iteration == 0:
@@ -152,7 +166,7 @@ class StepHooks:
         for batch in trainer.iterate_batches(**kwargs):
             if kwargs.get("loop"):
                 self.between_steps(steps_done)
-                if self.stop_requested:
+                if self.stop_requested or self.early_stop_reason:
                     self.ended_by_stop = True
                     return
                 steps_done += 1
@@ -226,8 +240,15 @@ def install_stop_signal(event: threading.Event) -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
-def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> tuple[int, bool]:
-    """Train; returns (steps done, whether a stop request ended it)."""
+@dataclass(frozen=True)
+class TrainOutcome:
+    steps: int
+    status: RunStatus
+    reason: str | None
+
+
+def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> TrainOutcome:
+    """Train until done, stopped on request, or stopped early; the final adapter is always saved."""
     mx.random.seed(config.seed)
     import numpy as np
 
@@ -263,9 +284,13 @@ def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> tuple[i
         iterate_batches=hooks.iterate_batches,
         training_callback=DatabaseCallback(writer),
     )
-    stopped = hooks.ended_by_stop
-    steps = hooks.steps_done if stopped else config.iters
-    if not stopped:
+    steps = hooks.steps_done if hooks.ended_by_stop else config.iters
+    if hooks.early_stop_reason:
+        status, reason = RunStatus.early_stopped, hooks.early_stop_reason
+    elif hooks.ended_by_stop:
+        status, reason = RunStatus.stopped, f"stopped on request at iteration {steps:,}"
+    else:
         hooks.validate(steps)
+        status, reason = RunStatus.completed, None
     hooks.save_checkpoint(steps)
-    return steps, stopped
+    return TrainOutcome(steps, status, reason)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
-from pydantic import ValidationError
-from sqlmodel import select
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
@@ -84,9 +84,12 @@ def get_metrics(
 
 
 @router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)
-def stop_run(session: SessionDep, supervisor: SupervisorDep, run_id: int) -> dict[str, Any]:
+def stop_run(
+    session: SessionDep, supervisor: SupervisorDep, run_id: int,
+    keep_best: bool = Query(False, description="when the run has ended, mark its best checkpoint as deployment"),
+) -> dict[str, Any]:
     run = get_run_or_404(session, run_id)
-    supervisor.request_stop(session, run)
+    supervisor.request_stop(session, run, keep_best=keep_best)
     session.refresh(run)
     return run_json(session, run)
 
@@ -102,12 +105,7 @@ def get_checkpoints(session: SessionDep, run_id: int) -> list[dict[str, Any]]:
 @router.get("/runs/{run_id}/checkpoints/{iteration}/download")
 def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: int, iteration: int) -> Response:
     run = get_run_or_404(session, run_id)
-    ckpt = session.exec(
-        select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.iteration == iteration)
-    ).first()
-    if ckpt is None:
-        detail = f"run {run_id} has no checkpoint at iteration {iteration}"
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=detail)
+    ckpt = checkpoint_or_404(session, run_id, iteration)
     try:
         payload = adapter_zip(settings, run, ckpt)
     except FileNotFoundError as exc:
@@ -115,3 +113,45 @@ def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: int,
     filename = f"run-{run_id}-iter-{iteration:07d}-adapter.zip"
     return Response(payload, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+class CheckpointPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    is_deployment: Literal[True] | None = Field(None, description="true: make this the run's deployment checkpoint")
+    note: str | None = Field(None, max_length=2000, description="a note shown in the checkpoint table")
+
+
+def checkpoint_or_404(session: SessionDep, run_id: int, iteration: int) -> Checkpoint:
+    ckpt = find_checkpoint(session, run_id, iteration)
+    if ckpt is None:
+        detail = f"run {run_id} has no checkpoint at iteration {iteration}"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=detail)
+    return ckpt
+
+
+@router.patch("/runs/{run_id}/checkpoints/{iteration}")
+def patch_checkpoint(session: SessionDep, run_id: int, iteration: int, patch: CheckpointPatch) -> dict[str, Any]:
+    get_run_or_404(session, run_id)
+    ckpt = checkpoint_or_404(session, run_id, iteration)
+    if patch.is_deployment:
+        set_deployment(session, run_id, ckpt)
+        session.commit()
+    if patch.note is not None:
+        set_note(session, ckpt, patch.note)
+    checkpoints = checkpoints_of(session, run_id)
+    return checkpoint_json(ckpt, best_checkpoint(checkpoints))
+
+
+@router.delete("/runs/{run_id}/checkpoints/{iteration}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_checkpoint_api(
+    session: SessionDep, settings: SettingsDep, run_id: int, iteration: int,
+    confirm: str = Query("", description="'yes'; 'deployment' to delete the deployment checkpoint"),
+) -> Response:
+    run = get_run_or_404(session, run_id)
+    ckpt = checkpoint_or_404(session, run_id, iteration)
+    try:
+        delete_checkpoint(session, settings, run, ckpt, confirm)
+    except CheckpointError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request, status
+from fastapi import APIRouter, Form, Header, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from app.checkpoints import (
+    CheckpointError,
+    delete_checkpoint,
+    find_checkpoint,
+    set_deployment,
+    set_note,
+    table_rows,
+)
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models import Run
 from app.policy import best_checkpoint
@@ -20,7 +28,7 @@ from app.runconfig import (
     form_field_specs,
     form_to_payload,
 )
-from app.runs import checkpoints_of, create_run, latest_train, list_runs, progress_view
+from app.runs import checkpoints_of, create_run, first_val_loss, latest_train, list_runs, progress_view
 
 router = APIRouter(include_in_schema=False)
 HxRequest = Annotated[str | None, Header()]
@@ -38,10 +46,18 @@ def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
     return {"run": run, "latest": latest_train(session, run.id), "progress": progress_view(run)}
 
 
-def _checkpoint_context(session: SessionDep, run: Run) -> dict[str, Any]:
+def _checkpoint_context(
+    request: Request, session: SessionDep, run: Run, error: str | None = None
+) -> dict[str, Any]:
     assert run.id is not None
     checkpoints = checkpoints_of(session, run.id)
-    return {"run": run, "checkpoints": checkpoints, "best": best_checkpoint(checkpoints)}
+    base_url = str(request.base_url).rstrip("/")
+    return {
+        "run": run,
+        "rows": table_rows(session, run, first_val_loss(session, run.id), base_url),
+        "best": best_checkpoint(checkpoints),
+        "checkpoint_error": error,
+    }
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -97,7 +113,7 @@ async def submit_run_form(
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
     run = _run_or_404(session, run_id)
-    context = {**_status_context(session, run), **_checkpoint_context(session, run)}
+    context = {**_status_context(session, run), **_checkpoint_context(request, session, run)}
     return templates.TemplateResponse(request, "run.html", context)
 
 
@@ -110,14 +126,71 @@ def run_status_partial(request: Request, session: SessionDep, templates: Templat
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
 def checkpoints_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
     run = _run_or_404(session, run_id)
-    return templates.TemplateResponse(request, "_checkpoints.html", _checkpoint_context(session, run))
+    return templates.TemplateResponse(request, "_checkpoints.html", _checkpoint_context(request, session, run))
 
 
 @router.post("/runs/{run_id}/stop", response_class=HTMLResponse)
 def stop_from_page(
-    request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: int
+    request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: int,
+    keep_best: bool = False,
 ) -> Response:
     run = _run_or_404(session, run_id)
-    supervisor.request_stop(session, run)
+    supervisor.request_stop(session, run, keep_best=keep_best)
     session.refresh(run)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
+
+
+def _checkpoint_partial(
+    request: Request, session: SessionDep, templates: TemplatesDep, run: Run, error: str | None = None
+) -> Response:
+    context = _checkpoint_context(request, session, run, error)
+    return templates.TemplateResponse(request, "_checkpoints.html", context)
+
+
+@router.post("/runs/{run_id}/checkpoints/{iteration}/deployment", response_class=HTMLResponse)
+def set_deployment_from_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int
+) -> Response:
+    run = _run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    if ckpt is None:
+        return _checkpoint_partial(request, session, templates, run, f"no checkpoint at iteration {iteration}")
+    set_deployment(session, run_id, ckpt)
+    session.commit()
+    return _checkpoint_partial(request, session, templates, run)
+
+
+@router.post("/runs/{run_id}/checkpoints/{iteration}/note", response_class=HTMLResponse)
+def set_note_from_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int,
+    note: Annotated[str, Form()] = "",
+) -> Response:
+    run = _run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    error = None
+    if ckpt is None:
+        error = f"no checkpoint at iteration {iteration}"
+    else:
+        try:
+            set_note(session, ckpt, note)
+        except CheckpointError as exc:
+            error = str(exc)
+    return _checkpoint_partial(request, session, templates, run, error)
+
+
+@router.post("/runs/{run_id}/checkpoints/{iteration}/delete", response_class=HTMLResponse)
+def delete_from_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: int,
+    iteration: int, confirm: Annotated[str, Form()] = "",
+) -> Response:
+    run = _run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    error = None
+    if ckpt is None:
+        error = f"no checkpoint at iteration {iteration}"
+    else:
+        try:
+            delete_checkpoint(session, settings, run, ckpt, confirm)
+        except CheckpointError as exc:
+            error = str(exc)
+    return _checkpoint_partial(request, session, templates, run, error)

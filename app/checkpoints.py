@@ -1,0 +1,88 @@
+"""Checkpoint actions: the deployment marker, notes, deletion, and the commands that use one."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from sqlmodel import Session, select
+
+from app.models import Checkpoint, Run
+from app.runs import checkpoints_of, run_dir
+from app.settings import Settings
+
+
+class CheckpointError(ValueError):
+    """A request about a checkpoint that cannot be honoured (the message says why)."""
+
+
+def find_checkpoint(session: Session, run_id: int, iteration: int) -> Checkpoint | None:
+    query = select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.iteration == iteration)
+    return session.exec(query).first()
+
+
+def set_deployment(session: Session, run_id: int, ckpt: Checkpoint) -> None:
+    """One deployment checkpoint per run: marking one unmarks the others (the caller commits)."""
+    for other in checkpoints_of(session, run_id):
+        if other.is_deployment and other.id != ckpt.id:
+            other.is_deployment = False
+            session.add(other)
+    ckpt.is_deployment = True
+    session.add(ckpt)
+
+
+def set_note(session: Session, ckpt: Checkpoint, note: str) -> None:
+    if len(note) > 2000:
+        raise CheckpointError("note is longer than 2,000 characters")
+    ckpt.note = note.strip()
+    session.add(ckpt)
+    session.commit()
+
+
+def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Checkpoint, confirm: str) -> None:
+    """Delete the file and the row; the deployment checkpoint needs confirm='deployment'."""
+    if ckpt.is_deployment and confirm != "deployment":
+        raise CheckpointError(
+            f"iteration {ckpt.iteration} is the deployment checkpoint; "
+            "confirm with confirm=deployment to delete it"
+        )
+    if confirm not in ("yes", "deployment"):
+        raise CheckpointError("deleting a checkpoint needs confirm=yes")
+    assert run.id is not None
+    path = run_dir(settings, run.id) / ckpt.filename
+    path.unlink(missing_ok=True)
+    session.delete(ckpt)
+    session.commit()
+
+
+def usage_commands(base_url: str, run: Run, ckpt: Checkpoint) -> dict[str, str]:
+    """The exact mlx_lm commands for one checkpoint (download, unzip, then use)."""
+    model = shlex.quote(str(run.config["model"]))
+    folder = f"run-{run.id}-iter-{ckpt.iteration}"
+    fetch = (
+        f"curl -sSfo {folder}.zip {base_url}/api/runs/{run.id}/checkpoints/{ckpt.iteration}/download"
+        f" && unzip -o {folder}.zip -d {folder}"
+    )
+    return {
+        "generate": f'{fetch} && mlx_lm.generate --model {model} --adapter-path {folder} --prompt "…"',
+        "fuse": f"{fetch} && mlx_lm.fuse --model {model} --adapter-path {folder} --save-path {folder}-fused",
+        "server": f"{fetch} && mlx_lm.server --model {model} --adapter-path {folder}",
+    }
+
+
+def improvement(first_val: float | None, val_loss: float | None) -> float | None:
+    """Relative improvement over the first validation (the reference run's "74%")."""
+    if first_val is None or val_loss is None or first_val <= 0:
+        return None
+    return 1.0 - val_loss / first_val
+
+
+def table_rows(
+    session: Session, run: Run, first_val: float | None, base_url: str
+) -> list[dict[str, Any]]:
+    assert run.id is not None
+    rows = []
+    for ckpt in checkpoints_of(session, run.id):
+        rows.append({"c": ckpt, "improvement": improvement(first_val, ckpt.val_loss),
+                     "commands": usage_commands(base_url, run, ckpt)})
+    return rows
