@@ -1,0 +1,371 @@
+"""Service numbers of a real `python -m app serve`: start latency, server memory, live-chart latency.
+
+    .venv/bin/python bench/bench_service.py [--start-runs 5] [--live-seconds 60]
+
+1. Start latency: seconds from POST /api/runs to the first train report visible through
+   GET /api/runs/{id}/metrics (polled every 20 ms); each run is stopped after its first
+   report and waited for. Median over --start-runs runs.
+2. Server memory: VmRSS of the server process (never its workers), idle after start and
+   the maximum while runs train (sampled every 50 ms), its VmHWM at the end, and whether
+   any MLX library is mapped into it (/proc/<pid>/maps).
+3. Live latency: the run page in headless Chromium (Playwright); for each train point the
+   chart draws, (when the page saw data-train-points grow, Date.now()) minus (the report's
+   recorded_at in the database, stamped by the worker as it queues the report, just before
+   its commit). Both clocks are this machine's. p50/p95 over --live-seconds of training.
+
+The server gets a temporary database, adapters folder and data folder (whose default model
+and dataset are links to --model and --data). Prints Markdown, writes bench/results/bench_service.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    CACHE_DIR,
+    DEFAULT_DATA,
+    DEFAULT_MODEL,
+    PROJECT_DIR,
+    base_env,
+    check_inputs,
+    fmt,
+    log_tail,
+    machine_info,
+    machine_line,
+    markdown_table,
+    median,
+    percentile,
+    verdict,
+    write_results,
+)
+
+TERMINAL = {"completed", "stopped", "early_stopped", "failed", "interrupted"}
+# tests/conftest.py QUICK_RUN, with iters 200.
+RUN_CONFIG: dict[str, Any] = {
+    "iters": 200, "batch_size": 4, "learning_rate": 1e-3, "num_layers": 4, "steps_per_report": 5,
+    "steps_per_eval": 20, "save_every": 20, "val_batches": 5, "max_seq_length": 512,
+}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# Records (count, Date.now()) each time the chart sets data-train-points.
+OBSERVER_JS = """
+window.__trainSeen = [];
+new MutationObserver(function (records) {
+  var now = Date.now();
+  records.forEach(function (r) {
+    var n = parseInt(r.target.getAttribute("data-train-points") || "0", 10);
+    window.__trainSeen.push([n, now]);
+  });
+}).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-train-points"] });
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call(base: str, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    data_dir = root / "data"
+    (data_dir / "models").mkdir(parents=True)
+    (data_dir / "models" / "tiny-mistral").symlink_to(args.model)  # the server's default model is --model
+    (data_dir / "contact-center").symlink_to(args.data)
+    extra = {"LORABOARD_DATA_DIR": str(data_dir), "LORABOARD_DB_PATH": str(root / "loraboard.db"),
+             "LORABOARD_ADAPTERS_DIR": str(root / "adapters"), "LORABOARD_CACHE_DIR": str(CACHE_DIR)}
+    if args.supervisor_interval is not None:
+        extra["LORABOARD_SUPERVISOR_INTERVAL_S"] = str(args.supervisor_interval)
+    port = free_port()
+    log = (root / "server.log").open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=PROJECT_DIR,
+                               env=base_env(**extra), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            call(base, "GET", "/api/runs")
+            return process, base
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None:
+                raise SystemExit(f"bench: the server exited:\n{log_tail(root / 'server.log')}") from None
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("bench: the server did not answer within 60 s")
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval_s`, keeping the maximum per phase."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.phase = "idle"
+        self.max_kb: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rss = proc_status_kb(self.pid, "VmRSS")
+            if rss is not None:
+                self.max_kb[self.phase] = max(rss, self.max_kb.get(self.phase, 0))
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def live_children(pid: int) -> list[int]:
+    """The server's child processes (its workers) that have not ended yet."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in children.read_text().split()]
+        except OSError:
+            continue
+    alive = []
+    for child in pids:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in {"Z", "X"}:
+            alive.append(child)
+    return alive
+
+
+def stop_and_wait(base: str, server_pid: int, run_id: int, timeout: float = 120) -> str:
+    """Request a stop, wait for the run's end and for its worker process to be gone."""
+    call(base, "POST", f"/api/runs/{run_id}/stop", {})
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = call(base, "GET", f"/api/runs/{run_id}")["status"]
+        if status in TERMINAL and not live_children(server_pid):
+            return status
+        time.sleep(0.1)
+    raise SystemExit(f"bench: run {run_id} did not end within {timeout:.0f} s (status {status})")
+
+
+def stop_all(base: str) -> None:
+    """Best effort: leave no worker training (workers outlive the server)."""
+    try:
+        for run in call(base, "GET", "/api/runs"):
+            if run["status"] not in TERMINAL:
+                call(base, "POST", f"/api/runs/{run['id']}/stop", {})
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        pass
+
+
+def measure_start(base: str, server_pid: int, config: dict[str, Any], timeout: float) -> float:
+    """Seconds from POST /api/runs to the first train report in /metrics; the run is then stopped."""
+    started = time.perf_counter()
+    run = call(base, "POST", "/api/runs", config)
+    run_id = run["id"]
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        if call(base, "GET", f"/api/runs/{run_id}/metrics")["train"]:
+            latency = time.perf_counter() - started
+            break
+        polls += 1
+        if polls % 25 == 0 and (run := call(base, "GET", f"/api/runs/{run_id}"))["status"] in TERMINAL:
+            raise SystemExit(f"bench: run {run_id} ended {run['status']} before its first report: {run['error']}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: no train report {timeout:.0f} s after starting run {run_id}")
+        time.sleep(0.02)
+    status = stop_and_wait(base, server_pid, run_id)
+    if status == "failed":
+        raise SystemExit(f"bench: run {run_id} failed: {call(base, 'GET', f'/api/runs/{run_id}')['error']}")
+    return latency
+
+
+def report_times(db_path: Path, run_id: int) -> list[float]:
+    """The run's train reports' recorded_at (UTC, epoch seconds), in iteration order."""
+    from sqlmodel import Session, col, select
+
+    from app.db import make_engine
+    from app.models import TrainReport
+
+    engine = make_engine(db_path)
+    try:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
+            ).all()
+            stamps = [r.recorded_at for r in rows]
+    finally:
+        engine.dispose()
+    return [(s if s.tzinfo else s.replace(tzinfo=UTC)).timestamp() for s in stamps]
+
+
+def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]:
+    """Latency of each train point drawn after the first draw (points shown at page load are skipped)."""
+    if not seen:
+        return []
+    shown = seen[0][0]
+    latencies: list[float] = []
+    for count, now_ms in seen[1:]:
+        for index in range(shown, min(count, len(recorded))):
+            latencies.append(now_ms / 1000.0 - recorded[index])
+        shown = max(shown, count)
+    return latencies
+
+
+def measure_live(base: str, server_pid: int, db_path: Path, config: dict[str, Any],
+                 args: argparse.Namespace) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.add_init_script(OBSERVER_JS)
+            run_id = call(base, "POST", "/api/runs", {**config, "iters": 1_000_000})["id"]
+            page.goto(f"{base}/runs/{run_id}")
+            page.wait_for_timeout(args.live_seconds * 1000)
+            seen: list[list[int]] = page.evaluate("window.__trainSeen")
+        finally:
+            browser.close()
+    status = stop_and_wait(base, server_pid, run_id)
+    recorded = report_times(db_path, run_id)
+    latencies = point_latencies(seen, recorded)
+    return {"run_id": run_id, "status": status, "reports": len(recorded),
+            "points_drawn": seen[-1][0] if seen else 0, "latencies_s": latencies,
+            "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
+            "max_s": max(latencies) if latencies else None}
+
+
+def mlx_mappings(pid: int) -> list[str]:
+    """Mapped files of the process that belong to MLX (libmlx.so, mlx's extension modules)."""
+    try:
+        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    except OSError:
+        return ["(cannot read /proc/<pid>/maps)"]
+    paths = {line.split(None, 5)[-1] for line in lines if len(line.split(None, 5)) == 6}
+    return sorted(p for p in paths if "libmlx" in p or "/mlx/" in p)
+
+
+def report(result: dict[str, Any], info: dict[str, Any]) -> str:
+    start, rss, live = result["start_latency"], result["server_rss_mb"], result["live"]
+    rows = [
+        ["start latency (median)", fmt(start["median_s"], 2, " s"),
+         " / ".join(fmt(x, 2) for x in start["runs_s"]), "≤ 5 s", verdict(start["median_s"], 5.0, False)],
+        ["server RSS idle", fmt(rss["idle"], 1, " MB"), "", "< 150 MB", verdict(rss["idle"], 150.0, False)],
+        ["server RSS max while training", fmt(rss["max_training"], 1, " MB"), f"VmHWM {fmt(rss['hwm'], 1)} MB",
+         "< 150 MB", verdict(rss["max_training"], 150.0, False)],
+        ["MLX mapped in the server", "no" if not result["mlx_mappings"] else "yes", "/proc/<pid>/maps",
+         "no", "meets" if not result["mlx_mappings"] else "misses"],
+        ["live latency p50", fmt(live["p50_s"], 3, " s"), f"{len(live['latencies_s'])} points", "", ""],
+        ["live latency p95", fmt(live["p95_s"], 3, " s"), f"max {fmt(live['max_s'], 3)} s", "≤ 1 s",
+         verdict(live["p95_s"], 1.0, False)],
+    ]
+    return "\n\n".join([
+        "## Service", markdown_table(["measure", "value", "detail", "target", ""], rows), machine_line(info),
+    ])
+
+
+def chromium_default() -> str:
+    for candidate in (os.environ.get("LORABOARD_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return "/usr/bin/chromium"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
+    parser.add_argument("--start-runs", type=int, default=5, help="runs timed for the start latency")
+    parser.add_argument("--live-seconds", type=float, default=60, help="training time the run page is watched")
+    parser.add_argument("--idle-seconds", type=float, default=3, help="idle time before the idle RSS is read")
+    parser.add_argument("--start-timeout", type=float, default=120, help="seconds to wait for a first report")
+    parser.add_argument("--supervisor-interval", type=float, default=None,
+                        help="LORABOARD_SUPERVISOR_INTERVAL_S for the server (default: the app's own)")
+    parser.add_argument("--chromium", default=chromium_default(), help="Chromium executable (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.model, args.data = args.model.resolve(), args.data.resolve()
+    check_inputs(args.model, args.data)
+    info = machine_info()
+    config = {**RUN_CONFIG, "model": str(args.model), "data": str(args.data)}
+    with tempfile.TemporaryDirectory(prefix="loraboard-bench-service-") as scratch:
+        root = Path(scratch)
+        process, base = start_server(root, args)
+        sampler = RssSampler(process.pid).start()
+        try:
+            time.sleep(args.idle_seconds)
+            idle_kb = proc_status_kb(process.pid, "VmRSS") or 0
+            sampler.phase = "start"
+            starts = []
+            for n in range(args.start_runs):
+                starts.append(measure_start(base, process.pid, config, args.start_timeout))
+                print(f"  start latency {n + 1}/{args.start_runs}: {starts[-1]:.2f} s", file=sys.stderr, flush=True)
+            sampler.phase = "live"
+            live = measure_live(base, process.pid, root / "loraboard.db", config, args)
+            print(f"  live: {len(live['latencies_s'])} points, p95 {fmt(live['p95_s'], 3)} s", file=sys.stderr)
+            hwm_kb = proc_status_kb(process.pid, "VmHWM") or 0
+            mapped = mlx_mappings(process.pid)
+        finally:
+            sampler.stop()
+            stop_all(base)
+            process.terminate()
+            process.wait(timeout=30)
+    training_kb = max(sampler.max_kb.get("start", 0), sampler.max_kb.get("live", 0))
+    result = {
+        "start_latency": {"median_s": median(starts), "runs_s": starts},
+        "server_rss_mb": {"idle": idle_kb / 1024, "max_idle": sampler.max_kb.get("idle", 0) / 1024,
+                          "max_training": training_kb / 1024, "hwm": hwm_kb / 1024},
+        "mlx_mappings": mapped,
+        "live": live,
+    }
+    print(report(result, info), flush=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = write_results("bench_service", {"settings": settings, "run_config": config, "machine": info, **result})
+    print(f"\nwrote {path.relative_to(PROJECT_DIR)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Shared helpers of the benchmarks: paths, the machine, child processes, statistics, output.
+
+Imports neither mlx nor the app, so a benchmark's own process stays small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+RESULTS_DIR = PROJECT_DIR / "bench" / "results"
+DEFAULT_MODEL = PROJECT_DIR / "data" / "models" / "tiny-mistral"
+DEFAULT_DATA = PROJECT_DIR / "data" / "contact-center"
+CACHE_DIR = PROJECT_DIR / "data" / ".cache"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict[str, Any]:
+    """What ran the benchmark: shown under every table and stored in the JSON."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "mlx": package_version("mlx"),
+        "mlx_lm": package_version("mlx-lm"),
+        "load_average_at_start": load_average(),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:.2f}" for x in info.get("load_average_at_start", []))
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['platform']}; Python {info['python']}, "
+        f"mlx {info['mlx']}, mlx-lm {info['mlx_lm']}; load average at start {load or 'n/a'}"
+    )
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linear between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    ok = value >= target if higher_is_better else value <= target
+    return "meets" if ok else "misses"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def check_inputs(model: Path, data: Path) -> None:
+    """Exit with a readable line when the model or the dataset folder is missing."""
+    if not (model / "config.json").is_file():
+        hint = " (create it with `python -m worker defaults`)" if model == DEFAULT_MODEL else ""
+        raise SystemExit(f"bench: {model} is not a model folder{hint}")
+    if not (data / "train.jsonl").is_file():
+        raise SystemExit(f"bench: {data} has no train.jsonl")
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment of every child: offline, unbuffered, plus `extra`."""
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "LORABOARD_HF_OFFLINE": "true", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    returncode: int
+    peak_rss_mb: float  # the child's own peak resident set (ru_maxrss of wait4)
+    wall_s: float
+    timed_out: bool
+
+
+def run_child(
+    cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float, cwd: Path = PROJECT_DIR
+) -> ChildResult:
+    """Run one process to its end; its peak RSS comes from wait4 (this child only, not the others)."""
+    started = time.perf_counter()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout_s, kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    return ChildResult(
+        returncode=process.returncode,
+        peak_rss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
+        wall_s=time.perf_counter() - started,
+        timed_out=timed_out.is_set(),
+    )
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
