@@ -55,6 +55,7 @@ class Run(SQLModel, table=True):
     trainable_params: int | None = None
     total_params: int | None = None
     log_path: str | None = None
+    early_stopping_json: str | None = None  # the live rule (JSON of EarlyStopping); re-tunable while training
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol, TypeVar
 
 
@@ -84,3 +85,31 @@ def early_stop_decision(
         else:
             since += 1
     return EarlyStopDecision(since >= patience and best_loss is not None, best_iteration, best_loss, since)
+
+
+def _train_at(train: Sequence[tuple[int, float]], iteration: int) -> float | None:
+    """The last train loss reported at or before `iteration` (train is sorted by iteration)."""
+    value = None
+    for it, loss in train:
+        if it > iteration:
+            break
+        value = loss
+    return value
+
+
+def overfitting_spans(
+    train: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]]
+) -> list[tuple[int, int]]:
+    """Stretches between evaluations where validation loss rose while train loss fell.
+
+    Adjacent stretches merge; each is (start iteration, end iteration).
+    """
+    spans: list[tuple[int, int]] = []
+    for (it0, v0), (it1, v1) in pairwise(val):
+        t0, t1 = _train_at(train, it0), _train_at(train, it1)
+        if v1 > v0 and t0 is not None and t1 is not None and t1 < t0:
+            if spans and spans[-1][1] == it0:
+                spans[-1] = (spans[-1][0], it1)
+            else:
+                spans.append((it0, it1))
+    return spans

@@ -12,8 +12,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
-from app.policy import best_checkpoint, eta_seconds, format_duration
-from app.runconfig import RunConfig
+from app.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
+from app.runconfig import EarlyStopping, RunConfig
 from app.settings import Settings
 
 
@@ -33,11 +33,19 @@ def create_run(session: Session, config: RunConfig) -> Run:
         status=RunStatus.queued.value,
         config_json=config.model_dump_json(),
         total_iters=config.iters,
+        early_stopping_json=config.early_stopping.model_dump_json() if config.early_stopping else None,
     )
     session.add(run)
     session.commit()
     session.refresh(run)
     return run
+
+
+def set_early_stopping(session: Session, run: Run, rule: EarlyStopping | None) -> None:
+    """Switch early stopping on, off or re-tune it; a training worker applies it at its next evaluation."""
+    run.early_stopping_json = rule.model_dump_json() if rule else None
+    session.add(run)
+    session.commit()
 
 
 def list_runs(session: Session) -> list[Run]:
@@ -101,6 +109,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "iteration": run.iteration,
         "total_iters": run.total_iters,
         "backend": run.backend,
+        "early_stopping": json.loads(run.early_stopping_json) if run.early_stopping_json else None,
         "trainable_params": run.trainable_params,
         "total_params": run.total_params,
     }
@@ -160,3 +169,27 @@ def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
                         "val_loss": ckpt.val_loss, "sha256": ckpt.sha256}, indent=2),
         )
     return buffer.getvalue()
+
+
+def annotations_json(session: Session, run: Run) -> dict[str, Any]:
+    """What the chart marks: checkpoints, the validation minimum, the early-stop point, overfitting."""
+    assert run.id is not None
+    checkpoints = checkpoints_of(session, run.id)
+    best = best_checkpoint(checkpoints)
+    train = [(p.iteration, p.train_loss) for p in session.exec(
+        select(TrainReport).where(TrainReport.run_id == run.id).order_by(col(TrainReport.iteration)))]
+    val = [(p.iteration, p.val_loss) for p in session.exec(
+        select(ValReport).where(ValReport.run_id == run.id).order_by(col(ValReport.iteration)))]
+    val_min = None
+    if val:
+        low = min(loss for _, loss in val)
+        val_min = {"iteration": max(it for it, loss in val if loss == low), "val_loss": low}
+    early = None
+    if run.status == RunStatus.early_stopped.value:
+        early = {"iteration": run.iteration, "reason": run.stop_reason}
+    return {
+        "checkpoints": [checkpoint_json(c, best) for c in checkpoints],
+        "val_min": val_min,
+        "early_stop": early,
+        "overfitting": [list(span) for span in overfitting_spans(train, val)],
+    }

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.policy import EarlyStopDecision, best_checkpoint, early_stop_decision, eta_seconds, format_duration
+from app.policy import (
+    EarlyStopDecision,
+    best_checkpoint,
+    early_stop_decision,
+    eta_seconds,
+    format_duration,
+    overfitting_spans,
+)
 
 
 @dataclass
@@ -82,3 +89,12 @@ def test_improvement_on_the_last_evaluation_resets_the_count() -> None:
 def test_nan_never_improves_and_empty_never_stops() -> None:
     assert decide([1.0, float("nan"), float("nan")], patience=2).stop
     assert not decide([], patience=1).stop
+
+
+def test_overfitting_is_where_val_rises_while_train_falls() -> None:
+    train = [(100, 0.33), (200, 0.31), (300, 0.30), (400, 0.25), (500, 0.20), (600, 0.22)]
+    val = [(0, 1.0), (100, 0.32), (200, 0.30), (300, 0.31), (400, 0.33), (500, 0.34), (600, 0.35)]
+    # 200→300: val up, train down; 300→400, 400→500 as well (merged); 500→600 train rose too
+    assert overfitting_spans(train, val) == [(200, 500)]
+    assert overfitting_spans(train, []) == []
+    assert overfitting_spans([], val) == []

@@ -218,3 +218,23 @@ def test_stop_and_keep_best_marks_the_best_checkpoint_as_deployment(shared_serve
     deployment = [c for c in checkpoints if c["is_deployment"]]
     assert len(deployment) == 1 and deployment[0]["is_best"]
     assert deployment[0]["iteration"] == run["best_checkpoint"]["iteration"]
+
+
+def test_early_stopping_switched_on_while_training_takes_effect(shared_server: Server) -> None:
+    status, run = shared_server.post(
+        "/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_eval": 5, "save_every": 100_000}
+    )
+    assert status == 201 and run["early_stopping"] is None
+    shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 10, what="past iteration 10")
+    # min_delta this large: no evaluation after the first counts as an improvement, so it stops at the next one
+    status, body, _ = shared_server.request(
+        "PATCH", f"/api/runs/{run['id']}", {"early_stopping": {"patience": 1, "min_delta": 100.0}}
+    )
+    assert status == 200 and body["early_stopping"] == {"patience": 1, "min_delta": 100.0}
+    run = shared_server.wait_terminal(run["id"], timeout=60)
+    assert run["status"] == "early_stopped", run
+    assert "(iteration 0)" in run["stop_reason"]  # nothing improved on the first validation by 100
+    status, body, _ = shared_server.request("PATCH", f"/api/runs/{run['id']}", {"early_stopping": None})
+    assert status == 409
+    status, body, _ = shared_server.request("PATCH", f"/api/runs/{run['id']}", {"early_stopping": {"patience": 0}})
+    assert status == 422

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from app.checkpoints import set_deployment
 from app.models import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 from app.policy import best_checkpoint
+from app.runconfig import EarlyStopping
 from app.runs import checkpoints_of
 
 Job = Callable[[Session], None]
@@ -43,7 +44,9 @@ class ReportWriter:
     stop_event: threading.Event = field(default_factory=threading.Event)
     _queue: queue.Queue[Job | None] = field(default_factory=queue.Queue)
     _thread: threading.Thread | None = None
+    _rule_json: str | None = None
     errors: list[str] = field(default_factory=list)
+    early_stopping: EarlyStopping | None = None  # the live rule, refreshed at every commit
 
     def start(self) -> ReportWriter:
         self._thread = threading.Thread(target=self._loop, name="report-writer", daemon=True)
@@ -83,10 +86,16 @@ class ReportWriter:
                     run.heartbeat_at = utcnow()
                     if run.stop_requested:
                         self.stop_event.set()
+                    self._refresh_rule(run.early_stopping_json)
                     session.add(run)
                 session.commit()
         except Exception as exc:  # a report lost is better than a training run lost
             self.errors.append(repr(exc))
+
+    def _refresh_rule(self, rule_json: str | None) -> None:
+        if rule_json != self._rule_json:
+            self._rule_json = rule_json
+            self.early_stopping = EarlyStopping.model_validate_json(rule_json) if rule_json else None
 
     # What the training side reports -------------------------------------------------
 

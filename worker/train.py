@@ -135,7 +135,7 @@ class StepHooks:
         self.val_history.append((iteration, float(val_loss)))
         if best is None or val_loss <= best:  # a new best always has a file (ties: the later one)
             self.save_checkpoint(iteration)
-        rule = self.config.early_stopping
+        rule = self.writer.early_stopping  # may have been switched or re-tuned from the run page
         if rule is not None and self.early_stop_reason is None:
             decision = early_stop_decision(self.val_history, patience=rule.patience, min_delta=rule.min_delta)
             if decision.stop:

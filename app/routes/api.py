@@ -12,15 +12,17 @@ from app.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint,
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
-from app.runconfig import RunConfig, dataset_problem
+from app.runconfig import EarlyStopping, RunConfig, dataset_problem
 from app.runs import (
     adapter_zip,
+    annotations_json,
     checkpoint_json,
     checkpoints_of,
     create_run,
     list_runs,
     metrics_json,
     run_json,
+    set_early_stopping,
 )
 
 router = APIRouter(prefix="/api", tags=["runs"])
@@ -75,12 +77,36 @@ def get_run(session: SessionDep, run_id: int) -> dict[str, Any]:
     return run_json(session, get_run_or_404(session, run_id))
 
 
+class RunPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    early_stopping: EarlyStopping | None = Field(
+        None, description="the new early-stopping rule (null: off); applied at the run's next evaluation"
+    )
+
+
+@router.patch("/runs/{run_id}")
+def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, Any]:
+    run = get_run_or_404(session, run_id)
+    if "early_stopping" in patch.model_fields_set:
+        if run.is_terminal:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has ended ({run.status})")
+        set_early_stopping(session, run, patch.early_stopping)
+    return run_json(session, run)
+
+
 @router.get("/runs/{run_id}/metrics")
 def get_metrics(
     session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after")
 ) -> dict[str, list[dict[str, Any]]]:
     get_run_or_404(session, run_id)
     return metrics_json(session, run_id, after)
+
+
+@router.get("/runs/{run_id}/annotations")
+def get_annotations(session: SessionDep, run_id: int) -> dict[str, Any]:
+    """Chart marks: checkpoints, validation minimum, early-stop point, overfitting stretches."""
+    return annotations_json(session, get_run_or_404(session, run_id))
 
 
 @router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)

@@ -22,13 +22,22 @@ from app.models import Run
 from app.policy import best_checkpoint
 from app.runconfig import (
     FORM_DEFAULTS,
+    EarlyStopping,
     RunConfig,
     dataset_problem,
     flat_values,
     form_field_specs,
     form_to_payload,
 )
-from app.runs import checkpoints_of, create_run, first_val_loss, latest_train, list_runs, progress_view
+from app.runs import (
+    checkpoints_of,
+    create_run,
+    first_val_loss,
+    latest_train,
+    list_runs,
+    progress_view,
+    set_early_stopping,
+)
 
 router = APIRouter(include_in_schema=False)
 HxRequest = Annotated[str | None, Header()]
@@ -43,7 +52,12 @@ def _run_or_404(session: SessionDep, run_id: int) -> Run:
 
 def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
     assert run.id is not None
-    return {"run": run, "latest": latest_train(session, run.id), "progress": progress_view(run)}
+    latest = latest_train(session, run.id)
+    return {"run": run, "latest": latest, "progress": progress_view(run), "rule": _live_rule(run)}
+
+
+def _live_rule(run: Run) -> EarlyStopping | None:
+    return EarlyStopping.model_validate_json(run.early_stopping_json) if run.early_stopping_json else None
 
 
 def _checkpoint_context(
@@ -194,3 +208,27 @@ def delete_from_page(
         except CheckpointError as exc:
             error = str(exc)
     return _checkpoint_partial(request, session, templates, run, error)
+
+
+@router.post("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
+def early_stopping_from_page(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int,
+    enabled: Annotated[str | None, Form()] = None,
+    patience: Annotated[str, Form()] = "2",
+    min_delta: Annotated[str, Form()] = "0",
+) -> Response:
+    run = _run_or_404(session, run_id)
+    context: dict[str, Any] = {"run": run, "early_stopping_error": None, "saved": False}
+    if run.is_terminal:
+        context["early_stopping_error"] = "the run has ended"
+    else:
+        try:
+            rule = EarlyStopping(patience=patience, min_delta=min_delta) if enabled else None  # type: ignore[arg-type]
+            set_early_stopping(session, run, rule)
+            context["saved"] = True
+        except ValidationError as exc:
+            context["early_stopping_error"] = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+    context["rule"] = _live_rule(run)
+    return templates.TemplateResponse(request, "_early_stopping.html", context)
