@@ -56,8 +56,8 @@ def build_shim(cache_dir: Path, lib_dir: Path) -> Path:
     if target.exists():
         return target
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (cc/gcc) found to build the OpenBLAS shim")
+    if compiler is None or shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ({compiler or 'cc/gcc'}) found to build the OpenBLAS shim once")
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".so", dir=cache_dir)
     os.close(fd)
