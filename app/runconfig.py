@@ -31,7 +31,9 @@ class LrSchedule(BaseModel):
     name: Literal["cosine_decay", "linear_schedule", "exponential_decay", "step_decay"] = Field(
         ..., description="An mlx.optimizers schedule."
     )
-    arguments: list[float] = Field(..., description="Arguments of the schedule after the initial value.")
+    arguments: list[float] = Field(
+        ..., min_length=1, description="Arguments of the schedule, the initial learning rate first (as mlx_lm's YAML)."
+    )
     warmup: int = Field(0, ge=0, description="Linear warm-up steps.")
     warmup_init: float = Field(0.0, ge=0, description="Learning rate at the start of warm-up.")
 
@@ -41,6 +43,13 @@ class EarlyStopping(BaseModel):
 
     patience: int = Field(2, ge=1, le=1000, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="An improvement must exceed this to count.")
+
+
+class ResumeFrom(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: int = Field(..., ge=1, description="The earlier run to continue.")
+    iteration: int = Field(..., ge=1, description="Its checkpoint to continue from.")
 
 
 class RunConfig(BaseModel):
@@ -83,11 +92,21 @@ class RunConfig(BaseModel):
     early_stopping: EarlyStopping | None = Field(
         None, description="Stop when validation loss stops improving (absent or null: off)."
     )
+    resume_from: ResumeFrom | None = Field(
+        None,
+        description="Continue an earlier run from one of its checkpoints: weights, optimizer state, "
+        "iteration count and learning-rate schedule position. iters is the total to reach.",
+    )
 
     @model_validator(mode="after")
     def _check_val_batches(self) -> RunConfig:
         if self.val_batches == 0:
             raise ValueError("val_batches must be -1 (all) or at least 1")
+        if self.resume_from is not None and self.iters <= self.resume_from.iteration:
+            raise ValueError(
+                f"iters ({self.iters}) must be above the iteration resumed from ({self.resume_from.iteration}): "
+                "it is the total to reach"
+            )
         return self
 
     def resolved(self, settings: Settings) -> RunConfig:
@@ -162,6 +181,8 @@ FORM_FIELDS: list[tuple[str, str]] = [
     ("lora_parameters.dropout", "number"),
     ("grad_checkpoint", "checkbox"),
     ("mask_prompt", "checkbox"),
+    ("resume_from.run_id", "number"),
+    ("resume_from.iteration", "number"),
 ]
 
 
@@ -169,7 +190,7 @@ def _field_info(key: str) -> Any:
     model: Any = RunConfig
     parts = key.split(".")
     for part in parts[:-1]:
-        model = {"lora_parameters": LoraParameters, "early_stopping": EarlyStopping}[part]
+        model = {"lora_parameters": LoraParameters, "early_stopping": EarlyStopping, "resume_from": ResumeFrom}[part]
     return model.model_fields[parts[-1]]
 
 

@@ -26,6 +26,34 @@ def default_name(config: RunConfig) -> str:
     return f"{model} · {utcnow():%Y-%m-%d %H:%M}"
 
 
+def checkpoint_files(settings: Settings, run_id: int, iteration: int) -> tuple[Path, Path]:
+    """(adapter weights, optimizer state) of one checkpoint."""
+    folder = run_dir(settings, run_id)
+    return folder / f"{iteration:07d}_adapters.safetensors", folder / f"{iteration:07d}_optimizer.safetensors"
+
+
+def resume_problem(session: Session, settings: Settings, config: RunConfig) -> str | None:
+    """Why `resume_from` cannot be honoured, or None."""
+    source = config.resume_from
+    if source is None:
+        return None
+    run = session.get(Run, source.run_id)
+    if run is None:
+        return f"there is no run {source.run_id} to resume"
+    adapter, optimizer = checkpoint_files(settings, source.run_id, source.iteration)
+    if not adapter.exists():
+        return f"run {source.run_id} has no checkpoint file at iteration {source.iteration}"
+    if not optimizer.exists():
+        return f"run {source.run_id} saved no optimizer state at iteration {source.iteration}, so it cannot continue"
+    parent = RunConfig.model_validate(run.config)
+    if parent.model != config.model:
+        return f"run {source.run_id} trained {parent.model}, not {config.model}"
+    for key in ("fine_tune_type", "num_layers", "lora_parameters", "optimizer"):
+        if getattr(parent, key) != getattr(config, key):
+            return f"{key} must match run {source.run_id} to continue it ({getattr(parent, key)!r})"
+    return None
+
+
 def create_run(session: Session, config: RunConfig) -> Run:
     """Insert a queued run for an already resolved and validated config."""
     run = Run(
@@ -115,14 +143,31 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
     }
 
 
-def metrics_json(session: Session, run_id: int, after: int | None) -> dict[str, list[dict[str, Any]]]:
+def _points(session: Session, run_id: int, after: int | None, upto: int | None) -> tuple[list[Any], list[Any]]:
     train_q = select(TrainReport).where(TrainReport.run_id == run_id)
     val_q = select(ValReport).where(ValReport.run_id == run_id)
     if after is not None:
         train_q = train_q.where(TrainReport.iteration > after)
         val_q = val_q.where(ValReport.iteration > after)
-    train = session.exec(train_q.order_by(col(TrainReport.iteration))).all()
-    val = session.exec(val_q.order_by(col(ValReport.iteration))).all()
+    if upto is not None:
+        train_q = train_q.where(TrainReport.iteration <= upto)
+        val_q = val_q.where(ValReport.iteration <= upto)
+    train = list(session.exec(train_q.order_by(col(TrainReport.iteration))).all())
+    val = list(session.exec(val_q.order_by(col(ValReport.iteration))).all())
+    return train, val
+
+
+def metrics_json(
+    session: Session, run_id: int, after: int | None, include_parent: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """A run's reports; with include_parent, a continued run's curve starts with its ancestors' points."""
+    train, val = _points(session, run_id, after, None)
+    run = session.get(Run, run_id)
+    while include_parent and run is not None and run.config.get("resume_from"):
+        source = run.config["resume_from"]
+        parent_train, parent_val = _points(session, source["run_id"], after, source["iteration"])
+        train, val = parent_train + train, parent_val + [p for p in val if p.iteration > source["iteration"]]
+        run = session.get(Run, source["run_id"])
     return {
         "train": [
             {

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import PROJECT_DIR, base_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the routing is for Linux CPU only")

@@ -238,3 +238,43 @@ def test_early_stopping_switched_on_while_training_takes_effect(shared_server: S
     assert status == 409
     status, body, _ = shared_server.request("PATCH", f"/api/runs/{run['id']}", {"early_stopping": {"patience": 0}})
     assert status == 422
+
+
+def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server) -> None:
+    config = {**QUICK_RUN, "iters": 40, "steps_per_eval": 10, "save_every": 10, "val_batches": -1,
+              "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 40]}}
+    status, straight = shared_server.post("/api/runs", config)  # the uninterrupted reference
+    assert status == 201
+    shared_server.wait_terminal(straight["id"])
+    status, first = shared_server.post("/api/runs", {**config, "iters": 20})
+    assert status == 201
+    shared_server.wait_terminal(first["id"])
+    status, body = shared_server.post("/api/runs", {**config, "resume_from": {"run_id": first["id"], "iteration": 20}})
+    assert status == 201, body
+    resumed = shared_server.wait_terminal(body["id"])
+    assert resumed["status"] == "completed", resumed
+
+    ref = shared_server.get(f"/api/runs/{straight['id']}/metrics")
+    before = shared_server.get(f"/api/runs/{first['id']}/metrics")
+    after = shared_server.get(f"/api/runs/{resumed['id']}/metrics")
+    assert [p["iteration"] for p in after["train"]] == [25, 30, 35, 40]  # the count continues
+    assert [p["iteration"] for p in after["val"]] == [20, 30, 40]
+    # the learning rate follows the schedule from step 20, exactly as in the uninterrupted run
+    ref_lr = {p["iteration"]: p["learning_rate"] for p in ref["train"]}
+    for point in after["train"]:
+        assert abs(point["learning_rate"] - ref_lr[point["iteration"]]) < 1e-12
+    # same weights at the hand-over: the first validation after resume equals the last one before
+    assert abs(after["val"][0]["val_loss"] - before["val"][-1]["val_loss"]) < 1e-4
+    assert after["train"][0]["trained_tokens"] > before["train"][-1]["trained_tokens"]
+    joined = shared_server.get(f"/api/runs/{resumed['id']}/metrics?include_parent=true")
+    assert [p["iteration"] for p in joined["train"]] == list(range(5, 41, 5))
+    assert [p["iteration"] for p in joined["val"]] == [0, 10, 20, 30, 40]
+    assert [c["iteration"] for c in shared_server.get(f"/api/runs/{resumed['id']}/checkpoints")] == [30, 40]
+
+
+def test_resume_refuses_what_cannot_continue(shared_server: Server) -> None:
+    status, body = shared_server.post("/api/runs", {**QUICK_RUN, "resume_from": {"run_id": 9999, "iteration": 20}})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "resume_from"]
+    resume = {"run_id": 1, "iteration": 20}
+    status, body = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 10, "resume_from": resume})
+    assert status == 422 and "must be above" in str(body["detail"])

@@ -10,12 +10,16 @@ import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.checkpoints import find_checkpoint
 from app.db import make_engine
 from app.models import Run, RunStatus, utcnow
 from app.runconfig import RunConfig, looks_like_path
+from app.runs import checkpoint_files, run_dir
 from app.settings import Settings
 from worker.blas import BlasRouting, route_blas
 
@@ -41,6 +45,20 @@ def check_model_reachable(model: str) -> None:
             raise FileNotFoundError(f"model folder {path} does not exist")
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
+
+
+def resume_point(engine: Engine, settings: Settings, config: RunConfig) -> tuple[Path, Path, Any] | None:
+    """The files and position of the checkpoint a continued run starts from."""
+    if config.resume_from is None:
+        return None
+    from worker.resume import ResumePoint
+
+    source = config.resume_from
+    with Session(engine) as session:
+        ckpt = find_checkpoint(session, source.run_id, source.iteration)
+        tokens = ckpt.trained_tokens if ckpt is not None and ckpt.trained_tokens else 0
+    adapter, optimizer = checkpoint_files(settings, source.run_id, source.iteration)
+    return adapter, optimizer, ResumePoint(source.iteration, tokens)
 
 
 def first_line(exc: BaseException) -> str:
@@ -69,7 +87,7 @@ def run_train(settings: Settings, run_id: int) -> int:
         check_model_reachable(config.model)
         from worker.train import train_run
 
-        outcome = train_run(config, settings.adapters_dir / f"run-{run_id:04d}", writer)
+        outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(engine, settings, config))
         writer.set_status(outcome.status, finished_at=utcnow(), stop_reason=outcome.reason, iteration=outcome.steps)
         code = 0
     except BaseException as exc:  # every failure is recorded, readable, with its traceback

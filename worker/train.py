@@ -34,6 +34,7 @@ from app.models import RunStatus
 from app.policy import early_stop_decision
 from app.runconfig import RunConfig
 from worker.reporting import ReportWriter
+from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -67,11 +68,15 @@ class SilentUI:
 class DatabaseCallback(trainer.TrainingCallback):
     """Writes every train report to the database (through the writer's queue)."""
 
-    def __init__(self, writer: ReportWriter) -> None:
+    def __init__(self, writer: ReportWriter, start: ResumePoint | None = None) -> None:
         self.writer = writer
+        self.start = start or ResumePoint(0, 0)
 
     def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
-        self.writer.train_report(train_info)
+        info = dict(train_info)  # a continued run counts on from where its checkpoint was
+        info["iteration"] += self.start.iteration
+        info["trained_tokens"] += self.start.trained_tokens
+        self.writer.train_report(info)
 
     def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
         # loraboard validates in StepHooks instead (aligned with checkpoints).
@@ -99,8 +104,12 @@ class StepHooks:
         run_dir: Path,
         writer: ReportWriter,
         val_set: CacheDataset | None,
+        optimizer: optim.Optimizer,
+        start_iteration: int = 0,
     ) -> None:
         self.model = model
+        self.optimizer = optimizer
+        self.start_iteration = start_iteration
         self.config = config
         self.run_dir = run_dir
         self.writer = writer
@@ -142,19 +151,26 @@ class StepHooks:
                 self.early_stop_reason = decision.reason(iteration)
 
     def save_checkpoint(self, iteration: int) -> None:
-        if iteration in self.saved or iteration == 0:
-            return
+        if iteration in self.saved or iteration == self.start_iteration:
+            return  # the starting weights are the base model's or the resumed checkpoint's
         path = self.run_dir / checkpoint_name(iteration)
         save_adapter(self.model, path)
+        save_optimizer(self.optimizer, self.run_dir / optimizer_name(iteration))
         self.saved.add(iteration)
         self.writer.checkpoint(iteration, path)
 
+    @property
+    def iteration(self) -> int:
+        """Steps done, counted from the start of the first run of a resumed chain."""
+        return self.start_iteration + self.steps_done
+
     def between_steps(self, steps_done: int) -> None:
         self.steps_done = steps_done
-        if steps_done % self.config.steps_per_eval == 0:
-            self.validate(steps_done)
-        if steps_done > 0 and steps_done % self.config.save_every == 0:
-            self.save_checkpoint(steps_done)
+        iteration = self.iteration
+        if iteration % self.config.steps_per_eval == 0 or steps_done == 0:
+            self.validate(iteration)
+        if steps_done > 0 and iteration % self.config.save_every == 0:
+            self.save_checkpoint(iteration)
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_EVERY_S:
             self._last_beat = now
@@ -213,9 +229,7 @@ def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> N
 def make_optimizer(config: RunConfig) -> optim.Optimizer:
     learning_rate: Any = config.learning_rate
     if config.lr_schedule is not None:
-        schedule = config.lr_schedule.model_dump()
-        schedule["arguments"] = [config.learning_rate, *schedule["arguments"]]
-        learning_rate = build_schedule(schedule)
+        learning_rate = build_schedule(config.lr_schedule.model_dump())  # as mlx_lm: arguments[0] is the initial lr
     classes: dict[str, type[optim.Optimizer]] = {
         "adam": optim.Adam,
         "adamw": optim.AdamW,
@@ -247,8 +261,13 @@ class TrainOutcome:
     reason: str | None
 
 
-def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> TrainOutcome:
-    """Train until done, stopped on request, or stopped early; the final adapter is always saved."""
+def train_run(
+    config: RunConfig, run_dir: Path, writer: ReportWriter, resume: tuple[Path, Path, ResumePoint] | None = None
+) -> TrainOutcome:
+    """Train until done, stopped on request, or stopped early; the final adapter is always saved.
+
+    resume: (adapter file, optimizer file, where they were saved) of the checkpoint to continue.
+    """
     mx.random.seed(config.seed)
     import numpy as np
 
@@ -261,10 +280,15 @@ def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> TrainOu
     write_adapter_config(run_dir, config, num_layers)
     writer.mark_running(trainable, total)
 
-    hooks = StepHooks(model, config, run_dir, writer, val_set)
+    optimizer = make_optimizer(config)
+    start = ResumePoint(0, 0)
+    if resume is not None:
+        adapter_file, optimizer_file, start = resume
+        restore(model, optimizer, adapter_file, optimizer_file)
+    hooks = StepHooks(model, config, run_dir, writer, val_set, optimizer, start.iteration)
     args = trainer.TrainingArgs(
         batch_size=config.batch_size,
-        iters=config.iters,
+        iters=config.iters - start.iteration,
         val_batches=config.val_batches,
         steps_per_report=config.steps_per_report,
         steps_per_eval=config.iters + 1,  # validation runs in StepHooks
@@ -277,14 +301,14 @@ def train_run(config: RunConfig, run_dir: Path, writer: ReportWriter) -> TrainOu
     trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
     trainer.train(
         model=model,
-        optimizer=make_optimizer(config),
+        optimizer=optimizer,
         train_dataset=train_set,
         val_dataset=None,
         args=args,
         iterate_batches=hooks.iterate_batches,
-        training_callback=DatabaseCallback(writer),
+        training_callback=DatabaseCallback(writer, start),
     )
-    steps = hooks.steps_done if hooks.ended_by_stop else config.iters
+    steps = hooks.iteration if hooks.ended_by_stop else config.iters
     if hooks.early_stop_reason:
         status, reason = RunStatus.early_stopped, hooks.early_stop_reason
     elif hooks.ended_by_stop:

@@ -21,6 +21,7 @@ from app.runs import (
     create_run,
     list_runs,
     metrics_json,
+    resume_problem,
     run_json,
     set_early_stopping,
 )
@@ -35,23 +36,20 @@ def get_run_or_404(session: SessionDep, run_id: int) -> Run:
     return run
 
 
-def validate_config(payload: dict[str, Any], settings: SettingsDep) -> RunConfig:
+def validate_config(payload: dict[str, Any], settings: SettingsDep, session: SessionDep) -> RunConfig:
     """RunConfig from a JSON body, resolved; a 422 naming every bad field otherwise."""
     try:
         config = RunConfig.model_validate(payload).resolved(settings)
     except ValidationError as exc:
         errors = [
-            {"loc": ["body", *exc_loc], "msg": err["msg"], "type": err["type"]}
+            {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
             for err in exc.errors(include_url=False)
-            for exc_loc in [list(err["loc"])]
         ]
         raise HTTPException(422, detail=errors) from None
-    problem = dataset_problem(Path(config.data))
-    if problem:
-        raise HTTPException(
-            422,
-            detail=[{"loc": ["body", "data"], "msg": problem, "type": "value_error"}],
-        )
+    for key, problem in (("data", dataset_problem(Path(config.data))),
+                         ("resume_from", resume_problem(session, settings, config))):
+        if problem:
+            raise HTTPException(422, detail=[{"loc": ["body", key], "msg": problem, "type": "value_error"}])
     return config
 
 
@@ -60,7 +58,7 @@ def post_run(
     session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
     payload: dict[str, Any] = Body(default_factory=dict),
 ) -> dict[str, Any]:
-    config = validate_config(payload, settings)
+    config = validate_config(payload, settings, session)
     run = create_run(session, config)
     supervisor.tick()
     session.refresh(run)
@@ -97,10 +95,11 @@ def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, An
 
 @router.get("/runs/{run_id}/metrics")
 def get_metrics(
-    session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after")
+    session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after"),
+    include_parent: bool = Query(False, description="a continued run: start with the earlier run's points"),
 ) -> dict[str, list[dict[str, Any]]]:
     get_run_or_404(session, run_id)
-    return metrics_json(session, run_id, after)
+    return metrics_json(session, run_id, after, include_parent)
 
 
 @router.get("/runs/{run_id}/annotations")

@@ -36,6 +36,7 @@ from app.runs import (
     latest_train,
     list_runs,
     progress_view,
+    resume_problem,
     set_early_stopping,
 )
 
@@ -96,10 +97,22 @@ def _form_response(
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_form(request: Request, templates: TemplatesDep, settings: SettingsDep) -> Response:
+def new_run_form(
+    request: Request, session: SessionDep, templates: TemplatesDep, settings: SettingsDep,
+    from_run: int | None = None, resume_iteration: int | None = None,
+) -> Response:
+    """The form: small defaults for the embedded model, or a copy of an earlier run (to continue it)."""
     values = flat_values({**RunConfig().model_dump(), **FORM_DEFAULTS})
     values["model"] = str(settings.default_model_dir)
     values["data"] = str(settings.default_dataset_dir)
+    source = session.get(Run, from_run) if from_run is not None else None
+    if source is not None:
+        values = flat_values({**source.config, "name": "", "resume_from": None})
+        if resume_iteration is not None:
+            values["resume_from.run_id"] = source.id
+            values["resume_from.iteration"] = resume_iteration
+            values["iters"] = max(source.total_iters, resume_iteration * 2)
+            values["name"] = f"{source.name} (continued from {resume_iteration})"
     return _form_response(request, templates, settings, values, {})
 
 
@@ -116,9 +129,10 @@ async def submit_run_form(
         for err in exc.errors(include_url=False):
             errors[".".join(str(p) for p in err["loc"]) or "form"] = err["msg"]
         return _form_response(request, templates, settings, form, errors, 422)
-    problem = dataset_problem(Path(config.data))
-    if problem:
-        return _form_response(request, templates, settings, form, {"data": problem}, 422)
+    for key, problem in (("data", dataset_problem(Path(config.data))),
+                         ("resume_from", resume_problem(session, settings, config))):
+        if problem:
+            return _form_response(request, templates, settings, form, {key: problem}, 422)
     run = create_run(session, config)
     supervisor.tick()
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
