@@ -90,6 +90,7 @@ class ValReport(SQLModel, table=True):
     iteration: int
     val_loss: float
     val_time: float = 0.0
+    batches: int = 0  # validation batches evaluated; -1: the whole validation set
     recorded_at: datetime = Field(default_factory=utcnow)
 
 
@@ -103,6 +104,7 @@ class Checkpoint(SQLModel, table=True):
     size_bytes: int
     sha256: str
     val_loss: float | None = None  # measured on exactly these weights, when it was
+    val_full: bool = False  # measured on the whole validation set
     train_loss: float | None = None
     trained_tokens: int | None = None
     is_deployment: bool = False

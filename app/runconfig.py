@@ -78,6 +78,11 @@ class RunConfig(BaseModel):
     val_batches: int = Field(
         25, ge=-1, description="Validation batches per evaluation; -1 uses the entire validation set."
     )
+    full_val_at_checkpoints: bool = Field(
+        False,
+        description="Validate on the whole validation set at each checkpoint, so checkpoint losses compare "
+        "(the usual val_batches sample is noisy).",
+    )
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Maximum sequence length.")
     seed: int = Field(0, ge=0, description="Random seed for weights, batches and dropout.")
     grad_checkpoint: bool = Field(False, description="Use gradient checkpointing to reduce memory use.")
@@ -179,6 +184,7 @@ FORM_FIELDS: list[tuple[str, str]] = [
     ("lora_parameters.rank", "number"),
     ("lora_parameters.scale", "number"),
     ("lora_parameters.dropout", "number"),
+    ("full_val_at_checkpoints", "checkbox"),
     ("grad_checkpoint", "checkbox"),
     ("mask_prompt", "checkbox"),
     ("resume_from.run_id", "number"),

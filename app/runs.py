@@ -109,6 +109,7 @@ def checkpoint_json(ckpt: Checkpoint, best: Checkpoint | None) -> dict[str, Any]
     return {
         "iteration": ckpt.iteration,
         "val_loss": ckpt.val_loss,
+        "val_full": ckpt.val_full,
         "train_loss": ckpt.train_loss,
         "trained_tokens": ckpt.trained_tokens,
         "size_bytes": ckpt.size_bytes,

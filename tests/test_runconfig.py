@@ -54,7 +54,8 @@ def test_bad_values_name_their_field(payload: dict[str, object], field: str) -> 
 def test_form_round_trip() -> None:
     form = {"iters": "50", "lora_parameters.rank": "4", "grad_checkpoint": "on", "name": "  "}
     payload = form_to_payload(form)
-    assert payload == {"iters": "50", "lora_parameters": {"rank": "4"}, "grad_checkpoint": True, "mask_prompt": False}
+    assert payload == {"iters": "50", "lora_parameters": {"rank": "4"}, "grad_checkpoint": True,
+                       "mask_prompt": False, "full_val_at_checkpoints": False}
     config = RunConfig.model_validate(payload)
     assert config.iters == 50 and config.lora_parameters.rank == 4 and config.grad_checkpoint
 

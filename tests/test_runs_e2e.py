@@ -175,11 +175,18 @@ def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
 
 
 def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 30, "save_every": 10, "steps_per_eval": 10})
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 30, "save_every": 10, "steps_per_eval": 5,
+                                                   "val_batches": 1, "full_val_at_checkpoints": True})
     assert status == 201
     run = shared_server.wait_terminal(run["id"])
     base = f"/api/runs/{run['id']}/checkpoints"
-    assert [c["iteration"] for c in shared_server.get(base)] == [10, 20, 30]
+    checkpoints = shared_server.get(base)
+    periodic = [c for c in checkpoints if c["iteration"] % 10 == 0]
+    assert [c["iteration"] for c in periodic] == [10, 20, 30]
+    assert all(c["val_full"] for c in periodic)  # the whole validation set at each checkpoint
+    assert not any(c["val_full"] for c in checkpoints if c["iteration"] % 10)  # a 1-batch sample in between
+    for extra in [c["iteration"] for c in checkpoints if c["iteration"] % 10]:  # save-best ones, out of the way
+        shared_server.request("DELETE", f"{base}/{extra}?confirm=yes")
 
     for iteration in (10, 20):  # one deployment per run: the later pick wins
         status, _, _ = shared_server.request("PATCH", f"{base}/{iteration}", {"is_deployment": True})

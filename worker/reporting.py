@@ -119,8 +119,10 @@ class ReportWriter:
 
         self.submit(job)
 
-    def val_report(self, iteration: int, val_loss: float, val_time: float) -> None:
-        row = ValReport(run_id=self.run_id, iteration=iteration, val_loss=val_loss, val_time=val_time)
+    def val_report(self, iteration: int, val_loss: float, val_time: float, batches: int) -> None:
+        row = ValReport(
+            run_id=self.run_id, iteration=iteration, val_loss=val_loss, val_time=val_time, batches=batches
+        )
 
         def job(session: Session) -> None:
             session.add(row)
@@ -129,6 +131,7 @@ class ReportWriter:
             ).first()
             if ckpt is not None:
                 ckpt.val_loss = val_loss
+                ckpt.val_full = batches == -1
                 session.add(ckpt)
 
         self.submit(job)
@@ -151,6 +154,7 @@ class ReportWriter:
                     size_bytes=path.stat().st_size,
                     sha256=file_sha256(path),
                     val_loss=val.val_loss if val else None,
+                    val_full=val is not None and val.batches == -1,
                     train_loss=train.train_loss if train else None,
                     trained_tokens=train.trained_tokens if train else None,
                 )

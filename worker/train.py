@@ -126,20 +126,22 @@ class StepHooks:
     def stop_requested(self) -> bool:
         return self.writer.stop_event.is_set()
 
-    def validate(self, iteration: int) -> None:
+    def validate(self, iteration: int, full: bool = False) -> None:
+        """Validation loss of the current weights (`full`: the whole validation set)."""
         if self.val_set is None or iteration in self.validated:
             return
         tic = time.perf_counter()
+        batches = -1 if full else self.config.val_batches
         val_loss = trainer.evaluate(
             model=self.model,
             dataset=self.val_set,
             batch_size=self.config.batch_size,
-            num_batches=self.config.val_batches,
+            num_batches=batches,
             max_seq_length=self.config.max_seq_length,
         )
         self.model.train()
         self.validated.add(iteration)
-        self.writer.val_report(iteration, float(val_loss), time.perf_counter() - tic)
+        self.writer.val_report(iteration, float(val_loss), time.perf_counter() - tic, batches)
         best = min((loss for _, loss in self.val_history), default=None)
         self.val_history.append((iteration, float(val_loss)))
         if best is None or val_loss <= best:  # a new best always has a file (ties: the later one)
@@ -167,9 +169,11 @@ class StepHooks:
     def between_steps(self, steps_done: int) -> None:
         self.steps_done = steps_done
         iteration = self.iteration
-        if iteration % self.config.steps_per_eval == 0 or steps_done == 0:
-            self.validate(iteration)
-        if steps_done > 0 and iteration % self.config.save_every == 0:
+        checkpoint_due = steps_done > 0 and iteration % self.config.save_every == 0
+        full = checkpoint_due and self.config.full_val_at_checkpoints
+        if iteration % self.config.steps_per_eval == 0 or steps_done == 0 or full:
+            self.validate(iteration, full)
+        if checkpoint_due:
             self.save_checkpoint(iteration)
         now = time.monotonic()
         if now - self._last_beat >= HEARTBEAT_EVERY_S:
@@ -219,7 +223,7 @@ def attach_adapters(model: nn.Module, config: RunConfig) -> int:
 
 def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
     """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
-    data = config.model_dump(exclude={"name", "early_stopping"})
+    data = config.model_dump(exclude={"name", "early_stopping", "resume_from", "full_val_at_checkpoints"})
     data["num_layers"] = num_layers
     tmp = run_dir / ".adapter_config.json.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -314,7 +318,7 @@ def train_run(
     elif hooks.ended_by_stop:
         status, reason = RunStatus.stopped, f"stopped on request at iteration {steps:,}"
     else:
-        hooks.validate(steps)
+        hooks.validate(steps, full=config.full_val_at_checkpoints)
         status, reason = RunStatus.completed, None
     hooks.save_checkpoint(steps)
     return TrainOutcome(steps, status, reason)
