@@ -1,21 +1,29 @@
 /* Live loss chart for a run page.
  *
- * Markup: <div id="loss-chart" data-metrics-url="/api/runs/7/metrics"
- *              data-run-url="/api/runs/7" data-live="true"></div>
+ * Markup: <div id="loss-chart" data-metrics-url="/api/runs/7/metrics" data-run-url="/api/runs/7"
+ *              data-annotations-url="/api/runs/7/annotations" data-live="true"></div>
  * Needs Plotly loaded before this script. Draws once with Plotly.newPlot, then
  * (if live) polls every second and appends new points with Plotly.extendTraces.
  * After each draw it sets data-train-points / data-val-points (points drawn)
  * and data-drawn="true"; when the run ends it sets data-live="false" and fires
  * a bubbling "loraboard-run-ended" event (detail: {status}).
+ * Annotations (optional data-annotations-url) are fetched at start, every 3 s while
+ * live and once after the run ends: trace 2 marks checkpoints, trace 3 the validation
+ * minimum; layout shapes/annotations show the early stop and overfitting spans.
+ * After each update it sets data-checkpoint-markers / data-overfitting-spans (counts).
  */
 (function () {
   "use strict";
 
   var POLL_MS = 500;
+  var MARKS_MS = 3000;
   var FETCH_TIMEOUT_MS = 10000;
   var TERMINAL = ["completed", "stopped", "early_stopped", "failed", "interrupted"];
-  var WAITING = "waiting for the first report\u2026";
+  var WAITING = { text: "waiting for the first report\u2026", xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+    showarrow: false, font: { size: 14, color: "#64748b" } };
   var HOVER = "%{y:.4f} (iter %{x})";  // traces have different x values: show each one's
+  var CK_HOVER = "%{text}<extra></extra>";
+  var STAR_COLOR = "#ca8a04";
 
   // GET a URL as JSON; rejects on network error, timeout or non-2xx status.
   function getJSON(url) {
@@ -38,10 +46,64 @@
   }
 
   function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
+  function fmtLoss(v) { return v === null ? "\u2013" : String(Number(v.toFixed(4))); }
+  function fmtInt(v) { return v === null ? "\u2013" : Math.round(v).toLocaleString("en-US"); }
+  function fmtBytes(v) {
+    for (var i = 0, units = ["B", "KiB", "MiB", "GiB"]; v !== null && v >= 1024 && i < 3; i++) v /= 1024;
+    return v === null ? "\u2013" : (i ? v.toFixed(1) : String(v)) + " " + units[i];
+  }
+  function esc(t) { return String(t).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
+  function list(v) { return Array.isArray(v) ? v : []; }
+
+  // Annotations payload -> checkpoint markers (on val loss, else train loss; trace 2),
+  // the val-min star (trace 3), layout shapes + annotations, and the overfitting span count.
+  function buildMarks(data) {
+    var ck = { x: [], y: [], text: [], color: [], size: [] }, shapes = [], notes = [], spans = 0;
+    list(data.checkpoints).forEach(function (c) {
+      var it = c && num(c.iteration), val = c && num(c.val_loss), train = c && num(c.train_loss);
+      var y = val !== null ? val : train, tags = [c.is_best && "best", c.is_deployment && "deployment"].filter(Boolean);
+      if (it === null || y === null) return;
+      ck.x.push(it); ck.y.push(y);
+      ck.text.push(["<b>checkpoint @ " + fmtInt(it) + "</b>" + (tags.length ? " (" + tags.join(", ") + ")" : ""),
+        "val loss " + fmtLoss(val) + " \u00b7 train loss " + fmtLoss(train),
+        fmtInt(num(c.trained_tokens)) + " tokens \u00b7 " + fmtBytes(num(c.size_bytes))]
+        .concat(c.note ? ["note: " + esc(String(c.note).slice(0, 60))] : []).join("<br>"));
+      ck.color.push(c.is_deployment ? "#7c3aed" : c.is_best ? "#16a34a" : "#475569");
+      ck.size.push(tags.length ? 12 : 10);
+    });
+    list(data.overfitting).forEach(function (s) {
+      if (!Array.isArray(s) || num(s[0]) === null || num(s[1]) === null) return;
+      spans++;
+      shapes.push({ type: "rect", xref: "x", yref: "paper", x0: s[0], x1: s[1], y0: 0, y1: 1, layer: "below",
+        fillcolor: "rgba(220, 38, 38, 0.08)", line: { width: 0 } });
+      // an annotation rather than a shape label: its background keeps it legible over the early-stop line
+      notes.push({ text: "overfitting", x: s[0], y: 1, xref: "x", yref: "paper", xanchor: "left", yanchor: "top",
+        showarrow: false, font: { size: 11, color: "#b91c1c" }, bgcolor: "rgba(254, 242, 242, 0.9)" });
+    });
+    var stop = data.early_stop || {}, at = num(stop.iteration);
+    if (at !== null) {
+      shapes.push({ type: "line", xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+        line: { color: "#b91c1c", width: 1.5, dash: "dash" } });
+      notes.push({ text: "early stop", hovertext: esc(stop.reason || "early stop") + " (iter " + fmtInt(at) + ")",
+        x: at, y: 0.5, xref: "x", yref: "paper", textangle: -90, xanchor: "right", showarrow: false,
+        font: { size: 11, color: "#b91c1c" }, bgcolor: "rgba(255,255,255,0.85)" });
+    }
+    var vmin = data.val_min || {}, vx = num(vmin.iteration), vy = num(vmin.val_loss), star = vx !== null && vy !== null;
+    if (star) {
+      notes.push({ text: "val min " + fmtLoss(vy) + " @ " + fmtInt(vx), x: vx, y: vy, xref: "x", yref: "y",
+        showarrow: true, arrowhead: 0, arrowcolor: "#a16207", ax: 0, ay: -30, font: { size: 11, color: "#713f12" },
+        bgcolor: "rgba(255,255,255,0.9)", bordercolor: "#eab308", borderpad: 2 });
+    }
+    return { ck: ck, star: { x: star ? [vx] : [], y: star ? [vy] : [] }, shapes: shapes, annotations: notes, spans: spans };
+  }
 
   function init(div) {
     var metricsUrl = div.dataset.metricsUrl;
     var runUrl = div.dataset.runUrl;
+    var marksUrl = div.dataset.annotationsUrl;
+    var marks = { annotations: [] };     // annotation marks drawn (buildMarks)
+    var marksJSON = null;                // the annotations payload drawn, serialized
+    var marksBusy = false, marksAgain = false, marksFails = 0;
     var live = div.dataset.live === "true";
     var last = { train: -1, val: -1 };   // highest iteration drawn per trace
     var count = { train: 0, val: 0 };    // points drawn per trace
@@ -52,6 +114,61 @@
     if (!metricsUrl || typeof window.Plotly === "undefined") {
       div.textContent = "Chart unavailable (missing metrics URL or Plotly).";
       return;
+    }
+
+    // Layout annotations: the "waiting" note while empty, plus the annotation marks.
+    function layerNotes() { return (annotated ? [Object.assign({}, WAITING)] : []).concat(marks.annotations); }
+
+    // Draw an annotations payload (only when it differs from the one drawn).
+    function applyMarks(data) {
+      var text = JSON.stringify(data);
+      if (text === marksJSON || !data || typeof data !== "object") return null;
+      var m = marks = buildMarks(data);
+      return Promise.resolve(Plotly.restyle(div, { x: [m.ck.x, m.star.x], y: [m.ck.y, m.star.y], text: [m.ck.text, []],
+        "marker.color": [m.ck.color, STAR_COLOR], "marker.size": [m.ck.size, 20] }, [2, 3]))
+        .then(function () { return Plotly.relayout(div, { shapes: m.shapes, annotations: layerNotes() }); })
+        .then(function () {
+          marksJSON = text;
+          div.dataset.checkpointMarkers = String(m.ck.x.length);
+          div.dataset.overfittingSpans = String(m.spans);
+        });
+    }
+
+    // Fetch annotations; a failure is retried on the next poll (on an ended run's page,
+    // up to 5 times on its own). A call while one is in flight runs again after it.
+    function refreshMarks() {
+      if (!marksUrl) return;
+      if (marksBusy) { marksAgain = true; return; }
+      marksBusy = true;
+      marksAgain = false;
+      getJSON(marksUrl).then(applyMarks).then(function () { marksFails = 0; }, function (err) {
+        marksFails++;
+        if (window.console) console.warn("loss chart: annotations will retry:", err);
+      }).finally(function () {
+        marksBusy = false;
+        if (marksAgain) refreshMarks();
+        else if (marksFails && marksFails < 5 && !live) setTimeout(refreshMarks, MARKS_MS);
+      });
+    }
+
+    function pollMarks() {
+      refreshMarks();
+      if (live) setTimeout(pollMarks, MARKS_MS);
+    }
+
+    // The unified hover label would list the nearest checkpoint from anywhere on the
+    // chart, so the checkpoints trace joins the hover only while the pointer is on one
+    // (and a hovertemplate would override hoverinfo "skip", so it comes and goes too).
+    function onPointer(e) {
+      var fl = div._fullLayout, t = div.data && div.data[2], near = false;
+      if (!fl || !fl.xaxis || !fl.yaxis || !t) return;
+      var r = div.getBoundingClientRect(), ox = r.left + fl.xaxis._offset, oy = r.top + fl.yaxis._offset;
+      for (var i = 0; i < t.x.length && !near; i++) {
+        var dx = ox + fl.xaxis.l2p(t.x[i]) - e.clientX, dy = oy + fl.yaxis.l2p(t.y[i]) - e.clientY;
+        near = dx * dx + dy * dy <= 14 * 14;
+      }
+      if (near === (t.hoverinfo !== "skip")) return;
+      Plotly.restyle(div, near ? { hoverinfo: "all", hovertemplate: CK_HOVER } : { hoverinfo: "skip", hovertemplate: null }, [2]);
     }
 
     // Split a metrics payload into the new x/y arrays per trace, and advance `last`.
@@ -82,7 +199,12 @@
         { name: "train loss", type: "scatter", mode: "lines", x: d.train.x, y: d.train.y,
           line: { color: "#2563eb", width: 2 }, hovertemplate: HOVER },
         { name: "validation loss", type: "scatter", mode: "lines+markers", x: d.val.x, y: d.val.y,
-          line: { color: "#ea580c", width: 2 }, marker: { size: 6 }, hovertemplate: HOVER }
+          line: { color: "#ea580c", width: 2 }, marker: { size: 6 }, hovertemplate: HOVER },
+        { name: "checkpoints", type: "scatter", mode: "markers", x: [], y: [], text: [],
+          marker: { symbol: "diamond", size: 9, color: "#475569", line: { color: "#ffffff", width: 1 } },
+          hoverinfo: "skip" },  // see onPointer
+        { name: "validation minimum", type: "scatter", mode: "markers", x: [], y: [], showlegend: false,
+          hoverinfo: "skip", marker: { symbol: "star-open", size: 20, color: STAR_COLOR, line: { width: 2 } } }
       ];
       var layout = {
         // tick labels are hidden while empty (the default 0..6 / -1..4 ranges mean nothing)
@@ -96,8 +218,7 @@
         paper_bgcolor: "rgba(0,0,0,0)",
         plot_bgcolor: "#ffffff",
         uirevision: "keep",  // keep the user's zoom across updates
-        annotations: annotated ? [{ text: WAITING, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
-          showarrow: false, font: { size: 14, color: "#64748b" } }] : []
+        annotations: layerNotes()
       };
       var config = { responsive: true, displaylogo: false, displayModeBar: false };
       return Promise.resolve(Plotly.newPlot(div, traces, layout, config)).then(markDrawn);
@@ -114,7 +235,7 @@
       if (annotated) {
         annotated = false;
         p = p.then(function () {
-          return Plotly.relayout(div, { annotations: [], "xaxis.showticklabels": true, "yaxis.showticklabels": true });
+          return Plotly.relayout(div, { annotations: layerNotes(), "xaxis.showticklabels": true, "yaxis.showticklabels": true });
         });
       }
       return p.then(markDrawn);
@@ -130,6 +251,7 @@
     function finish(status) {
       live = false;
       div.dataset.live = "false";
+      refreshMarks();  // one last look: the early stop / final checkpoint
       div.dispatchEvent(new CustomEvent("loraboard-run-ended", { bubbles: true, detail: { status: status } }));
     }
 
@@ -162,7 +284,11 @@
         return null;
       })
       .then(firstDraw)
-      .then(function () { if (live) setTimeout(tick, POLL_MS); })
+      .then(function () {
+        div.addEventListener("mousemove", onPointer, true);  // before Plotly's own hover
+        pollMarks();
+        if (live) setTimeout(tick, POLL_MS);
+      })
       .catch(function (err) { if (window.console) console.error("loss chart: cannot draw:", err); });
   }
 
