@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -84,6 +85,17 @@ def _thread_count() -> int:
     return os.cpu_count() or 1
 
 
+def cuda_backend_installed() -> bool:
+    """Whether MLX's CUDA backend is the one installed (then matrix products run on the GPU)."""
+    for name in ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda"):
+        try:
+            importlib.metadata.distribution(name)
+            return True
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return False
+
+
 def routing_wanted(setting: bool = True) -> bool:
     """The setting, overridden by LORABOARD_OPENBLAS=0/off/false."""
     env = os.environ.get(DISABLE_ENV, "").strip().lower()
@@ -106,6 +118,8 @@ def route_blas(cache_dir: Path, enabled: bool = True, threads: int = 1) -> BlasR
     reference = "reference BLAS"
     if not sys.platform.startswith("linux"):
         return BlasRouting(False, "platform BLAS", _thread_count(), "not Linux")
+    if cuda_backend_installed():
+        return BlasRouting(False, "reference BLAS", 1, "the CUDA backend trains on the GPU")
     if "mlx.core" in sys.modules:
         return BlasRouting(False, reference, 1, "mlx.core was imported before routing")
     if not routing_wanted(enabled):
