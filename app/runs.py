@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from app.downsample import lttb
 from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 from app.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.runconfig import EarlyStopping, RunConfig
@@ -144,46 +145,63 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
     }
 
 
-def _points(session: Session, run_id: int, after: int | None, upto: int | None) -> tuple[list[Any], list[Any]]:
-    train_q = select(TrainReport).where(TrainReport.run_id == run_id)
-    val_q = select(ValReport).where(ValReport.run_id == run_id)
-    if after is not None:
-        train_q = train_q.where(TrainReport.iteration > after)
-        val_q = val_q.where(ValReport.iteration > after)
+TRAIN_FIELDS = ("iteration", "train_loss", "learning_rate", "iterations_per_second", "tokens_per_second",
+                "trained_tokens", "peak_memory")
+
+
+def _points(
+    session: Session, run_id: int, after: int | None, upto: int | None, start: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and val points of one run as plain dicts (column reads: fast for long runs)."""
+    train_q = select(*[getattr(TrainReport, f) for f in TRAIN_FIELDS]).where(TrainReport.run_id == run_id)
+    val_q = select(ValReport.iteration, ValReport.val_loss).where(ValReport.run_id == run_id)
+    for low, strict in ((after, True), (start, False)):
+        if low is not None:
+            train_q = train_q.where(TrainReport.iteration > low if strict else TrainReport.iteration >= low)
+            val_q = val_q.where(ValReport.iteration > low if strict else ValReport.iteration >= low)
     if upto is not None:
         train_q = train_q.where(TrainReport.iteration <= upto)
         val_q = val_q.where(ValReport.iteration <= upto)
-    train = list(session.exec(train_q.order_by(col(TrainReport.iteration))).all())
-    val = list(session.exec(val_q.order_by(col(ValReport.iteration))).all())
+    train = [dict(zip(TRAIN_FIELDS, row, strict=True))
+             for row in session.exec(train_q.order_by(col(TrainReport.iteration))).all()]
+    val = [{"iteration": it, "val_loss": loss}
+           for it, loss in session.exec(val_q.order_by(col(ValReport.iteration))).all()]
     return train, val
 
 
+def _thin(points: list[dict[str, Any]], key: str, max_points: int | None) -> list[dict[str, Any]]:
+    if max_points is None or len(points) <= max_points:
+        return points
+    keep = lttb([p["iteration"] for p in points], [p[key] for p in points], max_points)
+    return [points[i] for i in keep]
+
+
 def metrics_json(
-    session: Session, run_id: int, after: int | None, include_parent: bool = False
-) -> dict[str, list[dict[str, Any]]]:
-    """A run's reports; with include_parent, a continued run's curve starts with its ancestors' points."""
-    train, val = _points(session, run_id, after, None)
+    session: Session, run_id: int, after: int | None, include_parent: bool = False,
+    start: int | None = None, end: int | None = None, max_points: int | None = None,
+) -> dict[str, Any]:
+    """A run's reports, oldest first.
+
+    include_parent: a continued run's curve starts with its ancestors' points.
+    start/end: only that iteration range (inclusive); max_points: LTTB-downsample each series
+    above that many points (the answer then says how many there were).
+    """
+    train, val = _points(session, run_id, after, end, start)
     run = session.get(Run, run_id)
     while include_parent and run is not None and run.config.get("resume_from"):
         source = run.config["resume_from"]
-        parent_train, parent_val = _points(session, source["run_id"], after, source["iteration"])
-        train, val = parent_train + train, parent_val + [p for p in val if p.iteration > source["iteration"]]
+        upto = source["iteration"] if end is None else min(end, source["iteration"])
+        parent_train, parent_val = _points(session, source["run_id"], after, upto, start)
+        train = parent_train + train
+        val = parent_val + [p for p in val if p["iteration"] > source["iteration"]]
         run = session.get(Run, source["run_id"])
-    return {
-        "train": [
-            {
-                "iteration": p.iteration,
-                "train_loss": p.train_loss,
-                "learning_rate": p.learning_rate,
-                "iterations_per_second": p.iterations_per_second,
-                "tokens_per_second": p.tokens_per_second,
-                "trained_tokens": p.trained_tokens,
-                "peak_memory": p.peak_memory,
-            }
-            for p in train
-        ],
-        "val": [{"iteration": p.iteration, "val_loss": p.val_loss} for p in val],
+    answer: dict[str, Any] = {
+        "train": _thin(train, "train_loss", max_points),
+        "val": _thin(val, "val_loss", max_points),
     }
+    if max_points is not None:
+        answer["total"] = {"train": len(train), "val": len(val)}
+    return answer
 
 
 def progress_view(run: Run) -> dict[str, Any]:
@@ -222,10 +240,9 @@ def annotations_json(session: Session, run: Run) -> dict[str, Any]:
     assert run.id is not None
     checkpoints = checkpoints_of(session, run.id)
     best = best_checkpoint(checkpoints)
-    train = [(p.iteration, p.train_loss) for p in session.exec(
-        select(TrainReport).where(TrainReport.run_id == run.id).order_by(col(TrainReport.iteration)))]
-    val = [(p.iteration, p.val_loss) for p in session.exec(
-        select(ValReport).where(ValReport.run_id == run.id).order_by(col(ValReport.iteration)))]
+    train_points, val_points = _points(session, run.id, None, None)
+    train = [(p["iteration"], p["train_loss"]) for p in train_points]
+    val = [(p["iteration"], p["val_loss"]) for p in val_points]
     val_min = None
     if val:
         low = min(loss for _, loss in val)

@@ -51,6 +51,11 @@ def test_full_run_reports_checkpoints_and_download(
     assert [p["iteration"] for p in metrics["val"]] == [0, 20, 40]
     assert metrics["train"][-1]["train_loss"] < metrics["train"][0]["train_loss"]
     assert metrics["val"][-1]["val_loss"] < metrics["val"][0]["val_loss"]
+    thin = shared_server.get(f"/api/runs/{run['id']}/metrics?max_points=3")
+    assert [p["iteration"] for p in thin["train"]][::2] == [5, 40] and len(thin["train"]) == 3
+    assert thin["total"] == {"train": 8, "val": 3}
+    window = shared_server.get(f"/api/runs/{run['id']}/metrics?start=10&end=20")
+    assert [p["iteration"] for p in window["train"]] == [10, 15, 20]
     later = shared_server.get(f"/api/runs/{run['id']}/metrics?after=30")
     assert [p["iteration"] for p in later["train"]] == [35, 40]
     assert [p["iteration"] for p in later["val"]] == [40]

@@ -97,9 +97,12 @@ def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, An
 def get_metrics(
     session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after"),
     include_parent: bool = Query(False, description="a continued run: start with the earlier run's points"),
-) -> dict[str, list[dict[str, Any]]]:
+    start: int | None = Query(None, description="only iterations >= start"),
+    end: int | None = Query(None, description="only iterations <= end"),
+    max_points: int | None = Query(None, ge=3, le=100_000, description="LTTB-downsample each series to this many"),
+) -> dict[str, Any]:
     get_run_or_404(session, run_id)
-    return metrics_json(session, run_id, after, include_parent)
+    return metrics_json(session, run_id, after, include_parent, start, end, max_points)
 
 
 @router.get("/runs/{run_id}/annotations")
