@@ -162,6 +162,8 @@ FORM_DEFAULTS: dict[str, Any] = {
     "save_every": 50,
     "val_batches": 10,
     "max_seq_length": 512,
+    "early_stopping.patience": 3,
+    "early_stopping.min_delta": 0.0,
 }
 
 # The fields the form shows, in order: (key, kind). Nested keys use a dot.
@@ -184,6 +186,9 @@ FORM_FIELDS: list[tuple[str, str]] = [
     ("lora_parameters.rank", "number"),
     ("lora_parameters.scale", "number"),
     ("lora_parameters.dropout", "number"),
+    ("early_stopping.enabled", "checkbox"),
+    ("early_stopping.patience", "number"),
+    ("early_stopping.min_delta", "number"),
     ("full_val_at_checkpoints", "checkbox"),
     ("grad_checkpoint", "checkbox"),
     ("mask_prompt", "checkbox"),
@@ -204,6 +209,11 @@ def form_field_specs(values: dict[str, Any]) -> list[dict[str, Any]]:
     """What the template needs per field: key, kind, help, value and choices, from RunConfig."""
     specs = []
     for key, kind in FORM_FIELDS:
+        if key == "early_stopping.enabled":
+            help_text = "Stop when validation loss stops improving, keeping the best checkpoint."
+            value: Any = values.get(key) or values.get("early_stopping.patience") not in (None, "")
+            specs.append({"key": key, "kind": kind, "help": help_text, "value": value, "choices": []})
+            continue
         info = _field_info(key)
         choices = list(getattr(info.annotation, "__args__", ())) if kind == "select" else []
         specs.append({"key": key, "kind": kind, "help": info.description or "",
@@ -237,4 +247,7 @@ def form_to_payload(form: dict[str, str]) -> dict[str, Any]:
             payload.setdefault(head, {})[tail] = value
         else:
             payload[head] = value
+    rule = payload.pop("early_stopping", {})
+    if rule.pop("enabled", False):  # the switch decides; the numbers alone do not turn it on
+        payload["early_stopping"] = rule
     return payload
