@@ -42,7 +42,9 @@ class EarlyStopping(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     patience: int = Field(2, ge=1, le=1000, description="Evaluations without improvement before stopping.")
-    min_delta: float = Field(0.0, ge=0.0, description="An improvement must exceed this to count.")
+    min_delta: float = Field(
+        0.0, ge=0.0, description="An evaluation improves when it is at least this much below the best so far."
+    )
 
 
 class ResumeFrom(BaseModel):
@@ -162,6 +164,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "save_every": 50,
     "val_batches": 10,
     "max_seq_length": 512,
+    "early_stopping.enabled": True,
     "early_stopping.patience": 3,
     "early_stopping.min_delta": 0.0,
 }
@@ -211,7 +214,7 @@ def form_field_specs(values: dict[str, Any]) -> list[dict[str, Any]]:
     for key, kind in FORM_FIELDS:
         if key == "early_stopping.enabled":
             help_text = "Stop when validation loss stops improving, keeping the best checkpoint."
-            value: Any = values.get(key) or values.get("early_stopping.patience") not in (None, "")
+            value: Any = bool(values.get(key))
             specs.append({"key": key, "kind": kind, "help": help_text, "value": value, "choices": []})
             continue
         info = _field_info(key)

@@ -115,3 +115,61 @@ def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: 
     expect(page.locator(".error-box")).to_contain_text("learning_rate")
     shot(page, "07-form-errors")
     assert server.get("/api/runs") == []
+
+
+def test_deployment_marker_and_download_from_the_checkpoint_table(server: Server, page: Page, tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from conftest import QUICK_RUN
+
+    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 30, "steps_per_eval": 10, "save_every": 10})
+    assert status == 201
+    server.wait_terminal(run["id"])
+    page.goto(f"{server.url}/runs/{run['id']}")
+    row = page.locator("#checkpoint-table tr[data-iteration='20']")
+    row.locator(".deploy-button").click()
+    expect(row.locator(".badge", has_text="deployment")).to_be_visible()
+    expect(page.locator("#checkpoint-table .badge", has_text="deployment")).to_have_count(1)
+    assert [c["iteration"] for c in server.get(f"/api/runs/{run['id']}/checkpoints") if c["is_deployment"]] == [20]
+
+    with page.expect_download() as info:
+        row.locator("a", has_text="Download").click()
+    target = tmp_path / "deployment.zip"
+    info.value.save_as(target)
+    with zipfile.ZipFile(target) as archive:
+        assert json.loads(archive.read("loraboard.json"))["iteration"] == 20
+        assert {"adapters.safetensors", "adapter_config.json"} <= set(archive.namelist())
+    shot(page, "08-checkpoints-deployment")
+
+    # deleting the deployment checkpoint asks, and a dismissed dialog deletes nothing
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    row.locator(".delete-button").click()
+    expect(page.locator("#checkpoint-table tr[data-iteration='20']")).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#checkpoint-table tr[data-iteration='10'] .delete-button").click()
+    expect(page.locator("#checkpoint-table tr[data-iteration='10']")).to_have_count(0)
+    expect(page.locator("#checkpoint-table tr[data-iteration='20'] .badge", has_text="deployment")).to_be_visible()
+
+
+def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: Path) -> None:
+    from conftest import PROJECT_DIR, QUICK_RUN
+
+    data = tmp_path / "tiny-data"
+    data.mkdir()
+    source = PROJECT_DIR / "data" / "contact-center"
+    (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
+    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
+    config = {**QUICK_RUN, "data": str(data), "iters": 2000, "steps_per_eval": 10, "steps_per_report": 5,
+              "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}
+    status, run = server.post("/api/runs", config)
+    assert status == 201
+    page.goto(f"{server.url}/runs/{run['id']}")
+    expect(page.locator("#run-status-badge")).to_have_text("early stopped", timeout=120_000)
+    chart = page.locator("#loss-chart")
+    expect(chart).to_have_attribute("data-live", "false", timeout=15_000)
+    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.checkpointMarkers) >= 2")
+    expect(page.locator("#loss-chart")).to_contain_text("early stop")
+    expect(page.locator("#loss-chart")).to_contain_text("val min")
+    expect(page.locator(".notice")).to_contain_text("validation loss has not improved on")
+    shot(page, "09-early-stopped")

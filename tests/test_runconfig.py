@@ -65,3 +65,13 @@ def test_form_fields_carry_help_and_choices() -> None:
     assert specs["iters"]["value"] == 7
     assert specs["iters"]["help"] == RunConfig.model_fields["iters"].description
     assert specs["fine_tune_type"]["choices"] == ["lora", "dora", "full"]
+
+
+def test_form_early_stopping_switch_decides() -> None:
+    form = {"early_stopping.patience": "4", "early_stopping.min_delta": "0.01"}
+    assert "early_stopping" not in form_to_payload(form)
+    config = RunConfig.model_validate(form_to_payload({**form, "early_stopping.enabled": "on"}))
+    assert config.early_stopping is not None
+    assert (config.early_stopping.patience, config.early_stopping.min_delta) == (4, 0.01)
+    specs = {s["key"]: s for s in form_field_specs({"early_stopping.patience": 4})}
+    assert specs["early_stopping.enabled"]["value"] is False  # unchecked stays unchecked

@@ -108,6 +108,7 @@ def new_run_form(
     source = session.get(Run, from_run) if from_run is not None else None
     if source is not None:
         values = flat_values({**source.config, "name": "", "resume_from": None})
+        values["early_stopping.enabled"] = bool(source.config.get("early_stopping"))
         if resume_iteration is not None:
             values["resume_from.run_id"] = source.id
             values["resume_from.iteration"] = resume_iteration
