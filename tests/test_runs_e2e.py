@@ -290,3 +290,28 @@ def test_resume_refuses_what_cannot_continue(shared_server: Server) -> None:
     resume = {"run_id": 1, "iteration": 20}
     status, body = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 10, "resume_from": resume})
     assert status == 422 and "must be above" in str(body["detail"])
+
+
+def test_training_goes_on_while_the_database_is_locked(server: Server) -> None:
+    import sqlite3
+    import time
+
+    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 60, "save_every": 5, "steps_per_eval": 1000})
+    assert status == 201
+    server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
+    run_dir = server.root / "adapters" / f"run-{run['id']:04d}"
+    before = len(list(run_dir.glob("*_adapters.safetensors")))
+    lock = sqlite3.connect(server.root / "loraboard.db", timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")  # no one else can write now
+    try:
+        time.sleep(4)
+        during = len(list(run_dir.glob("*_adapters.safetensors")))
+    finally:
+        lock.rollback()
+        lock.close()
+    assert during > before  # the training loop kept stepping and saving while reports waited
+    run = server.wait_terminal(run["id"])
+    assert run["status"] == "completed"
+    train = server.get(f"/api/runs/{run['id']}/metrics")["train"]
+    assert [p["iteration"] for p in train] == list(range(5, 61, 5))  # nothing lost, nothing twice
+    assert [c["iteration"] for c in server.get(f"/api/runs/{run['id']}/checkpoints")] == list(range(5, 61, 5))
