@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Protocol, TypeVar
 
 
@@ -87,26 +86,24 @@ def early_stop_decision(
     return EarlyStopDecision(since >= patience and best_loss is not None, best_iteration, best_loss, since)
 
 
-def _train_at(train: Sequence[tuple[int, float]], iteration: int) -> float | None:
-    """The last train loss reported at or before `iteration` (train is sorted by iteration)."""
-    value = None
-    for it, loss in train:
-        if it > iteration:
-            break
-        value = loss
-    return value
-
-
 def overfitting_spans(
     train: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]]
 ) -> list[tuple[int, int]]:
     """Stretches between evaluations where validation loss rose while train loss fell.
 
-    Adjacent stretches merge; each is (start iteration, end iteration).
+    Train loss at an evaluation is the last one reported at or before it (both series sorted by
+    iteration). Adjacent stretches merge; each is (start iteration, end iteration).
     """
+    train_at: list[float | None] = []
+    i, last = 0, None
+    for iteration, _ in val:  # one merge pass: O(len(train) + len(val))
+        while i < len(train) and train[i][0] <= iteration:
+            last = train[i][1]
+            i += 1
+        train_at.append(last)
     spans: list[tuple[int, int]] = []
-    for (it0, v0), (it1, v1) in pairwise(val):
-        t0, t1 = _train_at(train, it0), _train_at(train, it1)
+    for k in range(1, len(val)):
+        (it0, v0), (it1, v1), t0, t1 = val[k - 1], val[k], train_at[k - 1], train_at[k]
         if v1 > v0 and t0 is not None and t1 is not None and t1 < t0:
             if spans and spans[-1][1] == it0:
                 spans[-1] = (spans[-1][0], it1)

@@ -88,17 +88,17 @@ def checkpoints_of(session: Session, run_id: int) -> list[Checkpoint]:
 
 def latest_train(session: Session, run_id: int) -> TrainReport | None:
     query = select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration).desc())
-    return session.exec(query).first()
+    return session.exec(query.limit(1)).first()
 
 
 def first_train(session: Session, run_id: int) -> TrainReport | None:
     query = select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
-    return session.exec(query).first()
+    return session.exec(query.limit(1)).first()
 
 
 def first_val_loss(session: Session, run_id: int) -> float | None:
     query = select(ValReport).where(ValReport.run_id == run_id).order_by(col(ValReport.iteration))
-    first = session.exec(query).first()
+    first = session.exec(query.limit(1)).first()
     return first.val_loss if first else None
 
 
@@ -150,10 +150,11 @@ TRAIN_FIELDS = ("iteration", "train_loss", "learning_rate", "iterations_per_seco
 
 
 def _points(
-    session: Session, run_id: int, after: int | None, upto: int | None, start: int | None = None
+    session: Session, run_id: int, after: int | None, upto: int | None, start: int | None = None,
+    fields: tuple[str, ...] = TRAIN_FIELDS,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and val points of one run as plain dicts (column reads: fast for long runs)."""
-    train_q = select(*[getattr(TrainReport, f) for f in TRAIN_FIELDS]).where(TrainReport.run_id == run_id)
+    train_q = select(*[getattr(TrainReport, f) for f in fields]).where(TrainReport.run_id == run_id)
     val_q = select(ValReport.iteration, ValReport.val_loss).where(ValReport.run_id == run_id)
     for low, strict in ((after, True), (start, False)):
         if low is not None:
@@ -162,18 +163,48 @@ def _points(
     if upto is not None:
         train_q = train_q.where(TrainReport.iteration <= upto)
         val_q = val_q.where(ValReport.iteration <= upto)
-    train = [dict(zip(TRAIN_FIELDS, row, strict=True))
-             for row in session.exec(train_q.order_by(col(TrainReport.iteration))).all()]
+    rows = session.exec(train_q.order_by(col(TrainReport.iteration))).all()
+    if fields == ("iteration", "train_loss"):  # the downsampling read: 200,000 rows must stay cheap
+        train = [{"run_id": run_id, "iteration": it, "train_loss": loss} for it, loss in rows]
+    else:
+        train = [{"run_id": run_id, **dict(zip(fields, row, strict=True))} for row in rows]
     val = [{"iteration": it, "val_loss": loss}
            for it, loss in session.exec(val_q.order_by(col(ValReport.iteration))).all()]
     return train, val
 
 
-def _thin(points: list[dict[str, Any]], key: str, max_points: int | None) -> list[dict[str, Any]]:
-    if max_points is None or len(points) <= max_points:
-        return points
-    keep = lttb([p["iteration"] for p in points], [p[key] for p in points], max_points)
-    return [points[i] for i in keep]
+def _chain_points(
+    session: Session, run_id: int, after: int | None, include_parent: bool, start: int | None, end: int | None,
+    fields: tuple[str, ...],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's points; with include_parent, a continued run's curve starts with its ancestors'."""
+    train, val = _points(session, run_id, after, end, start, fields)
+    run = session.get(Run, run_id)
+    while include_parent and run is not None and run.config.get("resume_from"):
+        source = run.config["resume_from"]
+        upto = source["iteration"] if end is None else min(end, source["iteration"])
+        parent_train, parent_val = _points(session, source["run_id"], after, upto, start, fields)
+        train = parent_train + train
+        val = parent_val + [p for p in val if p["iteration"] > source["iteration"]]
+        run = session.get(Run, source["run_id"])
+    return train, val
+
+
+def _full_rows(session: Session, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All fields of the train points picked by (run_id, iteration), in the same order."""
+    wanted: dict[int, list[int]] = {}
+    for key in keys:
+        wanted.setdefault(key["run_id"], []).append(key["iteration"])
+    found: dict[tuple[int, int], dict[str, Any]] = {}
+    columns = [getattr(TrainReport, f) for f in TRAIN_FIELDS]
+    for run_id, iterations in wanted.items():
+        for chunk in range(0, len(iterations), 500):
+            query = select(*columns).where(
+                TrainReport.run_id == run_id, col(TrainReport.iteration).in_(iterations[chunk:chunk + 500])
+            )
+            for row in session.exec(query).all():
+                found[(run_id, row[0])] = dict(zip(TRAIN_FIELDS, row, strict=True))
+    return [found[(k["run_id"], k["iteration"])] for k in keys]
 
 
 def metrics_json(
@@ -184,21 +215,22 @@ def metrics_json(
 
     include_parent: a continued run's curve starts with its ancestors' points.
     start/end: only that iteration range (inclusive); max_points: LTTB-downsample each series
-    above that many points (the answer then says how many there were).
+    above that many points (the answer then says how many there were). Downsampling reads two
+    columns of every report and the rest only for the points kept.
     """
-    train, val = _points(session, run_id, after, end, start)
-    run = session.get(Run, run_id)
-    while include_parent and run is not None and run.config.get("resume_from"):
-        source = run.config["resume_from"]
-        upto = source["iteration"] if end is None else min(end, source["iteration"])
-        parent_train, parent_val = _points(session, source["run_id"], after, upto, start)
-        train = parent_train + train
-        val = parent_val + [p for p in val if p["iteration"] > source["iteration"]]
-        run = session.get(Run, source["run_id"])
-    answer: dict[str, Any] = {
-        "train": _thin(train, "train_loss", max_points),
-        "val": _thin(val, "val_loss", max_points),
-    }
+    fields = TRAIN_FIELDS if max_points is None else ("iteration", "train_loss")
+    train, val = _chain_points(session, run_id, after, include_parent, start, end, fields)
+    answer: dict[str, Any] = {}
+    if max_points is not None and len(train) > max_points:
+        kept = [train[i] for i in lttb([p["iteration"] for p in train], [p["train_loss"] for p in train], max_points)]
+        answer["train"] = _full_rows(session, kept)
+    elif max_points is not None:
+        answer["train"] = _full_rows(session, train)
+    else:
+        answer["train"] = [{f: p[f] for f in TRAIN_FIELDS} for p in train]
+    answer["val"] = val
+    if max_points is not None and len(val) > max_points:
+        answer["val"] = [val[i] for i in lttb([p["iteration"] for p in val], [p["val_loss"] for p in val], max_points)]
     if max_points is not None:
         answer["total"] = {"train": len(train), "val": len(val)}
     return answer
@@ -240,7 +272,7 @@ def annotations_json(session: Session, run: Run) -> dict[str, Any]:
     assert run.id is not None
     checkpoints = checkpoints_of(session, run.id)
     best = best_checkpoint(checkpoints)
-    train_points, val_points = _points(session, run.id, None, None)
+    train_points, val_points = _points(session, run.id, None, None, fields=("iteration", "train_loss"))
     train = [(p["iteration"], p["train_loss"]) for p in train_points]
     val = [(p["iteration"], p["val_loss"]) for p in val_points]
     val_min = None

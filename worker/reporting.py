@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app.checkpoints import set_deployment
 from app.models import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
@@ -144,7 +144,8 @@ class ReportWriter:
             train = session.exec(
                 select(TrainReport)
                 .where(TrainReport.run_id == self.run_id, TrainReport.iteration <= iteration)
-                .order_by(TrainReport.iteration.desc())  # type: ignore[attr-defined]
+                .order_by(col(TrainReport.iteration).desc())
+                .limit(1)
             ).first()
             session.add(
                 Checkpoint(
