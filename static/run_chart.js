@@ -552,6 +552,7 @@
         xaxis: { zeroline: false, fixedrange: true, hoverformat: X_HOVER[xMode], ticksuffix: X_SUFFIX[xMode],
           tickfont: { size: 10 }, showticklabels: !annotated },
         yaxis: { zeroline: false, fixedrange: true, tickfont: { size: 10 }, tickformat: s.tickformat, automargin: true,
+          rangemode: "tozero",  // a constant learning rate would otherwise get a meaningless ±1 range
           showticklabels: !annotated },
         hovermode: "x", showlegend: false, height: 180,
         margin: { l: 50, r: 12, t: 26, b: 28 },

@@ -172,4 +172,7 @@ def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: 
     expect(page.locator("#loss-chart")).to_contain_text("early stop")
     expect(page.locator("#loss-chart")).to_contain_text("val min")
     expect(page.locator(".notice")).to_contain_text("validation loss has not improved on")
+    stopped_at = server.get(f"/api/runs/{run['id']}")["iteration"]
+    # the run's end refreshes the checkpoint table at once (not at the next poll): the final one is listed
+    expect(page.locator(f"#checkpoint-table tr[data-iteration='{stopped_at}']")).to_have_count(1, timeout=2_000)
     shot(page, "09-early-stopped")
