@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, literal, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import models  # noqa: F401  (registers the tables)
@@ -28,4 +29,33 @@ def make_engine(db_path: Path) -> Engine:
         cursor.close()
 
     SQLModel.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Bring a database made by an older loraboard up to date: add the columns it lacks.
+
+    Only additive changes are made (new tables come from create_all); a new NOT NULL column
+    gets its Python default as the SQL default so existing rows stay valid (one without a constant
+    default is added as nullable). Returns what was added.
+    """
+    added = []
+    preparer = engine.dialect.identifier_preparer
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            present = {row[1] for row in conn.execute(text("SELECT * FROM pragma_table_info(:t)"), {"t": table.name})}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                definition = str(CreateColumn(column).compile(dialect=engine.dialect))
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
+                if not column.nullable and default is not None:
+                    value = int(default) if isinstance(default, bool) else default
+                    definition += " DEFAULT " + str(literal(value).compile(
+                        dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+                elif not column.nullable:  # no constant to fill old rows with: the column stays nullable
+                    definition = definition.replace(" NOT NULL", "")
+                conn.execute(text("ALTER TABLE " + preparer.quote(table.name) + " ADD COLUMN " + definition))
+                added.append(f"{table.name}.{column.name}")
+    return added

@@ -139,6 +139,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "iteration": run.iteration,
         "total_iters": run.total_iters,
         "backend": run.backend,
+        "dtype": run.train_dtype,
         "early_stopping": json.loads(run.early_stopping_json) if run.early_stopping_json else None,
         "trainable_params": run.trainable_params,
         "total_params": run.total_params,

@@ -315,3 +315,37 @@ def test_training_goes_on_while_the_database_is_locked(server: Server) -> None:
     train = server.get(f"/api/runs/{run['id']}/metrics")["train"]
     assert [p["iteration"] for p in train] == list(range(5, 61, 5))  # nothing lost, nothing twice
     assert [c["iteration"] for c in server.get(f"/api/runs/{run['id']}/checkpoints")] == list(range(5, 61, 5))
+
+
+BF16_COPY = r"""
+import json, shutil, sys
+from pathlib import Path
+import mlx.core as mx
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(src, dst)
+weights = mx.load(str(src / "model.safetensors"))
+mx.save_safetensors(str(dst / "model.safetensors"), {k: v.astype(mx.bfloat16) for k, v in weights.items()})
+config = json.loads((src / "config.json").read_text())
+config["torch_dtype"] = "bfloat16"
+(dst / "config.json").write_text(json.dumps(config))
+"""
+
+
+def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
+    bf16 = tmp_path / "tiny-bf16"
+    subprocess.run([sys.executable, "-c", BF16_COPY, str(default_model), str(bf16)], check=True, env=base_env())
+    runs = {}
+    for name, model in (("float32", default_model), ("bfloat16", bf16)):
+        status, run = shared_server.post("/api/runs", {**QUICK_RUN, "model": str(model), "iters": 20})
+        assert status == 201
+        runs[name] = shared_server.wait_terminal(run["id"])
+        assert runs[name]["status"] == "completed", runs[name]
+    assert runs["float32"]["dtype"] == "float32"
+    assert runs["bfloat16"]["dtype"] == "float32 (weights stored as bfloat16)"
+
+    def speed(run: dict[str, Any]) -> float:
+        train = shared_server.get(f"/api/runs/{run['id']}/metrics")["train"]
+        return sorted(p["tokens_per_second"] for p in train[1:])[len(train[1:]) // 2]
+
+    # bf16 matrix products skip BLAS on CPU (~16x slower): training them in bf16 could not come close
+    assert speed(runs["bfloat16"]) > 0.5 * speed(runs["float32"])

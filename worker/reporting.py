@@ -166,7 +166,7 @@ class ReportWriter:
     def heartbeat(self) -> None:
         self.submit(lambda session: None)
 
-    def mark_running(self, trainable_params: int, total_params: int) -> None:
+    def mark_running(self, trainable_params: int, total_params: int, train_dtype: str) -> None:
         def job(session: Session) -> None:
             run = session.get(Run, self.run_id)
             if run is None:
@@ -175,6 +175,7 @@ class ReportWriter:
                 run.status = RunStatus.running.value
             run.trainable_params = trainable_params
             run.total_params = total_params
+            run.train_dtype = train_dtype
             session.add(run)
 
         self.submit(job)

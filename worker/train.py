@@ -193,11 +193,24 @@ class StepHooks:
             yield batch
 
 
-def load_model(config: RunConfig) -> tuple[nn.Module, Any]:
+def floating_dtype(model: nn.Module) -> str:
+    """The dtype of the model's floating-point weights (the most common one)."""
+    counts: dict[str, int] = {}
+    for _, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            name = str(value.dtype).removeprefix("mlx.core.")
+            counts[name] = counts.get(name, 0) + value.size
+    return max(counts, key=lambda name: counts[name]) if counts else "unknown"
+
+
+def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
+    """The model, its tokenizer, and the dtype it trains in (said the way the run page shows it)."""
     model, tokenizer = load(config.model)
-    if mx.default_device() == mx.cpu:  # bf16/f16 skip BLAS on CPU: train in float32
+    stored = floating_dtype(model)
+    if mx.default_device() == mx.cpu and stored != "float32":  # bf16/f16 skip BLAS on CPU: train in float32
         model.set_dtype(mx.float32, lambda dtype: mx.issubdtype(dtype, mx.floating))
-    return model, tokenizer
+        return model, tokenizer, f"float32 (weights stored as {stored})"
+    return model, tokenizer, stored
 
 
 def load_data(config: RunConfig, tokenizer: Any) -> tuple[CacheDataset, CacheDataset | None]:
@@ -276,13 +289,13 @@ def train_run(
     import numpy as np
 
     np.random.seed(config.seed)
-    model, tokenizer = load_model(config)
+    model, tokenizer, train_dtype = load_model(config)
     train_set, val_set = load_data(config, tokenizer)
     num_layers = attach_adapters(model, config)
     trainable, total = count_parameters(model)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_adapter_config(run_dir, config, num_layers)
-    writer.mark_running(trainable, total)
+    writer.mark_running(trainable, total, train_dtype)
 
     optimizer = make_optimizer(config)
     start = ResumePoint(0, 0)

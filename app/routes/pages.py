@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from app.checkpoints import (
     table_rows,
 )
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.models import Run
+from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
 from app.runconfig import (
     FORM_DEFAULTS,
@@ -176,17 +177,33 @@ def _checkpoint_partial(
     return templates.TemplateResponse(request, "_checkpoints.html", context)
 
 
+def _checkpoint_action(
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int,
+    action: Callable[[Run, Checkpoint], None],
+) -> Response:
+    """Apply one action to a checkpoint and answer with the table (showing the error, if any)."""
+    run = _run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    error = None
+    if ckpt is None:
+        error = f"no checkpoint at iteration {iteration}"
+    else:
+        try:
+            action(run, ckpt)
+        except CheckpointError as exc:
+            error = str(exc)
+    return _checkpoint_partial(request, session, templates, run, error)
+
+
 @router.post("/runs/{run_id}/checkpoints/{iteration}/deployment", response_class=HTMLResponse)
 def set_deployment_from_page(
     request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int
 ) -> Response:
-    run = _run_or_404(session, run_id)
-    ckpt = find_checkpoint(session, run_id, iteration)
-    if ckpt is None:
-        return _checkpoint_partial(request, session, templates, run, f"no checkpoint at iteration {iteration}")
-    set_deployment(session, run_id, ckpt)
-    session.commit()
-    return _checkpoint_partial(request, session, templates, run)
+    def deploy(run: Run, ckpt: Checkpoint) -> None:
+        set_deployment(session, run_id, ckpt)
+        session.commit()
+
+    return _checkpoint_action(request, session, templates, run_id, iteration, deploy)
 
 
 @router.post("/runs/{run_id}/checkpoints/{iteration}/note", response_class=HTMLResponse)
@@ -194,17 +211,9 @@ def set_note_from_page(
     request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int,
     note: Annotated[str, Form()] = "",
 ) -> Response:
-    run = _run_or_404(session, run_id)
-    ckpt = find_checkpoint(session, run_id, iteration)
-    error = None
-    if ckpt is None:
-        error = f"no checkpoint at iteration {iteration}"
-    else:
-        try:
-            set_note(session, ckpt, note)
-        except CheckpointError as exc:
-            error = str(exc)
-    return _checkpoint_partial(request, session, templates, run, error)
+    return _checkpoint_action(
+        request, session, templates, run_id, iteration, lambda run, ckpt: set_note(session, ckpt, note)
+    )
 
 
 @router.post("/runs/{run_id}/checkpoints/{iteration}/delete", response_class=HTMLResponse)
@@ -212,17 +221,10 @@ def delete_from_page(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: int,
     iteration: int, confirm: Annotated[str, Form()] = "",
 ) -> Response:
-    run = _run_or_404(session, run_id)
-    ckpt = find_checkpoint(session, run_id, iteration)
-    error = None
-    if ckpt is None:
-        error = f"no checkpoint at iteration {iteration}"
-    else:
-        try:
-            delete_checkpoint(session, settings, run, ckpt, confirm)
-        except CheckpointError as exc:
-            error = str(exc)
-    return _checkpoint_partial(request, session, templates, run, error)
+    return _checkpoint_action(
+        request, session, templates, run_id, iteration,
+        lambda run, ckpt: delete_checkpoint(session, settings, run, ckpt, confirm),
+    )
 
 
 @router.post("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
