@@ -639,7 +639,10 @@
     }
 
     showSmoothing();
-    getJSON(url({ max_points: MAX_POINTS }))
+    // The page started this request before Plotly loaded (window.loraboardFirstMetrics) when it could.
+    var first = window.loraboardFirstMetrics || getJSON(url({ max_points: MAX_POINTS }));
+    window.loraboardFirstMetrics = null;
+    first
       .catch(function (err) {
         if (window.console) console.warn("loss chart: initial fetch failed:", err);
         catchUp = !live;  // retry on the next tick (with nothing drawn it fetches the overview)

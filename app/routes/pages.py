@@ -42,6 +42,7 @@ from app.runs import (
 )
 
 router = APIRouter(include_in_schema=False)
+CHART_MAX_POINTS = 2000  # the chart's overview: as static/run_chart.js asks for it
 HxRequest = Annotated[str | None, Header()]
 
 
@@ -144,6 +145,11 @@ async def submit_run_form(
 def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
     run = _run_or_404(session, run_id)
     context = {**_status_context(session, run), **_checkpoint_context(request, session, run)}
+    # a continued run's chart starts with the earlier run's curve
+    parent = "?include_parent=true" if run.config.get("resume_from") else ""
+    context["metrics_url"] = f"/api/runs/{run_id}/metrics{parent}"
+    separator = "&" if "?" in context["metrics_url"] else "?"
+    context["first_metrics_url"] = f"{context['metrics_url']}{separator}max_points={CHART_MAX_POINTS}"
     return templates.TemplateResponse(request, "run.html", context)
 
 
