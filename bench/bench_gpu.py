@@ -1,0 +1,474 @@
+"""GPU training throughput: loraboard's worker against plain mlx-lm on a Mistral-7B-shaped model (MLX CUDA).
+
+Runs on an NVIDIA GPU with MLX's CUDA backend (`mlx-cuda-13`). Builds, if absent, a
+Mistral-7B-shaped model with random bf16 weights and data of fixed-length rows
+(bench/gpu_build.py), then trains it interleaved, one process per run:
+
+  plain       mlx-lm's trainer as `python -m mlx_lm lora --train` runs it (bench/plain_mlx_lm.py)
+  loraboard   the real worker, `python -m worker train --run-id N`, on a run row of a temporary
+              SQLite database, with the environment the dashboard's supervisor gives it
+
+Same settings for both: LoRA rank 8, scale 20, dropout 0 on the 7 linear layers of the
+last 16 blocks (10,485,760 trainable parameters, checked), batch 4, rows of 1,159
+tokens, max_seq_length 2048, Adam at 1e-5, seed 0, a report every 5 steps, one
+validation batch at the start and the end (outside the timed steps), no checkpoint
+during the run, no gradient checkpointing. Rounds rotate the order (plain, loraboard,
+then loraboard, plain, ...). Tokens/s are mlx-lm's own per-report numbers, the first
+report of each process skipped as warm-up, median over the rest; peak memory is
+mlx-lm's reported `peak_memory` (GB, MLX's allocator peak), the last report of a run,
+median over runs. Then, time allowing (--budget-s), experiments: plain mlx-lm with
+one MLX setting changed each (CUDA graphs, cuDNN attention, compile, allocator cache,
+gradient checkpointing), one run each.
+
+Prints Markdown tables and writes JSON (--json; default $OUT/bench_gpu.json when OUT
+is set, else bench/results/bench_gpu.json), rewritten after every run.
+
+On the lent H200 (bench/README.md, "GPU (NVIDIA H200)", says how the wheels in .whl/
+and .whl2/ are made): MLX's CUDA wheel is over one call's 64 MiB carry, so it travels
+as two parts of an xz tarball of the unpacked wheel, in two calls back to back (the
+first part waits in /tmp; the machine stays warm only ~30 s after a call).
+Call 1, carry [".whl2/p1", ".whl2/tok"] (35 s):
+
+    mkdir -p /tmp/lbpart && cp .whl2/p1/* /tmp/lbpart/ &&
+    python3 bench/gpu_build.py --tokenizer .whl2/tok --model-out /tmp/lb/model --data-out /tmp/lb/data
+
+Call 2, carry [".whl2/p2", ".whl", ".whl2/tok"] (7 minutes):
+
+    cat /tmp/lbpart/mlxcu.tar.xz.00 .whl2/p2/mlxcu.tar.xz.01 > /tmp/mlxcu.tar.xz &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl && tar xJf /tmp/mlxcu.tar.xz -C /tmp/site &&
+    ln -sfn "$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')" /tmp/site/nvidia &&
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 &&
+    python3 bench/bench_gpu.py --work /tmp/lb --tokenizer .whl2/tok --budget-s 510 2>&1 | tee $OUT/bench_gpu.txt
+
+(libmlx.so looks for the CUDA libraries in <site>/nvidia, hence the link to the
+image's own.) Call 3, while the machine is still warm, carry [".whl2/tok"]: more A/B
+rounds and the experiments not run yet, added to the same results:
+
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 &&
+    python3 bench/bench_gpu.py --work /tmp/lb --tokenizer .whl2/tok --continue --rounds 5 --budget-s 520
+
+`--list` names the experiments; `--experiments NAME ...` picks some; `--smoke` tries
+the whole script on a small model of the same architecture (CPU included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlmodel import Session, col, select
+
+from app.db import make_engine
+from app.models import Run, TrainReport
+from app.runconfig import LoraParameters, RunConfig
+from app.runs import create_run
+from app.settings import Settings
+from app.supervisor import worker_env
+from bench.common import (
+    PROJECT_DIR,
+    RESULTS_DIR,
+    base_env,
+    fmt,
+    log_tail,
+    machine_info,
+    machine_line,
+    markdown_table,
+    median,
+    package_version,
+    ratio,
+    run_child,
+    verdict,
+)
+from bench.gpu_build import LORA_KEYS, MISTRAL_7B, SMOKE, count_parameters, lora_parameter_count
+
+MODES = ["plain", "loraboard"]
+# Measured before on an H200 with this exact work (batch 4, 1,159-token rows, rank 8 on 7 keys x 16 blocks).
+REFERENCE = [
+    ("plain mlx-lm (earlier run)", 13215.0, 42.0),
+    ("PyTorch 2.11 + PEFT", 14490.0, 39.0),
+    ("compute limit (estimate)", 35000.0, None),
+]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Plain mlx-lm with one thing changed."""
+
+    name: str
+    what: str
+    env: dict[str, str] = field(default_factory=dict)
+    wrapper: list[str] = field(default_factory=list)  # bench/gpu_plain.py flags
+    cli: list[str] = field(default_factory=list)  # extra `mlx_lm lora` flags
+
+
+EXPERIMENTS = [
+    Variant("graphs-100ops", "CUDA graphs of up to 100 ops, 1,000 cached (MLX_MAX_OPS_PER_BUFFER=100, "
+            "MLX_CUDA_GRAPH_CACHE_SIZE=1000)",
+            env={"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_CUDA_GRAPH_CACHE_SIZE": "1000"}),
+    Variant("no-cudnn-sdpa", "attention without cuDNN's fused kernels (MLX_CUDA_USE_CUDNN_SDPA=0)",
+            env={"MLX_CUDA_USE_CUDNN_SDPA": "0"}),
+    Variant("no-compile", "the training step not compiled (MLX_DISABLE_COMPILE=1)",
+            env={"MLX_DISABLE_COMPILE": "1"}),
+    Variant("clear-cache-1gb", "clear MLX's allocator cache after a step when over 1 GB (clear_cache_threshold)",
+            wrapper=["--clear-cache-threshold-gb", "1"]),
+    Variant("cache-limit-4gb", "allocator cache capped at 4 GB (mx.set_cache_limit)",
+            wrapper=["--cache-limit-gb", "4"]),
+    Variant("no-cuda-graphs", "no CUDA graphs (MLX_USE_CUDA_GRAPHS=0)", env={"MLX_USE_CUDA_GRAPHS": "0"}),
+    Variant("grad-checkpoint", "gradient checkpointing on (--grad-checkpoint)", cli=["--grad-checkpoint"]),
+]
+PLAIN = Variant("plain", "mlx-lm as `mlx_lm lora --train` runs it")
+TRAINABLE_RE = re.compile(r"Trainable parameters: [\d.]+% \(([\d.]+)M/([\d.]+)M\)")
+
+
+def gpu_info() -> dict[str, Any]:
+    query = "name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,temperature.gpu,power.draw"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    return {"nvidia_smi": out, "mlx_cuda_13": package_version("mlx-cuda-13")}
+
+
+PROBE = """
+import json, sys, time
+import mlx.core as mx
+info = {"mlx": mx.__version__, "cuda": bool(mx.cuda.is_available()), "device": str(mx.default_device())}
+n = int(sys.argv[1])
+a = mx.random.normal((n, n)).astype(mx.bfloat16)
+b = mx.random.normal((n, n)).astype(mx.bfloat16)
+mx.eval(a, b)
+for _ in range(5):
+    mx.eval(a @ b)
+best = []
+for _ in range(3):
+    tic = time.perf_counter()
+    outs = [a @ b for _ in range(20)]
+    mx.eval(outs)
+    best.append(20 * 2 * n**3 / (time.perf_counter() - tic) / 1e12)
+    del outs
+info["bf16_matmul_tflops"] = max(best)
+print("PROBE " + json.dumps(info))
+"""
+
+
+def probe(work: Path, size: int = 8192) -> dict[str, Any]:
+    """MLX's version, whether it sees CUDA, and its bf16 n^3 matrix-product rate (best of 3 x 20)."""
+    log = work / "probe.log"
+    log.unlink(missing_ok=True)
+    child = run_child([sys.executable, "-c", PROBE, str(size)], base_env(), log, 300)
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("PROBE "):
+            return json.loads(line[6:])
+    raise SystemExit(f"bench_gpu: MLX probe failed (exit {child.returncode}):\n{log_tail(log, 30)}")
+
+
+def build_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    model, data = args.work / ("model-smoke" if args.smoke else "model"), args.work / "data"
+    cmd = [sys.executable, str(PROJECT_DIR / "bench" / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
+           "--model-out", str(model), "--data-out", str(data), "--seq-tokens", str(args.seq_tokens),
+           *(["--smoke"] if args.smoke else [])]
+    log = args.work / "build.log"
+    child = run_child(cmd, base_env(), log, 1800)
+    if child.returncode != 0:
+        raise SystemExit(f"bench_gpu: building the model or data failed:\n{log_tail(log, 30)}")
+    return model, data
+
+
+def lora_cli(args: argparse.Namespace, work: Path) -> list[str]:
+    return [
+        "--model", str(args.model), "--train", "--data", str(args.data), "--seed", "0",
+        "--batch-size", str(args.batch_size), "--iters", str(args.iters), "--num-layers", str(args.num_layers),
+        "--learning-rate", "1e-5", "--steps-per-report", str(args.steps_per_report),
+        "--steps-per-eval", str(args.iters + 1), "--save-every", str(args.iters + 1),
+        "--val-batches", "1", "--max-seq-length", "2048", "--adapter-path", str(work / "adapters"),
+    ]
+
+
+def run_plain(args: argparse.Namespace, work: Path, variant: Variant) -> dict[str, Any]:
+    out = work / "reports.json"
+    cli = lora_cli(args, work) + variant.cli
+    if variant.wrapper:
+        script = PROJECT_DIR / "bench" / "gpu_plain.py"
+        cmd = [sys.executable, str(script), *variant.wrapper, "--out", str(out), "--", *cli]
+    else:
+        cmd = [sys.executable, str(PROJECT_DIR / "bench" / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
+    log = work / "run.log"
+    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false", **variant.env), log, args.timeout)
+    if child.returncode != 0 or not out.exists():
+        raise RuntimeError(f"plain mlx-lm ({variant.name}) failed (exit {child.returncode}):\n{log_tail(log, 30)}")
+    data = json.loads(out.read_text())
+    match = TRAINABLE_RE.search(log.read_text(errors="replace"))
+    return {
+        "tokens_per_second": [r["tokens_per_second"] for r in data["train"]],
+        "peak_memory_gb": [r["peak_memory"] for r in data["train"]],
+        "trainable": f"{match.group(1)}M of {match.group(2)}M" if match else None,
+        "backend": None, "load_s": data["load_s"], "wall_s": child.wall_s,
+    }
+
+
+def run_worker(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
+                        hf_offline=True)
+    config = RunConfig(
+        name="bench-gpu", model=str(args.model), data=str(args.data), seed=0, batch_size=args.batch_size,
+        iters=args.iters, num_layers=args.num_layers, learning_rate=1e-5, steps_per_report=args.steps_per_report,
+        steps_per_eval=args.iters + 1, save_every=args.iters + 1, val_batches=1, max_seq_length=2048,
+        grad_checkpoint=False,
+        lora_parameters=LoraParameters(rank=8, scale=20.0, dropout=0.0, keys=list(LORA_KEYS)),
+    ).resolved(settings)
+    engine = make_engine(settings.database_path)
+    try:
+        with Session(engine) as session:
+            run_id = create_run(session, config).id
+        assert run_id is not None
+        log = work / "run.log"
+        cmd = [sys.executable, "-m", "worker", "train", "--run-id", str(run_id)]
+        child = run_child(cmd, worker_env(settings), log, args.timeout)
+        with Session(engine) as session:
+            run = session.get(Run, run_id)
+            reports = session.exec(
+                select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
+            ).all()
+            result = {
+                "tokens_per_second": [r.tokens_per_second for r in reports],
+                "peak_memory_gb": [r.peak_memory for r in reports],
+                "trainable": f"{run.trainable_params:,} of {run.total_params:,}" if run and run.trainable_params
+                else None,
+                "trainable_params": run.trainable_params if run else None,
+                "backend": run.backend if run else None, "wall_s": child.wall_s,
+            }
+            status, error = (run.status, run.error) if run else ("missing", None)
+    finally:
+        engine.dispose()
+    text = log.read_text(errors="replace") if log.exists() else ""
+    result["blas_warning"] = "OpenBLAS routing unavailable" in text
+    if child.returncode != 0 or status != "completed":
+        raise RuntimeError(f"worker run ended {status} (exit {child.returncode}): {error}\n{log_tail(log, 30)}")
+    return result
+
+
+def measured(values: list[float]) -> list[float]:
+    """Per-report tokens/s without the first report (warm-up: compilation, first batches)."""
+    return values[1:] if len(values) > 1 else values
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.perf_counter()
+        self.runs: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+        self.failed: list[dict[str, str]] = []
+        self.payload: dict[str, Any] = {}
+
+    def time_left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.started)
+
+    def estimate(self) -> float:
+        walls = [r["wall_s"] for r in self.runs]
+        return max(walls) if walls else 90.0
+
+    def one(self, name: str, variant: Variant | None, label: str) -> None:
+        if self.time_left() < self.estimate() * 1.15:
+            self.skipped.append(label)
+            print(f"  skip {label}: {self.time_left():.0f} s left, a run takes ~{self.estimate():.0f} s",
+                  file=sys.stderr, flush=True)
+            return
+        work = self.args.work / "runs" / f"{time.strftime('%H%M%S')}-{label}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            result = run_worker(self.args, work) if variant is None else run_plain(self.args, work, variant)
+        except RuntimeError as exc:
+            self.failed.append({"run": label, "error": str(exc)})
+            print(f"  FAILED {label}: {exc}", file=sys.stderr, flush=True)
+            self.append_log(label, work / "run.log")
+            return
+        result.update({"mode": name, "label": label,
+                       "median_tokens_per_second": median(measured(result["tokens_per_second"])),
+                       "peak_memory_gb_final": result["peak_memory_gb"][-1] if result["peak_memory_gb"] else None})
+        self.runs.append(result)
+        self.append_log(label, work / "run.log")
+        print(f"  {label:<22} {fmt(result['median_tokens_per_second'], 0)} tok/s, peak "
+              f"{fmt(result['peak_memory_gb_final'], 2)} GB, trainable {result['trainable']}, "
+              f"{result['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        self.write()
+
+    def append_log(self, label: str, log: Path) -> None:
+        if self.args.log is not None:
+            self.args.log.parent.mkdir(parents=True, exist_ok=True)
+            with self.args.log.open("a") as out:
+                out.write(f"\n===== {label} =====\n{log_tail(log, 40)}\n")
+
+    def write(self) -> None:
+        self.payload.update({"runs": self.runs, "skipped": self.skipped, "failed": self.failed,
+                             "summary": summarize(self.runs)})
+        text = json.dumps(self.payload, indent=2, sort_keys=True, default=str)
+        for path in (self.args.json, self.args.work / "results.json"):  # the second for --continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["mode"] for r in runs):
+        mine = [r for r in runs if r["mode"] == name]
+        pooled = [x for r in mine for x in measured(r["tokens_per_second"])]
+        summary[name] = {
+            "median_tokens_per_second": median(pooled),
+            "run_medians": [r["median_tokens_per_second"] for r in mine],
+            "reports_used": len(pooled),
+            "median_peak_memory_gb": median([r["peak_memory_gb_final"] for r in mine if r["peak_memory_gb_final"]]),
+            "trainable": mine[0]["trainable"],
+            "backend": mine[0]["backend"],
+        }
+    return summary
+
+
+def report(bench: Bench, info: dict[str, Any], gpu: dict[str, Any], probe_info: dict[str, Any]) -> str:
+    summary = summarize(bench.runs)
+    args = bench.args
+    rows = [[mode, fmt(s["median_tokens_per_second"], 0), " / ".join(fmt(x, 0) for x in s["run_medians"]),
+             str(s["reports_used"]), fmt(s["median_peak_memory_gb"], 2), str(s["trainable"]), str(s["backend"])]
+            for mode, s in summary.items() if mode in MODES]
+    shape = "small Mistral-shaped model (--smoke)" if args.smoke else "Mistral-7B shape"
+    rounds = len({r["label"].split("-")[0] for r in bench.runs if r["mode"] in MODES})
+    parts = [f"## GPU training throughput: {shape}, random bf16, LoRA r8 x 7 keys x {args.num_layers} "
+             f"blocks, batch {args.batch_size} x {args.seq_tokens} tokens, {args.iters} iters x {rounds} rounds",
+             markdown_table(["mode", "tokens/s (median)", "per run", "reports", "peak memory (GB)", "trainable",
+                             "backend"], rows)]
+    plain, worker = summary.get("plain"), summary.get("loraboard")
+    if plain and worker:
+        speed = ratio(worker["median_tokens_per_second"], plain["median_tokens_per_second"])
+        memory = ratio(worker["median_peak_memory_gb"], plain["median_peak_memory_gb"])
+        parts.append(markdown_table(["comparison", "ratio", "target", ""], [
+            ["tokens/s loraboard / plain", fmt(speed, 3, "x"), "≥ 0.99x", verdict(speed, 0.99)],
+            ["peak memory loraboard / plain", fmt(memory, 3, "x"), "≤ 1.05x", verdict(memory, 1.05, False)],
+        ]))
+    base = plain["median_tokens_per_second"] if plain else None
+    refs = [[name, fmt(tps, 0), fmt(gb, 1) if gb else "", fmt(ratio(tps, base), 3, "x")] for name, tps, gb in REFERENCE]
+    parts.append(markdown_table(["reference (earlier, same work)", "tokens/s", "peak GB", "vs plain here"], refs))
+    exp_rows = []
+    for variant in EXPERIMENTS:
+        s = summary.get(variant.name)
+        if s is None:
+            continue
+        exp_rows.append([variant.name, variant.what, fmt(s["median_tokens_per_second"], 0),
+                         fmt(ratio(s["median_tokens_per_second"], base), 3, "x"),
+                         fmt(s["median_peak_memory_gb"], 2)])
+    if exp_rows:
+        parts.append(markdown_table(["experiment (plain mlx-lm +)", "what", "tokens/s", "vs plain", "peak GB"],
+                                    exp_rows))
+    if bench.skipped:
+        parts.append("Skipped (time budget): " + ", ".join(bench.skipped))
+    if bench.failed:
+        parts.append("Failed: " + ", ".join(f["run"] for f in bench.failed))
+    parts.append(f"GPU: {gpu['nvidia_smi']}; mlx-cuda-13 {gpu['mlx_cuda_13']}; MLX sees CUDA: {probe_info.get('cuda')}"
+                 f"; bf16 8192³ matmul in MLX: {fmt(probe_info.get('bf16_matmul_tflops'), 0)} TFLOP/s")
+    parts.append(machine_line(info))
+    return "\n\n".join(parts)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lb"),
+                        help="model, data and runs (default: %(default)s)")
+    parser.add_argument("--tokenizer", type=Path, default=PROJECT_DIR / "data" / "models" / "tiny-mistral",
+                        help="folder of the tokenizer files to use (default: the embedded model's)")
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (each: plain and loraboard once)")
+    parser.add_argument("--iters", type=int, default=35)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-layers", type=int, default=16)
+    parser.add_argument("--steps-per-report", type=int, default=5)
+    parser.add_argument("--seq-tokens", type=int, default=1159)
+    parser.add_argument("--experiments", nargs="*", default=[v.name for v in EXPERIMENTS],
+                        choices=[v.name for v in EXPERIMENTS], help="experiments after the A/B (default: all)")
+    parser.add_argument("--budget-s", type=float, default=float("inf"),
+                        help="start no run that would end after this many seconds from the start")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds one training process may take")
+    parser.add_argument("--json", type=Path, default=None, help="results file")
+    parser.add_argument("--log", type=Path, default=None, help="append each run's log tail here")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="add to the runs of the last invocation on --work (its results.json): more A/B rounds, "
+                        "and the experiments it has not run")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a small model of the same architecture (tries the script anywhere, e.g. on CPU)")
+    args = parser.parse_args(argv)
+    out = os.environ.get("OUT")
+    if args.json is None:
+        args.json = Path(out) / "bench_gpu.json" if out else RESULTS_DIR / "bench_gpu.json"
+    if args.log is None and out:
+        args.log = Path(out) / "bench_gpu_runs.log"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for v in EXPERIMENTS:
+            print(f"{v.name:<18} {v.what}")
+        return 0
+    args.work = args.work.resolve()
+    args.tokenizer = args.tokenizer.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    info, gpu = machine_info(), gpu_info()
+    config = SMOKE if args.smoke else MISTRAL_7B
+    args.num_layers = min(args.num_layers, config["num_hidden_layers"])
+    expected = lora_parameter_count(config, 8, args.num_layers)
+    print(f"bench_gpu: {gpu['nvidia_smi']}; model {count_parameters(config):,} parameters, LoRA "
+          f"{expected:,} trainable expected", file=sys.stderr, flush=True)
+    tic = time.perf_counter()
+    args.model, args.data = build_inputs(args)
+    print(f"bench_gpu: inputs ready in {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
+    probe_info = probe(args.work, 1024 if args.smoke else 8192)
+    print(f"bench_gpu: probe {probe_info}", file=sys.stderr, flush=True)
+    bench.payload = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": info, "gpu": gpu, "probe": probe_info, "expected_trainable": expected,
+        "reference": REFERENCE, "experiments": [vars(v) for v in EXPERIMENTS],
+    }
+    first_round = 0
+    previous = args.work / "results.json"
+    if args.resume and previous.exists():
+        bench.runs = json.loads(previous.read_text()).get("runs", [])
+        first_round = len({r["label"].split("-")[0] for r in bench.runs if r["mode"] in MODES})
+        print(f"bench_gpu: continuing {len(bench.runs)} runs of {previous}", file=sys.stderr, flush=True)
+    for round_no in range(first_round, first_round + args.rounds):
+        order = MODES if round_no % 2 == 0 else MODES[::-1]
+        for mode in order:
+            bench.one(mode, PLAIN if mode == "plain" else None, f"r{round_no}-{mode}")
+    by_name = {v.name: v for v in EXPERIMENTS}
+    done = {r["mode"] for r in bench.runs}
+    for name in args.experiments:
+        if name not in done:
+            bench.one(name, by_name[name], name)
+    bench.write()
+    worker_runs = [r for r in bench.runs if r["mode"] == "loraboard"]
+    for r in worker_runs:
+        if r.get("trainable_params") != expected:
+            print(f"bench_gpu: WARNING worker trained {r.get('trainable_params')} parameters, expected {expected:,}",
+                  file=sys.stderr)
+        if r.get("blas_warning"):
+            print("bench_gpu: WARNING the worker printed the OpenBLAS fallback warning", file=sys.stderr)
+    print(report(bench, info, gpu, probe_info), flush=True)
+    print(f"\nwrote {args.json}", flush=True)
+    return 1 if bench.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
