@@ -87,11 +87,12 @@ def early_stop_decision(
 
 
 def overfitting_spans(
-    train: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]]
+    train: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]], min_rise: float = 0.01
 ) -> list[tuple[int, int]]:
     """Stretches between evaluations where validation loss rose while train loss fell.
 
-    Train loss at an evaluation is the last one reported at or before it (both series sorted by
+    A rise counts when it is more than `min_rise` (relative: 0.01 is 1%), so the noise of a
+    sampled validation loss is not called overfitting. Train loss at an evaluation is the last one reported at or before it (both series sorted by
     iteration). Adjacent stretches merge; each is (start iteration, end iteration).
     """
     train_at: list[float | None] = []
@@ -104,7 +105,7 @@ def overfitting_spans(
     spans: list[tuple[int, int]] = []
     for k in range(1, len(val)):
         (it0, v0), (it1, v1), t0, t1 = val[k - 1], val[k], train_at[k - 1], train_at[k]
-        if v1 > v0 and t0 is not None and t1 is not None and t1 < t0:
+        if v1 > v0 * (1 + min_rise) and t0 is not None and t1 is not None and t1 < t0:
             if spans and spans[-1][1] == it0:
                 spans[-1] = (spans[-1][0], it1)
             else:

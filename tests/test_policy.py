@@ -96,5 +96,6 @@ def test_overfitting_is_where_val_rises_while_train_falls() -> None:
     val = [(0, 1.0), (100, 0.32), (200, 0.30), (300, 0.31), (400, 0.33), (500, 0.34), (600, 0.35)]
     # 200→300: val up, train down; 300→400, 400→500 as well (merged); 500→600 train rose too
     assert overfitting_spans(train, val) == [(200, 500)]
+    assert overfitting_spans(train, [(0, 1.0), (100, 0.32), (200, 0.321)]) == []  # noise, not a rise
     assert overfitting_spans(train, []) == []
     assert overfitting_spans([], val) == []
