@@ -92,8 +92,9 @@ def overfitting_spans(
     """Stretches between evaluations where validation loss rose while train loss fell.
 
     A rise counts when it is more than `min_rise` (relative: 0.01 is 1%), so the noise of a
-    sampled validation loss is not called overfitting. Train loss at an evaluation is the last one reported at or before it (both series sorted by
-    iteration). Adjacent stretches merge; each is (start iteration, end iteration).
+    sampled validation loss is not called overfitting. Train loss at an evaluation is the last
+    one reported at or before it (both series sorted by iteration). Adjacent stretches merge;
+    each is (start iteration, end iteration).
     """
     train_at: list[float | None] = []
     i, last = 0, None

@@ -43,7 +43,8 @@ def test_full_run_reports_checkpoints_and_download(
     assert run["config"]["model"] == str(default_model)  # resolved: absolute default model path
     run = shared_server.wait_terminal(run["id"])
     assert run["status"] == "completed", run
-    assert run["backend"]
+    if sys.platform.startswith("linux"):  # the worker trained through OpenBLAS, as the run says
+        assert run["backend"].startswith("CPU + OpenBLAS"), run["backend"]
 
     metrics = shared_server.get(f"/api/runs/{run['id']}/metrics")
     train_iters = [p["iteration"] for p in metrics["train"]]
