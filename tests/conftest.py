@@ -153,3 +153,15 @@ QUICK_RUN: dict[str, Any] = {
     "val_batches": 5,
     "max_seq_length": 512,
 }
+
+
+def overfitting_run(tmp_path: Path) -> dict[str, Any]:
+    """A run that overfits fast: 8 training examples are memorised within ~40 steps, after which
+    validation loss (on 16 examples, all of them at every evaluation) rises; early stopping on."""
+    data = tmp_path / "tiny-data"
+    data.mkdir()
+    source = PROJECT_DIR / "data" / "contact-center"
+    (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
+    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
+    return {**QUICK_RUN, "data": str(data), "iters": 2000, "learning_rate": 1e-3, "steps_per_eval": 10,
+            "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}

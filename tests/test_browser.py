@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, Server
+from conftest import ARTIFACTS, QUICK_RUN, Server, overfitting_run
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.browser
@@ -118,11 +120,6 @@ def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: 
 
 
 def test_deployment_marker_and_download_from_the_checkpoint_table(server: Server, page: Page, tmp_path: Path) -> None:
-    import json
-    import zipfile
-
-    from conftest import QUICK_RUN
-
     status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 30, "steps_per_eval": 10, "save_every": 10})
     assert status == 201
     server.wait_terminal(run["id"])
@@ -153,16 +150,7 @@ def test_deployment_marker_and_download_from_the_checkpoint_table(server: Server
 
 
 def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: Path) -> None:
-    from conftest import PROJECT_DIR, QUICK_RUN
-
-    data = tmp_path / "tiny-data"
-    data.mkdir()
-    source = PROJECT_DIR / "data" / "contact-center"
-    (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
-    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
-    config = {**QUICK_RUN, "data": str(data), "iters": 2000, "steps_per_eval": 10, "steps_per_report": 5,
-              "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}
-    status, run = server.post("/api/runs", config)
+    status, run = server.post("/api/runs", overfitting_run(tmp_path))
     assert status == 201
     page.goto(f"{server.url}/runs/{run['id']}")
     expect(page.locator("#run-status-badge")).to_have_text("early stopped", timeout=120_000)

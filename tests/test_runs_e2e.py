@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run
 
 
 def unzip_adapter(server: Server, run_id: int, iteration: int, dest: Path) -> Path:
@@ -152,14 +152,7 @@ def _worker_pid(server: Server, run: dict[str, Any]) -> int:
 def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
     shared_server: Server, default_model: Path, tmp_path: Path
 ) -> None:
-    # 8 training examples: memorised within ~40 steps, after which validation loss rises
-    data = tmp_path / "tiny-data"
-    data.mkdir()
-    source = PROJECT_DIR / "data" / "contact-center"
-    (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
-    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
-    config = {**QUICK_RUN, "data": str(data), "iters": 2000, "learning_rate": 1e-3, "steps_per_eval": 10,
-              "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}
+    config = overfitting_run(tmp_path)
     status, run = shared_server.post("/api/runs", config)
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])
