@@ -8,7 +8,8 @@ from typing import Any
 from sqlmodel import Session, select
 
 from app.models import Checkpoint, Run
-from app.runs import checkpoints_of, run_dir
+from app.paths import run_dir
+from app.runs import checkpoints_of
 from app.settings import Settings
 
 

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Index
 from sqlmodel import Field, SQLModel
 
+from app.status import TERMINAL, RunStatus
 
-class RunStatus(StrEnum):
-    queued = "queued"
-    starting = "starting"
-    running = "running"
-    stopping = "stopping"
-    completed = "completed"
-    stopped = "stopped"
-    early_stopped = "early_stopped"
-    failed = "failed"
-    interrupted = "interrupted"
-
-
-TERMINAL: frozenset[RunStatus] = frozenset(
-    {RunStatus.completed, RunStatus.stopped, RunStatus.early_stopped, RunStatus.failed, RunStatus.interrupted}
-)
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
+
+
+__all__ = ["TERMINAL", "Checkpoint", "Run", "RunStatus", "TrainReport", "ValReport", "utcnow"]
 
 
 def utcnow() -> datetime:

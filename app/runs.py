@@ -13,24 +13,15 @@ from sqlmodel import Session, col, select
 
 from app.downsample import lttb
 from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
+from app.paths import checkpoint_files, run_dir
 from app.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.runconfig import EarlyStopping, RunConfig
 from app.settings import Settings
 
 
-def run_dir(settings: Settings, run_id: int) -> Path:
-    return settings.adapters_dir / f"run-{run_id:04d}"
-
-
 def default_name(config: RunConfig) -> str:
     model = Path(config.model).name or config.model
     return f"{model} · {utcnow():%Y-%m-%d %H:%M}"
-
-
-def checkpoint_files(settings: Settings, run_id: int, iteration: int) -> tuple[Path, Path]:
-    """(adapter weights, optimizer state) of one checkpoint."""
-    folder = run_dir(settings, run_id)
-    return folder / f"{iteration:07d}_adapters.safetensors", folder / f"{iteration:07d}_optimizer.safetensors"
 
 
 def resume_problem(session: Session, settings: Settings, config: RunConfig) -> str | None:

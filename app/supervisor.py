@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.models import TERMINAL, Run, RunStatus, utcnow
-from app.runs import run_dir
+from app.paths import run_dir
 from app.settings import PROJECT_DIR, Settings
 
 ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)

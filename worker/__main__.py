@@ -9,19 +9,16 @@ import argparse
 import sys
 import threading
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
-
-from app.checkpoints import find_checkpoint
-from app.db import make_engine
-from app.models import Run, RunStatus, utcnow
+from app.paths import checkpoint_files, run_dir
 from app.runconfig import RunConfig, looks_like_path
-from app.runs import checkpoint_files, run_dir
 from app.settings import Settings
+from app.status import RunStatus
 from worker.blas import BlasRouting, route_blas
+from worker.reporting import ReportWriter, connect
 
 
 def describe_backend(routing: BlasRouting) -> str:
@@ -47,18 +44,28 @@ def check_model_reachable(model: str) -> None:
             raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
 
 
-def resume_point(engine: Engine, settings: Settings, config: RunConfig) -> tuple[Path, Path, Any] | None:
+def resume_point(settings: Settings, config: RunConfig) -> tuple[Path, Path, Any] | None:
     """The files and position of the checkpoint a continued run starts from."""
     if config.resume_from is None:
         return None
     from worker.resume import ResumePoint
 
     source = config.resume_from
-    with Session(engine) as session:
-        ckpt = find_checkpoint(session, source.run_id, source.iteration)
-        tokens = ckpt.trained_tokens if ckpt is not None and ckpt.trained_tokens else 0
+    conn = connect(settings.database_path)
+    try:
+        row = conn.execute(
+            "SELECT trained_tokens FROM checkpoint WHERE run_id = ? AND iteration = ?",
+            (source.run_id, source.iteration),
+        ).fetchone()
+    finally:
+        conn.close()
+    tokens = int(row[0]) if row is not None and row[0] else 0
     adapter, optimizer = checkpoint_files(settings, source.run_id, source.iteration)
     return adapter, optimizer, ResumePoint(source.iteration, tokens)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 def first_line(exc: BaseException) -> str:
@@ -68,17 +75,19 @@ def first_line(exc: BaseException) -> str:
 
 def run_train(settings: Settings, run_id: int) -> int:
     routing = route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
-    engine = make_engine(settings.database_path)
-    with Session(engine) as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            print(f"worker: no run {run_id} in {settings.database_path}", file=sys.stderr)
-            return 2
-        config = RunConfig.model_validate_json(run.config_json)
-
-    from worker.reporting import ReportWriter
-
-    writer = ReportWriter(engine, run_id).start()
+    if not settings.database_path.exists():
+        print(f"worker: no database at {settings.database_path}", file=sys.stderr)
+        return 2
+    conn = connect(settings.database_path)
+    try:
+        row = conn.execute("SELECT config_json FROM run WHERE id = ?", (run_id,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        print(f"worker: no run {run_id} in {settings.database_path}", file=sys.stderr)
+        return 2
+    config = RunConfig.model_validate_json(row[0])
+    writer = ReportWriter(settings.database_path, run_id).start()
     from worker.train import install_stop_signal
 
     install_stop_signal(writer.stop_event)
@@ -87,12 +96,12 @@ def run_train(settings: Settings, run_id: int) -> int:
         check_model_reachable(config.model)
         from worker.train import train_run
 
-        outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(engine, settings, config))
-        writer.set_status(outcome.status, finished_at=utcnow(), stop_reason=outcome.reason, iteration=outcome.steps)
+        outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(settings, config))
+        writer.set_status(outcome.status, finished_at=now(), stop_reason=outcome.reason, iteration=outcome.steps)
         code = 0
     except BaseException as exc:  # every failure is recorded, readable, with its traceback
         writer.set_status(
-            RunStatus.failed, finished_at=utcnow(), error=first_line(exc), traceback=traceback.format_exc()
+            RunStatus.failed, finished_at=now(), error=first_line(exc), traceback=traceback.format_exc()
         )
         code = 1
     finally:

@@ -30,9 +30,9 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import load
 
-from app.models import RunStatus
 from app.policy import early_stop_decision
 from app.runconfig import RunConfig
+from app.status import RunStatus
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
 
