@@ -343,3 +343,32 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
 
     # bf16 matrix products skip BLAS on CPU (~16x slower): training them in bf16 could not come close
     assert speed(runs["bfloat16"]) > 0.5 * speed(runs["float32"])
+
+
+def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, tmp_path: Path) -> None:
+    """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache."""
+    import shutil
+
+    snapshot = tmp_path / "hf" / "hub" / "models--loraboard--tiny-mistral" / "snapshots" / "0123456789abcdef"
+    shutil.copytree(default_model, snapshot)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0123456789abcdef")
+    server = Server(tmp_path)
+    server_env = server.env
+
+    def env_with_cache() -> dict[str, str]:
+        return {**server_env(), "HF_HOME": str(tmp_path / "hf")}
+
+    server.env = env_with_cache  # type: ignore[method-assign]
+    server.start()
+    try:
+        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/tiny-mistral", "iters": 10})
+        assert status == 201 and run["config"]["model"] == "loraboard/tiny-mistral"  # kept as a hub id
+        run = server.wait_terminal(run["id"])
+        assert run["status"] == "completed", run
+        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/not-in-the-cache", "iters": 10})
+        run = server.wait_terminal(run["id"])
+        assert run["status"] == "failed" and run["error"]
+    finally:
+        server.stop()
