@@ -265,7 +265,11 @@
     }
 
     // Layout annotations: the "waiting" note while empty, plus the annotation marks.
-    function layerNotes() { return (annotated ? [Object.assign({}, WAITING)] : []).concat(marks.annotations); }
+    // On a run that ended without a report (e.g. failed while loading) the note says so.
+    function layerNotes() {
+      var note = live ? WAITING : Object.assign({}, WAITING, { text: "the run reported no losses" });
+      return (annotated ? [Object.assign({}, note)] : []).concat(marks.annotations);
+    }
 
     function markDrawn() {
       div.dataset.trainPoints = String(drawn.train.length);
@@ -612,6 +616,7 @@
       live = false;
       div.dataset.live = "false";
       refreshMarks();  // one last look: the early stop / final checkpoint
+      if (annotated) queue(function () { return Plotly.relayout(div, { annotations: layerNotes() }); });
       div.dispatchEvent(new CustomEvent("loraboard-run-ended", { bubbles: true, detail: { status: status } }));
     }
 

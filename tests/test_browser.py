@@ -105,6 +105,7 @@ def test_failed_run_shows_its_error(server: Server, page: Page) -> None:
     page.wait_for_url("**/runs/*")
     expect(page.locator("#run-status-badge")).to_have_text("failed", timeout=60_000)
     expect(page.locator("#run-error")).to_contain_text("does not exist")
+    expect(page.locator("#loss-chart")).to_contain_text("the run reported no losses")
     shot(page, "06-run-failed")
 
 
