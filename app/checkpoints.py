@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from app.models import Checkpoint, Run
-from app.paths import run_dir
+from app.paths import checkpoint_files, run_dir
 from app.runs import checkpoints_of
 from app.settings import Settings
 
@@ -41,7 +41,7 @@ def set_note(session: Session, ckpt: Checkpoint, note: str) -> None:
 
 
 def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Checkpoint, confirm: str) -> None:
-    """Delete the file and the row; the deployment checkpoint needs confirm='deployment'."""
+    """Delete the row and its files (weights and optimizer state); the deployment one needs confirm='deployment'."""
     if ckpt.is_deployment and confirm != "deployment":
         raise CheckpointError(
             f"iteration {ckpt.iteration} is the deployment checkpoint; "
@@ -50,8 +50,8 @@ def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Chec
     if confirm not in ("yes", "deployment"):
         raise CheckpointError("deleting a checkpoint needs confirm=yes")
     assert run.id is not None
-    path = run_dir(settings, run.id) / ckpt.filename
-    path.unlink(missing_ok=True)
+    (run_dir(settings, run.id) / ckpt.filename).unlink(missing_ok=True)
+    checkpoint_files(settings, run.id, ckpt.iteration)[1].unlink(missing_ok=True)
     session.delete(ckpt)
     session.commit()
 

@@ -204,6 +204,8 @@ def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server) -> 
     assert [c["iteration"] for c in shared_server.get(base)] == [20, 30]
     run_dir = Path(shared_server.root) / "adapters" / f"run-{run['id']:04d}"
     assert not (run_dir / "0000010_adapters.safetensors").exists()
+    assert not (run_dir / "0000010_optimizer.safetensors").exists()  # nothing of it left behind
+    assert (run_dir / "0000020_optimizer.safetensors").exists()
     status, _, _ = shared_server.request("DELETE", f"{base}/20?confirm=deployment")
     assert status == 204
     status, _, _ = shared_server.request("PATCH", f"{base}/999", {"note": "x"})
