@@ -145,15 +145,6 @@ def dataset_problem(data_dir: Path) -> str | None:
     return None
 
 
-def field_help() -> dict[str, str]:
-    """Help text per field, for the form."""
-    return {name: f.description or "" for name, f in RunConfig.model_fields.items()}
-
-
-def config_defaults() -> dict[str, Any]:
-    return RunConfig().model_dump()
-
-
 # Small, sensible settings the new-run form starts from (the embedded tiny model).
 FORM_DEFAULTS: dict[str, Any] = {
     "iters": 300,

@@ -82,11 +82,6 @@ def latest_train(session: Session, run_id: int) -> TrainReport | None:
     return session.exec(query.limit(1)).first()
 
 
-def first_train(session: Session, run_id: int) -> TrainReport | None:
-    query = select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
-    return session.exec(query.limit(1)).first()
-
-
 def first_val_loss(session: Session, run_id: int) -> float | None:
     query = select(ValReport).where(ValReport.run_id == run_id).order_by(col(ValReport.iteration))
     first = session.exec(query.limit(1)).first()

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +138,3 @@ def route_blas(cache_dir: Path, enabled: bool = True, threads: int = 1) -> BlasR
     print(f"loraboard: OpenBLAS routing unavailable ({reason}); training on MLX's reference BLAS",
           file=sys.stderr)
     return BlasRouting(False, reference, 1, reason)
-
-
-def default_cache_dir() -> Path:
-    """Where the compiled shim lives when no settings are at hand."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "loraboard" / sysconfig.get_platform()

@@ -24,6 +24,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, load_dataset
@@ -286,8 +287,6 @@ def train_run(
     resume: (adapter file, optimizer file, where they were saved) of the checkpoint to continue.
     """
     mx.random.seed(config.seed)
-    import numpy as np
-
     np.random.seed(config.seed)
     model, tokenizer, train_dtype = load_model(config)
     train_set, val_set = load_data(config, tokenizer)
