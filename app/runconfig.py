@@ -136,15 +136,6 @@ def resolve_model(model: str) -> str:
     return str(_absolute(model)) if looks_like_path(model) else model
 
 
-def dataset_problem(data_dir: Path) -> str | None:
-    """Why a data folder cannot be trained on, or None. (Line-level checks come later.)"""
-    if not data_dir.is_dir():
-        return f"data folder {data_dir} does not exist"
-    if not (data_dir / "train.jsonl").is_file():
-        return f"data folder {data_dir} has no train.jsonl"
-    return None
-
-
 # Small, sensible settings the new-run form starts from (the embedded tiny model).
 FORM_DEFAULTS: dict[str, Any] = {
     "iters": 300,

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
         1, ge=0, description="OpenBLAS threads per worker (0: one per core); more than one pays only when idle."
     )
     hf_offline: bool = Field(False, description="Never reach a model hub (sets HF_HUB_OFFLINE=1 in workers).")
+    models_dir: Path | None = Field(
+        None, description="Local model folders the model picker lists (default: <data_dir>/models)."
+    )
+    datasets_dir: Path | None = Field(
+        None, description="Uploaded and derived datasets are stored here (default: <data_dir>/datasets)."
+    )
+    max_upload_mb: int = Field(200, ge=1, description="Largest dataset file accepted by upload, in MB.")
 
     @property
     def database_path(self) -> Path:
@@ -38,6 +45,14 @@ class Settings(BaseSettings):
     @property
     def compiled_cache_dir(self) -> Path:
         return self.cache_dir or self.data_dir / ".cache"
+
+    @property
+    def local_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def local_datasets_dir(self) -> Path:
+        return self.datasets_dir or self.data_dir / "datasets"
 
     @property
     def default_model_dir(self) -> Path:

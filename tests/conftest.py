@@ -60,6 +60,7 @@ class Server:
         return base_env(
             LORABOARD_DB_PATH=str(self.root / "loraboard.db"),
             LORABOARD_ADAPTERS_DIR=str(self.root / "adapters"),
+            LORABOARD_DATASETS_DIR=str(self.root / "datasets"),
             LORABOARD_SUPERVISOR_INTERVAL_S="0.5",
             LORABOARD_HEARTBEAT_TIMEOUT_S="15",
         )

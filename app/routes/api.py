@@ -9,10 +9,11 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
+from app.datasets import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
-from app.runconfig import EarlyStopping, RunConfig, dataset_problem
+from app.runconfig import EarlyStopping, RunConfig
 from app.runs import (
     adapter_zip,
     annotations_json,

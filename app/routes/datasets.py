@@ -1,0 +1,7 @@
+"""Dataset pages: register, upload, validate, preview."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
