@@ -3,56 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, QUICK_RUN, Server, overfitting_run
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from conftest import QUICK_RUN, Server, overfitting_run, points, shot
+from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    for candidate in (os.environ.get("LORABOARD_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
-                      shutil.which("chromium")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    pytest.fail("no Chromium found: install Debian's chromium or set LORABOARD_CHROMIUM (make test does)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-    page = context.new_page()
-    yield page
-    context.close()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def points(page: Page, kind: str) -> int:
-    return int(page.locator("#loss-chart").get_attribute(f"data-{kind}-points") or 0)
-
 
 def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, tmp_path: Path) -> None:
     page.goto(server.url + "/")
