@@ -15,7 +15,18 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.db import make_engine
-from app.routes import api, dataset_tools, datasets, events, models, new_run, pages, runlist
+from app.routes import (
+    api,
+    compare,
+    config_yaml,
+    dataset_tools,
+    datasets,
+    events,
+    models,
+    new_run,
+    pages,
+    runlist,
+)
 from app.settings import PROJECT_DIR, Settings, get_settings
 from app.supervisor import Supervisor, worker_env
 from app.templating import register_filters
@@ -50,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = templates
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
-    for module in (events, runlist, new_run, pages, models, datasets, dataset_tools):
+    for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools):
         app.include_router(module.router)
     return app
 

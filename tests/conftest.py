@@ -53,6 +53,7 @@ class Server:
     root: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. HF_HOME for a test's own model cache
 
     @property
     def url(self) -> str:
@@ -65,6 +66,7 @@ class Server:
             LORABOARD_DATASETS_DIR=str(self.root / "datasets"),
             LORABOARD_SUPERVISOR_INTERVAL_S="0.5",
             LORABOARD_HEARTBEAT_TIMEOUT_S="15",
+            **self.extra_env,
         )
 
     def start(self) -> Server:
