@@ -1,0 +1,202 @@
+"""Reading a model folder's files without loading a tensor: config.json and safetensors headers.
+
+A safetensors file starts with an 8-byte little-endian header length, then a JSON
+header naming every tensor's dtype, shape and byte range; only that header is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",
+          "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+          "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+FLOATING = {"float64", "float32", "float16", "bfloat16"}
+EXPERTS = re.compile(r"switch|experts")  # 3-D weights under these names are stacked expert linears
+
+
+class ModelInfoError(ValueError):
+    """A model that cannot be described, or settings that cannot be counted; `field` names the input."""
+
+    def __init__(self, message: str, field: str = "model") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "huggingface" / "hub"
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of every file under a folder (links followed: hub snapshots link into blobs/)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += (Path(root) / name).stat().st_size
+            except OSError:
+                continue
+    return total
+
+
+@dataclass(frozen=True)
+class Tensor:
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+def read_safetensors_header(path: Path) -> dict[str, Tensor]:
+    """Tensor name -> dtype and shape, from the header alone; a clear error for a broken or truncated file."""
+    try:
+        file_size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ModelInfoError(f"{path} is not a safetensors file: {file_size} bytes, shorter than the "
+                                     "8-byte header length")
+            (length,) = struct.unpack("<Q", head)
+            if length > MAX_HEADER_BYTES or 8 + length > file_size:
+                raise ModelInfoError(f"{path} is not a safetensors file (or is truncated): its header claims "
+                                     f"{length:,} bytes, the file has {file_size:,}")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise ModelInfoError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise ModelInfoError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ModelInfoError(f"{path}: the safetensors header is not a JSON object")
+    tensors: dict[str, Tensor] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (_start, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ModelInfoError(f"{path}: tensor {name} lacks dtype, shape or data_offsets in the header") from None
+        if 8 + length + int(end) > file_size:
+            raise ModelInfoError(f"{path} is truncated: tensor {name} ends at byte {8 + length + int(end):,}, the "
+                                 f"file has {file_size:,} (an incomplete download?)")
+        tensors[name] = Tensor(DTYPES.get(str(dtype), str(dtype).lower()), shape)
+    return tensors
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelInfoError(f"{folder} has no config.json, so it is not a model folder mlx-lm can load "
+                             "(expected config.json and model*.safetensors)")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ModelInfoError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelInfoError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    return config
+
+
+def read_weights(folder: Path) -> tuple[dict[str, Tensor], list[Path]]:
+    """Every tensor of model*.safetensors (as mlx-lm globs them); shards the index names must all be there."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (ValueError, AttributeError) as exc:
+            raise ModelInfoError(f"{index} is not a valid safetensors index: {exc}") from None
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise ModelInfoError(f"{index.name} lists {shard}, which is missing from {folder} "
+                                     "(an incomplete download?)")
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise ModelInfoError(f"{folder} has no model*.safetensors weights (mlx-lm loads safetensors only)")
+    tensors: dict[str, Tensor] = {}
+    for path in files:
+        tensors.update(read_safetensors_header(path))
+    return tensors, files
+
+
+@dataclass
+class Module:
+    """A leaf module of the model: the tensors under one name (weight, bias, scales, biases)."""
+
+    name: str
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    bits: int | None = None  # quantized modules only
+    group_size: int | None = None
+
+    @property
+    def weight(self) -> Tensor | None:
+        return self.tensors.get("weight")
+
+    @property
+    def adaptable(self) -> bool:
+        """A linear, embedding or expert-stacked linear layer: what mlx-lm turns into a LoRA layer."""
+        weight = self.weight
+        if weight is None or len(weight.shape) < 2:
+            return False
+        return len(weight.shape) == 2 or (len(weight.shape) == 3 and EXPERTS.search(self.name) is not None)
+
+    @property
+    def stored_params(self) -> int:
+        """Elements as held in memory (packed weights, scales and biases included), as mlx counts parameters."""
+        return sum(t.size for t in self.tensors.values())
+
+    @property
+    def params(self) -> int:
+        """Parameters as mlx-lm counts them: quantized weights unpacked, scales and biases left out."""
+        if self.bits is None or self.weight is None:
+            return self.stored_params
+        bias = self.tensors["bias"].size if "bias" in self.tensors else 0
+        return bias + self.weight.size * 32 // self.bits
+
+
+def quant_params(module: Module, quant: dict[str, Any], known_dims: set[int]) -> tuple[int, int]:
+    """(bits, group_size) of a quantized module: the config's own entry for it, else read from the shapes.
+
+    Packed width and group count fit several (bits, group_size) pairs (4-bit in groups of 64 packs
+    like 8-bit in groups of 32, at twice the input width); mlx-lm settles it with the layer's true
+    input width, and so does this: the pair whose input width is a width the model has (`known_dims`:
+    its layers' output widths and config sizes), the config's default first.
+    """
+    override = quant.get(module.name)
+    if isinstance(override, dict) and "bits" in override:
+        return int(override["bits"]), int(override.get("group_size", quant.get("group_size", 64)))
+    default = (int(quant.get("bits", 4)), int(quant.get("group_size", 64)))
+    assert module.weight is not None
+    packed, groups = module.weight.shape[-1], module.tensors["scales"].shape[-1]
+    fits: list[tuple[int, int, int]] = []  # (bits, group_size, input width)
+    for bits in dict.fromkeys((default[0], 2, 3, 4, 5, 6, 8)):
+        in_dims, rest = divmod(packed * 32, bits)
+        if rest == 0 and in_dims % groups == 0 and in_dims // groups in (16, 32, 64, 128):
+            fits.append((bits, in_dims // groups, in_dims))
+    known = [fit for fit in fits if fit[2] in known_dims] or fits
+    for wanted in (lambda f: f[:2] == default, lambda f: f[1] == default[1], lambda f: f[0] == default[0]):
+        for fit in known:
+            if wanted(fit):
+                return fit[0], fit[1]
+    return (known[0][0], known[0][1]) if known else default
