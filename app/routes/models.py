@@ -1,7 +1,83 @@
-"""The model picker and model information."""
+"""The model picker and model information: JSON under /api/models, the form's info panel at /models/info."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from app.deps import SettingsDep, TemplatesDep
+from app.modelinfo import ModelInfoError, model_choices, model_info, trainable_params
+from app.runconfig import LoraParameters, RunConfig
 
 router = APIRouter()
+
+DEFAULT_NUM_LAYERS: int = RunConfig.model_fields["num_layers"].default
+DEFAULT_RANK: int = LoraParameters.model_fields["rank"].default
+
+
+def split_keys(text: str | None) -> list[str] | None:
+    """'self_attn.q_proj, self_attn.v_proj' -> a list; empty -> None (mlx-lm's default keys)."""
+    keys = [k.strip() for k in (text or "").split(",") if k.strip()]
+    return keys or None
+
+
+@router.get("/api/models", tags=["models"])
+def get_models(settings: SettingsDep) -> list[dict[str, Any]]:
+    """Local model folders and Hugging Face cache entries: name, model (path or hub id), source, size."""
+    return model_choices(settings)
+
+
+@router.get("/api/models/info", tags=["models"])
+def get_model_info(
+    settings: SettingsDep,
+    model: str = Query("", description="Local model folder or Hugging Face id (empty: the embedded model)."),
+    fine_tune_type: Literal["lora", "dora", "full"] = Query("lora"),
+    num_layers: int = Query(DEFAULT_NUM_LAYERS, ge=-1, description="Layers trained, from the top; -1 all."),
+    rank: int = Query(DEFAULT_RANK, ge=1, le=1024, description="LoRA rank."),
+    keys: str = Query("", description="Comma-separated LoRA keys (empty: mlx-lm's default)."),
+) -> dict[str, Any]:
+    """What a model is (from config.json and safetensors headers) and what these settings would train."""
+    try:
+        info = model_info(model, settings)
+        trainable = trainable_params(info, fine_tune_type, num_layers, rank, split_keys(keys))
+    except ModelInfoError as exc:
+        raise HTTPException(422, detail=[{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]
+                            ) from None
+    return {**info.to_json(), "trainable": trainable.to_json()}
+
+
+def _form_int(form: dict[str, str], key: str, default: int) -> int:
+    text = form.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ModelInfoError(f"{key} must be a whole number, not '{text}'", key) from None
+
+
+@router.get("/models/info", response_class=HTMLResponse, include_in_schema=False)
+def model_info_panel(request: Request, settings: SettingsDep, templates: TemplatesDep) -> Response:
+    """The new-run form's model panel, for the form's current values (sent whole by hx-include)."""
+    form = dict(request.query_params)
+    context: dict[str, Any] = {"info": None, "trainable": None, "error": None, "trainable_error": None}
+    try:
+        info = model_info(form.get("model", ""), settings)
+        context["info"] = info.to_json()
+    except ModelInfoError as exc:
+        context["error"] = str(exc)
+        return templates.TemplateResponse(request, "_model_info.html", context)
+    try:
+        trainable = trainable_params(
+            info,
+            form.get("fine_tune_type", "lora") or "lora",
+            _form_int(form, "num_layers", DEFAULT_NUM_LAYERS),
+            _form_int(form, "lora_parameters.rank", DEFAULT_RANK),
+            split_keys(form.get("lora_parameters.keys")),
+        )
+        context["trainable"] = trainable.to_json()
+    except ModelInfoError as exc:
+        context["trainable_error"] = str(exc)
+    return templates.TemplateResponse(request, "_model_info.html", context)
