@@ -99,3 +99,21 @@ class Checkpoint(SQLModel, table=True):
     is_deployment: bool = False
     note: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(SQLModel, table=True):
+    """A registered dataset folder (train/valid/test.jsonl), checked when registered and when its files change."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    path: str  # absolute folder
+    format: str | None = None  # text, chat, completions or tools
+    train_count: int = 0
+    valid_count: int = 0
+    test_count: int = 0
+    source: str = "folder"  # sample, folder (registered), upload, or "subset of N"
+    created_at: datetime = Field(default_factory=utcnow)
+    checked_at: datetime = Field(default_factory=utcnow)
+    files_signature: str = ""  # JSON {file name: [size, mtime_ns]} of the split files when last checked
+    error_count: int = 0  # problems found at the last check (0: valid)
+    first_error: str | None = None  # the first of them, one line

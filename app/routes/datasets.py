@@ -1,7 +1,171 @@
-"""Dataset pages: register, upload, validate, preview."""
+"""Dataset pages and API: list, register a folder, upload, validate, preview with a chat template."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Body, Form, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlmodel import Session
+
+from app.chat_preview import build_preview, model_options
+from app.dataset_upload import UploadError, receive_dataset_upload
+from app.dataset_validation import validate_dataset
+from app.datasets import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
+from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.modelinfo import model_choices
+from app.models import Dataset
+from app.settings import Settings
 
 router = APIRouter()
+
+
+def get_dataset_or_404(session: Session, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no dataset with id {dataset_id}")
+    return dataset
+
+
+# ---------- pages ----------
+
+def _list_page(
+    request: Request, session: Session, settings: Settings, templates: TemplatesDep, code: int = 200,
+    **context: Any,
+) -> Response:
+    context = {"datasets": [dataset_json(d) for d in list_datasets(session, settings)], "error": None,
+               "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None,
+               "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir, **context}
+    name = "_dataset_table.html" if request.headers.get("HX-Request") else "datasets.html"
+    return templates.TemplateResponse(request, name, context, status_code=code)
+
+
+@router.get("/datasets", response_class=HTMLResponse, include_in_schema=False)
+def datasets_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, added: int | None = None,
+) -> Response:
+    return _list_page(request, session, settings, templates, added=added)
+
+
+@router.post("/datasets/register", include_in_schema=False)
+def register_from_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+    name: str = Form(""), path: str = Form(""),
+) -> Response:
+    try:
+        dataset = register_dataset(session, settings, Path(path.strip()), name)
+    except DatasetError as exc:
+        report = exc.report
+        return _list_page(request, session, settings, templates, 422, error=str(exc).split("\n")[0],
+                          error_form="register", values={"name": name, "path": path},
+                          issues=report.errors.issues if report else [],
+                          error_count=report.errors.count if report else 0)
+    return RedirectResponse(f"/datasets?added={dataset.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/datasets/upload", include_in_schema=False)
+async def upload_from_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+) -> Response:
+    try:
+        dataset = await receive_dataset_upload(session, settings, request.headers.get("content-type", ""),
+                                               request.headers.get("content-length"), request.stream())
+    except UploadError as exc:
+        report = exc.report
+        return _list_page(request, session, settings, templates, exc.status_code,
+                          error=exc.message.split("\n")[0], error_form="upload",
+                          issues=report.errors.issues if report else [],
+                          error_count=report.errors.count if report else 0)
+    return RedirectResponse(f"/datasets?added={dataset.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/datasets/{dataset_id}", response_class=HTMLResponse, include_in_schema=False)
+def dataset_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: int,
+    model: str = "", mask_prompt: bool = False,
+) -> Response:
+    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
+    report = validate_dataset(Path(dataset.path))
+    model = model.strip() or str(settings.default_model_dir)
+    models = model_options(model_choices(settings), str(settings.default_model_dir), model)
+    context = {"dataset": dataset, "dataset_path": dataset.path, "report": report,
+               "preview": build_preview(Path(dataset.path), report.format, model, mask_prompt),
+               "models": models, "model": model, "mask_prompt": mask_prompt}
+    return templates.TemplateResponse(request, "dataset.html", context)
+
+
+@router.get("/datasets/{dataset_id}/preview", response_class=HTMLResponse, include_in_schema=False)
+def dataset_preview(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: int,
+    model: str = "", mask_prompt: bool = False,
+) -> Response:
+    dataset = get_dataset_or_404(session, dataset_id)
+    model = model.strip() or str(settings.default_model_dir)
+    context = {"dataset": dataset, "preview": build_preview(Path(dataset.path), dataset.format, model, mask_prompt),
+               "mask_prompt": mask_prompt}
+    return templates.TemplateResponse(request, "_dataset_preview.html", context)
+
+
+# ---------- JSON API ----------
+
+@router.get("/api/datasets", tags=["datasets"])
+def api_list_datasets(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+    """Registered datasets (the bundled sample first)."""
+    return [dataset_json(dataset) for dataset in list_datasets(session, settings)]
+
+
+@router.post("/api/datasets", status_code=status.HTTP_201_CREATED, tags=["datasets"])
+def api_register_dataset(
+    session: SessionDep, settings: SettingsDep, payload: dict[str, Any] = Body(...),
+) -> dict[str, Any]:
+    """Register a dataset folder: {"name", "path"} (an absolute path; name defaults to the folder's name)."""
+    path, name = payload.get("path"), payload.get("name", "")
+    if not isinstance(path, str) or not path.strip():
+        raise HTTPException(422, detail=[{"loc": ["body", "path"], "msg": "path is required: an absolute folder "
+                                          "holding train.jsonl and valid.jsonl", "type": "value_error"}])
+    if not isinstance(name, str):
+        raise HTTPException(422, detail=[{"loc": ["body", "name"], "msg": "name must be a string",
+                                          "type": "value_error"}])
+    try:
+        dataset = register_dataset(session, settings, Path(path.strip()), name)
+    except DatasetError as exc:
+        detail: dict[str, Any] = {"msg": str(exc)}
+        if exc.report is not None:
+            detail.update(errors=[i.as_dict() for i in exc.report.errors.issues], error_count=exc.report.errors.count)
+        raise HTTPException(422, detail=detail) from None
+    return dataset_json(dataset)
+
+
+@router.post("/api/datasets/upload", status_code=status.HTTP_201_CREATED, tags=["datasets"])
+async def api_upload_dataset(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Upload a dataset: multipart fields name, train, valid (and optionally test) .jsonl files."""
+    try:
+        dataset = await receive_dataset_upload(session, settings, request.headers.get("content-type", ""),
+                                               request.headers.get("content-length"), request.stream())
+    except UploadError as exc:
+        detail: dict[str, Any] = {"msg": exc.message}
+        if exc.report is not None:
+            detail.update(errors=[i.as_dict() for i in exc.report.errors.issues], error_count=exc.report.errors.count)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code)
+    return JSONResponse(dataset_json(dataset), status_code=status.HTTP_201_CREATED)
+
+
+@router.get("/api/datasets/validate", tags=["datasets"])
+def api_validate_folder(
+    path: str = Query(..., description="absolute folder holding train.jsonl and valid.jsonl"),
+    mask_prompt: bool = Query(False, description="check as a run with mask_prompt would need"),
+) -> dict[str, Any]:
+    """Check a folder line by line: the first 20 errors (file, line, field, message) and the total."""
+    folder = Path(path.strip()).expanduser()
+    if not folder.is_absolute():
+        raise HTTPException(422, detail=[{"loc": ["query", "path"], "msg": f"path must be absolute, got {path!r}",
+                                          "type": "value_error"}])
+    return validate_dataset(folder.resolve(), mask_prompt=mask_prompt).as_dict()
+
+
+@router.get("/api/datasets/{dataset_id}", tags=["datasets"])
+def api_get_dataset(session: SessionDep, dataset_id: int) -> dict[str, Any]:
+    """A registered dataset, checked again now: counts, format, file sizes and the validation result."""
+    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
+    return {**dataset_json(dataset), "validation": validate_dataset(Path(dataset.path)).as_dict()}

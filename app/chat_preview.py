@@ -1,0 +1,285 @@
+"""What a training example looks like to the model: its chat template rendered in the web process.
+
+The template comes from the model folder (chat_template.jinja, or "chat_template" in tokenizer_config.json)
+and is rendered the way transformers' apply_chat_template does (sandboxed Jinja2, trim_blocks, lstrip_blocks,
+loop controls, raise_exception, strftime_now, a tojson that keeps non-ASCII). No mlx, mlx_lm or transformers
+here. With mask_prompt, mlx-lm puts the loss on what follows
+apply_chat_template(messages[:-1], add_generation_prompt=<last is assistant>); the preview splits there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Template, TemplateError, nodes
+from jinja2.ext import Extension
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from app.dataset_validation import SPLITS, line_format
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+class GenerationTag(Extension):
+    """{% generation %}…{% endgeneration %} (marks assistant text for transformers' masks): rendered as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def compile_template(source: str) -> Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[GenerationTag, "jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(source)
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class ChatTemplate:
+    """A model's chat template, ready to render (or why there is none)."""
+
+    model: str
+    source: str | None = None
+    origin: str = ""  # which file it came from
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    tool_source: str | None = None
+    problem: str | None = None
+    compiled: dict[str, Template] = field(default_factory=dict)
+
+    def render(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
+               add_generation_prompt: bool = False) -> str:
+        """The conversation as the model sees it; TemplateError when the template refuses it."""
+        source = self.tool_source if tools and self.tool_source else self.source
+        if source is None:
+            raise TemplateError(self.problem or "the model has no chat template")
+        if source not in self.compiled:
+            self.compiled[source] = compile_template(source)
+        return self.compiled[source].render(messages=messages, tools=tools,
+                                            add_generation_prompt=add_generation_prompt, **self.special_tokens)
+
+
+def hub_snapshot(model_id: str) -> Path | None:
+    """The local snapshot folder of a Hugging Face hub id in the cache, if it was downloaded."""
+    if "/" not in model_id or model_id.startswith(("/", ".", "~")):
+        return None
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")
+    repo = Path(cache) / ("models--" + model_id.replace("/", "--"))
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
+    return snapshots[-1] if snapshots else None
+
+
+def model_folder(model: str) -> Path | None:
+    """A local model folder, or the cached snapshot of a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    return hub_snapshot(model)
+
+
+def load_chat_template(model: str) -> ChatTemplate:
+    """Read the chat template and special tokens of a model folder (or a cached hub id)."""
+    template = ChatTemplate(model=model)
+    folder = model_folder(model)
+    if folder is None:
+        template.problem = f"model {model} is not a local folder nor a downloaded Hugging Face model"
+        return template
+    config: dict[str, Any] = {}
+    config_path = folder / "tokenizer_config.json"
+    try:
+        if config_path.is_file():
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        special_map_path = folder / "special_tokens_map.json"
+        special_map = json.loads(special_map_path.read_text(encoding="utf-8")) if special_map_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        template.problem = f"cannot read the tokenizer files of {folder}: {exc}"
+        return template
+    for key in SPECIAL_TOKEN_KEYS:
+        token = _token_text(config.get(key)) or _token_text(special_map.get(key))
+        if token is not None:
+            template.special_tokens[key] = token
+    _pick_source(template, folder, config.get("chat_template"))
+    return template
+
+
+def _pick_source(template: ChatTemplate, folder: Path, configured: Any) -> None:
+    jinja_file = folder / "chat_template.jinja"
+    json_file = folder / "chat_template.json"
+    if jinja_file.is_file():
+        template.source, template.origin = jinja_file.read_text(encoding="utf-8"), jinja_file.name
+    elif isinstance(configured, str):
+        template.source, template.origin = configured, "tokenizer_config.json"
+    elif isinstance(configured, list):  # named templates: "default", "tool_use", …
+        named = {item.get("name"): item.get("template") for item in configured if isinstance(item, dict)}
+        template.source = named.get("default") or next(iter(named.values()), None)
+        template.tool_source = named.get("tool_use")
+        template.origin = "tokenizer_config.json"
+    elif json_file.is_file():
+        loaded = json.loads(json_file.read_text(encoding="utf-8"))
+        template.source, template.origin = loaded.get("chat_template"), json_file.name
+    if template.source is None:
+        template.problem = (f"the tokenizer of {folder} has no chat template: only text-format data can be "
+                            "trained with it")
+
+
+@dataclass
+class Segment:
+    text: str
+    loss: bool  # the model is trained to produce this text
+
+
+@dataclass
+class RenderedExample:
+    segments: list[Segment] = field(default_factory=list)
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def loss_chars(self) -> int:
+        return sum(len(s.text) for s in self.segments if s.loss)
+
+    @property
+    def total_chars(self) -> int:
+        return sum(len(s.text) for s in self.segments)
+
+
+def split_at_prompt(full: str, prompt: str) -> tuple[list[Segment], str | None]:
+    """Prompt (no loss) and completion (loss) segments; a note when the prompt is not a prefix of the whole."""
+    if full.startswith(prompt):
+        return _segments(full, len(prompt)), None
+    common = next((i for i, (a, b) in enumerate(zip(full, prompt, strict=False)) if a != b),
+                  min(len(full), len(prompt)))
+    note = ("the template renders the prompt differently from the start of the whole conversation: the boundary "
+            "shown is where they first differ")
+    return _segments(full, common), note
+
+
+def _segments(full: str, boundary: int) -> list[Segment]:
+    parts = [Segment(full[:boundary], False), Segment(full[boundary:], True)]
+    return [part for part in parts if part.text]
+
+
+def render_example(example: dict[str, Any], fmt: str, template: ChatTemplate, mask_prompt: bool) -> RenderedExample:
+    """One example as the trainer sees it, split into the parts without and with loss."""
+    if fmt == "text":
+        note = "text format: the loss is on all of it (mask_prompt does not apply)" if mask_prompt else None
+        return RenderedExample([Segment(str(example.get("text", "")), True)], note=note)
+    if fmt == "completions":
+        messages = [{"role": "user", "content": example.get("prompt")},
+                    {"role": "assistant", "content": example.get("completion")}]
+    else:
+        messages = list(example.get("messages") or [])
+    tools = example.get("tools")
+    try:
+        full = template.render(messages, tools=tools)
+        if not mask_prompt:
+            return RenderedExample([Segment(full, True)])
+        ends_with_assistant = isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+        prompt = template.render(messages[:-1], tools=tools, add_generation_prompt=ends_with_assistant)
+    except TemplateError as exc:
+        return RenderedExample(error=f"the chat template refused this example: {exc}")
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        return RenderedExample(error=f"the chat template cannot render this example: {exc}")
+    segments, note = split_at_prompt(full, prompt)
+    return RenderedExample(segments, note=note)
+
+
+@dataclass
+class PreviewExample:
+    split: str
+    line: int
+    rendered: RenderedExample
+
+
+@dataclass
+class Preview:
+    model: str
+    format: str | None
+    mask_prompt: bool
+    template_origin: str = ""
+    problem: str | None = None  # why nothing can be rendered with this model
+    splits: dict[str, list[PreviewExample]] = field(default_factory=dict)  # split -> its first examples
+
+
+def first_examples(path: Path, count: int) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, example) of the first `count` lines that parse as JSON objects."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    if not path.is_file():
+        return found
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                example = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if isinstance(example, dict):
+                found.append((number, example))
+            if len(found) >= count:
+                break
+    return found
+
+
+def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, per_split: int = 3) -> Preview:
+    """The first examples of each split rendered with `model`'s chat template, split into loss / no loss."""
+    preview = Preview(model=model, format=fmt, mask_prompt=mask_prompt)
+    template = load_chat_template(model)
+    preview.template_origin = template.origin
+    if fmt != "text" and template.source is None:
+        preview.problem = template.problem
+        return preview
+    for split in SPLITS:
+        examples = first_examples(folder / f"{split}.jsonl", per_split)
+        if examples:
+            preview.splits[split] = [
+                PreviewExample(split, line, render_example(example, line_format(example) or fmt or "text", template,
+                                                           mask_prompt))
+                for line, example in examples
+            ]
+    return preview
+
+
+def model_options(choices: list[dict[str, Any]], default_model: str, current: str) -> list[tuple[str, str]]:
+    """(value, label) of the models the preview offers: the default, the picker's choices, the current one."""
+    options: list[tuple[str, str]] = [(default_model, f"{Path(default_model).name} (default)")]
+    for choice in choices:
+        value = str(choice.get("model") or choice.get("path") or "")
+        if value and value not in {v for v, _ in options}:
+            options.append((value, str(choice.get("name") or value)))
+    if current and current not in {v for v, _ in options}:
+        options.append((current, current))
+    return options
