@@ -108,6 +108,7 @@ def test_picker_lists_models_and_the_panel_follows_the_form(picker_server: Serve
     keys.fill("input_layernorm")
     keys.dispatch_event("change")
     expect(page.locator("#model-trainable-error")).to_contain_text("linear and embedding layers only", timeout=30_000)
+    model_area(page, "models-06-key-names-a-norm")
     keys.fill("self_attn.q_proj, self_attn.v_proj")
     keys.dispatch_event("change")
     expect(page.locator("#model-trainable")).to_contain_text("on 2 modules", timeout=30_000)

@@ -81,3 +81,10 @@ def model_info_panel(request: Request, settings: SettingsDep, templates: Templat
     except ModelInfoError as exc:
         context["trainable_error"] = str(exc)
     return templates.TemplateResponse(request, "_model_info.html", context)
+
+
+@router.get("/models/choices", response_class=HTMLResponse, include_in_schema=False)
+def model_choice_lists(request: Request, settings: SettingsDep, templates: TemplatesDep, model: str = "") -> Response:
+    """The picker's lists alone (datalist and grouped select), with `model` selected when it is one of them."""
+    context = {"choices_only": True, "model_choices": model_choices(settings), "value": model}
+    return templates.TemplateResponse(request, "_model_picker.html", context)
