@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="loraboard", version="1", lifespan=lifespan)
     app.state.settings = settings
+    app.state.stopping = threading.Event()  # set when shutdown begins: open event streams end at once
     templates = Jinja2Templates(directory=settings.templates_dir)
     register_filters(templates)
     app.state.templates = templates
@@ -97,5 +100,16 @@ def cli(argv: list[str] | None = None) -> None:
     ensure_defaults(settings)
     import uvicorn
 
+    app = create_app(settings)
+    stopping: threading.Event = app.state.stopping
+
+    class StreamEndingServer(uvicorn.Server):
+        """uvicorn waits for open connections before the lifespan ends: tell event streams to end first."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
     print(f"loraboard: serving on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    StreamEndingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                      timeout_graceful_shutdown=5)).run()
