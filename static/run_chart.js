@@ -1,18 +1,20 @@
 /* Live loss chart for a run page, with TensorBoard-like controls and small metric charts.
  *
- * Markup: <div id="loss-chart" data-metrics-url="/api/runs/7/metrics" data-run-url="/api/runs/7"
+ * Markup: <div id="loss-chart" data-metrics-url="/api/runs/7/metrics" data-events-url="/api/runs/7/events"
  *              data-annotations-url="/api/runs/7/annotations" data-live="true"></div>
  * Optional controls (found by id anywhere on the page): #smoothing (range 0..0.99) with
  * #smoothing-value (its shown value), #log-y (checkbox), #x-axis (select: iteration | tokens |
  * time), and the small charts #chart-lr, #chart-tps, #chart-its, #chart-mem.
  *
- * Needs Plotly loaded before this script. Draws once with Plotly.newPlot, then (if live) polls
- * every half second and appends new points with Plotly.extendTraces.
+ * Needs Plotly and static/run_live.js loaded before this script. Draws once with Plotly.newPlot, then
+ * (if live) listens to the run's event stream (server-sent events, see run_live.js) and appends the
+ * points it pushes with Plotly.extendTraces; data-stream-state says how the stream is
+ * (connecting / open / reconnecting / closed).
  * Traces: 0 raw train loss (faint), 1 validation loss, 2 checkpoints, 3 validation minimum,
  * 4 train loss smoothed (EMA, debiased like TensorBoard; recomputed from trace 0's points).
  * After each draw it sets data-train-points / data-val-points (points drawn in traces 0 / 1)
  * and data-drawn="true"; when the run ends it sets data-live="false" and fires a bubbling
- * "loraboard-run-ended" event (detail: {status}).
+ * "loraboard-run-ended" event (detail: {status, end: the stream's end event data}).
  * Long runs: the first fetch asks for ?max_points=2000 (downsampled server-side; data-total-train
  * / data-total-val say how many points there are). Zooming or panning fetches that iteration
  * window in detail (data-detail="<start>-<end>", data-detail-fetches counts the fetches);
@@ -27,13 +29,12 @@
 (function () {
   "use strict";
 
-  var POLL_MS = 500;
+  var RETRY_MS = 2000;                // a failed first fetch is tried again after this long
   var MARKS_MS = 3000;
   var FETCH_TIMEOUT_MS = 10000;
   var MAX_POINTS = 2000;              // per series, for the overview and for a zoomed window
   var REFRESH_AT = 3 * MAX_POINTS;    // overview grown this big by live appends: fetch it again, downsampled
   var DETAIL_DELAY_MS = 250;          // zoom / pan settles before the window is fetched
-  var TERMINAL = ["completed", "stopped", "early_stopped", "failed", "interrupted"];
   var WAITING = { text: "waiting for the first report\u2026", xref: "paper", yref: "paper", x: 0.5, y: 0.5,
     showarrow: false, font: { size: 14, color: "#64748b" } };
   var X_TITLES = { iteration: "iteration", tokens: "trained tokens", time: "training time (estimated)" };
@@ -159,7 +160,7 @@
 
   function init(div) {
     var metricsUrl = div.dataset.metricsUrl;
-    var runUrl = div.dataset.runUrl;
+    var eventsUrl = div.dataset.eventsUrl;
     var marksUrl = div.dataset.annotationsUrl;
     var marks = { annotations: [] };     // annotation marks drawn (buildMarks)
     var marksData = null;                // the last annotations payload fetched
@@ -175,8 +176,7 @@
     var ema = { last: 0, n: 0 };         // smoothing state after the last drawn train point
     var thinned = false;                 // the overview is downsampled (zooming fetches detail)
     var annotated = false;               // "waiting" note currently shown?
-    var busy = false;                    // a tick is in flight
-    var catchUp = false;                 // non-live page whose first fetch failed
+    var refreshing = false;              // an overview fetch (live refresh) is in flight
     var chain = Promise.resolve();       // Plotly updates, one after the other
     var detailTimer = null, detailSeq = 0, detailFetches = 0;
     var smoothQueued = false;
@@ -366,25 +366,36 @@
       return u.toString();
     }
 
-    // Nothing yet, or the overview grew big from live appends: fetch it (downsampled) again.
-    function needOverview() {
-      return last.train < 0 && last.val < 0 || ov.train.length > REFRESH_AT || ov.val.length > REFRESH_AT;
-    }
-
-    // URL for the next incremental fetch: after = min(last train, last val). A run's first
-    // validation (iteration 0) is written before its first train report, so while no val point
-    // has arrived (a run without validation data) the last train iteration is a safe cursor.
-    function nextMetricsUrl() {
-      var after = last.val < 0 ? last.train : Math.min(last.train, last.val);
-      return needOverview() ? url({ max_points: MAX_POINTS }) : url({ after: after });
-    }
-
-    function take(data, overview) {
+    // An overview (downsampled history) replaces what is drawn; points appended meanwhile that
+    // are newer than it are kept, since the stream will not send them again.
+    function takeOverview(data) {
       return queue(function () {
-        if (!overview) return addLive(data);
+        var kept = { train: ov.train, val: ov.val };
         setOverview(data);
+        var t = kept.train.filter(function (p) { return p.it > last.train; });
+        var v = kept.val.filter(function (p) { return p.it > last.val; });
+        ov.train = ov.train.concat(t);
+        ov.val = ov.val.concat(v);
+        total.train += t.length;
+        total.val += v.length;
+        last = { train: lastIt(ov.train, -1), val: lastIt(ov.val, -1) };
+        t.forEach(extendMap);
         return redraw();
       });
+    }
+
+    // Live appends made the overview big: fetch it again, downsampled.
+    function refreshOverview() {
+      if (refreshing || ov.train.length <= REFRESH_AT && ov.val.length <= REFRESH_AT) return;
+      refreshing = true;
+      getJSON(url({ max_points: MAX_POINTS })).then(takeOverview, function (err) {
+        if (window.console) console.warn("loss chart: overview refresh will retry:", err);
+      }).finally(function () { refreshing = false; });
+    }
+
+    // Points pushed by the stream: appended (the iteration check drops anything already drawn).
+    function takeLive(data) {
+      return queue(function () { return addLive(data); }).then(refreshOverview);
     }
 
     // ---- zoom: fetch the visible iteration window in detail ---------------------------
@@ -612,46 +623,51 @@
         .then(markDrawn);
     }
 
-    function finish(status) {
+    // The run has ended and every point is drawn (called through the queue, after the last append).
+    function finish(end) {
       live = false;
       div.dataset.live = "false";
       refreshMarks();  // one last look: the early stop / final checkpoint
       if (annotated) queue(function () { return Plotly.relayout(div, { annotations: layerNotes() }); });
-      div.dispatchEvent(new CustomEvent("loraboard-run-ended", { bubbles: true, detail: { status: status } }));
+      div.dispatchEvent(new CustomEvent("loraboard-run-ended", { bubbles: true,
+        detail: { status: end && end.status, end: end } }));
     }
 
-    // One poll: check the run status, then fetch and append new metrics.
-    // Errors are swallowed so the next tick simply retries.
-    function tick() {
-      if (busy) return;
-      busy = true;
-      var status = null;
-      var statusReq = runUrl ? getJSON(runUrl).then(function (r) { status = r && r.status; }, function () {}) : Promise.resolve();
-      statusReq
-        .then(function () {
-          var overview = needOverview();
-          return getJSON(nextMetricsUrl()).then(function (data) { return take(data, overview); });
-        })
-        .then(function () {  // a fetch after a terminal status was the final one
-          if (catchUp) live = false;
-          else if (TERMINAL.indexOf(status) !== -1) finish(status);
-        })
-        .catch(function (err) { if (window.console) console.warn("loss chart: will retry:", err); })
-        .finally(function () {
-          busy = false;
-          if (live) setTimeout(tick, POLL_MS);
+    // Live: points, the state and the end come from the run's event stream, starting after what is drawn.
+    function listen() {
+      if (!eventsUrl || !window.LoraboardLive) {
+        div.dataset.streamState = "closed";
+        if (window.console) console.error("loss chart: no event stream (missing data-events-url or run_live.js)");
+        return;
+      }
+      window.LoraboardLive.openStream(div, eventsUrl, { train: last.train, val: last.val }, {
+        metrics: takeLive,
+        end: function (end) { queue(function () { finish(end); }); }
+      });
+    }
+
+    // The first fetch failed: draw empty now, fetch the overview until it comes, then go live.
+    function retryFirst() {
+      setTimeout(function () {
+        getJSON(url({ max_points: MAX_POINTS })).then(function (data) {
+          return takeOverview(data).then(function () { if (live) listen(); });
+        }, function (err) {
+          if (window.console) console.warn("loss chart: first fetch will retry:", err);
+          retryFirst();
         });
+      }, RETRY_MS);
     }
 
     showSmoothing();
     // The page started this request before Plotly loaded (window.loraboardFirstMetrics) when it could.
     var first = window.loraboardFirstMetrics || getJSON(url({ max_points: MAX_POINTS }));
+    var firstFailed = false;
     window.loraboardFirstMetrics = null;
+    div.dataset.streamState = live ? "connecting" : "closed";
     first
       .catch(function (err) {
         if (window.console) console.warn("loss chart: initial fetch failed:", err);
-        catchUp = !live;  // retry on the next tick (with nothing drawn it fetches the overview)
-        live = true;
+        firstFailed = true;
         return null;
       })
       .then(function (data) { return queue(function () { return firstDraw(data); }); })
@@ -664,7 +680,8 @@
         if (ctl.logY) ctl.logY.addEventListener("change", onLogY);
         if (ctl.xAxis) ctl.xAxis.addEventListener("change", onXAxis);
         pollMarks();
-        if (live) setTimeout(tick, POLL_MS);
+        if (firstFailed) retryFirst();
+        else if (live) listen();
       })
       .catch(function (err) { if (window.console) console.error("loss chart: cannot draw:", err); });
   }

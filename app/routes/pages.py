@@ -18,6 +18,7 @@ from app.checkpoints import (
     table_rows,
 )
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.events import STATUS_GLYPHS, tab_title
 from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
 from app.runconfig import (
@@ -78,6 +79,10 @@ def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run
     context["metrics_url"] = f"/api/runs/{run_id}/metrics{parent}"
     separator = "&" if "?" in context["metrics_url"] else "?"
     context["first_metrics_url"] = f"{context['metrics_url']}{separator}max_points={CHART_MAX_POINTS}"
+    context["events_url"] = f"/api/runs/{run_id}/events{parent}"
+    context["status_glyphs"] = STATUS_GLYPHS
+    latest = context["latest"]
+    context["page_title"] = tab_title(run.status, latest.train_loss if latest else None, run.name)
     return templates.TemplateResponse(request, "run.html", context)
 
 
