@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,18 @@ class Server:
             self.process.terminate()
             self.process.wait(timeout=15)
         self.process = None
+
+    def restart(self, while_down: Callable[[], None] | None = None) -> None:
+        """Terminate only the server process (SIGTERM; workers train on) and start a new one, same port and root.
+
+        while_down: called between the two (the old server has exited, the new one is not started)."""
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=15)
+        self.process = None
+        if while_down is not None:
+            while_down()
+        self.start()
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
         data = json.dumps(body).encode() if body is not None else None
