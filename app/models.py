@@ -46,6 +46,7 @@ class Run(SQLModel, table=True):
     log_path: str | None = None
     early_stopping_json: str | None = None  # the live rule (JSON of EarlyStopping); re-tunable while training
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
+    notes: str = ""  # free text from the runs list (what was tried, why)
 
     @property
     def config(self) -> dict[str, Any]:

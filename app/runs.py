@@ -114,6 +114,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
     return {
         "id": run.id,
         "name": run.name,
+        "notes": run.notes,
         "status": run.status,
         "config": run.config,
         "created_at": _iso(run.created_at),

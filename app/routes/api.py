@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.datasets import dataset_problem
@@ -14,6 +14,16 @@ from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.models import Checkpoint, Run
 from app.policy import best_checkpoint
 from app.runconfig import EarlyStopping, RunConfig
+from app.runlist import (
+    NAME_MAX,
+    NOTES_MAX,
+    ConfirmMissingError,
+    RunLiveError,
+    clean_name,
+    clean_notes,
+    delete_run,
+    update_run_text,
+)
 from app.runs import (
     adapter_zip,
     annotations_json,
@@ -82,16 +92,56 @@ class RunPatch(BaseModel):
     early_stopping: EarlyStopping | None = Field(
         None, description="the new early-stopping rule (null: off); applied at the run's next evaluation"
     )
+    name: str | None = Field(None, description=f"a new name for the run (1 to {NAME_MAX} characters)")
+    notes: str | None = Field(None, description=f"the run's notes ('' clears them; at most {NOTES_MAX:,} characters)")
+
+    @field_validator("name")
+    @classmethod
+    def _clean_name(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("name cannot be null")
+        return clean_name(value)
+
+    @field_validator("notes")
+    @classmethod
+    def _clean_notes(cls, value: str | None) -> str:
+        return clean_notes(value or "")
 
 
 @router.patch("/runs/{run_id}")
 def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, Any]:
     run = get_run_or_404(session, run_id)
-    if "early_stopping" in patch.model_fields_set:
-        if run.is_terminal:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has ended ({run.status})")
+    fields = patch.model_fields_set
+    if "early_stopping" in fields and run.is_terminal:  # checked before anything is written
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has ended ({run.status})")
+    if fields & {"name", "notes"}:
+        update_run_text(session, run, patch.name if "name" in fields else None,
+                        patch.notes if "notes" in fields else None)
+    if "early_stopping" in fields:
         set_early_stopping(session, run, patch.early_stopping)
     return run_json(session, run)
+
+
+@router.delete("/runs/{run_id}")
+def delete_run_api(
+    session: SessionDep, settings: SettingsDep, run_id: int,
+    confirm: str = Query("", description="'yes': the run's checkpoints, reports and folder go for good"),
+) -> dict[str, Any]:
+    """Delete a run that has ended, with its reports, checkpoints and adapters folder (409 while it is live)."""
+    run = get_run_or_404(session, run_id)
+    try:
+        deleted = delete_run(session, settings, run, confirm)
+    except RunLiveError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    except ConfirmMissingError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+    return {
+        "deleted": deleted.run_id,
+        "checkpoints": deleted.checkpoints,
+        "reports": deleted.reports,
+        "continued_by": deleted.continued_by,
+        "leftover_folder": str(deleted.leftover) if deleted.leftover else None,
+    }
 
 
 @router.get("/runs/{run_id}/metrics")
