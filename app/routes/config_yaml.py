@@ -1,7 +1,94 @@
-"""Run configs as mlx_lm YAML: export a run's, read one into the form."""
+"""Run configs as mlx_lm YAML: export a run's, parse one (API), read one into the new-run form."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from app.config_warnings import read_model_facts
+from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.models import Run
+from app.routes.new_run import check_values, fresh_values, render_form
+from app.routes.new_run import form_context as new_run_context
+from app.runconfig import RunConfig
+from app.runform import form_values
+from app.yamlconfig import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
 
 router = APIRouter()
+
+
+@router.get("/api/runs/{run_id}/config.yaml", tags=["runs"])
+def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: int) -> Response:
+    """The run's config as a YAML that `python -m mlx_lm lora -c <file>` trains from as is."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
+    config = RunConfig.model_validate(run.config)
+    text = export_yaml(config, run.id, run.name, read_model_facts(config.model, settings).layers)
+    headers = {"Content-Disposition": f'attachment; filename="loraboard-run-{run_id}.yaml"'}
+    return Response(text, media_type="application/yaml", headers=headers)
+
+
+@router.post("/api/configs/parse", tags=["configs"])
+async def parse_config(request: Request) -> JSONResponse:
+    """YAML text in (the request body) -> {"config": RunConfig, "ignored": [...], "keys": [...]}, or a 422 whose
+    detail lists each problem with its key path, line and column."""
+    raw = await request.body()
+    try:
+        parsed = parse_yaml_config(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problem = YamlProblem("", f"the body is not UTF-8 text (byte {exc.start})")
+        return JSONResponse({"detail": [problem.as_json()]}, status_code=422)
+    except YamlConfigError as exc:
+        return JSONResponse({"detail": [p.as_json() for p in exc.problems]}, status_code=422)
+    return JSONResponse({"config": parsed.config.model_dump(mode="json"),
+                         "ignored": [{"key": i.key, "reason": i.reason} for i in parsed.ignored],
+                         "keys": parsed.keys})
+
+
+async def _yaml_from_form(form: Any, limit_bytes: int) -> tuple[str, str]:
+    """(YAML text, where it came from): an uploaded file wins over the text box."""
+    upload = form.get("yaml_file")
+    if isinstance(upload, UploadFile) and upload.filename:
+        data = await upload.read(limit_bytes + 1)
+        if len(data) > limit_bytes:
+            raise YamlConfigError([YamlProblem("", f"{upload.filename} is larger than {limit_bytes:,} bytes: "
+                                               "not a run config")])
+        try:
+            return data.decode("utf-8"), upload.filename
+        except UnicodeDecodeError as exc:
+            problem = YamlProblem("", f"{upload.filename} is not UTF-8 text (byte {exc.start})")
+            raise YamlConfigError([problem]) from None
+    text = form.get("yaml_text")
+    return (text if isinstance(text, str) else ""), ""
+
+
+@router.post("/runs/new/yaml", response_class=HTMLResponse, include_in_schema=False)
+async def import_yaml_into_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep
+) -> Response:
+    """Fill the new-run form from YAML; on any problem the form stays as it was and the problems are listed."""
+    form = await request.form()
+    current = {k: v for k, v in form.items() if isinstance(v, str) and k != "yaml_text"}
+    text, source = "", ""
+    try:
+        text, source = await _yaml_from_form(form, settings.max_upload_mb * 1024 * 1024)
+        if not text.strip():
+            raise YamlConfigError([YamlProblem("", "paste a YAML config or choose a .yaml file first")])
+        parsed = parse_yaml_config(text)
+    except YamlConfigError as exc:
+        values: dict[str, Any] = current or fresh_values(settings)
+        context = new_run_context(session, settings, values, check_values(values, session, settings),
+                                  yaml_text=text, yaml_errors=[str(p) for p in exc.problems], yaml_source=source)
+        return render_form(request, templates, context, partial=True)
+    values = form_values(parsed.config)
+    values["model"] = values["model"] or str(settings.default_model_dir)
+    values["data"] = values["data"] or str(settings.default_dataset_dir)
+    notice = (f"Loaded {len(parsed.keys)} settings from {source or 'the YAML'}; the rest are mlx_lm's defaults. "
+              "Check them, then Start.")
+    context = new_run_context(session, settings, values, check_values(values, session, settings), notice=notice,
+                              yaml_text=text, yaml_ignored=parsed.ignored)
+    return render_form(request, templates, context, partial=True)

@@ -1,36 +1,153 @@
-"""The new-run form: show it, check it, start the run."""
+"""The new-run form: show it (fresh, cloned or continuing a run), check it as it is typed, start the run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlmodel import Session
 
-from app.datasets import dataset_problem
+from app.config_warnings import ConfigWarning, config_warnings, gather_facts
+from app.datasets import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.modelinfo import model_choices
 from app.models import Run
-from app.runconfig import FORM_DEFAULTS, RunConfig, flat_values, form_field_specs, form_to_payload
+from app.runconfig import RunConfig
+from app.runform import (
+    ADVANCED_KEYS,
+    FORM_KEYS,
+    FormProblem,
+    changed_advanced,
+    field_specs,
+    form_errors,
+    form_to_payload,
+    form_values,
+    grouped_specs,
+    iterations_note,
+    starting_config,
+)
 from app.runs import create_run, resume_problem
+from app.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
 
-def _form_response(
-    request: Request, templates: TemplatesDep, settings: SettingsDep, values: dict[str, Any],
-    errors: dict[str, str], code: int = 200,
-) -> Response:
-    context = {
-        "fields": form_field_specs(values),
-        "errors": errors,
+@dataclass
+class FormCheck:
+    """What the server makes of a filled-in form: the config (when valid), errors, warnings, the iters note."""
+
+    config: RunConfig | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+    warnings: list[ConfigWarning] = field(default_factory=list)
+    iterations_note: str = ""
+
+
+def check_form(form: dict[str, str], session: Session, settings: Settings) -> FormCheck:
+    """Validate a form exactly as a submission is (same messages as the API's 422); creates nothing."""
+    check = FormCheck()
+    try:
+        payload = form_to_payload(form)
+    except FormProblem as problem:
+        check.errors[problem.key] = problem.message
+        payload = form_to_payload({k: v for k, v in form.items() if k != problem.key})
+    try:
+        config = RunConfig.model_validate(payload).resolved(settings)
+    except ValidationError as exc:
+        check.errors.update(form_errors(exc))
+        config = config_without_errors(payload, exc, settings)
+        if config is None:
+            return check
+        warnings = config_warnings(config, gather_facts(config, settings))
+        check.warnings = [w for w in warnings if w.field not in check.errors]
+        return check
+    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump())
+    for key, problem_text in (("data", data_problem),
+                              ("resume_from.run_id", resume_problem(session, settings, config))):
+        if problem_text:
+            check.errors[key] = problem_text
+    facts = gather_facts(config, settings)
+    check.warnings = config_warnings(config, facts)
+    check.iterations_note = iterations_note(config, facts.data.train)
+    if not check.errors:
+        check.config = config
+    return check
+
+
+def config_without_errors(payload: dict[str, Any], exc: ValidationError, settings: Settings) -> RunConfig | None:
+    """The config with its invalid keys left at their defaults: enough to warn about the rest."""
+    bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    try:
+        return RunConfig.model_validate({k: v for k, v in payload.items() if k not in bad}).resolved(settings)
+    except ValidationError:
+        return None
+
+
+def check_values(values: dict[str, Any], session: Session, settings: Settings) -> FormCheck:
+    """check_form for form values that are already typed (a prefilled form): warnings and note, no errors shown."""
+    form = {k: ("on" if v is True else str(v)) for k, v in values.items() if v is not False}
+    check = check_form(form, session, settings)
+    return FormCheck(check.config, {}, check.warnings, check.iterations_note)
+
+
+def form_context(
+    session: Session, settings: Settings, values: dict[str, Any], check: FormCheck, **extra: Any
+) -> dict[str, Any]:
+    """Everything _new_run_area.html needs."""
+    advanced_open = bool(set(check.errors) & ADVANCED_KEYS) or bool(str(values.get("resume_from.run_id", "")).strip())
+    return {
+        "groups": grouped_specs(values),
+        "fields": field_specs(values),
+        "values": values,
+        "errors": check.errors,
+        "other_errors": {k: v for k, v in check.errors.items() if k not in FORM_KEYS},
+        "warnings": check.warnings,
+        "iterations_note": check.iterations_note,
+        "advanced_open": advanced_open,
+        "advanced_changed": changed_advanced(values),
         "default_model": settings.default_model_dir,
         "default_data": settings.default_dataset_dir,
         "model_choices": model_choices(settings),
+        "dataset_choices": dataset_choices(session, settings),
+        "submitted": False,
+        "notice": None,
+        "yaml_text": "",
+        "yaml_errors": [],
+        "yaml_ignored": [],
+        **extra,
     }
-    return templates.TemplateResponse(request, "new_run.html", context, status_code=code)
+
+
+def render_form(
+    request: Request, templates: TemplatesDep, context: dict[str, Any], code: int = 200, partial: bool = False
+) -> Response:
+    page = "_new_run_area.html" if partial else "new_run.html"
+    return templates.TemplateResponse(request, page, context, status_code=code)
+
+
+def fresh_values(settings: Settings) -> dict[str, Any]:
+    return form_values(starting_config(str(settings.default_model_dir), str(settings.default_dataset_dir)))
+
+
+def source_values(source: Run, resume_iteration: int | None) -> tuple[dict[str, Any], str | None]:
+    """A run's settings for a new run (its name and resume_from cleared), or to continue it from a checkpoint."""
+    try:
+        config = RunConfig.model_validate({**source.config, "name": "", "resume_from": None})
+    except ValidationError as exc:
+        return {}, f"run {source.id}'s settings could not be read ({exc.error_count()} problems); starting afresh"
+    values = form_values(config)
+    notice = f"Settings copied from run #{source.id} ({source.name})."
+    if resume_iteration is not None:
+        values["resume_from.run_id"] = str(source.id)
+        values["resume_from.iteration"] = str(resume_iteration)
+        values["iters"] = str(max(source.total_iters, resume_iteration * 2))
+        values["epochs"] = ""
+        values["name"] = f"{source.name} (continued from {resume_iteration})"
+        notice = f"Continues run #{source.id} ({source.name}) from its checkpoint at iteration {resume_iteration}."
+    return values, notice
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -38,20 +155,33 @@ def new_run_form(
     request: Request, session: SessionDep, templates: TemplatesDep, settings: SettingsDep,
     from_run: int | None = None, resume_iteration: int | None = None,
 ) -> Response:
-    """The form: small defaults for the embedded model, or a copy of an earlier run (to continue it)."""
-    values = flat_values({**RunConfig().model_dump(), **FORM_DEFAULTS})
-    values["model"] = str(settings.default_model_dir)
-    values["data"] = str(settings.default_dataset_dir)
-    source = session.get(Run, from_run) if from_run is not None else None
-    if source is not None:
-        values = flat_values({**source.config, "name": "", "resume_from": None})
-        values["early_stopping.enabled"] = bool(source.config.get("early_stopping"))
-        if resume_iteration is not None:
-            values["resume_from.run_id"] = source.id
-            values["resume_from.iteration"] = resume_iteration
-            values["iters"] = max(source.total_iters, resume_iteration * 2)
-            values["name"] = f"{source.name} (continued from {resume_iteration})"
-    return _form_response(request, templates, settings, values, {})
+    """The form: small defaults for the embedded model, or a copy of an earlier run (to clone or continue it)."""
+    values = fresh_values(settings)
+    notice = None
+    if from_run is not None:
+        source = session.get(Run, from_run)
+        if source is None:
+            notice = f"There is no run #{from_run} to copy; the form shows the defaults."
+        else:
+            copied, notice = source_values(source, resume_iteration)
+            values = copied or values
+    context = form_context(session, settings, values, check_values(values, session, settings), notice=notice)
+    return render_form(request, templates, context)
+
+
+async def submitted_form(request: Request) -> dict[str, str]:
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+
+
+@router.post("/runs/new/check", response_class=HTMLResponse)
+async def check_run_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep
+) -> Response:
+    """Errors, warnings and the iterations note for the form as typed so far (htmx, out-of-band swaps)."""
+    form = await submitted_form(request)
+    check = check_form(form, session, settings)
+    context = form_context(session, settings, form, check)
+    return templates.TemplateResponse(request, "_new_run_check.html", context)
 
 
 @router.post("/runs/new")
@@ -59,18 +189,11 @@ async def submit_run_form(
     request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
     templates: TemplatesDep,
 ) -> Response:
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    errors: dict[str, str] = {}
-    try:
-        config = RunConfig.model_validate(form_to_payload(form)).resolved(settings)
-    except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            errors[".".join(str(p) for p in err["loc"]) or "form"] = err["msg"]
-        return _form_response(request, templates, settings, form, errors, 422)
-    for key, problem in (("data", dataset_problem(Path(config.data))),
-                         ("resume_from", resume_problem(session, settings, config))):
-        if problem:
-            return _form_response(request, templates, settings, form, {key: problem}, 422)
-    run = create_run(session, config)
+    form = await submitted_form(request)
+    check = check_form(form, session, settings)
+    if check.config is None:
+        context = form_context(session, settings, form, check, submitted=True)
+        return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
+    run = create_run(session, check.config)
     supervisor.tick()
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
