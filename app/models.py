@@ -102,6 +102,36 @@ class Checkpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class TokenStatsJob(SQLModel, table=True):
+    """Token lengths of a dataset's examples under one model's tokenizer (a `python -m worker tokenstats` job).
+
+    status: queued, running, completed or failed. result_json, once completed:
+    {"splits": {"train": {"examples": n, "lengths": [[length, count], ...]}, ...}} (lengths ascending).
+    """
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed')", name="token_stats_status"),
+        Index("ix_token_stats_key", "dataset_path", "model"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_path: str  # absolute folder holding train/valid/test.jsonl
+    model: str  # absolute model folder or hub id: whose tokenizer
+    files_signature: str = ""  # JSON {file name: [size, mtime_ns]} of the split files when the job was made
+    status: str = "queued"
+    done: int = 0  # examples tokenized so far
+    total: int = 0  # examples in all splits (0 until the files are read)
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
+    error: str | None = None  # one readable line
+    traceback: str | None = None
+    result_json: str | None = None
+    log_path: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 class Dataset(SQLModel, table=True):
     """A registered dataset folder (train/valid/test.jsonl), checked when registered and when its files change."""
 

@@ -1,4 +1,4 @@
-"""`python -m worker train --run-id N` and `python -m worker defaults`.
+"""`python -m worker train --run-id N`, `python -m worker tokenstats --job-id N` and `python -m worker defaults`.
 
 OpenBLAS routing happens here, before anything imports mlx.core.
 """
@@ -127,10 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train one run")
     train.add_argument("--run-id", type=int, required=True)
     sub.add_parser("defaults", help="create the embedded default model and sample data if absent")
+    token_stats = sub.add_parser("tokenstats", help="token lengths of a dataset's examples under a tokenizer")
+    token_stats.add_argument("--job-id", type=int, required=True)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.job == "train":
         return run_train(settings, args.run_id)
+    if args.job == "tokenstats":
+        from worker.token_stats import run_token_stats
+
+        return run_token_stats(settings.database_path, args.job_id)
     return run_defaults(settings)
 
 
