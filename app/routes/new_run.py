@@ -87,10 +87,9 @@ def config_without_errors(payload: dict[str, Any], exc: ValidationError, setting
 
 
 def check_values(values: dict[str, Any], session: Session, settings: Settings) -> FormCheck:
-    """check_form for form values that are already typed (a prefilled form): warnings and note, no errors shown."""
+    """check_form for a prefilled form (fresh, cloned, imported): what no longer holds shows at once."""
     form = {k: ("on" if v is True else str(v)) for k, v in values.items() if v is not False}
-    check = check_form(form, session, settings)
-    return FormCheck(check.config, {}, check.warnings, check.iterations_note)
+    return check_form(form, session, settings)
 
 
 def form_context(
