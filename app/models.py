@@ -46,6 +46,7 @@ class Run(SQLModel, table=True):
     log_path: str | None = None
     early_stopping_json: str | None = None  # the live rule (JSON of EarlyStopping); re-tunable while training
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
+    test_loss: float | None = None  # loss on test.jsonl after training (config "test"), of the best or final adapter
     notes: str = ""  # free text from the runs list (what was tried, why)
 
     @property

@@ -130,6 +130,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "early_stopping": json.loads(run.early_stopping_json) if run.early_stopping_json else None,
         "trainable_params": run.trainable_params,
         "total_params": run.total_params,
+        "test_loss": run.test_loss,
     }
 
 

@@ -26,7 +26,7 @@ from app.status import TERMINAL, RunStatus
 
 Job = Callable[[sqlite3.Connection], None]
 # Columns of the run table that set_status may write, in the order of its UPDATE.
-RUN_FIELD_ORDER = ("backend", "finished_at", "stop_reason", "iteration", "error", "traceback")
+RUN_FIELD_ORDER = ("backend", "finished_at", "stop_reason", "iteration", "error", "traceback", "test_loss")
 RUN_FIELDS = frozenset(RUN_FIELD_ORDER)
 
 
@@ -217,7 +217,8 @@ class ReportWriter:
             conn.execute(
                 "UPDATE run SET status = ?, backend = COALESCE(?, backend), finished_at = COALESCE(?, finished_at),"
                 " stop_reason = COALESCE(?, stop_reason), iteration = COALESCE(?, iteration),"
-                " error = COALESCE(?, error), traceback = COALESCE(?, traceback) WHERE id = ?",
+                " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
+                " test_loss = COALESCE(?, test_loss) WHERE id = ?",
                 (status.value, *values, self.run_id),
             )
             if status in TERMINAL:

@@ -31,7 +31,7 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import load
 
-from app.policy import early_stop_decision
+from app.policy import best_checkpoint, early_stop_decision
 from app.runconfig import RunConfig
 from app.status import RunStatus
 from worker.reporting import ReportWriter
@@ -214,11 +214,26 @@ def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
     return model, tokenizer, stored
 
 
-def load_data(config: RunConfig, tokenizer: Any) -> tuple[CacheDataset, CacheDataset | None]:
-    args = SimpleNamespace(data=config.data, train=True, test=False, mask_prompt=config.mask_prompt)
-    train_set, valid_set, _ = load_dataset(args, tokenizer)
-    valid = CacheDataset(valid_set) if len(valid_set) else None
-    return CacheDataset(train_set), valid
+FEATURE_KEYS = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
+
+
+@dataclass(frozen=True)
+class Datasets:
+    train: CacheDataset
+    valid: CacheDataset | None
+    test: CacheDataset | None
+
+
+def load_data(config: RunConfig, tokenizer: Any) -> Datasets:
+    """The run's splits as mlx_lm reads them (its feature keys, prompt masking; test.jsonl only for `test`)."""
+    features = {key: getattr(config, key) for key in FEATURE_KEYS if getattr(config, key) is not None}
+    args = SimpleNamespace(data=config.data, train=True, test=config.test, mask_prompt=config.mask_prompt, **features)
+    train_set, valid_set, test_set = load_dataset(args, tokenizer)
+    return Datasets(
+        CacheDataset(train_set),
+        CacheDataset(valid_set) if len(valid_set) else None,
+        CacheDataset(test_set) if config.test and len(test_set) else None,
+    )
 
 
 def attach_adapters(model: nn.Module, config: RunConfig) -> int:
@@ -237,7 +252,9 @@ def attach_adapters(model: nn.Module, config: RunConfig) -> int:
 
 def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
     """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
-    data = config.model_dump(exclude={"name", "early_stopping", "resume_from", "full_val_at_checkpoints"})
+    data = config.model_dump(
+        mode="json", exclude={"name", "epochs", "early_stopping", "resume_from", "full_val_at_checkpoints"}
+    )
     data["num_layers"] = num_layers
     tmp = run_dir / ".adapter_config.json.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -255,7 +272,8 @@ def make_optimizer(config: RunConfig) -> optim.Optimizer:
         "adafactor": optim.Adafactor,
         "muon": optim.Muon,
     }
-    return classes[config.optimizer](learning_rate=learning_rate)
+    extra = config.optimizer_config.arguments_for(config.optimizer)  # as mlx_lm: optimizer_config[optimizer]
+    return classes[config.optimizer](learning_rate=learning_rate, **extra)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -277,6 +295,37 @@ class TrainOutcome:
     steps: int
     status: RunStatus
     reason: str | None
+    test_loss: float | None = None
+
+
+def tested_adapter(hooks: StepHooks, run_dir: Path, steps: int) -> Path:
+    """The adapter `test` measures: the best checkpoint by validation loss (ties: the later), else the final one."""
+    rows = [SimpleNamespace(iteration=it, val_loss=loss) for it, loss in hooks.val_history if it in hooks.saved]
+    best = best_checkpoint(rows)
+    return run_dir / checkpoint_name(best.iteration if best is not None else steps)
+
+
+def evaluate_test(model: nn.Module, config: RunConfig, test_set: CacheDataset, adapter: Path,
+                  writer: ReportWriter) -> float:
+    """Loss of `adapter` on the test set (test_batches batches), with heartbeats while it runs."""
+    if adapter.exists():
+        model.load_weights(str(adapter), strict=False)
+    last_beat = [time.monotonic()]
+
+    def progress() -> None:
+        if time.monotonic() - last_beat[0] >= HEARTBEAT_EVERY_S:
+            last_beat[0] = time.monotonic()
+            writer.heartbeat()
+
+    loss = trainer.evaluate(
+        model=model,
+        dataset=test_set,
+        batch_size=config.batch_size,
+        num_batches=config.test_batches,
+        max_seq_length=config.max_seq_length,
+        progress_callback=progress,
+    )
+    return float(loss)
 
 
 def train_run(
@@ -289,7 +338,7 @@ def train_run(
     mx.random.seed(config.seed)
     np.random.seed(config.seed)
     model, tokenizer, train_dtype = load_model(config)
-    train_set, val_set = load_data(config, tokenizer)
+    datasets = load_data(config, tokenizer)
     num_layers = attach_adapters(model, config)
     trainable, total = count_parameters(model)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +350,7 @@ def train_run(
     if resume is not None:
         adapter_file, optimizer_file, start = resume
         restore(model, optimizer, adapter_file, optimizer_file)
-    hooks = StepHooks(model, config, run_dir, writer, val_set, optimizer, start.iteration)
+    hooks = StepHooks(model, config, run_dir, writer, datasets.valid, optimizer, start.iteration)
     args = trainer.TrainingArgs(
         batch_size=config.batch_size,
         iters=config.iters - start.iteration,
@@ -313,12 +362,13 @@ def train_run(
         adapter_file=str(run_dir / "adapters.safetensors"),
         grad_checkpoint=config.grad_checkpoint,
         grad_accumulation_steps=config.grad_accumulation_steps,
+        clear_cache_threshold=config.clear_cache_threshold,
     )
     trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
     trainer.train(
         model=model,
         optimizer=optimizer,
-        train_dataset=train_set,
+        train_dataset=datasets.train,
         val_dataset=None,
         args=args,
         iterate_batches=hooks.iterate_batches,
@@ -333,4 +383,10 @@ def train_run(
         hooks.validate(steps, full=config.full_val_at_checkpoints)
         status, reason = RunStatus.completed, None
     hooks.save_checkpoint(steps)
-    return TrainOutcome(steps, status, reason)
+    test_loss = None
+    if datasets.test is not None:
+        test_loss = evaluate_test(model, config, datasets.test, tested_adapter(hooks, run_dir, steps), writer)
+        # recorded now, keeping the status the run has meanwhile ("stopping" after a stop request)
+        asked_to_stop = hooks.ended_by_stop and not hooks.early_stop_reason
+        writer.set_status(RunStatus.stopping if asked_to_stop else RunStatus.running, test_loss=test_loss)
+    return TrainOutcome(steps, status, reason, test_loss)

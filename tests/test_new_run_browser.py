@@ -1,0 +1,225 @@
+"""The new-run form in real headless Chromium: Advanced options, validation as you type, warnings, YAML import,
+clone, and a run started with advanced options that reports its test loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from conftest import QUICK_RUN, Server, shot
+from playwright.sync_api import Page, expect
+
+from app.runconfig import RunConfig
+from app.runform import FORM_KEYS, form_values
+
+pytestmark = pytest.mark.browser
+
+ADVANCED_YAML = """\
+# an mlx_lm lora config with loraboard's own keys
+model: {model}
+data: {data}
+train: true
+adapter_path: somewhere/else
+fine_tune_type: lora
+optimizer: adamw
+optimizer_config:
+  adamw:
+    weight_decay: 0.02
+num_layers: 4
+batch_size: 4
+iters: 20
+learning_rate: 1e-3
+lr_schedule:
+  name: cosine_decay
+  arguments: [1e-3, 20]
+  warmup: 4
+  warmup_init: 1e-5
+lora_parameters:
+  rank: 4
+  scale: 10.0
+  dropout: 0.0
+  keys: [self_attn.q_proj, self_attn.v_proj]
+max_seq_length: 512
+grad_accumulation_steps: 2
+steps_per_report: 5
+steps_per_eval: 10
+save_every: 10
+val_batches: 5
+test: true
+test_batches: 3
+seed: 3
+loraboard:
+  name: from yaml
+  early_stopping: {{patience: 4, min_delta: 0.0}}
+"""
+
+
+def form_state(page: Page) -> dict[str, Any]:
+    """Every named input and select of the form: value, or checked for a checkbox."""
+    pairs = page.eval_on_selector_all(
+        "#new-run-form input[name], #new-run-form select[name]",
+        "els => els.map(e => [e.name, e.type === 'checkbox' ? e.checked : e.value])",
+    )
+    return {name: value for name, value in pairs if name in FORM_KEYS}
+
+
+def test_advanced_section_live_errors_and_warnings(shared_server: Server, page: Page) -> None:
+    before = len(shared_server.get("/api/runs"))
+    page.goto(shared_server.url + "/runs/new")
+    expect(page.locator("#f-iters")).to_have_value("300")
+    expect(page.locator("#f-steps_per_eval")).to_be_hidden()  # under Advanced, closed
+    expect(page.locator("#field-iters .help")).to_contain_text("Blank: 1000")
+    expect(page.locator("#iterations-note")).to_contain_text("300 iterations = 1.00 epochs")
+    shot(page, "new-run-01-essentials")
+
+    page.click("#advanced summary")
+    for group in ("Learning-rate schedule", "LoRA", "Evaluation & checkpoints", "Memory", "Optimizer"):
+        expect(page.locator("#advanced legend", has_text=group)).to_be_visible()
+    expect(page.locator("#f-steps_per_eval")).to_be_visible()
+    expect(page.locator("#field-optimizer_config .optimizer-options")).to_contain_text("weight_decay=0.01")
+    shot(page, "new-run-02-advanced-open")
+
+    # a bad value shows its error next to the field before anything is submitted
+    page.fill("#f-iters", "0")
+    expect(page.locator("#err-iters")).to_have_text("Input should be greater than or equal to 1")
+    page.fill("#f-lora_parameters\\.dropout", "1.5")
+    expect(page.locator("#err-lora_parameters-dropout")).to_contain_text("less than 1")
+    page.select_option("#f-optimizer", "adam")
+    page.fill("#f-optimizer_config", "weight_decay=0.1")
+    expect(page.locator("#err-optimizer_config")).to_contain_text("adam has no option weight_decay")
+    expect(page.locator("#config-problems")).to_contain_text("3 to fix before starting")
+    shot(page, "new-run-03-live-errors")
+    page.fill("#f-iters", "300")
+    page.fill("#f-lora_parameters\\.dropout", "0")
+    page.fill("#f-optimizer_config", "")
+    expect(page.locator("#err-iters")).to_be_empty()
+    expect(page.locator("#config-problems")).to_have_count(0)
+
+    # a warning (not a refusal) when checkpoints fall between validations; epochs show as iterations
+    page.fill("#f-steps_per_eval", "50")
+    page.fill("#f-save_every", "30")
+    expect(page.locator("#config-warnings")).to_contain_text("save_every (30) is not a multiple of steps_per_eval "
+                                                             "(50)")
+    page.fill("#f-epochs", "2")
+    expect(page.locator("#iterations-note")).to_contain_text("2 epochs = 600 iterations")
+    page.locator("#config-warnings").scroll_into_view_if_needed()
+    shot(page, "new-run-04-warnings")
+
+    # the server checks again on submit: a 422 page names the field, keeps the warnings, creates nothing
+    page.fill("#f-batch_size", "0")
+    page.click("#start-button")
+    expect(page.locator(".error-box")).to_contain_text("batch_size")
+    expect(page.locator("#f-batch_size")).to_have_value("0")
+    expect(page.locator("#f-epochs")).to_have_value("2")
+    expect(page.locator("#config-warnings")).to_contain_text("save_every (30) is not a multiple")
+    shot(page, "new-run-05-submitted-errors")
+    assert len(shared_server.get("/api/runs")) == before
+    page.fill("#f-batch_size", "4")
+    page.fill("#f-data", "/nonexistent/data-folder")
+    expect(page.locator("#err-data")).to_contain_text("does not exist")
+    assert len(shared_server.get("/api/runs")) == before
+
+
+def test_yaml_import_then_run_with_advanced_options_and_export(shared_server: Server, page: Page,
+                                                               default_model: Any) -> None:
+    data = default_model.parent.parent / "contact-center"
+    text = ADVANCED_YAML.format(model=default_model, data=data)
+    page.goto(shared_server.url + "/runs/new")
+    page.click("#yaml-import summary")
+    page.fill("#yaml-text", "iters: 0\nlearning_rte: 1e-5\n")
+    page.click("#yaml-load")
+    expect(page.locator("#yaml-errors")).to_contain_text("line 1, column 1: iters: Input should be greater than")
+    expect(page.locator("#yaml-errors")).to_contain_text("line 2, column 1: learning_rte: unknown key")
+    expect(page.locator("#f-iters")).to_have_value("300")  # the form is left as it was
+    shot(page, "new-run-06-yaml-errors")
+
+    page.set_input_files("#yaml-file", files=[{"name": "short.yaml", "mimeType": "application/yaml",
+                                                "buffer": b"iters: 77\nbatch_size: 2\ntrain: true\n"
+                                                          b"data: /nonexistent/yaml-data\n"}])
+    page.click("#yaml-load")
+    expect(page.locator("#form-notice")).to_contain_text("Loaded 3 settings from short.yaml")
+    expect(page.locator("#f-iters")).to_have_value("77")
+    expect(page.locator("#f-batch_size")).to_have_value("2")
+    expect(page.locator("#err-data")).to_contain_text("/nonexistent/yaml-data does not exist")  # said at once
+
+    page.click("#yaml-import summary")
+    page.fill("#yaml-text", text)
+    page.click("#yaml-load")
+    expect(page.locator("#form-notice")).to_contain_text("Loaded")
+    expect(page.locator("#yaml-ignored")).to_contain_text("adapter_path")
+    assert form_state(page) == form_values(RunConfig.model_validate(_flatten_yaml(text)))
+    expect(page.locator("#f-optimizer_config")).to_have_value("weight_decay=0.02")
+    expect(page.locator("#f-lora_parameters\\.keys")).to_have_value("self_attn.q_proj, self_attn.v_proj")
+    shot(page, "new-run-07-yaml-loaded")
+
+    page.click("#start-button")
+    page.wait_for_url("**/runs/*")
+    run_id = int(page.url.rstrip("/").split("/")[-1])
+    run = shared_server.wait_terminal(run_id)
+    assert run["status"] == "completed", run
+    assert isinstance(run["test_loss"], float) and 0 < run["test_loss"] < 20
+    config = run["config"]
+    assert config["optimizer_config"] == {"adamw": {"weight_decay": 0.02}}
+    assert config["lr_schedule"]["warmup"] == 4 and config["grad_accumulation_steps"] == 2
+    lrs = [p["learning_rate"] for p in shared_server.get(f"/api/runs/{run_id}/metrics")["train"]]
+    assert lrs[0] < 1e-3  # optimizer updates 0..2 of a 4-update warm-up (2 batches per update)
+
+    status, _, raw = shared_server.request("GET", f"/api/runs/{run_id}/config.yaml")
+    assert status == 200
+    original, exported = yaml.safe_load(text), yaml.safe_load(raw)
+    assert set(original) <= set(exported)
+    assert set(original["loraboard"]) <= set(exported["loraboard"])
+    for key, value in original.items():
+        if key not in ("adapter_path", "loraboard", "learning_rate", "lr_schedule"):
+            assert exported[key] == value, key
+    assert exported["adapter_path"] == "adapters"
+    assert exported["loraboard"]["name"] == "from yaml"
+    assert exported["loraboard"]["early_stopping"] == original["loraboard"]["early_stopping"]
+    assert exported["lr_schedule"] == {"name": "cosine_decay", "arguments": [1e-3, 20.0], "warmup": 4,
+                                       "warmup_init": 1e-5}
+
+
+def _flatten_yaml(text: str) -> dict[str, Any]:
+    """The YAML's RunConfig payload (loraboard's keys lifted, managed keys dropped), as the form should show it."""
+    document = yaml.safe_load(text)
+    own = document.pop("loraboard")
+    for key in ("train", "adapter_path"):
+        document.pop(key)
+    return {**document, **own}
+
+
+def test_clone_prefills_every_field(shared_server: Server, page: Page) -> None:
+    config = {**QUICK_RUN, "iters": 10, "name": "to clone", "fine_tune_type": "dora", "optimizer": "sgd",
+              "optimizer_config": {"sgd": {"momentum": 0.9, "nesterov": True}},
+              "lr_schedule": {"name": "linear_schedule", "arguments": [1e-3, 1e-4, 10], "warmup": 2,
+                              "warmup_init": 1e-6},
+              "lora_parameters": {"rank": 6, "scale": 12.0, "dropout": 0.1, "keys": ["mlp.up_proj"]},
+              "grad_accumulation_steps": 2, "grad_checkpoint": True, "full_val_at_checkpoints": True,
+              "steps_per_eval": 6, "save_every": 6, "val_batches": -1, "seed": 11, "test": True, "test_batches": 2,
+              "early_stopping": {"patience": 5, "min_delta": 0.002}, "epochs": 0.025}
+    status, run = shared_server.post("/api/runs", config)
+    assert status == 201, run
+    assert run["config"]["iters"] == 8  # 0.025 epochs of 1,200 examples in batches of 4 (rounded up)
+    page.goto(f"{shared_server.url}/runs/{run['id']}")
+    page.click("#clone-button")
+    page.wait_for_url("**/runs/new?from_run=*")
+    expect(page.locator("#form-notice")).to_contain_text(f"Settings copied from run #{run['id']}")
+    stored = RunConfig.model_validate({**run["config"], "name": ""})
+    assert form_state(page) == form_values(stored)  # every field, the advanced ones too
+    state = form_state(page)
+    assert state["optimizer_config"] == "momentum=0.9, nesterov=true"
+    assert state["lr_schedule.name"] == "linear_schedule" and state["lr_schedule.arguments"] == "0.001, 0.0001, 10"
+    assert state["early_stopping.enabled"] is True and state["early_stopping.patience"] == "5"
+    assert state["epochs"] == "0.025" and state["test"] is True and state["grad_checkpoint"] is True
+    page.click("#advanced summary")
+    shot(page, "new-run-08-cloned")
+    shared_server.wait_terminal(run["id"])
+
+    # continuing the run from a checkpoint prefills the same settings plus resume_from, Advanced open
+    page.goto(f"{shared_server.url}/runs/new?from_run={run['id']}&resume_iteration=6")
+    expect(page.locator("#form-notice")).to_contain_text("from its checkpoint at iteration 6")
+    expect(page.locator("#f-resume_from\\.run_id")).to_be_visible()
+    state = form_state(page)
+    assert (state["resume_from.run_id"], state["resume_from.iteration"]) == (str(run["id"]), "6")
+    assert state["optimizer_config"] == "momentum=0.9, nesterov=true" and state["epochs"] == ""
