@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -112,3 +113,12 @@ def overfitting_spans(
             else:
                 spans.append((it0, it1))
     return spans
+
+
+def divergence(kind: str, loss: float, iteration: int, learning_rate: float | None) -> str | None:
+    """Why a run must stop because a loss is not a finite number (NaN or infinite), or None."""
+    if math.isfinite(loss):
+        return None
+    advice = f"lower the learning rate (now {learning_rate:g})" if learning_rate else "lower the learning rate"
+    return (f"{kind} loss became {loss} at iteration {iteration}: training diverged; {advice}, "
+            "add warm-up, or continue from an earlier checkpoint")

@@ -269,6 +269,8 @@ class RunConfig(BaseModel):
         for key in ("val_batches", "test_batches"):
             if getattr(self, key) == 0:
                 raise config_error((key,), f"{key} must be -1 (all) or at least 1", 0)
+        if self.num_layers == 0:  # mlx-lm would take layers[-0:], i.e. every layer: refuse the surprise
+            raise config_error(("num_layers",), "num_layers must be -1 (all) or at least 1", 0)
         if self.resume_from is not None and self.iters <= self.resume_from.iteration:
             raise config_error(
                 ("iters",), f"iters ({self.iters}) must be above the iteration resumed from "

@@ -20,6 +20,7 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     page.goto(server.url + "/runs/new")
     expect(page.locator("#f-model")).to_have_value(str(Path(__file__).parent.parent / "data/models/tiny-mistral"))
     page.fill("#f-iters", "100000")  # long enough to stop by hand
+    page.click("#advanced summary")  # reporting and checkpoint settings live under Advanced
     page.fill("#f-steps_per_report", "5")
     page.fill("#f-save_every", "100000")
     shot(page, "02-new-run-form")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
 
 from app.policy import (
     EarlyStopDecision,
     best_checkpoint,
+    divergence,
     early_stop_decision,
     eta_seconds,
     format_duration,
@@ -99,3 +105,36 @@ def test_overfitting_is_where_val_rises_while_train_falls() -> None:
     assert overfitting_spans(train, [(0, 1.0), (100, 0.32), (200, 0.321)]) == []  # noise, not a rise
     assert overfitting_spans(train, []) == []
     assert overfitting_spans([], val) == []
+
+
+def test_divergence_names_the_loss_the_step_and_what_to_do() -> None:
+    assert divergence("train", 1.25, 10, 1e-3) is None
+    message = divergence("train", float("nan"), 120, 1e-3)
+    assert message is not None and "train loss became nan at iteration 120" in message and "0.001" in message
+    assert divergence("validation", float("inf"), 40, None) is not None
+
+
+def test_a_nan_train_report_ends_the_run_instead_of_being_stored(tmp_path: Path) -> None:
+    """The worker's own callback, with a real report writer on a real database."""
+    from app.db import make_engine
+    from app.models import Run
+    from worker.reporting import ReportWriter
+    from worker.train import DatabaseCallback, TrainingDiverged
+
+    db = tmp_path / "runs.db"
+    engine = make_engine(db)
+    with Session(engine) as session:
+        session.add(Run(name="diverging"))
+        session.commit()
+    engine.dispose()
+    writer = ReportWriter(db, 1).start()
+    callback = DatabaseCallback(writer)
+    report = {"iteration": 10, "train_loss": 2.5, "learning_rate": 1e-3, "iterations_per_second": 1.0,
+              "tokens_per_second": 100.0, "trained_tokens": 1000, "peak_memory": 0.1}
+    callback.on_train_loss_report(report)
+    with pytest.raises(TrainingDiverged, match="iteration 20"):
+        callback.on_train_loss_report({**report, "iteration": 20, "train_loss": float("nan")})
+    writer.close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT iteration FROM trainreport").fetchall() == [(10,)]
+    conn.close()

@@ -31,7 +31,7 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import load
 
-from app.policy import best_checkpoint, early_stop_decision
+from app.policy import best_checkpoint, divergence, early_stop_decision
 from app.runconfig import RunConfig
 from app.status import RunStatus
 from worker.reporting import ReportWriter
@@ -66,6 +66,10 @@ class SilentUI:
 
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss that is not a finite number: the run fails with advice, keeping its checkpoints."""
+
+
 class DatabaseCallback(trainer.TrainingCallback):
     """Writes every train report to the database (through the writer's queue)."""
 
@@ -77,6 +81,9 @@ class DatabaseCallback(trainer.TrainingCallback):
         info = dict(train_info)  # a continued run counts on from where its checkpoint was
         info["iteration"] += self.start.iteration
         info["trained_tokens"] += self.start.trained_tokens
+        problem = divergence("train", float(info["train_loss"]), info["iteration"], info.get("learning_rate"))
+        if problem:  # a NaN cannot be stored or plotted; the checkpoints so far stay usable
+            raise TrainingDiverged(problem)
         self.writer.train_report(info)
 
     def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
@@ -141,6 +148,9 @@ class StepHooks:
             max_seq_length=self.config.max_seq_length,
         )
         self.model.train()
+        problem = divergence("validation", float(val_loss), iteration, None)
+        if problem:
+            raise TrainingDiverged(problem)
         self.validated.add(iteration)
         self.writer.val_report(iteration, float(val_loss), time.perf_counter() - tic, batches)
         best = min((loss for _, loss in self.val_history), default=None)
@@ -277,9 +287,12 @@ def make_optimizer(config: RunConfig) -> optim.Optimizer:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Trainable and total parameters as mlx-lm prints them: the total counts the base model's weights
+    (quantized ones unpacked), not the adapters."""
+    from mlx_lm.utils import get_total_parameters
+
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    total = sum(v.size for _, v in tree_flatten(model.parameters()))
-    return trainable, total
+    return trainable, int(get_total_parameters(model))
 
 
 def install_stop_signal(event: threading.Event) -> None:
