@@ -188,7 +188,9 @@ def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared
     assert status == 404
 
     # the continued run still renders: its chart now starts where it resumed
-    assert f"Continues <a href=\"/runs/{parent['id']}\">" in page(shared_server, f"/runs/{child['id']}")
+    child_page = page(shared_server, f"/runs/{child['id']}")
+    assert f"Continued run #{parent['id']} from its checkpoint" in child_page and "since been deleted" in child_page
+    assert f"href=\"/runs/{parent['id']}\"" not in child_page
     joined = shared_server.get(f"/api/runs/{child['id']}/metrics?include_parent=true&max_points=2000")
     assert [p["iteration"] for p in joined["train"]] == [25, 30]
     assert child["id"] in listed(page(shared_server, "/"))

@@ -75,7 +75,9 @@ def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run
     run = _run_or_404(session, run_id)
     context = {**_status_context(session, run), **_checkpoint_context(request, session, run)}
     # a continued run's chart starts with the earlier run's curve
-    parent = "?include_parent=true" if run.config.get("resume_from") else ""
+    source = run.config.get("resume_from")
+    parent = "?include_parent=true" if source else ""
+    context["parent_exists"] = bool(source) and session.get(Run, source["run_id"]) is not None
     context["metrics_url"] = f"/api/runs/{run_id}/metrics{parent}"
     separator = "&" if "?" in context["metrics_url"] else "?"
     context["first_metrics_url"] = f"{context['metrics_url']}{separator}max_points={CHART_MAX_POINTS}"
