@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -123,4 +124,28 @@ def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: 
     stopped_at = server.get(f"/api/runs/{run['id']}")["iteration"]
     # the run's end refreshes the checkpoint table at once (not at the next poll): the final one is listed
     expect(page.locator(f"#checkpoint-table tr[data-iteration='{stopped_at}']")).to_have_count(1, timeout=2_000)
+    expect(page.locator("#es-apply")).to_have_count(0, timeout=2_000)  # an ended run's rule is no longer editable
     shot(page, "09-early-stopped")
+
+    # smoothing and log scale change what is drawn; the raw line stays as it was
+    def trace(name: str) -> list[float]:
+        return page.evaluate(
+            "(n) => Array.from(document.querySelector('#loss-chart').data.find(t => t.name === n).y)", name)
+
+    raw, smoothed = trace("train loss"), trace("train loss (smoothed)")
+    assert len(raw) == len(smoothed) >= 5 and smoothed != raw
+    page.locator("#smoothing").fill("0")
+    expect(chart).to_have_attribute("data-smoothing", "0")
+    assert trace("train loss (smoothed)") == raw and trace("train loss") == raw
+    page.locator("#smoothing").fill("0.95")
+    expect(chart).to_have_attribute("data-smoothing", "0.95")
+    heavy = trace("train loss (smoothed)")
+    assert heavy != smoothed and heavy != raw
+    # heavier smoothing moves less: the smoothed curve's total variation shrinks
+    variation = [sum(abs(b - a) for a, b in itertools.pairwise(ys)) for ys in (raw, heavy)]
+    assert variation[1] < variation[0]
+    assert page.evaluate("document.querySelector('#loss-chart').layout.yaxis.type") != "log"
+    page.check("#log-y")
+    expect(chart).to_have_attribute("data-log-y", "true")
+    assert page.evaluate("document.querySelector('#loss-chart').layout.yaxis.type") == "log"
+    shot(page, "10-smoothing-log-y")

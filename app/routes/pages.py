@@ -168,6 +168,13 @@ def delete_from_page(
     )
 
 
+@router.get("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
+def early_stopping_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
+    run = _run_or_404(session, run_id)
+    context = {"run": run, "early_stopping_error": None, "saved": False, "rule": _live_rule(run)}
+    return templates.TemplateResponse(request, "_early_stopping.html", context)
+
+
 @router.post("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
 def early_stopping_from_page(
     request: Request, session: SessionDep, templates: TemplatesDep, run_id: int,
