@@ -21,13 +21,14 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from app.dataset_validation import SPLITS
+from app.datasets import files_signature
 from app.models import TokenStatsJob, utcnow
 from app.policy import eta_seconds, format_duration
 from app.runconfig import looks_like_path, resolve_model
 from app.settings import PROJECT_DIR, Settings
 from app.supervisor import log_tail, pid_alive, worker_env
 
-SPLITS = ("train", "valid", "test")
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
 ACTIVE = ("queued", "running")
 HISTOGRAM_BINS = 40
@@ -137,17 +138,6 @@ def job_is_dead(status: str, process_alive: bool, heartbeat_age_s: float | None,
     if status not in ACTIVE:
         return False
     return not process_alive or (heartbeat_age_s is not None and heartbeat_age_s > timeout_s)
-
-
-def files_signature(folder: Path) -> str:
-    """Size and modification time of each split file: a finished result is reused while these match."""
-    entries = {}
-    for name in SPLITS:
-        path = folder / f"{name}.jsonl"
-        if path.is_file():
-            stat = path.stat()
-            entries[path.name] = [stat.st_size, stat.st_mtime_ns]
-    return json.dumps(entries, sort_keys=True)
 
 
 # Inputs ----------------------------------------------------------------------------------------------
