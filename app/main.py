@@ -10,11 +10,14 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from types import FrameType
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import make_engine
 from app.routes import (
@@ -62,11 +65,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     templates = Jinja2Templates(directory=settings.templates_dir)
     register_filters(templates)
     app.state.templates = templates
+    app.add_exception_handler(StarletteHTTPException, html_error_page)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
     for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools):
         app.include_router(module.router)
     return app
+
+
+async def html_error_page(request: Request, exc: Exception) -> Response:
+    """A page for a browser that navigated to something missing; JSON (FastAPI's own) for the API and htmx."""
+    assert isinstance(exc, StarletteHTTPException)
+    wants_page = "text/html" in request.headers.get("accept", "") and "hx-request" not in request.headers
+    if request.url.path.startswith("/api") or not wants_page:
+        return await http_exception_handler(request, exc)
+    context = {"status_code": exc.status_code, "title": HTTPStatus(exc.status_code).phrase,
+               "detail": exc.detail if isinstance(exc.detail, str) else str(exc.detail)}
+    templates: Jinja2Templates = request.app.state.templates
+    return templates.TemplateResponse(request, "error.html", context, status_code=exc.status_code,
+                                      headers=getattr(exc, "headers", None))
 
 
 def ensure_defaults(settings: Settings) -> None:

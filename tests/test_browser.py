@@ -149,3 +149,16 @@ def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: 
     expect(chart).to_have_attribute("data-log-y", "true")
     assert page.evaluate("document.querySelector('#loss-chart').layout.yaxis.type") == "log"
     shot(page, "10-smoothing-log-y")
+
+
+def test_a_missing_page_says_what_is_missing_and_the_api_stays_json(server: Server, page: Page) -> None:
+    response = page.goto(f"{server.url}/runs/9999")
+    assert response is not None and response.status == 404
+    expect(page.locator("h1")).to_have_text("Not Found")
+    expect(page.locator("#error-detail")).to_have_text("no run with id 9999")
+    expect(page.get_by_role("link", name="Back to the runs")).to_be_visible()
+    shot(page, "11-missing-run")
+    status, body, _ = server.request("GET", "/api/runs/9999")
+    assert status == 404 and body == {"detail": "no run with id 9999"}
+    status, body, _ = server.request("GET", "/runs/9999")  # a script without Accept: text/html gets JSON
+    assert status == 404 and body == {"detail": "no run with id 9999"}
