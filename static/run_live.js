@@ -12,6 +12,7 @@
  * On DOMContentLoaded it keeps document.title as "<glyph> <state> <train loss> · <run name> · loraboard"
  * (glyphs from the chart's data-status-glyphs) and wires #notify-button: a run watched live that
  * ends shows a browser Notification (run name, state, best/last loss) when permission is granted.
+ * Needs static/chart_common.js loaded before this script.
  */
 (function () {
   "use strict";
@@ -20,7 +21,7 @@
   var MAX_RETRY_MS = 10000;  // ... doubling up to this
   var ID = /^(-?\d+):(-?\d+)$/;
 
-  function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
+  var num = window.loraboardChart.num;
   function word(status) { return String(status || "").replace(/_/g, " "); }
 
   function parse(e) {
