@@ -170,7 +170,8 @@
       return Promise.resolve(Plotly.extendTraces(div, upd, idx))
         .then(function () { return t.length ? smalls.extend(c.tx, c.small) : null; })
         .then(syncEmpty)
-        .then(markDrawn);
+        .then(markDrawn)
+        .then(function () { if (v.length) marks.refresh(); });  // a new validation may move the val-min mark
     }
 
     // ---- data in: the overview (replaces) and live points (appends) ---------------------
