@@ -152,13 +152,14 @@ def _points(
     if upto is not None:
         train_q = train_q.where(TrainReport.iteration <= upto)
         val_q = val_q.where(ValReport.iteration <= upto)
-    rows = session.exec(train_q.order_by(col(TrainReport.iteration))).all()
+    # Core execution (no ORM row loading): about half the cost of session.exec on 200,000 rows
+    rows = session.connection().execute(train_q.order_by(col(TrainReport.iteration))).all()
     if fields == ("iteration", "train_loss"):  # the downsampling read: 200,000 rows must stay cheap
         train = [{"run_id": run_id, "iteration": it, "train_loss": loss} for it, loss in rows]
     else:
         train = [{"run_id": run_id, **dict(zip(fields, row, strict=True))} for row in rows]
     val = [{"iteration": it, "val_loss": loss}
-           for it, loss in session.exec(val_q.order_by(col(ValReport.iteration))).all()]
+           for it, loss in session.connection().execute(val_q.order_by(col(ValReport.iteration))).all()]
     return train, val
 
 

@@ -51,7 +51,7 @@ def fill(db_path: Path, train_reports: int, val_reports: int) -> int:
     with sqlite3.connect(db_path) as conn:
         cur = conn.execute(
             "INSERT INTO run (name, status, config_json, created_at, started_at, finished_at, stop_requested,"
-            " iteration, total_iters, deploy_best_on_end) VALUES (?, 'completed', ?, ?, ?, ?, 0, ?, ?, 0)",
+            " iteration, total_iters, deploy_best_on_end, notes) VALUES (?, 'completed', ?, ?, ?, ?, 0, ?, ?, 0, '')",
             ("big run", json.dumps({"model": "big", "data": "big", "iters": train_reports * 10, "save_every": 100_000,
                                     "steps_per_eval": train_reports * 10 // val_reports}),
              start, start, start + timedelta(hours=5), train_reports * 10, train_reports * 10),
@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             timed_get(f"{base}/runs/{run_id}")  # warm
             paths = {
-                "run page (HTML)": f"/runs/{run_id}",
+                "run page (HTML, with summary cards)": f"/runs/{run_id}",
+                "runs list (HTML, with per-run figures)": "/",
+                "compare page (HTML, settings that differ)": f"/compare?ids={run_id}",
                 "metrics, downsampled (max_points=2000)": f"/api/runs/{run_id}/metrics?max_points=2000",
                 "metrics, zoom window of 20,000 iterations": f"/api/runs/{run_id}/metrics?start=1000000"
                                                               f"&end=1020000&max_points=2000",
