@@ -35,16 +35,26 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def is_worker_process(pid: int, run_id: int) -> bool:
-    """Whether pid is still our worker for run_id (guards against pid reuse where /proc exists)."""
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.exists():
+def is_worker(pid: int, job: str, job_id: int) -> bool:
+    """Whether pid is still the `python -m worker <job> ... <job_id>` process: not ended (a zombie), not a
+    reused pid. Where there is no /proc, whether the pid is alive."""
+    if not Path("/proc/self").exists():
         return pid_alive(pid)
     try:
-        args = cmdline.read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"worker" in args and str(run_id).encode() in args
+    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
+        return False
+    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
+        return True
+    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
+
+
+def is_worker_process(pid: int, run_id: int) -> bool:
+    """Whether pid is still the training worker of run_id."""
+    return is_worker(pid, "train", run_id)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

@@ -27,7 +27,7 @@ from app.models import TokenStatsJob, utcnow
 from app.policy import eta_seconds, format_duration
 from app.runconfig import looks_like_path, resolve_model
 from app.settings import PROJECT_DIR, Settings
-from app.supervisor import log_tail, pid_alive, worker_env
+from app.supervisor import is_worker, log_tail, worker_env
 
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
 ACTIVE = ("queued", "running")
@@ -174,18 +174,7 @@ def is_token_stats_process(pid: int, job_id: int) -> bool:
     """Whether pid is still the worker of this job (not a zombie, not a reused pid) where /proc exists."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and has ended
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
-        return False
-    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
-        return True
-    return b"tokenstats" in args and str(job_id).encode() in args
+    return is_worker(pid, "tokenstats", job_id)
 
 
 def check_job(session: Session, settings: Settings, job: TokenStatsJob) -> TokenStatsJob:

@@ -81,7 +81,8 @@ def test_heartbeat_rule() -> None:
 
 
 def test_worker_process_check_sees_start_life_and_end() -> None:
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tokenstats", "--job-id", "7"])
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    process = subprocess.Popen([*sleeper, "worker", "tokenstats", "--job-id", "7"])
     try:
         assert is_token_stats_process(process.pid, 7)  # also right after spawn, before exec lays out argv
         assert not is_token_stats_process(process.pid, 8)  # another job's number: a reused pid
