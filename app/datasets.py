@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.dataset_validation import SPLITS, FeatureKeys, ValidationReport, validate_dataset
-from app.models import Dataset, utcnow
+from app.models import Dataset, DatasetCheck, utcnow
 from app.settings import Settings
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -28,16 +28,36 @@ class DatasetError(ValueError):
 
 
 def dataset_problem(
-    data_dir: Path, mask_prompt: bool = False, features: Mapping[str, Any] | None = None
+    data_dir: Path, mask_prompt: bool = False, features: Mapping[str, Any] | None = None,
+    session: Session | None = None,
 ) -> str | None:
     """Why a data folder cannot be trained on (the first 20 file:line errors and the total), or None.
 
     `mask_prompt` and `features` (a run config's prompt_feature, completion_feature, chat_feature,
-    text_feature) check the data as that run will read it.
+    text_feature) check the data as that run will read it. With a session, the answer is kept in the
+    database and reused while the split files keep their size and modification time.
     """
     if not data_dir.is_dir():
         return f"data folder {data_dir} does not exist"
-    report = validate_dataset(data_dir, mask_prompt=mask_prompt, keys=FeatureKeys.from_config(features))
+    keys = FeatureKeys.from_config(features)
+    if session is None:
+        return _check_lines(data_dir, mask_prompt, keys)
+    reading = json.dumps({"mask_prompt": mask_prompt, "keys": [keys.prompt, keys.completion, keys.chat, keys.text]})
+    signature = files_signature(data_dir)
+    query = select(DatasetCheck).where(DatasetCheck.path == str(data_dir), DatasetCheck.reading == reading)
+    cached = session.exec(query).first()
+    if cached is not None and cached.files_signature == signature:
+        return cached.problem
+    problem = _check_lines(data_dir, mask_prompt, keys)
+    cached = cached or DatasetCheck(path=str(data_dir), reading=reading, files_signature=signature)
+    cached.files_signature, cached.problem, cached.checked_at = signature, problem, utcnow()
+    session.add(cached)
+    session.commit()
+    return problem
+
+
+def _check_lines(data_dir: Path, mask_prompt: bool, keys: FeatureKeys) -> str | None:
+    report = validate_dataset(data_dir, mask_prompt=mask_prompt, keys=keys)
     if report.ok:
         return None
     return f"data folder {data_dir} has {report.errors.count:,} problem{'s' if report.errors.count != 1 else ''}:\n" \

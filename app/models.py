@@ -149,3 +149,15 @@ class Dataset(SQLModel, table=True):
     files_signature: str = ""  # JSON {file name: [size, mtime_ns]} of the split files when last checked
     error_count: int = 0  # problems found at the last check (0: valid)
     first_error: str | None = None  # the first of them, one line
+
+
+class DatasetCheck(SQLModel, table=True):
+    """The outcome of checking a data folder's every line for one way of reading it (mask_prompt, feature keys),
+    kept while the files keep their size and modification time: the new-run form checks as you type."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(index=True)  # absolute folder
+    reading: str  # JSON of mask_prompt and the feature keys the data is read with
+    files_signature: str  # JSON {file name: [size, mtime_ns]} when checked
+    problem: str | None = None  # what dataset_problem said (None: trainable)
+    checked_at: datetime = Field(default_factory=utcnow)

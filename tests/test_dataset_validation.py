@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 
 from app.chat_preview import ChatTemplate, render_example, split_at_prompt
 from app.dataset_validation import FeatureKeys, check_example, validate_dataset
 from app.datasets import dataset_problem
+from app.db import make_engine
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
@@ -340,3 +343,28 @@ def test_the_preview_renders_exactly_as_the_tokenizer_does(default_model: Path) 
         segments = render_example(example, "chat", template, mask_prompt=True).segments
         assert [(s.text, s.loss) for s in segments] == [(prompt, False), (full[len(prompt):], True)]
         assert segments[1].text == messages[-1]["content"] + "</s>"
+
+
+def test_a_check_is_reused_until_the_files_change(tmp_path: Path) -> None:
+    """With a session, the answer is kept in the database per way of reading; a changed file is checked again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    good = lines(chat(("user", "hi"), ("assistant", "hello")))
+    (data / "train.jsonl").write_text(good)
+    (data / "valid.jsonl").write_text(good)
+    engine = make_engine(tmp_path / "checks.db")
+    with Session(engine) as session:
+        assert dataset_problem(data, session=session) is None
+        # same size, same modification time, different content: the kept answer stands (nothing re-read)
+        stat = (data / "valid.jsonl").stat()
+        (data / "valid.jsonl").write_text(good.replace('"user"', '"agen"'))
+        os.utime(data / "valid.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert dataset_problem(data, session=session) is None
+        assert "got 'agen'" in (dataset_problem(data) or "")  # without a session: always read
+        # another way of reading the same files is checked on its own
+        assert "got 'agen'" in (dataset_problem(data, mask_prompt=True, session=session) or "")
+        # a real change (new modification time) is checked again
+        os.utime(data / "valid.jsonl", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        problem = dataset_problem(data, session=session)
+        assert problem is not None and "valid.jsonl line 1: 'messages'[0].role" in problem
+    engine.dispose()

@@ -57,7 +57,7 @@ def validate_config(payload: dict[str, Any], settings: SettingsDep, session: Ses
             for err in exc.errors(include_url=False)
         ]
         raise HTTPException(422, detail=errors) from None
-    for key, problem in (("data", dataset_problem(Path(config.data), config.mask_prompt, config.model_dump())),
+    for key, problem in (("data", dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session)),
                          ("resume_from", resume_problem(session, settings, config))):
         if problem:
             raise HTTPException(422, detail=[{"loc": ["body", key], "msg": problem, "type": "value_error"}])

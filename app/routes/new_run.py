@@ -64,7 +64,7 @@ def check_form(form: dict[str, str], session: Session, settings: Settings) -> Fo
         warnings = config_warnings(config, gather_facts(config, settings))
         check.warnings = [w for w in warnings if w.field not in check.errors]
         return check
-    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump())
+    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session)
     for key, problem_text in (("data", data_problem),
                               ("resume_from.run_id", resume_problem(session, settings, config))):
         if problem_text:
