@@ -187,6 +187,11 @@ class ResumeFrom(BaseModel):
     iteration: int = Field(..., ge=1, description="Its checkpoint to continue from.")
 
 
+# Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
+LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from")
+FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
+
+
 class RunConfig(BaseModel):
     """A run's configuration, as posted to /api/runs and stored with the run."""
 

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from app.runconfig import RunConfig
+from app.runconfig import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
 
 # The mlx_lm keys RunConfig holds, in the order an exported file lists them.
 MLX_KEYS: tuple[str, ...] = (
@@ -25,8 +25,7 @@ MLX_KEYS: tuple[str, ...] = (
     "save_every", "val_batches", "test", "test_batches", "seed", "prompt_feature", "completion_feature",
     "chat_feature", "text_feature",
 )
-LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from")
-OPTIONAL_MLX_KEYS = {"lr_schedule", "prompt_feature", "completion_feature", "chat_feature", "text_feature"}
+OPTIONAL_MLX_KEYS = {"lr_schedule", *FEATURE_KEYS}
 # mlx_lm keys that loraboard decides itself: accepted in a file and reported as ignored.
 IGNORED_KEYS: dict[str, str] = {
     "train": "loraboard sets this (a run always trains)",

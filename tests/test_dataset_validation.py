@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +239,7 @@ def test_only_the_first_20_errors_are_kept_and_all_are_counted(tmp_path: Path) -
     assert dataset_problem(tmp_path / "absent") == f"data folder {tmp_path / 'absent'} does not exist"
 
 
-def test_100k_lines_stream_quickly(tmp_path: Path) -> None:
+def test_100k_lines_are_all_read_and_counted(tmp_path: Path) -> None:
     example = json.dumps(chat(("system", "You analyse calls."), ("user", "Call transcript " * 20),
                               ("assistant", "Issue: billing")))
     folder = tmp_path / "big"
@@ -249,11 +248,8 @@ def test_100k_lines_stream_quickly(tmp_path: Path) -> None:
         for _ in range(100_000):
             handle.write(example + "\n")
     (folder / "valid.jsonl").write_text(example + "\n")
-    started = time.perf_counter()
-    report = validate_dataset(folder)
-    elapsed = time.perf_counter() - started
+    report = validate_dataset(folder)  # its speed is measured by bench/bench_datasets.py
     assert report.ok and report.counts["train"] == 100_000
-    print(f"100,000 lines checked in {elapsed:.2f} s")
 
 
 def test_renamed_keys_follow_the_run_config(tmp_path: Path) -> None:

@@ -29,10 +29,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
-from mlx_lm.utils import load
+from mlx_lm.utils import get_total_parameters, load
 
 from app.policy import best_checkpoint, divergence, early_stop_decision
-from app.runconfig import RunConfig
+from app.runconfig import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
 from app.status import RunStatus
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
@@ -224,9 +224,6 @@ def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
     return model, tokenizer, stored
 
 
-FEATURE_KEYS = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
-
-
 @dataclass(frozen=True)
 class Datasets:
     train: CacheDataset
@@ -262,9 +259,7 @@ def attach_adapters(model: nn.Module, config: RunConfig) -> int:
 
 def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
     """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
-    data = config.model_dump(
-        mode="json", exclude={"name", "epochs", "early_stopping", "resume_from", "full_val_at_checkpoints"}
-    )
+    data = config.model_dump(mode="json", exclude=set(LORABOARD_KEYS))
     data["num_layers"] = num_layers
     tmp = run_dir / ".adapter_config.json.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -289,8 +284,6 @@ def make_optimizer(config: RunConfig) -> optim.Optimizer:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Trainable and total parameters as mlx-lm prints them: the total counts the base model's weights
     (quantized ones unpacked), not the adapters."""
-    from mlx_lm.utils import get_total_parameters
-
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     return trainable, int(get_total_parameters(model))
 
