@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
-from app import models  # noqa: F401  (registers the tables)
+from app import tables  # noqa: F401  (registers the tables)
 
 
 def make_engine(db_path: Path) -> Engine:

@@ -20,6 +20,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import make_engine
+from app.jobs.supervisor import Supervisor, worker_env
 from app.routes import (
     api,
     compare,
@@ -33,7 +34,6 @@ from app.routes import (
     runlist,
 )
 from app.settings import PROJECT_DIR, Settings, get_settings
-from app.supervisor import Supervisor, worker_env
 from app.templating import register_filters
 
 

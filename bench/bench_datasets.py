@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlmodel import Session, delete
 
-from app.dataset_validation import validate_dataset
+from app.datasets.validation import validate_dataset
 from app.db import make_engine
-from app.models import DatasetCheck
 from app.routes.new_run import check_form
 from app.settings import Settings
+from app.tables import DatasetCheck
 from bench.common import fmt, machine_info, machine_line, markdown_table, median, ratio, write_results
 
 

@@ -70,11 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlmodel import Session, col, select
 
 from app.db import make_engine
-from app.models import Run, TrainReport
-from app.runconfig import LoraParameters, RunConfig
-from app.runs import create_run
+from app.jobs.supervisor import worker_env
+from app.runs.config import LoraParameters, RunConfig
+from app.runs.store import create_run
 from app.settings import Settings
-from app.supervisor import worker_env
+from app.tables import Run, TrainReport
 from bench.common import (
     PROJECT_DIR,
     RESULTS_DIR,

@@ -223,7 +223,7 @@ def report_times(db_path: Path, run_id: int) -> list[float]:
     from sqlmodel import Session, col, select
 
     from app.db import make_engine
-    from app.models import TrainReport
+    from app.tables import TrainReport
 
     engine = make_engine(db_path)
     try:

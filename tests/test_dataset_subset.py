@@ -9,7 +9,7 @@ import pytest
 from conftest import PROJECT_DIR, QUICK_RUN, Server, shot
 from playwright.sync_api import Page, expect
 
-from app.dataset_subset import draw_subset, split_sizes, validate_ratios
+from app.datasets.subset import draw_subset, split_sizes, validate_ratios
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 

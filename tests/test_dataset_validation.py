@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
-from app.chat_preview import ChatTemplate, render_example, split_at_prompt
-from app.dataset_validation import FeatureKeys, check_example, validate_dataset
-from app.datasets import dataset_problem
+from app.datasets.preview import ChatTemplate, render_example, split_at_prompt
+from app.datasets.registry import dataset_problem
+from app.datasets.validation import FeatureKeys, check_example, validate_dataset
 from app.db import make_engine
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -323,7 +323,7 @@ def test_the_preview_renders_exactly_as_the_tokenizer_does(default_model: Path) 
     """Against transformers' own apply_chat_template (as mlx-lm calls it), on the sample data."""
     from transformers import AutoTokenizer
 
-    from app.chat_preview import load_chat_template
+    from app.datasets.preview import load_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(str(default_model))
     template = load_chat_template(str(default_model))

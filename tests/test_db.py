@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlmodel import Session
 
 from app.db import add_missing_columns, make_engine
-from app.models import Run
+from app.tables import Run
 
 
 def test_wal_and_foreign_keys(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from conftest import QUICK_RUN, Server
 from sqlmodel import Session
 
 from app.db import make_engine
-from app.events import (
+from app.runs.live import (
     STATUS_GLYPHS,
     Cursor,
     CursorError,
@@ -32,8 +32,8 @@ from app.events import (
     sse_event,
     tab_title,
 )
-from app.models import Run, TrainReport, ValReport
-from app.runs import metrics_json
+from app.runs.store import metrics_json
+from app.tables import Run, TrainReport, ValReport
 
 # ---- pure logic --------------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import yaml
 from conftest import QUICK_RUN, Server, shot
 from playwright.sync_api import Page, expect
 
-from app.runconfig import RunConfig
-from app.runform import FORM_KEYS, form_values
+from app.runs.config import RunConfig
+from app.runs.form import FORM_KEYS, form_values
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from app.policy import (
+from app.runs.policy import (
     EarlyStopDecision,
     best_checkpoint,
     divergence,
@@ -117,7 +117,7 @@ def test_divergence_names_the_loss_the_step_and_what_to_do() -> None:
 def test_a_nan_train_report_ends_the_run_instead_of_being_stored(tmp_path: Path) -> None:
     """The worker's own callback, with a real report writer on a real database."""
     from app.db import make_engine
-    from app.models import Run
+    from app.tables import Run
     from worker.reporting import ReportWriter
     from worker.train import DatabaseCallback, TrainingDiverged
 

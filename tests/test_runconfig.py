@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
-from app.runconfig import (
+from app.runs.config import (
     OPTIMIZER_ARGS,
     RunConfig,
     count_examples,
@@ -19,7 +18,8 @@ from app.runconfig import (
     looks_like_path,
     resolve_model,
 )
-from app.runform import (
+from app.runs.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
+from app.runs.form import (
     FORM_FIELDS,
     FormProblem,
     changed_advanced,

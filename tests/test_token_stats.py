@@ -18,7 +18,7 @@ import pytest
 from conftest import PROJECT_DIR, Server, shot
 from playwright.sync_api import Locator, Page, expect
 
-from app.token_stats import (
+from app.datasets.token_stats import (
     files_signature,
     histogram_bins,
     is_token_stats_process,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.paths import checkpoint_files, run_dir
-from app.runconfig import RunConfig, looks_like_path
+from app.runs.config import RunConfig, looks_like_path
 from app.settings import Settings
 from app.status import RunStatus
 from worker.blas import BlasRouting, route_blas

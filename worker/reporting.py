@@ -4,7 +4,7 @@ The training loop only puts small jobs on a queue (never blocks on SQLite); one
 writer thread commits them in short transactions and, after each commit, reads the
 run's stop flag and early-stopping rule, so a request reaches the loop within one
 report. The worker talks to SQLite through the standard library alone (the tables
-are the app's, see app/models.py): the ORM would cost the training process ~26 MB
+are the app's, see app/tables.py): the ORM would cost the training process ~26 MB
 and its writer thread more time under the GIL.
 """
 
@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.policy import best_checkpoint
-from app.runconfig import EarlyStopping
+from app.runs.config import EarlyStopping
+from app.runs.policy import best_checkpoint
 from app.status import TERMINAL, RunStatus
 
 Job = Callable[[sqlite3.Connection], None]

@@ -1,6 +1,6 @@
 """`python -m worker tokenstats --job-id N`: the token length of every example, as mlx-lm tokenizes it.
 
-The job's row (table tokenstatsjob, see app/models.py) names a dataset folder and a model. The
+The job's row (table tokenstatsjob, see app/tables.py) names a dataset folder and a model. The
 tokenizer is loaded the way mlx_lm.utils.load loads it (local folder or the Hugging Face cache), and
 each example goes through mlx-lm's own dataset classes (`create_dataset(...).process`: text gets an
 EOS appended, chat and completions go through `apply_chat_template`), so a length here is the

@@ -31,8 +31,8 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load
 
-from app.policy import best_checkpoint, divergence, early_stop_decision
-from app.runconfig import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
+from app.runs.config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
+from app.runs.policy import best_checkpoint, divergence, early_stop_decision
 from app.status import RunStatus
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer

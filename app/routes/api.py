@@ -8,13 +8,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
-from app.datasets import dataset_problem
+from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
-from app.models import Checkpoint, Run
-from app.policy import best_checkpoint
-from app.runconfig import EarlyStopping, RunConfig
-from app.runlist import (
+from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
+from app.runs.config import EarlyStopping, RunConfig
+from app.runs.listing import (
     NAME_MAX,
     NOTES_MAX,
     ConfirmMissingError,
@@ -24,7 +22,8 @@ from app.runlist import (
     delete_run,
     update_run_text,
 )
-from app.runs import (
+from app.runs.policy import best_checkpoint
+from app.runs.store import (
     adapter_zip,
     annotations_json,
     checkpoint_json,
@@ -36,6 +35,7 @@ from app.runs import (
     run_json,
     set_early_stopping,
 )
+from app.tables import Checkpoint, Run
 
 router = APIRouter(prefix="/api", tags=["runs"])
 

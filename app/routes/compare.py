@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import HTMLResponse, Response
 
 from app.deps import SessionDep, TemplatesDep
-from app.models import Run
-from app.runlist import COMPARE_COLORS, RunListError, differing_keys, parse_ids, run_rows, shown_value
+from app.runs.listing import COMPARE_COLORS, RunListError, differing_keys, parse_ids, run_rows, shown_value
+from app.tables import Run
 
 router = APIRouter(include_in_schema=False)
 CHART_MAX_POINTS = 2000  # per series and run, LTTB-downsampled by the server

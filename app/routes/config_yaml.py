@@ -8,14 +8,14 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from app.config_warnings import read_model_facts
 from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.models import Run
 from app.routes.new_run import check_values, fresh_values, render_form
 from app.routes.new_run import form_context as new_run_context
-from app.runconfig import RunConfig
-from app.runform import form_values
-from app.yamlconfig import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
+from app.runs.config import RunConfig
+from app.runs.config_warnings import read_model_facts
+from app.runs.form import form_values
+from app.runs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
+from app.tables import Run
 
 router = APIRouter()
 

@@ -15,12 +15,9 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlmodel import select
 
-from app.dataset_subset import DEFAULT_RATIOS, SubsetError, create_subset, validate_ratios
-from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.modelinfo import model_choices
-from app.models import Dataset, TokenStatsJob
-from app.runconfig import RunConfig
-from app.token_stats import (
+from app.catalog.info import model_choices
+from app.datasets.subset import DEFAULT_RATIOS, SubsetError, create_subset, validate_ratios
+from app.datasets.token_stats import (
     SPLITS,
     TRAINING_SPLITS,
     TokenStatsInputError,
@@ -31,6 +28,9 @@ from app.token_stats import (
     start_job,
     view,
 )
+from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.runs.config import RunConfig
+from app.tables import Dataset, TokenStatsJob
 
 router = APIRouter()
 DEFAULT_MAX_SEQ_LENGTH: int = RunConfig.model_fields["max_seq_length"].default

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Body, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlmodel import Session
 
-from app.chat_preview import build_preview, model_options
-from app.dataset_upload import UploadError, receive_dataset_upload
-from app.dataset_validation import validate_dataset
-from app.datasets import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
+from app.catalog.info import model_choices
+from app.datasets.preview import build_preview, model_options
+from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
+from app.datasets.upload import UploadError, receive_dataset_upload
+from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.modelinfo import model_choices
-from app.models import Dataset
 from app.settings import Settings
+from app.tables import Dataset
 
 router = APIRouter()
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
-from app.events import CursorError, StreamTiming, read_segments, resume_cursor, run_event_stream
+from app.runs.live import CursorError, StreamTiming, read_segments, resume_cursor, run_event_stream
 
 router = APIRouter(prefix="/api", tags=["runs"])
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
 from app.deps import SettingsDep, TemplatesDep
-from app.modelinfo import ModelInfoError, model_choices, model_info, trainable_params
-from app.runconfig import LoraParameters, RunConfig
+from app.runs.config import LoraParameters, RunConfig
 
 router = APIRouter()
 

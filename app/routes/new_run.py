@@ -11,13 +11,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from app.config_warnings import ConfigWarning, config_warnings, gather_facts
-from app.datasets import dataset_choices, dataset_problem
+from app.catalog.info import model_choices
+from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.modelinfo import model_choices
-from app.models import Run
-from app.runconfig import RunConfig
-from app.runform import (
+from app.runs.config import RunConfig
+from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
+from app.runs.form import (
     ADVANCED_KEYS,
     FORM_KEYS,
     FormProblem,
@@ -30,8 +29,9 @@ from app.runform import (
     iterations_note,
     starting_config,
 )
-from app.runs import create_run, resume_problem
+from app.runs.store import create_run, resume_problem
 from app.settings import Settings
+from app.tables import Run
 
 router = APIRouter(include_in_schema=False)
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Form, Header, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from app.checkpoints import (
+from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.runs.checkpoints import (
     CheckpointError,
     delete_checkpoint,
     find_checkpoint,
@@ -17,21 +18,20 @@ from app.checkpoints import (
     set_note,
     table_rows,
 )
-from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.events import STATUS_GLYPHS, tab_title
-from app.models import Checkpoint, Run
-from app.policy import best_checkpoint
-from app.runconfig import (
+from app.runs.config import (
     EarlyStopping,
 )
-from app.runs import (
+from app.runs.live import STATUS_GLYPHS, tab_title
+from app.runs.policy import best_checkpoint
+from app.runs.store import (
     checkpoints_of,
     first_val_loss,
     latest_train,
     progress_view,
     set_early_stopping,
 )
-from app.summary import run_summary
+from app.runs.summary import run_summary
+from app.tables import Checkpoint, Run
 
 router = APIRouter(include_in_schema=False)
 CHART_MAX_POINTS = 2000  # the chart's overview: as static/run_chart.js asks for it

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Form, Header, HTTPException, Query, Request, stat
 from fastapi.responses import HTMLResponse, Response
 
 from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.models import Run
-from app.runlist import (
+from app.runs.listing import (
     STATUS_FILTERS,
     RunFilter,
     RunListError,
@@ -20,6 +19,7 @@ from app.runlist import (
     run_rows,
     update_run_text,
 )
+from app.tables import Run
 
 router = APIRouter(include_in_schema=False)
 HxHeader = Annotated[str | None, Header()]

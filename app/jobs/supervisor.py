@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.models import TERMINAL, Run, RunStatus, utcnow
 from app.paths import run_dir
 from app.settings import PROJECT_DIR, Settings
+from app.tables import TERMINAL, Run, RunStatus, utcnow
 
 ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)
 

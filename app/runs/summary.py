@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
-from app.models import Run, TrainReport, ValReport, utcnow
-from app.policy import format_duration
+from app.runs.policy import format_duration
+from app.tables import Run, TrainReport, ValReport, utcnow
 
 
 @dataclass(frozen=True)

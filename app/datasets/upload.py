@@ -19,10 +19,10 @@ from python_multipart.multipart import FormParserError, MultipartParser, parse_o
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.dataset_validation import SPLITS, ValidationReport, validate_dataset
-from app.datasets import DatasetError, record_dataset, registry_problem
-from app.models import Dataset
+from app.datasets.registry import DatasetError, record_dataset, registry_problem
+from app.datasets.validation import SPLITS, ValidationReport, validate_dataset
 from app.settings import Settings
+from app.tables import Dataset
 
 TEXT_FIELD_LIMIT = 4096
 TEXT_FIELDS = ("name",)

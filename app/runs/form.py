@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from app.runconfig import (
+from app.runs.config import (
     OPTIMIZER_ARGS,
     EarlyStopping,
     LoraParameters,

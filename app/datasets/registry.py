@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.dataset_validation import SPLITS, FeatureKeys, ValidationReport, validate_dataset
-from app.models import Dataset, DatasetCheck, utcnow
+from app.datasets.validation import SPLITS, FeatureKeys, ValidationReport, validate_dataset
 from app.settings import Settings
+from app.tables import Dataset, DatasetCheck, utcnow
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from app.models import Checkpoint, Run
 from app.paths import checkpoint_files, run_dir
-from app.runs import checkpoints_of
+from app.runs.store import checkpoints_of
 from app.settings import Settings
+from app.tables import Checkpoint, Run
 
 
 class CheckpointError(ValueError):

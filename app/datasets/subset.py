@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app.datasets import DatasetError, register_dataset, registry_problem
+from app.datasets.registry import DatasetError, register_dataset, registry_problem
 from app.settings import Settings
 
 SPLITS = ("train", "valid", "test")

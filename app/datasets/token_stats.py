@@ -21,13 +21,13 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.dataset_validation import SPLITS
-from app.datasets import files_signature
-from app.models import TokenStatsJob, utcnow
-from app.policy import eta_seconds, format_duration
-from app.runconfig import looks_like_path, resolve_model
+from app.datasets.registry import files_signature
+from app.datasets.validation import SPLITS
+from app.jobs.supervisor import is_worker, log_tail, worker_env
+from app.runs.config import looks_like_path, resolve_model
+from app.runs.policy import eta_seconds, format_duration
 from app.settings import PROJECT_DIR, Settings
-from app.supervisor import is_worker, log_tail, worker_env
+from app.tables import TokenStatsJob, utcnow
 
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
 ACTIVE = ("queued", "running")

@@ -1,7 +1,7 @@
 """Models the picker lists, what a model is, and how many parameters a run of it trains (no mlx).
 
 A model folder is what mlx-lm loads: config.json plus model*.safetensors. Only the
-safetensors headers are read (app/modelfiles.py), so a 7B model is described in
+safetensors headers are read (app/catalog/files.py), so a 7B model is described in
 milliseconds. The trainable count follows mlx-lm's own rules (tuner/utils.py
 linear_to_lora_layers, tuner/lora.py and tuner/dora.py shapes, full fine-tuning
 unfreezing whole layers) as loraboard's trainer applies them.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.modelfiles import (
+from app.catalog.files import (
     FLOATING,
     ModelInfoError,
     Module,
@@ -27,7 +27,7 @@ from app.modelfiles import (
     read_config,
     read_weights,
 )
-from app.runconfig import looks_like_path, resolve_model
+from app.runs.config import looks_like_path, resolve_model
 from app.settings import Settings
 
 __all__ = ["ModelInfo", "ModelInfoError", "Trainable", "format_millions", "model_choices", "model_info",

@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.downsample import lttb
-from app.models import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 from app.paths import checkpoint_files, run_dir
-from app.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
-from app.runconfig import EarlyStopping, RunConfig
+from app.runs.config import EarlyStopping, RunConfig
+from app.runs.downsample import lttb
+from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.settings import Settings
+from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 
 def default_name(config: RunConfig) -> str:

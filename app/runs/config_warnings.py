@@ -1,7 +1,7 @@
 """Warnings about a run config: combinations that train, but maybe not as the user expects.
 
 `config_warnings(config, facts)` is pure; `gather_facts` reads what it needs from the model
-(app.modelinfo), the data folder and the installed packages, without importing mlx.
+(app.catalog.info), the data folder and the installed packages, without importing mlx.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.modelinfo import ModelInfoError, model_info
-from app.runconfig import SCHEDULE_ARGUMENTS, RunConfig, count_examples
+from app.catalog.info import ModelInfoError, model_info
+from app.runs.config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
 from app.settings import Settings
 
 CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
@@ -177,7 +177,7 @@ def trains_on_cpu() -> bool:
 
 
 def read_model_facts(model: str, settings: Settings) -> ModelFacts:
-    """Layers, stored dtype and positions of a model (app.modelinfo: config.json and safetensors headers);
+    """Layers, stored dtype and positions of a model (app.catalog.info: config.json and safetensors headers);
     nothing when it cannot be read here (e.g. a hub id not in the local cache)."""
     try:
         info = model_info(model, settings)
