@@ -4,43 +4,67 @@
 #   scripts/setup.sh dev      plus the test tools
 # LORABOARD_BACKEND=cpu|cuda picks the Linux backend (default: cpu; the two never go together,
 # as both wheels install the same libmlx.so). macOS always uses Metal through plain `mlx`.
+#
+# Quiet by design: it prints its own `loraboard:` lines and pip's errors, nothing else, and does
+# nothing at all while the install is current. .venv/.loraboard-extras records the extras installed
+# (e.g. "cpu dev"); a runtime-only call is satisfied by a dev install, a dev install stays one, and
+# everything is reinstalled only when pyproject.toml is newer or the backend changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_dev=${1:-}
-python=${PYTHON:-}
-if [ -z "$python" ]; then
-  for candidate in python3.13 python3.12 python3.11 python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-      python=$candidate; break
-    fi
-  done
-fi
-[ -n "$python" ] || { echo "loraboard needs Python 3.11 or newer on PATH" >&2; exit 1; }
+stamp=.venv/.loraboard-extras
 
-extras=""
+backend=""
 case "$(uname -s)" in
   Linux)
     backend=${LORABOARD_BACKEND:-cpu}
     case "$backend" in
-      cpu|cuda) extras=$backend ;;
-      *) echo "LORABOARD_BACKEND must be cpu or cuda, got '$backend'" >&2; exit 1 ;;
+      cpu|cuda) ;;
+      *) echo "loraboard: LORABOARD_BACKEND must be cpu or cuda, got '$backend'" >&2; exit 1 ;;
     esac ;;
-  Darwin) extras="" ;;
 esac
-if [ "$want_dev" = "dev" ]; then extras=${extras:+$extras,}dev; fi
-spec="."; [ -n "$extras" ] && spec=".[$extras]"
 
-stamp=".venv/.installed-$(echo "$spec" | tr -c 'a-z0-9' '_')"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
-[ -x .venv/bin/python ] || "$python" -m venv .venv
-echo "loraboard: installing $spec into .venv …"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-if [ "${extras#*cuda}" != "$extras" ]; then
-  .venv/bin/python -m pip uninstall --quiet --yes mlx-cpu >/dev/null 2>&1 || true
-elif [ "$(uname -s)" = Linux ]; then
-  .venv/bin/python -m pip uninstall --quiet --yes mlx-cuda-13 mlx-cuda-12 mlx-cuda >/dev/null 2>&1 || true
+installed=""
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x .venv/bin/python ]; then
+  installed=" $(cat "$stamp") "
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
-rm -f .venv/.installed-*
-touch "$stamp"
+has() { case "$installed" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# Current when the recorded install has this backend and, if asked for, the dev tools.
+if [ -n "$installed" ] && { [ -z "$backend" ] || has "$backend"; } && { [ "$want_dev" != dev ] || has dev; }; then
+  exit 0
+fi
+
+dev=""
+if [ "$want_dev" = dev ] || { [ -f "$stamp" ] && grep -qw dev "$stamp"; }; then dev=dev; fi  # a dev install stays one
+extras="$backend${backend:+${dev:+ }}$dev"
+spec="."; [ -n "$extras" ] && spec=".[${extras// /,}]"
+
+if [ ! -x .venv/bin/python ]; then
+  python=${PYTHON:-}
+  if [ -z "$python" ]; then
+    # Run each candidate: a pyenv shim exists on PATH even where its version is not selected.
+    for candidate in python3.13 python3.12 python3.11 python3; do
+      if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+        python=$candidate; break
+      fi
+    done
+  fi
+  [ -n "$python" ] || { echo "loraboard: needs Python 3.11 or newer on PATH (or PYTHON=/path/to/python)" >&2; exit 1; }
+  "$python" -m venv .venv
+fi
+
+echo "loraboard: installing $spec into .venv …"
+rm -f "$stamp" .venv/.installed-*  # (.installed-*: stamps of earlier versions of this script)
+# -qq: pip prints errors only (with the failing build's output), not warnings or progress.
+pip=(.venv/bin/python -m pip -qq --disable-pip-version-check)
+"${pip[@]}" install --upgrade pip
+if [ "$backend" = cuda ]; then
+  "${pip[@]}" uninstall --yes mlx-cpu >/dev/null 2>&1 || true
+elif [ "$backend" = cpu ]; then
+  "${pip[@]}" uninstall --yes mlx-cuda-13 mlx-cuda-12 mlx-cuda >/dev/null 2>&1 || true
+fi
+"${pip[@]}" install -e "$spec"
+echo "$extras" > "$stamp"
+echo "loraboard: installed"
