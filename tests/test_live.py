@@ -1,12 +1,11 @@
 """The run event stream (/api/runs/{id}/events) over plain HTTP against a real server and real workers,
-plus its pure cursor, segment and framing logic, and its reads against a real SQLite database."""
+plus its pure cursor and segment logic, and its reads against a real SQLite database."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
-import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import QUICK_RUN, Server
+from fastapi.sse import ServerSentEvent
 from sqlmodel import Session
 
 from app.db import make_engine
@@ -29,7 +29,6 @@ from app.runs.live import (
     read_update,
     resume_cursor,
     run_event_stream,
-    sse_event,
     tab_title,
 )
 from app.runs.store import metrics_json
@@ -46,6 +45,8 @@ def test_cursor_round_trip_and_clear_errors() -> None:
             Cursor.decode(bad)
     with pytest.raises(CursorError, match="-1 or more"):
         Cursor.decode("-2:5")
+    with pytest.raises(CursorError, match="at most"):  # beyond SQLite's integers: refused, never a failed query
+        Cursor.decode("99999999999999999999:0")
     assert Cursor(5, 0).after([{"iteration": 6}, {"iteration": 8}], []) == Cursor(8, 0)
     assert Cursor(5, 0).after([], [{"iteration": 10}]) == Cursor(5, 10)
 
@@ -65,9 +66,7 @@ def test_segments_of_a_continued_run_match_include_parent() -> None:
     assert [s.run_id for s in plan_segments(looped)] == [8, 9]
 
 
-def test_event_framing_and_tab_title() -> None:
-    text = sse_event("metrics", {"train": [{"iteration": 5, "train_loss": math.nan}]}, "5:-1")
-    assert text == 'id: 5:-1\nevent: metrics\ndata: {"train":[{"iteration":5,"train_loss":null}]}\n\n'
+def test_status_glyphs_and_tab_title() -> None:
     assert set(STATUS_GLYPHS) == {"queued", "starting", "running", "stopping", "completed", "stopped",
                                   "early_stopped", "failed", "interrupted"}
     assert tab_title("running", 1.23456, "demo") == "\u25b6 running 1.235 \u00b7 demo \u00b7 loraboard"
@@ -129,7 +128,7 @@ def test_reads_resume_in_small_batches_across_a_continued_run(tmp_path: Path) ->
     engine.dispose()
 
 
-def test_stream_keeps_alive_and_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
+def test_stream_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
     engine = make_engine(tmp_path / "loraboard.db")
     with Session(engine) as session:
         run = Run(name="waiting", status="running", config_json="{}", total_iters=10)
@@ -138,7 +137,7 @@ def test_stream_keeps_alive_and_ends_on_its_time_limit_or_at_shutdown(tmp_path: 
         run_id = run.id
     assert run_id is not None
 
-    async def collect(timing: StreamTiming, stopping: threading.Event | None = None) -> list[str]:
+    async def collect(timing: StreamTiming, stopping: threading.Event | None = None) -> list[ServerSentEvent]:
         parts = []
         async for part in run_event_stream(engine, run_id, [Segment(run_id)], Cursor(), timing, stopping):
             parts.append(part)
@@ -146,11 +145,11 @@ def test_stream_keeps_alive_and_ends_on_its_time_limit_or_at_shutdown(tmp_path: 
                 stopping.set()
         return parts
 
-    quiet = asyncio.run(collect(StreamTiming(poll_s=0.05, keepalive_s=0.2, max_s=1.0)))
-    assert quiet[0] == "retry: 1000\n\n" and quiet[1].startswith("id: -1:-1\nevent: status\n")
-    assert ": keep-alive\n\n" in quiet and quiet[-1].startswith(": stream time limit reached")
+    quiet = asyncio.run(collect(StreamTiming(poll_s=0.05, max_s=1.0)))
+    assert quiet[0] == ServerSentEvent(retry=1000) and (quiet[1].event, quiet[1].id) == ("status", "-1:-1")
+    assert len(quiet) == 3 and (quiet[-1].comment or "").startswith("stream time limit reached")
     stopped = asyncio.run(collect(StreamTiming(poll_s=30.0, max_s=60.0), threading.Event()))
-    assert len(stopped) == 3 and stopped[-1].startswith(": server shutting down")  # not the time limit
+    assert len(stopped) == 3 and (stopped[-1].comment or "").startswith("server shutting down")  # not the limit
     engine.dispose()
 
 

@@ -2,13 +2,14 @@
 
 Every event carries an `id:` that is the stream's cursor, `<last train iteration sent>:<last val iteration
 sent>` (-1: none yet), so a browser reconnecting with `Last-Event-ID` resumes exactly where it stopped.
-The cursor, segment and framing logic is pure; the reads open one short session each, off the event loop.
+The stream yields `fastapi.sse.ServerSentEvent`s; FastAPI frames them (JSON data, NaN as null) and adds
+its `: ping` keep-alive comments while the stream is idle. The cursor and segment logic is pure; the
+reads open one short session each, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.sse import ServerSentEvent
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -35,6 +37,9 @@ STATUS_GLYPHS: dict[str, str] = {
     RunStatus.failed.value: "\u2717",          # ballot x
     RunStatus.interrupted.value: "\u26a0",     # warning sign
 }
+
+
+LARGEST_ITERATION = 2**63 - 1  # SQLite's largest integer
 
 
 class CursorError(ValueError):
@@ -63,6 +68,8 @@ class Cursor:
             ) from None
         if train < -1 or val < -1:
             raise CursorError(f"Last-Event-ID {text!r}: iterations must be -1 or more")
+        if max(train, val) > LARGEST_ITERATION:
+            raise CursorError(f"Last-Event-ID {text!r}: iterations must be at most {LARGEST_ITERATION:,}")
         return cls(train, val)
 
     def after(self, train: Sequence[Mapping[str, Any]], val: Sequence[Mapping[str, Any]]) -> Cursor:
@@ -108,27 +115,6 @@ def plan_segments(links: Sequence[tuple[int, Mapping[str, Any] | None]]) -> list
             break
         upto = resumed_at
     return segments[::-1]
-
-
-def sse_event(event: str, data: Any, event_id: str | None = None) -> str:
-    """One server-sent event (the data is one line of JSON; NaN and infinities become null)."""
-    lines = [] if event_id is None else ["id: " + event_id]
-    lines += ["event: " + event, "data: " + json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)]
-    return "\n".join(lines) + "\n\n"
-
-
-def sse_comment(text: str) -> str:
-    return ": " + text.replace("\n", " ") + "\n\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def tab_title(status: str, train_loss: float | None, name: str) -> str:
@@ -235,7 +221,6 @@ def read_update(engine: Engine, run_id: int, segments: Sequence[Segment], cursor
 @dataclass(frozen=True)
 class StreamTiming:
     poll_s: float = 0.5        # how often SQLite is read for new points
-    keepalive_s: float = 15.0  # a comment line after this long without an event
     max_s: float | None = None  # end the stream after this long (the browser reconnects and resumes)
     retry_ms: int = 1000       # the browser's reconnection delay
     batch: int = 2000          # points per series in one event
@@ -244,40 +229,35 @@ class StreamTiming:
 async def run_event_stream(
     engine: Engine, run_id: int, segments: Sequence[Segment], cursor: Cursor, timing: StreamTiming,
     stopping: threading.Event | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[ServerSentEvent]:
     """The event stream of one run: `status`, `metrics`, then `end` (or `gone`); ends early on server shutdown."""
-    yield "retry: " + str(timing.retry_ms) + "\n\n"
-    started = last_sent = time.monotonic()
+    yield ServerSentEvent(retry=timing.retry_ms)
+    started = time.monotonic()
     state: tuple[str, int, float | None] | None = None
     while True:
         update = await asyncio.to_thread(read_update, engine, run_id, segments, cursor, timing.batch)
         if update is None:
-            yield sse_event("gone", {"detail": f"run {run_id} no longer exists"}, cursor.encode())
+            yield ServerSentEvent(event="gone", data={"detail": f"run {run_id} no longer exists"}, id=cursor.encode())
             return
         if update.train or update.val:
             cursor = cursor.after(update.train, update.val)
-            yield sse_event("metrics", {"train": update.train, "val": update.val}, cursor.encode())
-            last_sent = time.monotonic()
+            yield ServerSentEvent(event="metrics", data={"train": update.train, "val": update.val},
+                                  id=cursor.encode())
         if (update.status, update.iteration, update.train_loss) != state:
             state = (update.status, update.iteration, update.train_loss)
-            yield sse_event("status", {"status": update.status, "iteration": update.iteration,
-                                       "total_iters": update.total_iters, "train_loss": update.train_loss},
-                            cursor.encode())
-            last_sent = time.monotonic()
+            yield ServerSentEvent(event="status", id=cursor.encode(),
+                                  data={"status": update.status, "iteration": update.iteration,
+                                        "total_iters": update.total_iters, "train_loss": update.train_loss})
         if update.end is not None:
-            yield sse_event("end", update.end, cursor.encode())
+            yield ServerSentEvent(event="end", data=update.end, id=cursor.encode())
             return
         if update.complete:
             deadline = time.monotonic() + timing.poll_s
             while time.monotonic() < deadline and not (stopping and stopping.is_set()):
                 await asyncio.sleep(min(0.1, timing.poll_s))
         if stopping is not None and stopping.is_set():
-            yield sse_comment("server shutting down; reconnect to resume")
+            yield ServerSentEvent(comment="server shutting down; reconnect to resume")
             return
-        now = time.monotonic()
-        if timing.max_s is not None and now - started >= timing.max_s:
-            yield sse_comment("stream time limit reached; reconnect to resume")
+        if timing.max_s is not None and time.monotonic() - started >= timing.max_s:
+            yield ServerSentEvent(comment="stream time limit reached; reconnect to resume")
             return
-        if now - last_sent >= timing.keepalive_s:
-            yield sse_comment("keep-alive")
-            last_sent = now
