@@ -11,6 +11,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import tables  # noqa: F401  (registers the tables)
+from app.jobs.upgrade import upgrade_token_stats_jobs
 
 
 def make_engine(db_path: Path) -> Engine:
@@ -30,6 +31,7 @@ def make_engine(db_path: Path) -> Engine:
 
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)
+    upgrade_token_stats_jobs(engine)
     return engine
 
 

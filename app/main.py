@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
+from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import make_engine
@@ -28,10 +31,22 @@ from app.routes import (
     dataset_tools,
     datasets,
     events,
+    jobs,
     models,
     new_run,
     pages,
     runlist,
+)
+from app.runs.checkpoints import remove_leftover_temps
+from app.security import (
+    BindRefused,
+    Guard,
+    SecurityMiddleware,
+    is_loopback,
+    parse_hosts,
+    routable_addresses,
+    start_lines,
+    token_for_bind,
 )
 from app.settings import PROJECT_DIR, Settings, get_settings
 from app.templating import register_filters
@@ -51,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings.database_path)
         app.state.engine = engine
         app.state.supervisor = Supervisor(settings, engine)
+        with Session(engine) as session:  # temporary files of workers killed mid-write
+            remove_leftover_temps(session, settings, lambda run: not app.state.supervisor.worker_gone(run))
         watcher = asyncio.create_task(_watch(app.state.supervisor, settings.supervisor_interval_s))
         yield
         watcher.cancel()
@@ -65,12 +82,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     templates = Jinja2Templates(directory=settings.templates_dir)
     register_filters(templates)
     app.state.templates = templates
+    app.state.csrf_token = secrets.token_urlsafe(32)  # per server start; pages carry it (templates/base.html)
+    app.add_middleware(SecurityMiddleware, guard=Guard(
+        bind_host=settings.host, port=settings.port, allowed_hosts=parse_hosts(settings.allowed_hosts),
+        token=settings.token or None, csrf_token=app.state.csrf_token))
     app.add_exception_handler(StarletteHTTPException, html_error_page)
+    app.add_exception_handler(StaleDataError, deleted_meanwhile)
+    app.add_exception_handler(ObjectDeletedError, deleted_meanwhile)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
-    for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools):
+    for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
+                   jobs):
         app.include_router(module.router)
     return app
+
+
+async def deleted_meanwhile(request: Request, exc: Exception) -> Response:
+    """What this request was changing was deleted by another request meanwhile: 404, as if it came a moment later."""
+    gone = StarletteHTTPException(HTTPStatus.NOT_FOUND, "it was deleted by another request meanwhile")
+    return await html_error_page(request, gone)
 
 
 async def html_error_page(request: Request, exc: Exception) -> Response:
@@ -105,6 +135,9 @@ def cli(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="serve the dashboard (the default command)")
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1, or LORABOARD_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000, or LORABOARD_PORT)")
+    serve.add_argument("--token", nargs="?", const="", default=None, metavar="TOKEN",
+                       help="require this access token (alone: generate one); needed off loopback (LORABOARD_TOKEN)")
+    serve.add_argument("--no-token", action="store_true", help="serve off loopback without an access token")
     sub.add_parser("defaults", help="create the embedded default model and sample data, then exit")
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -114,6 +147,14 @@ def cli(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in {"host": getattr(args, "host", None),
                                    "port": getattr(args, "port", None)}.items() if v is not None}
     settings = settings.model_copy(update=overrides)
+    given, no_token = getattr(args, "token", None), bool(getattr(args, "no_token", False))
+    token = settings.token if given is None else (given or secrets.token_urlsafe(24))
+    addresses = [] if is_loopback(settings.host) else routable_addresses()
+    try:
+        token = token_for_bind(settings.host, token, no_token, addresses)
+    except BindRefused as exc:
+        raise SystemExit(str(exc)) from None
+    settings = settings.model_copy(update={"token": token})
     ensure_defaults(settings)
     import uvicorn
 
@@ -127,6 +168,6 @@ def cli(argv: list[str] | None = None) -> None:
             stopping.set()
             super().handle_exit(sig, frame)
 
-    print(f"loraboard: serving on http://{settings.host}:{settings.port}", flush=True)
+    print("\n".join(start_lines(settings.host, settings.port, token, no_token, addresses)), flush=True)
     StreamEndingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                       timeout_graceful_shutdown=5)).run()

@@ -14,7 +14,7 @@ from app.status import TERMINAL, RunStatus
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 
 
-__all__ = ["TERMINAL", "Checkpoint", "Run", "RunStatus", "TrainReport", "ValReport", "utcnow"]
+__all__ = ["TERMINAL", "Checkpoint", "Job", "Run", "RunStatus", "TrainReport", "ValReport", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -48,6 +48,7 @@ class Run(SQLModel, table=True):
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
     test_loss: float | None = None  # loss on test.jsonl after training (config "test"), of the best or final adapter
     notes: str = ""  # free text from the runs list (what was tried, why)
+    queue_position: int | None = None  # order among queued runs (app/runs/queue.py); None: behind, oldest first
 
     @property
     def config(self) -> dict[str, Any]:
@@ -71,6 +72,9 @@ class TrainReport(SQLModel, table=True):
     trained_tokens: int
     peak_memory: float
     recorded_at: datetime = Field(default_factory=utcnow)
+    rss_bytes: int | None = None  # the worker process's resident memory when it reported
+    footprint_bytes: int | None = None  # its physical footprint (macOS, where psutil gives it)
+    swap_used_bytes: int | None = None  # the system's swap in use
 
 
 class ValReport(SQLModel, table=True):
@@ -103,34 +107,52 @@ class Checkpoint(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class TokenStatsJob(SQLModel, table=True):
-    """Token lengths of a dataset's examples under one model's tokenizer (a `python -m worker tokenstats` job).
+class Job(SQLModel, table=True):
+    """A worker task that is not a training run (`python -m worker job --job-id N`): token statistics, evaluation,
+    generation, fuse, serve... Its kind (app/jobs/kinds.py) says what params_json and result_json hold.
 
-    status: queued, running, completed or failed. result_json, once completed:
-    {"splits": {"train": {"examples": n, "lengths": [[length, count], ...]}, ...}} (lengths ascending).
+    status: the runs' statuses (queued, starting, running, stopping, then completed, stopped, failed or
+    interrupted). A queued job that waits for memory says why in waiting_reason.
     """
 
     __table_args__ = (
-        CheckConstraint("status IN ('queued', 'running', 'completed', 'failed')", name="token_stats_status"),
-        Index("ix_token_stats_key", "dataset_path", "model"),
+        CheckConstraint(f"status IN ({_STATUS_LIST})", name="job_status"),
+        Index("ix_job_kind_key", "kind", "key"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    dataset_path: str  # absolute folder holding train/valid/test.jsonl
-    model: str  # absolute model folder or hub id: whose tokenizer
-    files_signature: str = ""  # JSON {file name: [size, mtime_ns]} of the split files when the job was made
-    status: str = "queued"
-    done: int = 0  # examples tokenized so far
-    total: int = 0  # examples in all splits (0 until the files are read)
-    pid: int | None = None
+    kind: str = Field(index=True)  # e.g. "token_stats"
+    key: str = ""  # what makes two jobs of a kind the same work (reuse a result while its inputs are unchanged)
+    params_json: str = "{}"
+    status: str = Field(default=RunStatus.queued.value, index=True)
+    waiting_reason: str | None = None  # why a queued job has not started, e.g. "waits for run 3 (training)..."
+    done: int = 0  # progress: done of total units
+    total: int = 0
+    unit: str = ""  # e.g. "examples"
     heartbeat_at: datetime | None = None
+    pid: int | None = None
+    result_json: str | None = None
     error: str | None = None  # one readable line
     traceback: str | None = None
-    result_json: str | None = None
     log_path: str | None = None
+    run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="CASCADE", index=True)
+    iteration: int | None = None  # the checkpoint it concerns, when it concerns one
+    allow_while_training: bool = False  # the user lets a memory-needing job run beside training
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json)
+
+    @property
+    def result(self) -> Any:
+        return json.loads(self.result_json) if self.result_json else None
+
+    @property
+    def is_terminal(self) -> bool:
+        return RunStatus(self.status) in TERMINAL
 
 
 class Dataset(SQLModel, table=True):

@@ -21,13 +21,13 @@ from playwright.sync_api import Locator, Page, expect
 from app.datasets.token_stats import (
     files_signature,
     histogram_bins,
-    is_token_stats_process,
-    job_is_dead,
     merge_counts,
     nice_width,
     over_text,
     summarize,
 )
+from app.jobs.jobs import job_is_dead
+from app.jobs.process import is_job_process as is_token_stats_process
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 SPLITS = ("train", "valid", "test")
@@ -74,7 +74,7 @@ def test_merge_counts_adds_splits() -> None:
 
 def test_heartbeat_rule() -> None:
     assert job_is_dead("running", process_alive=False, heartbeat_age_s=1, timeout_s=30)
-    assert job_is_dead("queued", process_alive=True, heartbeat_age_s=31, timeout_s=30)
+    assert job_is_dead("starting", process_alive=True, heartbeat_age_s=31, timeout_s=30)
     assert not job_is_dead("running", process_alive=True, heartbeat_age_s=29, timeout_s=30)
     assert not job_is_dead("completed", process_alive=False, heartbeat_age_s=999, timeout_s=30)
     assert not job_is_dead("failed", process_alive=False, heartbeat_age_s=None, timeout_s=30)
@@ -82,7 +82,7 @@ def test_heartbeat_rule() -> None:
 
 def test_worker_process_check_sees_start_life_and_end() -> None:
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    process = subprocess.Popen([*sleeper, "worker", "tokenstats", "--job-id", "7"])
+    process = subprocess.Popen([*sleeper, "worker", "job", "--job-id", "7"])
     try:
         assert is_token_stats_process(process.pid, 7)  # also right after spawn, before exec lays out argv
         assert not is_token_stats_process(process.pid, 8)  # another job's number: a reused pid
@@ -135,7 +135,7 @@ def wait_job(server: Server, job_id: int, query: str = "", timeout: float = 120)
 def test_worker_counts_every_example_like_the_tokenizer(shared_server: Server, default_model: Path) -> None:
     code, job = shared_server.post("/api/token-stats", {"data": str(SAMPLE), "model": str(default_model)})
     assert code in (200, 201), job
-    assert job["status"] in ("queued", "running", "completed")
+    assert job["status"] in ("queued", "starting", "running", "completed")
     done, seen = wait_job(shared_server, job["id"])
     assert done["status"] == "completed", done
     assert done["progress"]["done"] == done["progress"]["total"] == 1500
@@ -201,19 +201,19 @@ def test_bad_inputs_and_bad_lines_are_named(shared_server: Server, default_model
     assert failed["error"].startswith("train.jsonl line 3: not valid JSON"), failed["error"]
 
 
-def test_a_job_whose_worker_died_is_marked_failed(shared_server: Server, tmp_path: Path) -> None:
+def test_a_job_whose_worker_died_is_marked_interrupted(shared_server: Server, tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs
     conn = sqlite3.connect(shared_server.root / "loraboard.db")
     with conn:
         cursor = conn.execute(
-            "INSERT INTO tokenstatsjob (dataset_path, model, files_signature, status, done, total, pid, heartbeat_at,"
-            " created_at) VALUES (?, 'm', '', 'running', 3, 10, ?, datetime('now'), datetime('now'))",
-            (str(tmp_path), gone.pid))
+            "INSERT INTO job (kind, key, params_json, status, done, total, unit, pid, heartbeat_at,"
+            " allow_while_training, created_at) VALUES ('token_stats', '', ?, 'running', 3, 10, 'examples', ?,"
+            " datetime('now'), 0, datetime('now'))", (json.dumps({"data": str(tmp_path), "model": "m"}), gone.pid))
     conn.close()
     job = shared_server.get(f"/api/token-stats/{cursor.lastrowid}")
-    assert job["status"] == "failed"
-    assert job["error"] == "the token statistics worker ended without reporting"
+    assert job["status"] == "interrupted"
+    assert job["error"] == "the worker process ended without reporting"
 
 
 # Browser: the dataset page's histogram and the new-run form's warning ---------------------------------------

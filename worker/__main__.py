@@ -1,4 +1,4 @@
-"""`python -m worker train --run-id N`, `python -m worker tokenstats --job-id N` and `python -m worker defaults`.
+"""`python -m worker train --run-id N`, `python -m worker job --job-id N` and `python -m worker defaults`.
 
 OpenBLAS routing happens here, before anything imports mlx.core.
 """
@@ -18,7 +18,7 @@ from app.runs.config import RunConfig, looks_like_path
 from app.settings import Settings
 from app.status import RunStatus
 from worker.blas import BlasRouting, route_blas
-from worker.reporting import ReportWriter, connect
+from worker.reporting import ReportWriter, connect, on_stop_signal
 
 
 def describe_backend(routing: BlasRouting) -> str:
@@ -88,9 +88,7 @@ def run_train(settings: Settings, run_id: int) -> int:
         return 2
     config = RunConfig.model_validate_json(row[0])
     writer = ReportWriter(settings.database_path, run_id).start()
-    from worker.train import install_stop_signal
-
-    install_stop_signal(writer.stop_event)
+    on_stop_signal(writer.stop_event)
     try:
         writer.set_status(RunStatus.starting, backend=describe_backend(routing))
         check_model_reachable(config.model)
@@ -127,16 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train one run")
     train.add_argument("--run-id", type=int, required=True)
     sub.add_parser("defaults", help="create the embedded default model and sample data if absent")
-    token_stats = sub.add_parser("tokenstats", help="token lengths of a dataset's examples under a tokenizer")
-    token_stats.add_argument("--job-id", type=int, required=True)
+    job = sub.add_parser("job", help="run one job of any kind (token statistics, evaluation, ...)")
+    job.add_argument("--job-id", type=int, required=True)
     args = parser.parse_args(argv)
     settings = Settings()
     if args.job == "train":
         return run_train(settings, args.run_id)
-    if args.job == "tokenstats":
-        from worker.token_stats import run_token_stats
+    if args.job == "job":
+        from worker.job import run_job
 
-        return run_token_stats(settings.database_path, args.job_id)
+        return run_job(settings, args.job_id)
     return run_defaults(settings)
 
 

@@ -1,56 +1,39 @@
-"""`python -m worker tokenstats --job-id N`: the token length of every example, as mlx-lm tokenizes it.
+"""The `token_stats` job (worker/job.py): the token length of every example, as mlx-lm tokenizes it.
 
-The job's row (table tokenstatsjob, see app/tables.py) names a dataset folder and a model. The
-tokenizer is loaded the way mlx_lm.utils.load loads it (local folder or the Hugging Face cache), and
-each example goes through mlx-lm's own dataset classes (`create_dataset(...).process`: text gets an
-EOS appended, chat and completions go through `apply_chat_template`), so a length here is the
-length the trainer sees before it truncates to max_seq_length.
+The job's params name a dataset folder and a model. The tokenizer is loaded the way
+mlx_lm.utils.load loads it (local folder or the Hugging Face cache), and each example goes through
+mlx-lm's own dataset classes (`create_dataset(...).process`: text gets an EOS appended, chat and
+completions go through `apply_chat_template`), so a length here is the length the trainer sees before
+it truncates to max_seq_length.
 
-Progress (done/total) and a heartbeat are written by a small thread every half second; the result is
-compact: per split, each distinct length with its count.
+Progress counts examples; a cancel is seen between two examples (a partial count is not kept: it
+would describe some of the data as if it were all of it). The result is compact: per split, each
+distinct length with its count.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sqlite3
-import sys
-import threading
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from worker.reporting import connect, now_text
+from worker.job import JobContext, JobInputError
 
 SPLITS = ("train", "valid", "test")
-REPORT_EVERY_S = 0.5
 # What mlx_lm.utils.load_tokenizer fetches of a hub model (no weights).
 TOKENIZER_FILES = ["*.json", "*.py", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jsonl",
                    "*.jinja"]
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(JobInputError, ValueError):
     """A problem in one line of one split file."""
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(JobInputError, RuntimeError):
     """The model's tokenizer cannot be loaded."""
-
-
-@dataclass
-class Progress:
-    """Examples done so far, shared between the tokenizing loop and the reporting thread."""
-
-    done: int = 0
-    total: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def read_split(path: Path) -> list[dict[str, Any]]:
@@ -126,49 +109,14 @@ def length_counts(lengths: list[int]) -> list[list[int]]:
     return [[length, count] for length, count in sorted(Counter(lengths).items())]
 
 
-@contextmanager
-def reporting(db_path: Path, job_id: int, progress: Progress) -> Iterator[None]:
-    """Writes done/total and the heartbeat every REPORT_EVERY_S until the block ends."""
-
-    def loop() -> None:
-        conn = connect(db_path)
-        try:
-            while True:
-                stopping = progress.stop.wait(REPORT_EVERY_S)
-                with contextlib.suppress(sqlite3.Error):  # a busy database costs one report, never the job
-                    conn.execute("UPDATE tokenstatsjob SET done = ?, total = ?, heartbeat_at = ? WHERE id = ?",
-                                 (progress.done, progress.total, now_text(), job_id))
-                if stopping:
-                    return
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=loop, name="token-stats-report", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        progress.stop.set()
-        thread.join()
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """The error as one readable line (a message over several lines is joined; a very long one is cut)."""
-    text = " ".join(str(exc).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    if isinstance(exc, DatasetFileError | FileNotFoundError | TokenizerError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}".rstrip(": ")
-
-
-def compute(dataset_dir: Path, model: str, progress: Progress) -> dict[str, Any]:
+def compute(dataset_dir: Path, model: str, ctx: JobContext) -> dict[str, Any]:
     """The job's result: per split, the number of examples and their length counts."""
     if not (dataset_dir / "train.jsonl").is_file():
         raise FileNotFoundError(f"data folder {dataset_dir} has no train.jsonl")
     splits = {name: read_split(dataset_dir / f"{name}.jsonl") for name in SPLITS
               if (dataset_dir / f"{name}.jsonl").is_file()}
-    progress.total = sum(len(examples) for examples in splits.values())
+    ctx.set_total(sum(len(examples) for examples in splits.values()), "examples")
+    ctx.check_stop()
     try:
         tokenizer = load_tokenizer(model)
     except FileNotFoundError:
@@ -177,7 +125,8 @@ def compute(dataset_dir: Path, model: str, progress: Progress) -> dict[str, Any]
         raise TokenizerError(f"cannot load the tokenizer of {model}: {type(exc).__name__}: {exc}") from exc
 
     def one_done() -> None:
-        progress.done += 1
+        ctx.advance()
+        ctx.check_stop()
 
     result: dict[str, Any] = {"splits": {}}
     for name, examples in splits.items():
@@ -186,28 +135,5 @@ def compute(dataset_dir: Path, model: str, progress: Progress) -> dict[str, Any]
     return result
 
 
-def run_token_stats(db_path: Path, job_id: int) -> int:
-    conn = connect(db_path)
-    try:
-        row = conn.execute("SELECT dataset_path, model FROM tokenstatsjob WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            sys.stderr.write(f"worker: no token statistics job {job_id} in {db_path}\n")
-            return 2
-        conn.execute("UPDATE tokenstatsjob SET status = 'running', started_at = ?, heartbeat_at = ?, pid = ?"
-                     " WHERE id = ?", (now_text(), now_text(), os.getpid(), job_id))
-        progress = Progress()
-        try:
-            with reporting(db_path, job_id, progress):
-                result = compute(Path(row[0]), row[1], progress)
-        except BaseException as exc:  # every failure is recorded, readable, with its traceback
-            conn.execute("UPDATE tokenstatsjob SET status = 'failed', error = ?, traceback = ?, finished_at = ?,"
-                         " heartbeat_at = ? WHERE id = ?",
-                         (one_line(exc), traceback.format_exc(), now_text(), now_text(), job_id))
-            sys.stderr.write(traceback.format_exc())
-            return 1
-        conn.execute("UPDATE tokenstatsjob SET status = 'completed', done = ?, total = ?, result_json = ?,"
-                     " finished_at = ?, heartbeat_at = ? WHERE id = ?",
-                     (progress.done, progress.total, json.dumps(result), now_text(), now_text(), job_id))
-        return 0
-    finally:
-        conn.close()
+def run(ctx: JobContext) -> dict[str, Any]:
+    return compute(Path(ctx.params["data"]), str(ctx.params["model"]), ctx)

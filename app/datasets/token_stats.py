@@ -1,36 +1,39 @@
-"""Token statistics of a dataset under a model's tokenizer: start the worker job, reuse its result, read it.
+"""Token statistics of a dataset under a model's tokenizer: the `token_stats` job kind, its reuse, its view.
 
-The tokenizing happens in `python -m worker tokenstats` (the app never imports mlx-lm or transformers).
-A finished result is reused while the split files keep their size and modification time. The pure
-functions at the top (histogram bins, mean/median/max, examples over max_seq_length, the heartbeat
-rule) are what the pages and the API show.
+The tokenizing happens in the worker (`python -m worker job`, worker/token_stats.py: the app never
+imports mlx-lm or transformers). A finished result is reused while the split files keep their size and
+modification time (the job's key holds the folder, the model and the files' signature). The pure
+functions at the top (histogram bins, mean/median/max, examples over max_seq_length) are what the
+pages and the API show.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, col, select
+from pydantic import BaseModel, Field
+from sqlmodel import Session, select
 
 from app.datasets.registry import files_signature
 from app.datasets.validation import SPLITS
-from app.jobs.supervisor import is_worker, log_tail, worker_env
-from app.runs.config import looks_like_path, resolve_model
-from app.runs.policy import eta_seconds, format_duration
-from app.settings import PROJECT_DIR, Settings
-from app.tables import TokenStatsJob, utcnow
+from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
+from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.runs.config import looks_like_path
+from app.settings import Settings
+from app.status import RunStatus
+from app.tables import Dataset, Job
 
+if TYPE_CHECKING:
+    from app.jobs.supervisor import Supervisor
+
+KIND = "token_stats"
+UNIT = "examples"
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
-ACTIVE = ("queued", "running")
+NO_RESULT = (RunStatus.failed.value, RunStatus.stopped.value, RunStatus.interrupted.value)  # try again
 HISTOGRAM_BINS = 40
 LengthCounts = list[list[int]]  # [[length, count], ...] ascending, as the worker writes them
 
@@ -133,13 +136,6 @@ def over_text(summary: LengthSummary) -> str:
             f"{summary.max_seq_length:,}, longest {longest}")
 
 
-def job_is_dead(status: str, process_alive: bool, heartbeat_age_s: float | None, timeout_s: float) -> bool:
-    """An active job whose worker is gone, or that has been silent longer than the heartbeat timeout."""
-    if status not in ACTIVE:
-        return False
-    return not process_alive or (heartbeat_age_s is not None and heartbeat_age_s > timeout_s)
-
-
 # Inputs ----------------------------------------------------------------------------------------------
 
 
@@ -152,8 +148,17 @@ class TokenStatsInputError(ValueError):
 
 def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str]:
     """(absolute data folder, model folder or hub id), defaults filled in as for a run; clear errors."""
-    folder = Path(data.strip() or settings.default_dataset_dir).expanduser().resolve()
-    model = resolve_model(model.strip() or str(settings.default_model_dir))
+    try:
+        folder = confine(data.strip() or settings.default_dataset_dir, data_roots(settings), "data folder",
+                         DATA_DIRS_SETTING)
+    except PathNotAllowed as exc:
+        raise TokenStatsInputError("data", str(exc)) from None
+    model = model.strip() or str(settings.default_model_dir)
+    if looks_like_path(model):
+        try:
+            model = str(confine(model, model_roots(settings), "model folder", MODEL_DIRS_SETTING))
+        except PathNotAllowed as exc:
+            raise TokenStatsInputError("model", str(exc)) from None
     if not folder.is_dir():
         raise TokenStatsInputError("data", f"data folder {folder} does not exist")
     if not (folder / "train.jsonl").is_file():
@@ -167,111 +172,76 @@ def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str
     return folder, model
 
 
-# Jobs ------------------------------------------------------------------------------------------------
+# The job kind ------------------------------------------------------------------------------------------
 
 
-def is_token_stats_process(pid: int, job_id: int) -> bool:
-    """Whether pid is still the worker of this job (not a zombie, not a reused pid) where /proc exists."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and has ended
-    return is_worker(pid, "tokenstats", job_id)
+class TokenStatsParams(BaseModel):
+    """What a token-statistics job counts."""
+
+    data: str = Field(description="Absolute dataset folder holding train/valid/test.jsonl.")
+    model: str = Field(description="Absolute model folder or hub id: whose tokenizer counts.")
+    files_signature: str = Field("", description="JSON {file name: [size, mtime_ns]} of the split files.")
 
 
-def check_job(session: Session, settings: Settings, job: TokenStatsJob) -> TokenStatsJob:
-    """Apply the heartbeat rule: an active job whose worker died (or went silent) is marked failed."""
-    if job.status not in ACTIVE or job.id is None:
-        return job
-    alive = job.pid is not None and is_token_stats_process(job.pid, job.id)
-    age = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
-    if not job_is_dead(job.status, alive, age, settings.heartbeat_timeout_s):
-        return job
-    session.refresh(job)  # the worker may have written its end just now
-    if job.status not in ACTIVE:
-        return job
-    if alive and job.pid is not None:  # silent but running: stop it
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job.pid, signal.SIGTERM)
-    job.status = "failed"
-    job.finished_at = utcnow()
-    job.error = ("the token statistics worker stopped reporting" if alive
-                 else "the token statistics worker ended without reporting")
-    job.traceback = log_tail(job.log_path) or None
-    session.add(job)
-    session.commit()
-    return job
+def job_key(folder: Path, model: str, signature: str) -> str:
+    return lookup_key(str(folder), model, signature)
 
 
-def jobs_dir(settings: Settings) -> Path:
-    return settings.database_path.parent / "jobs"
-
-
-def spawn(session: Session, settings: Settings, job: TokenStatsJob) -> None:
-    """Start `python -m worker tokenstats` in its own session, as the supervisor starts training workers."""
-    assert job.id is not None
-    folder = jobs_dir(settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / f"tokenstats-{job.id}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "tokenstats", "--job-id", str(job.id)],
-            cwd=PROJECT_DIR, env=worker_env(settings), stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    job.pid = process.pid
-    job.heartbeat_at = utcnow()
-    job.log_path = str(log_path)
-    session.add(job)
-    session.commit()
-
-
-def latest_job(session: Session, settings: Settings, folder: Path, model: str) -> TokenStatsJob | None:
+def latest_stats(session: Session, settings: Settings, folder: Path, model: str) -> Job | None:
     """The newest job for these files (unchanged since) and this model, checked for a dead worker."""
-    job = session.exec(
-        select(TokenStatsJob)
-        .where(TokenStatsJob.dataset_path == str(folder), TokenStatsJob.model == model,
-               TokenStatsJob.files_signature == files_signature(folder))
-        .order_by(col(TokenStatsJob.id).desc()).limit(1)
-    ).first()
-    return check_job(session, settings, job) if job is not None else None
+    return latest_job(session, settings, KIND, job_key(folder, model, files_signature(folder)))
 
 
-def start_job(session: Session, settings: Settings, folder: Path, model: str) -> tuple[TokenStatsJob, bool]:
-    """(job, created): the running or finished job for these files and model, else a new one (a failed
-    one is tried again)."""
-    job = latest_job(session, settings, folder, model)
-    if job is not None and job.status != "failed":
+def start_job(
+    session: Session, settings: Settings, supervisor: Supervisor, folder: Path, model: str
+) -> tuple[Job, bool]:
+    """(job, created): the live or finished job for these files and model, else a new one, started at once
+    (a failed, stopped or interrupted one is tried again)."""
+    job = latest_stats(session, settings, folder, model)
+    if job is not None and job.status not in NO_RESULT:
         return job, False
-    job = TokenStatsJob(dataset_path=str(folder), model=model, files_signature=files_signature(folder))
-    session.add(job)
-    session.commit()
+    signature = files_signature(folder)
+    params = TokenStatsParams(data=str(folder), model=model, files_signature=signature)
+    job = create_job(session, KIND, params, key=job_key(folder, model, signature), unit=UNIT)
+    supervisor.start_queued_now()
     session.refresh(job)
-    spawn(session, settings, job)
     return job, True
 
 
-def job_or_start(session: Session, settings: Settings, folder: Path, model: str) -> TokenStatsJob:
-    """What a page shows: the latest job (a failed one stays, with its error), or a new one."""
-    job = latest_job(session, settings, folder, model)
-    return job if job is not None else start_job(session, settings, folder, model)[0]
+def job_or_start(
+    session: Session, settings: Settings, supervisor: Supervisor, folder: Path, model: str
+) -> Job:
+    """What a page shows: the latest job (a failed or stopped one stays, with its error), or a new one."""
+    job = latest_stats(session, settings, folder, model)
+    return job if job is not None else start_job(session, settings, supervisor, folder, model)[0]
+
+
+def result_summary(job: Job) -> str:
+    """The result in one line, for the jobs list."""
+    counts = split_counts(job)
+    if not counts:
+        return ""
+    overall = summarize(merge_counts(*counts.values()), 1)
+    return f"{overall.examples:,} examples, {overall.total_tokens:,} tokens, longest {overall.longest:,}"
+
+
+def subject(session: Session, job: Job) -> tuple[str, str | None]:
+    """(words, link) of what the job concerns: the registered dataset's page, else the folder."""
+    folder = str(job.params.get("data", ""))
+    dataset = session.exec(select(Dataset).where(Dataset.path == folder)).first()
+    if dataset is not None:
+        return f"dataset {dataset.name}", f"/datasets/{dataset.id}"
+    return folder, None
 
 
 # What pages and the API show -------------------------------------------------------------------------
 
 
-def split_counts(job: TokenStatsJob) -> dict[str, LengthCounts]:
-    if not job.result_json:
+def split_counts(job: Job) -> dict[str, LengthCounts]:
+    if not job.result_json or job.status != RunStatus.completed.value:
         return {}
     splits = json.loads(job.result_json)["splits"]
     return {name: splits[name]["lengths"] for name in SPLITS if name in splits}
-
-
-def progress(job: TokenStatsJob) -> dict[str, Any]:
-    end = job.finished_at or utcnow()
-    elapsed = (end - job.started_at).total_seconds() if job.started_at else 0.0
-    eta = eta_seconds(job.done, job.total, elapsed) if job.status in ACTIVE and job.total else None
-    return {"done": job.done, "total": job.total, "percent": 100.0 * job.done / job.total if job.total else 0.0,
-            "elapsed_s": elapsed, "eta_s": eta, "elapsed": format_duration(elapsed if job.started_at else None),
-            "eta": format_duration(eta)}
 
 
 def bin_label(low: int, width: int) -> str:
@@ -302,11 +272,12 @@ def summary_json(summary: LengthSummary) -> dict[str, Any]:
             "over_max_seq_length": summary.over, "over_share": summary.over_share, "text": over_text(summary)}
 
 
-def job_json(job: TokenStatsJob, max_seq_length: int) -> dict[str, Any]:
+def job_json(job: Job, max_seq_length: int) -> dict[str, Any]:
     counts = split_counts(job)
+    params = job.params
     answer: dict[str, Any] = {
-        "id": job.id, "data": job.dataset_path, "model": job.model, "status": job.status,
-        "progress": {k: v for k, v in progress(job).items() if k in ("done", "total", "percent", "eta_s")},
+        "id": job.id, "data": params.get("data"), "model": params.get("model"), "status": job.status,
+        "progress": {k: v for k, v in progress_view(job).items() if k in ("done", "total", "percent", "eta_s")},
         "error": job.error, "created_at": job.created_at.isoformat() if job.created_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None, "summary": None,
     }
@@ -321,13 +292,16 @@ def job_json(job: TokenStatsJob, max_seq_length: int) -> dict[str, Any]:
     return answer
 
 
-def view(job: TokenStatsJob, max_seq_length: int, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
+def view(job: Job, max_seq_length: int, splits: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Template context: progress while running; per-split summaries, histograms and the over-length line."""
     counts = {name: split for name, split in split_counts(job).items() if name in splits}
     summaries = {name: summarize(split, max_seq_length) for name, split in counts.items()}
     overall = summarize(merge_counts(*counts.values()), max_seq_length) if counts else None
+    progress = progress_view(job)
     return {
-        "job": job, "active": job.status in ACTIVE, "progress": progress(job), "max_seq_length": max_seq_length,
+        "job": job, "model": job.params.get("model", ""), "active": job.status in LIVE,
+        "no_result": job.status in NO_RESULT, "progress": progress, "max_seq_length": max_seq_length,
+        "item": {"job": job, "progress": progress, "info": None, "live": job.status in LIVE},
         "splits": [{"name": name, "summary": summaries[name], "over_text": over_text(summaries[name])}
                    for name in counts],
         "overall": overall, "overall_text": over_text(overall) if overall else "",

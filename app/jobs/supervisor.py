@@ -1,7 +1,9 @@
-"""Spawn, stop and watch worker processes. The database is the only channel to them.
+"""Spawn, stop and watch worker processes: training runs and jobs. The database is the only channel to them.
 
-A worker runs in its own process session (it survives the app restarting).
-A run whose worker is gone without having recorded an end is `interrupted`.
+A worker runs in its own process session (it survives the app restarting). Every tick marks runs and
+jobs whose worker is gone without having recorded an end `interrupted`, then starts what is queued,
+oldest first, under one capacity rule (app/jobs/jobs.waiting_reason): a queued job that must wait
+says why.
 """
 
 from __future__ import annotations
@@ -10,46 +12,37 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.jobs.jobs import (
+    WORKING,
+    Candidate,
+    Holder,
+    as_utc,
+    end_dead_job,
+    heartbeat_age_s,
+    job_is_dead,
+    request_cancel,
+    set_allow_while_training,
+    waiting_reason,
+)
+from app.jobs.kinds import needs_memory
+from app.jobs.process import is_job_process, is_worker, log_tail, pid_alive, spawn_worker, worker_env
 from app.paths import run_dir
-from app.settings import PROJECT_DIR, Settings
-from app.tables import TERMINAL, Run, RunStatus, utcnow
+from app.runs.queue import cancel_queued, queued_runs
+from app.settings import Settings
+from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
+
+__all__ = ["ACTIVE", "Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
+           "worker_env"]
 
 ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_worker(pid: int, job: str, job_id: int) -> bool:
-    """Whether pid is still the `python -m worker <job> ... <job_id>` process: not ended (a zombie), not a
-    reused pid. Where there is no /proc, whether the pid is alive."""
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
-        return False
-    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
-        return True
-    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
 
 
 def is_worker_process(pid: int, run_id: int) -> bool:
@@ -57,29 +50,9 @@ def is_worker_process(pid: int, run_id: int) -> bool:
     return is_worker(pid, "train", run_id)
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "LORABOARD_DATA_DIR": str(settings.data_dir),
-            "LORABOARD_ADAPTERS_DIR": str(settings.adapters_dir),
-            "LORABOARD_DB_PATH": str(settings.database_path),
-            "LORABOARD_CACHE_DIR": str(settings.compiled_cache_dir),
-            "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
-            "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
-            "PYTHONUNBUFFERED": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
-    if settings.hf_offline:
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-def log_tail(path: str | None, lines: int = 20) -> str:
-    if not path or not Path(path).exists():
-        return ""
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+def jobs_dir(settings: Settings) -> Path:
+    """Where job workers' logs go."""
+    return settings.database_path.parent / "jobs"
 
 
 @dataclass
@@ -87,6 +60,7 @@ class Supervisor:
     settings: Settings
     engine: Engine
     children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    job_children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self, session: Session, run: Run) -> None:
@@ -94,16 +68,7 @@ class Supervisor:
         folder = run_dir(self.settings, run.id)
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "worker.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "train", "--run-id", str(run.id)],
-                cwd=PROJECT_DIR,
-                env=worker_env(self.settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = spawn_worker(["train", "--run-id", str(run.id)], self.settings, log_path)
         self.children[run.id] = process
         run.pid = process.pid
         run.status = RunStatus.starting.value
@@ -113,17 +78,80 @@ class Supervisor:
         session.add(run)
         session.commit()
 
+    def spawn_job(self, session: Session, job: Job) -> None:
+        """Start `python -m worker job --job-id N` in its own session; the worker sets it running."""
+        assert job.id is not None
+        folder = jobs_dir(self.settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / f"job-{job.id}.log"
+        process = spawn_worker(["job", "--job-id", str(job.id)], self.settings, log_path)
+        self.job_children[job.id] = process
+        job.pid = process.pid
+        job.status = RunStatus.starting.value
+        job.waiting_reason = None
+        job.started_at = utcnow()
+        job.heartbeat_at = utcnow()
+        job.log_path = str(log_path)
+        session.add(job)
+        session.commit()
+
+    def holders(self, session: Session) -> list[Holder]:
+        """The active runs and jobs, oldest first: what a queued one may have to wait for."""
+        runs = session.exec(select(Run).where(col(Run.status).in_(ACTIVE)).order_by(col(Run.id))).all()
+        jobs = session.exec(select(Job).where(col(Job.status).in_(WORKING)).order_by(col(Job.id))).all()
+        return [Holder("run", run.id or 0, run.status, memory=True) for run in runs] + [
+            Holder(job.kind, job.id or 0, job.status, memory=needs_memory(job), shares=job.allow_while_training)
+            for job in jobs
+        ]
+
     def start_queued(self, session: Session) -> None:
-        """Start queued runs, oldest first, while fewer than the limit are active."""
-        active = len(session.exec(select(Run).where(col(Run.status).in_(ACTIVE))).all())
-        free = self.settings.max_concurrent_runs - active
-        if free <= 0:
-            return
-        queued = session.exec(
-            select(Run).where(Run.status == RunStatus.queued.value).order_by(col(Run.id)).limit(free)
-        ).all()
-        for run in queued:
-            self.spawn(session, run)
+        """Start queued runs and jobs, oldest first, as far as the capacity rule lets them; a job that must
+        wait is told why."""
+        active = self.holders(session)
+        runs = queued_runs(session)  # in queue order (app/runs/queue.py)
+        jobs = session.exec(select(Job).where(Job.status == RunStatus.queued.value)).all()
+        queue: list[tuple[datetime, Run | Job]] = sorted(
+            [(as_utc(run.created_at), run) for run in runs] + [(as_utc(job.created_at), job) for job in jobs],
+            key=lambda pair: (pair[0], isinstance(pair[1], Job), pair[1].id or 0),
+        )
+        in_queue_order = iter(runs)  # runs keep their turns among the jobs, and take them in queue order
+        queue = [(at, next(in_queue_order) if isinstance(item, Run) else item) for at, item in queue]
+        for _, item in queue:
+            if isinstance(item, Run):
+                if waiting_reason(Candidate("run", True), active, self.settings.max_concurrent_runs) is None:
+                    self.spawn(session, item)
+                    active.append(Holder("run", item.id or 0, item.status, memory=True))
+                continue
+            memory = needs_memory(item)
+            reason = waiting_reason(Candidate(item.kind, memory, item.allow_while_training), active,
+                                    self.settings.max_concurrent_runs)
+            if reason is None:
+                self.spawn_job(session, item)
+                active.append(Holder(item.kind, item.id or 0, item.status, memory, item.allow_while_training))
+            elif reason != item.waiting_reason:
+                item.waiting_reason = reason
+                session.add(item)
+                session.commit()
+
+    def cancel_queued(self, session: Session, run_ids: list[int] | None = None) -> list[int]:
+        """End queued runs (all, or those of run_ids) before they start; never one being started right now."""
+        with self.lock:
+            return cancel_queued(session, run_ids)
+
+    def allow_while_training(self, session: Session, job: Job, allow: bool) -> bool:
+        """Set the user's override on a queued job and start it if it may now; False: it has started."""
+        with self.lock:
+            session.refresh(job)
+            if not set_allow_while_training(session, job, allow):
+                return False
+            self.start_queued(session)
+            session.refresh(job)
+            return True
+
+    def start_queued_now(self) -> None:
+        """Start what may start without waiting for the next tick (a cheap job is asked for by a page)."""
+        with self.lock, Session(self.engine) as session:
+            self.start_queued(session)
 
     def request_stop(self, session: Session, run: Run, keep_best: bool = False) -> None:
         """Ask the worker to save and end (database flag, then SIGTERM); a queued run just ends.
@@ -147,9 +175,10 @@ class Supervisor:
                 os.kill(run.pid, signal.SIGTERM)
 
     def reap(self) -> None:
-        for run_id, process in list(self.children.items()):
-            if process.poll() is not None:
-                del self.children[run_id]
+        for children in (self.children, self.job_children):
+            for key, process in list(children.items()):
+                if process.poll() is not None:
+                    del children[key]
 
     def worker_gone(self, run: Run) -> bool:
         assert run.id is not None
@@ -182,12 +211,31 @@ class Supervisor:
             session.add(run)
             session.commit()
 
+    def mark_dead_jobs(self, session: Session) -> None:
+        """A job whose worker vanished (or went silent past the heartbeat timeout) is interrupted; one that
+        was being cancelled is stopped."""
+        for job in session.exec(select(Job).where(col(Job.status).in_(WORKING))).all():
+            assert job.id is not None
+            child = self.job_children.get(job.id)
+            code = child.poll() if child is not None else None
+            alive = code is None and job.pid is not None and is_job_process(job.pid, job.id)
+            if job_is_dead(job.status, alive, heartbeat_age_s(job, utcnow()), self.settings.heartbeat_timeout_s):
+                end_dead_job(session, job, alive, code)
+
+    def cancel_job(self, session: Session, job: Job) -> bool:
+        """Cancel under the supervisor's lock (a tick may be starting it). False: it had already ended."""
+        with self.lock:
+            session.refresh(job)
+            return request_cancel(session, job)
+
     def tick(self) -> None:
         with self.lock, Session(self.engine) as session:
             self.mark_interrupted(session)
+            self.mark_dead_jobs(session)
             self.reap()
             self.start_queued(session)
 
     def shutdown(self) -> None:
         """Leave workers running (they survive the app); just forget the handles."""
         self.children.clear()
+        self.job_children.clear()

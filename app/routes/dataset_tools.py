@@ -18,19 +18,22 @@ from sqlmodel import select
 from app.catalog.info import model_choices
 from app.datasets.subset import DEFAULT_RATIOS, SubsetError, create_subset, validate_ratios
 from app.datasets.token_stats import (
+    KIND,
     SPLITS,
     TRAINING_SPLITS,
     TokenStatsInputError,
-    check_job,
     job_json,
     job_or_start,
     resolve_inputs,
     start_job,
     view,
 )
-from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.jobs.jobs import check_job
+from app.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
+from app.routes.params import MAX_ID, JobId, problems
 from app.runs.config import RunConfig
-from app.tables import Dataset, TokenStatsJob
+from app.tables import Dataset, Job
 
 router = APIRouter()
 DEFAULT_MAX_SEQ_LENGTH: int = RunConfig.model_fields["max_seq_length"].default
@@ -89,12 +92,24 @@ def _model_options(settings: SettingsDep, selected: str) -> list[tuple[str, str]
     return list(options.items())
 
 
+def confined_source(settings: SettingsDep, source: str) -> Path:
+    """The subset's source folder, inside the folders datasets may be read from (else SubsetError)."""
+    try:
+        return confine(source, data_roots(settings), "source folder", DATA_DIRS_SETTING)
+    except PathNotAllowed as exc:
+        raise SubsetError("source", str(exc)) from None
+
+
 # JSON API ------------------------------------------------------------------------------------------
 
 
-@router.post("/api/token-stats", tags=["datasets"], status_code=status.HTTP_201_CREATED)
+@router.post("/api/token-stats", tags=["datasets"], status_code=status.HTTP_201_CREATED,
+             responses={200: {"description": "the job for these unchanged files already exists (running or done)",
+                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **problems(400, 422)})
 def post_token_stats(
-    body: TokenStatsRequest, session: SessionDep, settings: SettingsDep, response: Response
+    body: TokenStatsRequest, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+    response: Response,
 ) -> dict[str, Any]:
     """Start token statistics for (data, model), or answer the running/finished job for unchanged files."""
     try:
@@ -102,30 +117,31 @@ def post_token_stats(
     except TokenStatsInputError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
                                           "type": "value_error"}]) from None
-    job, created = start_job(session, settings, folder, model)
+    job, created = start_job(session, settings, supervisor, folder, model)
     if not created:
         response.status_code = status.HTTP_200_OK
     return job_json(job, DEFAULT_MAX_SEQ_LENGTH)
 
 
-@router.get("/api/token-stats/{job_id}", tags=["datasets"])
+@router.get("/api/token-stats/{job_id}", tags=["datasets"], responses=problems(404, 422))
 def get_token_stats(
-    job_id: int, session: SessionDep, settings: SettingsDep,
-    max_seq_length: Annotated[int, Query(ge=1)] = DEFAULT_MAX_SEQ_LENGTH,
+    job_id: JobId, session: SessionDep, settings: SettingsDep,
+    max_seq_length: Annotated[int, Query(ge=1, le=MAX_ID)] = DEFAULT_MAX_SEQ_LENGTH,
 ) -> dict[str, Any]:
     """Status, progress (done/total, ETA) and, once completed, per-split summaries and histograms."""
-    job = session.get(TokenStatsJob, job_id)
-    if job is None:
+    job = session.get(Job, job_id)
+    if job is None or job.kind != KIND:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no token statistics job with id {job_id}")
     return job_json(check_job(session, settings, job), max_seq_length)
 
 
-@router.post("/api/datasets/subset", tags=["datasets"], status_code=status.HTTP_201_CREATED)
+@router.post("/api/datasets/subset", tags=["datasets"], status_code=status.HTTP_201_CREATED,
+             responses=problems(400, 422))
 def post_subset(body: SubsetRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """A seeded random subset of n examples, re-split by ratios into a new, registered dataset folder."""
     try:
-        result = create_subset(session, settings, Path(body.source).expanduser(), body.name, body.n, body.seed,
-                               body.ratios, body.splits)
+        result = create_subset(session, settings, confined_source(settings, body.source), body.name, body.n,
+                               body.seed, body.ratios, body.splits)
     except SubsetError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
                                           "type": "value_error"}]) from None
@@ -136,8 +152,8 @@ def post_subset(body: SubsetRequest, session: SessionDep, settings: SettingsDep)
 
 
 def _token_stats_page(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
-    data: str, model: str, max_seq_length: str | None, restart: bool,
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+    templates: TemplatesDep, data: str, model: str, max_seq_length: str | None, restart: bool,
 ) -> HTMLResponse:
     length, length_error = _max_seq_length(max_seq_length)
     context: dict[str, Any] = {"dataset_path": data, "stats_loaded": True, "stats_error": None,
@@ -147,8 +163,8 @@ def _token_stats_page(
     except TokenStatsInputError as exc:
         context.update(stats_error=f"{exc.field}: {exc.message}", model=model, max_seq_length=length)
         return templates.TemplateResponse(request, "_token_stats.html", context)
-    job = (start_job(session, settings, folder, resolved)[0] if restart
-           else job_or_start(session, settings, folder, resolved))
+    job = (start_job(session, settings, supervisor, folder, resolved)[0] if restart
+           else job_or_start(session, settings, supervisor, folder, resolved))
     context.update(stats=view(job, length), model=resolved, model_options=_model_options(settings, resolved),
                    dataset_path=str(folder), max_seq_length=length)
     return templates.TemplateResponse(request, "_token_stats.html", context)
@@ -156,26 +172,28 @@ def _token_stats_page(
 
 @router.get("/dataset-tools/token-stats", response_class=HTMLResponse, include_in_schema=False)
 def token_stats_partial(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
     data: str = "", model: str = "", max_seq_length: str | None = None,
 ) -> HTMLResponse:
     """The dataset page's token statistics (starts the job when none exists for these files and model)."""
-    return _token_stats_page(request, session, settings, templates, data, model, max_seq_length, restart=False)
+    return _token_stats_page(request, session, settings, supervisor, templates, data, model, max_seq_length,
+                             restart=False)
 
 
 @router.post("/dataset-tools/token-stats", response_class=HTMLResponse, include_in_schema=False)
 def token_stats_retry(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
     data: Annotated[str, Form()] = "", model: Annotated[str, Form()] = "",
     max_seq_length: Annotated[str | None, Form()] = None,
 ) -> HTMLResponse:
     """Try a failed job again."""
-    return _token_stats_page(request, session, settings, templates, data, model, max_seq_length, restart=True)
+    return _token_stats_page(request, session, settings, supervisor, templates, data, model, max_seq_length,
+                             restart=True)
 
 
 @router.get("/dataset-tools/form-panel", response_class=HTMLResponse, include_in_schema=False)
 def form_panel(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
     data: str = "", model: str = "", max_seq_length: str | None = None,
 ) -> HTMLResponse:
     """The new-run form's note on over-long examples for its data, model and max_seq_length (never blocks)."""
@@ -186,7 +204,8 @@ def form_panel(
     except TokenStatsInputError as exc:
         panel["error"] = exc.message
     else:
-        panel["stats"] = view(job_or_start(session, settings, folder, resolved), length, TRAINING_SPLITS)
+        panel["stats"] = view(job_or_start(session, settings, supervisor, folder, resolved), length,
+                              TRAINING_SPLITS)
         panel["model_name"] = Path(resolved).name or resolved
     return templates.TemplateResponse(request, "_dataset_form_panel.html", {"panel": panel})
 
@@ -216,8 +235,8 @@ def subset_form(
             context["subset_errors"][key] = err["msg"].removeprefix("Value error, ")
         return templates.TemplateResponse(request, "_dataset_subset.html", context)  # htmx swaps 200s only
     try:
-        context["subset_result"] = create_subset(session, settings, Path(body.source).expanduser(), body.name,
-                                                 body.n, body.seed, body.ratios, body.splits)
+        context["subset_result"] = create_subset(session, settings, confined_source(settings, body.source),
+                                                 body.name, body.n, body.seed, body.ratios, body.splits)
     except SubsetError as exc:
         context["subset_errors"][exc.field] = exc.message
         return templates.TemplateResponse(request, "_dataset_subset.html", context)  # htmx swaps 200s only

@@ -1,0 +1,271 @@
+"""Jobs: every worker task that is not a training run (token statistics, evaluation, fuse, serve...).
+
+A job is a row of the `job` table (app/tables.py) run by `python -m worker job --job-id N`. Its life:
+queued → starting (spawned by the supervisor) → running (the worker took it) → completed, failed or, on
+cancel, stopping → stopped. A worker that vanishes without writing its end leaves the job `interrupted`.
+
+The pure rules come first (the dead-job rule, the ETA, what a cancel does, who may start while others
+hold the model's memory); the database side after them. The supervisor (app/jobs/supervisor.py) is the
+one place that spawns jobs and marks dead ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
+
+from app.jobs.process import is_job_process, log_tail
+from app.runs.policy import eta_seconds, format_duration
+from app.settings import Settings
+from app.status import TERMINAL, RunStatus
+from app.tables import Job, utcnow
+
+WORKING = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)  # a worker process exists
+LIVE = (RunStatus.queued.value, *WORKING)
+
+
+# Pure rules ------------------------------------------------------------------------------------------
+
+
+def job_is_dead(status: str, process_alive: bool, heartbeat_age_s: float | None, timeout_s: float) -> bool:
+    """A job with a worker (starting, running, stopping) whose process is gone, or that has been silent longer
+    than the heartbeat timeout. A queued job has no worker yet and is never dead."""
+    if status not in WORKING:
+        return False
+    return not process_alive or (heartbeat_age_s is not None and heartbeat_age_s > timeout_s)
+
+
+def dead_end(status: str, process_alive: bool) -> tuple[str, str | None]:
+    """(final status, one-line error) of a dead job: a job being cancelled is simply stopped (its worker may
+    have ended by the SIGTERM before it could write so), any other is interrupted."""
+    if status == RunStatus.stopping.value:
+        return RunStatus.stopped.value, None
+    if process_alive:
+        return RunStatus.interrupted.value, "the worker stopped reporting"
+    return RunStatus.interrupted.value, "the worker process ended without reporting"
+
+
+def job_eta_s(status: str, done: int, total: int, elapsed_s: float) -> float | None:
+    """Seconds left at the average pace so far, while the job runs; None before there is a pace or after it."""
+    if status not in WORKING or total <= 0:
+        return None
+    return eta_seconds(done, total, elapsed_s)
+
+
+@dataclass(frozen=True)
+class CancelStep:
+    """What a cancel request does to a job in a given status."""
+
+    status: str  # the status it gets now
+    finished: bool  # it has ended (a queued job just ends)
+    signal: bool  # its worker gets SIGTERM (it then ends `stopped` by itself)
+
+
+def cancel_step(status: str) -> CancelStep | None:
+    """queued → stopped at once; starting/running → stopping + SIGTERM; stopping → SIGTERM again; None: ended."""
+    if RunStatus(status) in TERMINAL:
+        return None
+    if status == RunStatus.queued.value:
+        return CancelStep(RunStatus.stopped.value, finished=True, signal=False)
+    return CancelStep(RunStatus.stopping.value, finished=False, signal=True)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Something active that may hold the model's memory: a training run, or a job."""
+
+    what: str  # "run" or a job kind
+    id: int
+    status: str
+    memory: bool  # a training run, or a job of a kind that loads the model
+    shares: bool = False  # a memory job the user let run beside training (allow_while_training)
+
+    @property
+    def label(self) -> str:
+        if self.what == "run":
+            doing = "stopping" if self.status == RunStatus.stopping.value else "training"
+            return f"run {self.id} ({doing})"
+        return f"job {self.id} ({self.what.replace('_', ' ')})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A queued run or job asking to start."""
+
+    what: str  # "run" or a job kind
+    needs_memory: bool  # runs always; a job when its kind loads the model
+    allow_while_training: bool = False
+
+
+def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
+    """Why the candidate must stay queued, in words for the page; None: it may start now.
+
+    One rule for runs and jobs. A job that does not need the model's memory (token statistics) starts at
+    once. A run waits while max_concurrent_runs runs are active, or while a memory job runs that did not
+    ask to share. A memory job waits while a run trains or another memory job runs, unless the user let it
+    run beside them (allow_while_training).
+    """
+    runs = [h for h in active if h.what == "run"]
+    memory_jobs = [h for h in active if h.what != "run" and h.memory]
+    if candidate.what == "run":
+        if len(runs) >= max_concurrent_runs:
+            return f"waits for {runs[0].label} to finish"
+        exclusive = [h for h in memory_jobs if not h.shares]
+        return f"waits for {exclusive[0].label} to finish" if exclusive else None
+    if not candidate.needs_memory or candidate.allow_while_training:
+        return None
+    blocking = runs + memory_jobs
+    return f"waits for {blocking[0].label} to finish" if blocking else None
+
+
+def lookup_key(*parts: str) -> str:
+    """A job's key from the inputs that make it the same work (e.g. data folder, model, files' signature)."""
+    return json.dumps(list(parts), ensure_ascii=False)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite keeps no zone: a naive time is UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def elapsed_s(job: Job, now: datetime) -> float:
+    if job.started_at is None:
+        return 0.0
+    return max(0.0, (as_utc(job.finished_at or now) - as_utc(job.started_at)).total_seconds())
+
+
+# Database ----------------------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session, kind: str, params: BaseModel, *, key: str = "", unit: str = "", run_id: int | None = None,
+    iteration: int | None = None, allow_while_training: bool = False,
+) -> Job:
+    """A new queued job (the supervisor starts it: at once, or when the memory it needs is free)."""
+    job = Job(kind=kind, key=key, params_json=params.model_dump_json(), unit=unit, run_id=run_id,
+              iteration=iteration, allow_while_training=allow_while_training)
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def latest_job(session: Session, settings: Settings, kind: str, key: str) -> Job | None:
+    """The newest job of this kind and key, checked for a dead worker."""
+    job = session.exec(
+        select(Job).where(Job.kind == kind, Job.key == key).order_by(col(Job.id).desc()).limit(1)
+    ).first()
+    return check_job(session, settings, job) if job is not None else None
+
+
+def list_jobs(
+    session: Session, kind: str | None = None, run_id: int | None = None, status: str | None = None,
+    limit: int = 100,
+) -> list[Job]:
+    query = select(Job)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if run_id is not None:
+        query = query.where(Job.run_id == run_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    return list(session.exec(query.order_by(col(Job.id).desc()).limit(limit)).all())
+
+
+def heartbeat_age_s(job: Job, now: datetime) -> float | None:
+    return (now - as_utc(job.heartbeat_at)).total_seconds() if job.heartbeat_at else None
+
+
+def end_dead_job(session: Session, job: Job, process_alive: bool, exit_code: int | None = None) -> Job:
+    """Record the end of a job whose worker is gone (or silent: then it is sent SIGTERM)."""
+    session.refresh(job)  # the worker may have written its end just now
+    if job.status not in WORKING:
+        return job
+    if process_alive and job.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, signal.SIGTERM)
+    job.status, job.error = dead_end(job.status, process_alive)
+    if job.error is not None and exit_code is not None:
+        job.error += f" (exit code {exit_code})"
+    job.finished_at = utcnow()
+    job.waiting_reason = None
+    job.traceback = log_tail(job.log_path) or None
+    session.add(job)
+    session.commit()
+    return job
+
+
+def check_job(session: Session, settings: Settings, job: Job) -> Job:
+    """Apply the dead-job rule now (pages and the API see a dead worker at once, not at the next tick)."""
+    if job.status not in WORKING or job.id is None:
+        return job
+    alive = job.pid is not None and is_job_process(job.pid, job.id)
+    if not job_is_dead(job.status, alive, heartbeat_age_s(job, utcnow()), settings.heartbeat_timeout_s):
+        return job
+    return end_dead_job(session, job, alive)
+
+
+def request_cancel(session: Session, job: Job) -> bool:
+    """Cancel a job: a queued one is stopped at once; a working one is asked (stopping + SIGTERM) and ends
+    `stopped` by itself. False: it had already ended."""
+    step = cancel_step(job.status)
+    if step is None:
+        return False
+    job.status = step.status
+    job.waiting_reason = None
+    if step.finished:
+        job.finished_at = utcnow()
+    session.add(job)
+    session.commit()
+    if step.signal and job.pid is not None and job.id is not None and is_job_process(job.pid, job.id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, signal.SIGTERM)
+    return True
+
+
+def set_allow_while_training(session: Session, job: Job, allow: bool) -> bool:
+    """The user's override for a job that has not started; False once it has."""
+    if job.status != RunStatus.queued.value:
+        return False
+    job.allow_while_training = allow
+    session.add(job)
+    session.commit()
+    return True
+
+
+# What pages and the API show ------------------------------------------------------------------------------
+
+
+def progress_view(job: Job, now: datetime | None = None) -> dict[str, Any]:
+    """done/total/unit with percent, elapsed and ETA (seconds and words)."""
+    now = now or utcnow()
+    elapsed = elapsed_s(job, now)
+    eta = job_eta_s(job.status, job.done, job.total, elapsed)
+    return {"done": job.done, "total": job.total, "unit": job.unit,
+            "percent": min(100.0, 100.0 * job.done / job.total) if job.total else 0.0,
+            "elapsed_s": elapsed, "eta_s": eta, "elapsed": format_duration(elapsed if job.started_at else None),
+            "eta": format_duration(eta)}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).isoformat() if value else None
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    progress = progress_view(job)
+    return {
+        "id": job.id, "kind": job.kind, "status": job.status,
+        "progress": {"done": job.done, "total": job.total, "unit": job.unit}, "eta_s": progress["eta_s"],
+        "run_id": job.run_id, "iteration": job.iteration, "params": job.params, "result": job.result,
+        "error": job.error, "waiting_reason": job.waiting_reason, "allow_while_training": job.allow_while_training,
+        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+    }

@@ -1,0 +1,66 @@
+"""The kinds of job. A kind adds its parameters (a pydantic model), its worker function (named in
+worker/job.py's registry) and its view: the result in one line and what the job concerns (a link).
+
+needs_model_memory: the job loads the model (evaluate, generate, fuse, serve do); it waits while a
+run trains or another such job runs (app/jobs/jobs.waiting_reason). token_stats only tokenizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from app.datasets import token_stats
+from app.tables import Job
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str  # the job table's `kind`, and the worker registry's key
+    label: str  # in words, for pages
+    params: type[BaseModel]
+    needs_model_memory: bool
+    summary: Callable[[Job], str]  # a completed job's result in one line
+    subject: Callable[[Session, Job], tuple[str, str | None]]  # (words, link) of what it concerns
+
+
+def run_subject(_session: Session, job: Job) -> tuple[str, str | None]:
+    """A job about a run (or one of its checkpoints): the run's page."""
+    if job.run_id is None:
+        return "", None
+    what = f"run {job.run_id}" + (f", checkpoint {job.iteration:,}" if job.iteration is not None else "")
+    return what, f"/runs/{job.run_id}"
+
+
+KINDS: dict[str, JobKind] = {
+    kind.name: kind
+    for kind in (
+        JobKind(token_stats.KIND, "token statistics", token_stats.TokenStatsParams, needs_model_memory=False,
+                summary=token_stats.result_summary, subject=token_stats.subject),
+    )
+}
+
+
+def kind_of(job: Job) -> JobKind | None:
+    return KINDS.get(job.kind)
+
+
+def needs_memory(job: Job) -> bool:
+    """A job of an unknown kind is taken to need the model's memory (the safe side)."""
+    kind = KINDS.get(job.kind)
+    return kind.needs_model_memory if kind is not None else True
+
+
+def describe(session: Session, job: Job) -> dict[str, str | None]:
+    """label, what it concerns (words and link) and the result's line, for the jobs page."""
+    kind = KINDS.get(job.kind)
+    if kind is None:
+        return {"label": job.kind, "subject": None, "link": None, "summary": ""}
+    words, link = kind.subject(session, job)
+    if not words and job.run_id is not None:
+        words, link = run_subject(session, job)
+    summary = kind.summary(job) if job.status == "completed" else ""
+    return {"label": kind.label, "subject": words or None, "link": link, "summary": summary}

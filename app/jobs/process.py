@@ -1,0 +1,94 @@
+"""Worker processes seen from the app: is a pid still our worker, its environment, its log's last lines."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from app.settings import PROJECT_DIR, Settings
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_worker(pid: int, job: str, job_id: int) -> bool:
+    """Whether pid is still the `python -m worker <job> ... <job_id>` process: not ended (a zombie), not a
+    reused pid. Where there is no /proc, whether the pid is alive."""
+    if not Path("/proc/self").exists():
+        return pid_alive(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
+        return False
+    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
+        return True
+    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
+
+
+def is_job_process(pid: int, job_id: int) -> bool:
+    """Whether pid is still the `python -m worker job --job-id job_id` process (an ended child is reaped)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    return is_worker(pid, "job", job_id)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "LORABOARD_DATA_DIR": str(settings.data_dir),
+            "LORABOARD_ADAPTERS_DIR": str(settings.adapters_dir),
+            "LORABOARD_DB_PATH": str(settings.database_path),
+            "LORABOARD_CACHE_DIR": str(settings.compiled_cache_dir),
+            "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
+            "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    if settings.hf_offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def spawn_worker(args: list[str], settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `python -m worker <args>` in its own session, its output appended to log_path.
+
+    The worker starts with SIGTERM and SIGINT blocked (a child inherits the spawning thread's signal mask), so
+    a stop that arrives while it is still importing waits until its handler is in place
+    (worker.reporting.on_stop_signal) instead of killing it before it can save and say why it ended.
+    """
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "worker", *args], cwd=PROJECT_DIR, env=worker_env(settings),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def log_tail(path: str | None, lines: int = 20) -> str:
+    if not path or not Path(path).exists():
+        return ""
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,195 @@
+"""Jobs: the list, one job, cancel, its progress stream; the /jobs page and the progress partial every kind uses.
+
+JSON: `GET /api/jobs`, `GET /api/jobs/{id}`, `POST /api/jobs/{id}/cancel`, `GET /api/jobs/{id}/events`.
+Pages: `/jobs`; `/jobs/{id}/progress` (the partial, polling itself while the job is live) and its cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.jobs.jobs import LIVE, check_job, job_json, list_jobs, progress_view
+from app.jobs.kinds import KINDS, describe
+from app.routes.params import JobId, bounded_query, problems, stream_problems
+from app.settings import Settings
+from app.status import RunStatus
+from app.tables import Job
+
+router = APIRouter()
+POLL_S = 0.5  # how often the event stream looks at the job
+
+
+def existing_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Job:
+    """The job (checked for a dead worker), or 404."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    return check_job(session, settings, job)
+
+
+JobDep = Annotated[Job, Depends(existing_job)]
+
+
+def _kind_filter(kind: str | None) -> str | None:
+    if kind is not None and kind not in KINDS:
+        raise HTTPException(422, detail=[{"loc": ["query", "kind"], "type": "value_error",
+                                          "msg": f"unknown job kind {kind!r}; expected one of "
+                                                 f"{', '.join(sorted(KINDS))}"}])
+    return kind
+
+
+def _status_filter(value: str | None) -> str | None:
+    if value is not None and value not in RunStatus.__members__:
+        raise HTTPException(422, detail=[{"loc": ["query", "status"], "type": "value_error",
+                                          "msg": f"unknown status {value!r}; expected one of "
+                                                 f"{', '.join(s.value for s in RunStatus)}"}])
+    return value
+
+
+# JSON API ------------------------------------------------------------------------------------------
+
+
+@router.get("/api/jobs", tags=["jobs"], responses=problems(422))
+def get_jobs(
+    session: SessionDep,
+    kind: Annotated[str | None, Query(description="only jobs of this kind, e.g. token_stats")] = None,
+    run_id: int | None = bounded_query(None, "only jobs about this run"),
+    job_status: Annotated[str | None, Query(alias="status", description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many, newest first")] = 100,
+) -> list[dict[str, Any]]:
+    """Jobs, newest first: kind, status, progress (done/total/unit), ETA, what they concern, result or error."""
+    jobs = list_jobs(session, _kind_filter(kind), run_id, _status_filter(job_status), limit)
+    return [job_json(job) for job in jobs]
+
+
+@router.get("/api/jobs/{job_id}", tags=["jobs"], responses=problems(404, 422))
+def get_job(job: JobDep) -> dict[str, Any]:
+    """One job, checked for a dead worker (it is then `interrupted`)."""
+    return job_json(job)
+
+
+@router.post("/api/jobs/{job_id}/cancel", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED,
+             responses=problems(404, 409, 422))
+def cancel_job(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> dict[str, Any]:
+    """Cancel: a queued job is stopped at once; a working one is `stopping` and ends `stopped` shortly."""
+    if not supervisor.cancel_job(session, job):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"job {job.id} has already ended ({job.status})")
+    return job_json(job)
+
+
+class JobChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    allow_while_training: bool = Field(
+        description="Let a job that needs the model's memory start beside a training run (it may run short of "
+                    "memory) instead of waiting for the run to finish.")
+
+
+@router.patch("/api/jobs/{job_id}", tags=["jobs"], responses=problems(400, 404, 409, 422))
+def patch_job(job: JobDep, body: JobChange, session: SessionDep, supervisor: SupervisorDep) -> dict[str, Any]:
+    """Change a job that has not started: `allow_while_training` (it then starts as soon as the rule allows)."""
+    if not supervisor.allow_while_training(session, job, body.allow_while_training):
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            detail=f"job {job.id} has already started ({job.status}): it can no longer wait or not")
+    return job_json(job)
+
+
+def _read(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | None:
+    with Session(engine) as session:
+        job = session.get(Job, job_id)
+        return job_json(check_job(session, settings, job)) if job is not None else None
+
+
+@router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=EventSourceResponse,
+            responses=stream_problems(404, 422))
+async def job_events(
+    request: Request, job: JobDep, settings: SettingsDep,
+    max_s: Annotated[float | None, Query(gt=0, le=86_400, description="end the stream after so many seconds")]
+    = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """`text/event-stream` of one job: `progress` (the job, as in GET /api/jobs/{id}) whenever its status,
+    progress or waiting reason changes, then `end` (the job, with its result or error) once it has ended."""
+    engine: Engine = request.app.state.engine
+    stopping: threading.Event | None = getattr(request.app.state, "stopping", None)
+    job_id = job.id
+    assert job_id is not None
+    deadline = time.monotonic() + max_s if max_s is not None else None
+    last: tuple[Any, ...] | None = None
+    while True:
+        answer = await asyncio.to_thread(_read, engine, settings, job_id)
+        if answer is None:  # deleted with its run
+            return
+        if answer["status"] not in LIVE:
+            yield ServerSentEvent(event="end", data=answer, id=str(answer["progress"]["done"]))
+            return
+        seen = (answer["status"], answer["progress"]["done"], answer["progress"]["total"], answer["waiting_reason"])
+        if seen != last:
+            last = seen
+            yield ServerSentEvent(event="progress", data=answer, id=str(answer["progress"]["done"]))
+        if (stopping is not None and stopping.is_set()) or await request.is_disconnected() or (
+                deadline is not None and time.monotonic() > deadline):
+            return
+        await asyncio.sleep(POLL_S)
+
+
+# Pages ---------------------------------------------------------------------------------------------------
+
+
+def row(session: Session, job: Job) -> dict[str, Any]:
+    """What the progress partial shows of a job."""
+    return {"job": job, "progress": progress_view(job), "info": describe(session, job), "live": job.status in LIVE}
+
+
+def progress_partial(
+    request: Request, templates: TemplatesDep, session: Session, job: Job, response_headers: dict[str, str]
+) -> HTMLResponse:
+    return templates.TemplateResponse(request, "_job_progress.html", {"item": row(session, job)},
+                                      headers=response_headers)
+
+
+@router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
+def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep) -> HTMLResponse:
+    """Running and recent jobs with their progress, ETA, waiting reason and what they concern."""
+    jobs = [check_job(session, settings, job) for job in list_jobs(session, limit=200)]
+    live = [row(session, job) for job in jobs if job.status in LIVE]
+    ended = [row(session, job) for job in jobs if job.status not in LIVE][:50]
+    return templates.TemplateResponse(request, "jobs.html", {"live": live, "ended": ended})
+
+
+@router.get("/jobs/{job_id}/progress", response_class=HTMLResponse, include_in_schema=False)
+def job_progress(request: Request, job: JobDep, session: SessionDep, templates: TemplatesDep) -> HTMLResponse:
+    """The progress partial: it polls itself while the job is live; an ended job's answer carries no trigger
+    and fires `job-ended` (a page that shows the job's result reloads it then)."""
+    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
+    return progress_partial(request, templates, session, job, headers)
+
+
+@router.post("/jobs/{job_id}/allow-while-training", response_class=HTMLResponse, include_in_schema=False)
+def job_allow_button(
+    request: Request, job: JobDep, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep,
+) -> HTMLResponse:
+    """The partial's "Run beside training" button on a job waiting for memory."""
+    supervisor.allow_while_training(session, job, True)
+    return progress_partial(request, templates, session, job, {})
+
+
+@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse, include_in_schema=False)
+def job_cancel_button(
+    request: Request, job: JobDep, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep,
+) -> HTMLResponse:
+    """The partial's Cancel button (an ended job just shows its end)."""
+    supervisor.cancel_job(session, job)
+    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
+    return progress_partial(request, templates, session, job, headers)

@@ -1,0 +1,411 @@
+"""Jobs: the pure rules, the database side with real SQLite and real processes, real token-statistics jobs
+through a real server (finished, cancelled, killed) and the upgrade of an older database. The pages are in
+test_jobs_browser.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT_DIR, Server
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from app.db import make_engine
+from app.jobs.jobs import (
+    Candidate,
+    Holder,
+    cancel_step,
+    create_job,
+    dead_end,
+    job_eta_s,
+    job_is_dead,
+    request_cancel,
+    waiting_reason,
+)
+from app.jobs.process import is_job_process
+from app.jobs.supervisor import Supervisor
+from app.settings import Settings
+from app.tables import Job, Run
+
+SAMPLE = PROJECT_DIR / "data" / "contact-center"
+ENDED = ("completed", "stopped", "failed", "interrupted")
+
+
+# Unit: the rules --------------------------------------------------------------------------------------
+
+
+def test_dead_job_rule() -> None:
+    assert job_is_dead("running", process_alive=False, heartbeat_age_s=1, timeout_s=15)
+    assert job_is_dead("starting", process_alive=True, heartbeat_age_s=16, timeout_s=15)
+    assert job_is_dead("stopping", process_alive=False, heartbeat_age_s=None, timeout_s=15)
+    assert not job_is_dead("running", process_alive=True, heartbeat_age_s=14, timeout_s=15)
+    assert not job_is_dead("running", process_alive=True, heartbeat_age_s=None, timeout_s=15)
+    assert not job_is_dead("queued", process_alive=False, heartbeat_age_s=None, timeout_s=15)  # no worker yet
+    for ended in ENDED:
+        assert not job_is_dead(ended, process_alive=False, heartbeat_age_s=999, timeout_s=15)
+    assert dead_end("running", process_alive=False) == (
+        "interrupted", "the worker process ended without reporting")
+    assert dead_end("running", process_alive=True) == ("interrupted", "the worker stopped reporting")
+    assert dead_end("stopping", process_alive=False) == ("stopped", None)  # it was being cancelled anyway
+
+
+def test_eta_only_while_working_and_from_the_pace_so_far() -> None:
+    assert job_eta_s("running", done=250, total=1000, elapsed_s=10.0) == pytest.approx(30.0)
+    assert job_eta_s("running", done=0, total=1000, elapsed_s=10.0) is None  # no pace yet
+    assert job_eta_s("running", done=10, total=0, elapsed_s=10.0) is None  # total not known yet
+    assert job_eta_s("running", done=1000, total=1000, elapsed_s=10.0) == 0.0
+    assert job_eta_s("queued", done=0, total=1000, elapsed_s=0.0) is None
+    assert job_eta_s("completed", done=500, total=1000, elapsed_s=10.0) is None
+
+
+def test_cancel_state_changes() -> None:
+    queued = cancel_step("queued")
+    assert queued is not None and (queued.status, queued.finished, queued.signal) == ("stopped", True, False)
+    for working in ("starting", "running", "stopping"):
+        step = cancel_step(working)
+        assert step is not None and (step.status, step.finished, step.signal) == ("stopping", False, True)
+    for ended in ENDED:
+        assert cancel_step(ended) is None
+
+
+def test_capacity_rule_is_shared_by_runs_and_jobs() -> None:
+    training = Holder("run", 3, "running", memory=True)
+    evaluating = Holder("evaluate", 7, "running", memory=True)
+    counting = Holder("token_stats", 8, "running", memory=False)
+    evaluate = Candidate("evaluate", needs_memory=True)
+    run = Candidate("run", needs_memory=True)
+
+    assert waiting_reason(Candidate("token_stats", needs_memory=False), [training, evaluating], 1) is None
+    assert waiting_reason(evaluate, [training], 1) == "waits for run 3 (training) to finish"
+    assert waiting_reason(evaluate, [evaluating], 1) == "waits for job 7 (evaluate) to finish"
+    assert waiting_reason(evaluate, [counting], 1) is None  # a cheap job holds no model memory
+    assert waiting_reason(evaluate, [], 1) is None
+    assert waiting_reason(Candidate("evaluate", True, allow_while_training=True), [training], 1) is None
+    assert waiting_reason(evaluate, [Holder("run", 4, "stopping", True)], 1) == "waits for run 4 (stopping) to finish"
+
+    assert waiting_reason(run, [training], 1) == "waits for run 3 (training) to finish"
+    assert waiting_reason(run, [training], 2) is None
+    assert waiting_reason(run, [evaluating], 2) == "waits for job 7 (evaluate) to finish"
+    assert waiting_reason(run, [counting], 1) is None
+    assert waiting_reason(run, [Holder("serve", 9, "running", True, shares=True)], 1) is None  # user let it share
+
+
+# Real SQLite and real processes: the supervisor's rule and cancel ---------------------------------------------
+
+
+class NoParams(BaseModel):
+    pass
+
+
+@pytest.fixture
+def engine_settings(tmp_path: Path) -> Iterator[tuple[Any, Settings]]:
+    settings = Settings(data_dir=tmp_path, db_path=tmp_path / "loraboard.db", hf_offline=True,
+                        heartbeat_timeout_s=15)
+    engine = make_engine(settings.database_path)
+    yield engine, settings
+    engine.dispose()
+
+
+def wait_row(engine: Any, job_id: int, statuses: tuple[str, ...], timeout: float = 120) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        with Session(engine) as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.status in statuses:
+                return job
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job.status}"
+        time.sleep(0.2)
+
+
+def test_a_memory_job_waits_for_training_then_starts(engine_settings: tuple[Any, Settings]) -> None:
+    engine, settings = engine_settings
+    supervisor = Supervisor(settings, engine)
+    with Session(engine) as session:
+        run = Run(name="busy", status="running")
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+        # "evaluate" is a kind this worker does not know: taken to need the model's memory (the safe side)
+        job = create_job(session, "evaluate", NoParams())
+        cheap = create_job(session, "token_stats", NoParams())
+        request_cancel(session, cheap)  # a queued job is stopped at once, never spawned
+        assert (cheap.status, cheap.finished_at is not None) == ("stopped", True)
+        beside = create_job(session, "evaluate", NoParams())
+        supervisor.start_queued(session)
+        for waiting in (job, beside):
+            session.refresh(waiting)
+            assert waiting.status == "queued"
+            assert waiting.waiting_reason == f"waits for run {run.id} (training) to finish"
+
+        assert supervisor.allow_while_training(session, beside, True)  # the user's override: it starts now
+        assert beside.status in ("starting", "running", "failed") and beside.id is not None
+        assert wait_row(engine, beside.id, ENDED).status == "failed"
+        assert not supervisor.allow_while_training(session, beside, False)  # it has started: too late
+        session.refresh(job)
+        assert job.status == "queued"  # still waits for the run
+
+        run.status = "completed"
+        session.add(run)
+        session.commit()
+        supervisor.start_queued(session)
+        session.refresh(job)
+        assert job.status in ("starting", "running", "failed") and job.waiting_reason is None
+        assert job.id is not None
+    ended = wait_row(engine, job.id, ENDED)  # the real worker took it and said what is wrong
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.startswith("this worker has no job kind 'evaluate'"), ended.error
+    supervisor.reap()
+
+
+def test_cancel_a_working_job_signals_its_worker(engine_settings: tuple[Any, Settings]) -> None:
+    engine, _ = engine_settings
+    with Session(engine) as session:
+        job = create_job(session, "token_stats", NoParams())
+        assert job.id is not None
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "worker", "job",
+                                    "--job-id", str(job.id)])
+        try:
+            job.status, job.pid = "running", sleeper.pid
+            session.add(job)
+            session.commit()
+            assert request_cancel(session, job)
+            assert job.status == "stopping" and job.finished_at is None  # the worker ends it `stopped` itself
+            assert sleeper.wait(timeout=30) == -signal.SIGTERM
+            assert not request_cancel(session, Job(kind="x", status="completed"))
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+
+
+# Real server: token statistics as a job ---------------------------------------------------------------------
+
+
+def big_dataset(root: Path, name: str, times: int = 30) -> Path:
+    """The sample data repeated `times` over: long enough to be still counting when cancelled or killed."""
+    folder = root / "datasets" / name
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        lines = (SAMPLE / f"{split}.jsonl").read_text().rstrip("\n") + "\n"
+        (folder / f"{split}.jsonl").write_text(lines * times)
+    return folder
+
+
+def wait_job(server: Server, job_id: int, predicate: Any, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = server.get(f"/api/jobs/{job_id}")
+        if predicate(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id}: {job}")
+
+
+def read_events(url: str, timeout: float = 180) -> list[tuple[str, dict[str, Any]]]:
+    """Every event of a server-sent event stream until the server ends it."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    name = ""
+    with urllib.request.urlopen(url, timeout=timeout) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    return events
+
+
+@pytest.fixture(scope="module")
+def jobs_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("jobs")).start()
+    yield srv
+    for job in srv.get("/api/jobs"):  # never leave a worker counting after the tests
+        if job["status"] not in ENDED:
+            srv.post(f"/api/jobs/{job['id']}/cancel")
+    srv.stop()
+
+
+def test_a_token_stats_job_runs_to_the_end(jobs_server: Server, default_model: Path) -> None:
+    folder = big_dataset(jobs_server.root, "finishing", times=2)
+    code, started = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
+    assert code == 201, started
+    job_id = started["id"]
+    events = read_events(f"{jobs_server.url}/api/jobs/{job_id}/events")
+    names = [name for name, _ in events]
+    assert names[-1] == "end" and set(names[:-1]) <= {"progress"}, names
+    last = events[-1][1]
+    assert last["status"] == "completed" and last["progress"] == {"done": 3000, "total": 3000, "unit": "examples"}
+    assert all(e["progress"]["done"] <= e["progress"]["total"] or e["progress"]["total"] == 0 for _, e in events)
+
+    job = jobs_server.get(f"/api/jobs/{job_id}")
+    assert job["kind"] == "token_stats" and job["status"] == "completed" and job["error"] is None
+    assert job["result"]["splits"]["train"]["examples"] == 2400
+    assert job["params"]["data"] == str(folder) and job["params"]["model"] == str(default_model)
+    assert job["eta_s"] is None and job["started_at"] <= job["finished_at"]
+    listed = jobs_server.get("/api/jobs?kind=token_stats&status=completed")
+    assert job_id in [j["id"] for j in listed]
+    assert [j["id"] for j in listed] == sorted((j["id"] for j in listed), reverse=True)  # newest first
+    assert jobs_server.get(f"/api/token-stats/{job_id}")["summary"]["all"]["examples"] == 3000  # the old view
+    assert jobs_server.request("POST", f"/api/jobs/{job_id}/cancel")[0] == 409  # it has ended
+
+
+def test_bad_job_requests_are_named(jobs_server: Server, default_model: Path) -> None:
+    code, answer, _ = jobs_server.request("GET", "/api/jobs?kind=nope")
+    assert code == 422 and answer["detail"][0]["loc"] == ["query", "kind"]
+    assert "token_stats" in answer["detail"][0]["msg"]
+    code, answer, _ = jobs_server.request("GET", "/api/jobs?status=done")
+    assert code == 422 and answer["detail"][0]["loc"] == ["query", "status"]
+    assert jobs_server.request("GET", "/api/jobs/0")[0] == 422
+    assert jobs_server.request("GET", f"/api/jobs/{2**63}")[0] == 422
+    code, answer, _ = jobs_server.request("GET", "/api/jobs/999999")
+    assert code == 404 and answer["detail"] == "no job with id 999999"
+    assert jobs_server.request("POST", "/api/jobs/999999/cancel")[0] == 404
+    assert jobs_server.request("GET", "/api/jobs/999999/events")[0] == 404
+    assert jobs_server.request("PATCH", "/api/jobs/999999", {"allow_while_training": True})[0] == 404
+    folder = big_dataset(jobs_server.root, "small", times=1)
+    ended = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})[1]["id"]
+    wait_job(jobs_server, ended, lambda j: j["status"] in ENDED)
+    code, answer, _ = jobs_server.request("PATCH", f"/api/jobs/{ended}", {"allow_while_training": True})
+    assert code == 409 and "has already started" in answer["detail"]
+    code, answer, _ = jobs_server.request("PATCH", f"/api/jobs/{ended}", {"allow_while_training": "sometimes"})
+    assert code == 422 and answer["detail"][0]["loc"] == ["body", "allow_while_training"]
+    for method, path in (("POST", f"/api/jobs/{ended}/cancel"), ("PATCH", f"/api/jobs/{ended}"),
+                         ("POST", f"/jobs/{ended}/cancel"), ("POST", f"/jobs/{ended}/allow-while-training")):
+        request = urllib.request.Request(jobs_server.url + path, data=b'{"allow_while_training": true}',
+                                         method=method, headers={"Content-Type": "application/json",
+                                                                 "Origin": "https://evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 403, (method, path)
+
+
+def test_cancelling_a_running_job_stops_it(jobs_server: Server, default_model: Path) -> None:
+    folder = big_dataset(jobs_server.root, "cancelled")
+    code, started = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
+    assert code == 201
+    job_id = started["id"]
+    running = wait_job(jobs_server, job_id, lambda j: j["status"] == "running" and j["progress"]["done"] > 0)
+    assert running["progress"]["total"] == 45_000 and running["progress"]["unit"] == "examples"
+    code, answer = jobs_server.post(f"/api/jobs/{job_id}/cancel")
+    assert code == 202 and answer["status"] in ("stopping", "stopped"), answer
+    stopped = wait_job(jobs_server, job_id, lambda j: j["status"] in ENDED, timeout=60)
+    assert stopped["status"] == "stopped", stopped
+    assert stopped["result"] is None  # a partial count is not complete in itself: not kept
+    assert 0 < stopped["progress"]["done"] < 45_000 and stopped["finished_at"] is not None
+    pid, deadline = job_pid(jobs_server, job_id), time.monotonic() + 60
+    while is_job_process(pid, job_id):  # the worker exits after writing its end
+        assert time.monotonic() < deadline, f"the worker {pid} of a stopped job still runs"
+        time.sleep(0.2)
+
+    code, again = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
+    assert code == 201 and again["id"] != job_id  # a stopped job is counted again when asked for
+    jobs_server.post(f"/api/jobs/{again['id']}/cancel")
+
+
+def job_pid(server: Server, job_id: int) -> int:
+    conn = sqlite3.connect(server.root / "loraboard.db")
+    try:
+        return int(conn.execute("SELECT pid FROM job WHERE id = ?", (job_id,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_killed_worker_leaves_its_job_interrupted(jobs_server: Server, default_model: Path) -> None:
+    folder = big_dataset(jobs_server.root, "killed")
+    code, started = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
+    assert code == 201
+    job_id = started["id"]
+    wait_job(jobs_server, job_id, lambda j: j["status"] == "running" and j["progress"]["done"] > 0)
+    os.kill(job_pid(jobs_server, job_id), signal.SIGKILL)
+    timeout_s = float(jobs_server.env()["LORABOARD_HEARTBEAT_TIMEOUT_S"])
+    deadline = time.monotonic() + timeout_s
+    while True:  # the list does not check workers itself: this is the supervisor's tick at work
+        job = next(j for j in jobs_server.get("/api/jobs?kind=token_stats") if j["id"] == job_id)
+        if job["status"] != "running":
+            break
+        assert time.monotonic() < deadline, "the killed worker's job was not marked within the heartbeat timeout"
+        time.sleep(0.2)
+    assert job["status"] == "interrupted", job
+    assert job["error"].startswith("the worker process ended without reporting"), job["error"]
+
+
+# Upgrade: a database written by the loraboard before jobs --------------------------------------------------------
+
+OLD_TOKEN_STATS_TABLE = """
+CREATE TABLE tokenstatsjob (
+	id INTEGER NOT NULL,
+	dataset_path VARCHAR NOT NULL,
+	model VARCHAR NOT NULL,
+	files_signature VARCHAR NOT NULL,
+	status VARCHAR NOT NULL,
+	done INTEGER NOT NULL,
+	total INTEGER NOT NULL,
+	pid INTEGER,
+	heartbeat_at DATETIME,
+	error VARCHAR,
+	traceback VARCHAR,
+	result_json VARCHAR,
+	log_path VARCHAR,
+	created_at DATETIME NOT NULL,
+	started_at DATETIME,
+	finished_at DATETIME,
+	PRIMARY KEY (id),
+	CONSTRAINT token_stats_status CHECK (status IN ('queued', 'running', 'completed', 'failed'))
+)"""
+
+
+def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_model: Path) -> None:
+    from app.datasets.registry import files_signature
+
+    folder = tmp_path / "datasets" / "kept"
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.jsonl").write_text((SAMPLE / f"{split}.jsonl").read_text())
+    result = {"splits": {"train": {"examples": 3, "lengths": [[10, 2], [40, 1]]},
+                         "valid": {"examples": 1, "lengths": [[20, 1]]}}}
+    conn = sqlite3.connect(tmp_path / "loraboard.db")
+    with conn:
+        conn.execute(OLD_TOKEN_STATS_TABLE)
+        conn.execute("CREATE INDEX ix_token_stats_key ON tokenstatsjob (dataset_path, model)")
+        row = ("completed", 4, 4, None, json.dumps(result), "2026-11-20 10:00:00.000000",
+               "2026-11-20 10:00:01.000000", "2026-11-20 10:00:03.000000")
+        conn.execute("INSERT INTO tokenstatsjob (dataset_path, model, files_signature, status, done, total, error,"
+                     " result_json, created_at, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (str(folder), str(default_model), files_signature(folder), *row))
+        conn.execute("INSERT INTO tokenstatsjob (dataset_path, model, files_signature, status, done, total, error,"
+                     " created_at) VALUES (?, ?, '{}', 'failed', 0, 0, 'train.jsonl line 3: not valid JSON',"
+                     " '2026-11-20 09:00:00.000000')", (str(folder), str(default_model)))
+    conn.close()
+
+    server = Server(tmp_path).start()
+    try:
+        jobs = server.get("/api/jobs?kind=token_stats")
+        assert [(j["status"], j["error"]) for j in jobs] == [
+            ("failed", "train.jsonl line 3: not valid JSON"), ("completed", None)]
+        kept = jobs[1]
+        assert kept["result"] == result and kept["progress"] == {"done": 4, "total": 4, "unit": "examples"}
+        assert kept["finished_at"].startswith("2026-11-20T10:00:03")
+        summary = server.get(f"/api/token-stats/{kept['id']}?max_seq_length=15")["summary"]
+        assert summary["all"]["examples"] == 4 and summary["all"]["over_max_seq_length"] == 2
+        code, again = server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
+        assert (code, again["id"], again["status"]) == (200, kept["id"], "completed")  # reused, not recounted
+    finally:
+        server.stop()
+    conn = sqlite3.connect(tmp_path / "loraboard.db")
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert "tokenstatsjob" not in tables and "job" in tables

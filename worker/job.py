@@ -1,0 +1,193 @@
+"""`python -m worker job --job-id N`: run one job of any kind (the `job` table, see app/tables.py).
+
+The worker loads its row, sets it running with its pid, and calls the kind's function with a
+JobContext. A thread writes progress (done/total/unit) and the heartbeat every half second, and
+reads the row's status: a cancel (status `stopping`, or SIGTERM) sets ctx.stop, which the kind's
+function checks between units of work. The job ends completed (with its result), stopped (with a
+partial result only when the kind gives one that is complete in itself), or failed (one readable
+line and the traceback).
+
+A kind is registered in WORKERS: the module whose `run(ctx) -> dict` does the work, and whether it
+computes with MLX (then OpenBLAS is routed first, as for training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sqlite3
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+from app.status import TERMINAL, RunStatus
+from worker.reporting import connect, now_text, on_stop_signal
+
+REPORT_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    module: str  # exports run(ctx: JobContext) -> dict
+    computes: bool  # runs MLX computations (route OpenBLAS before mlx.core is imported)
+
+
+WORKERS: dict[str, WorkerKind] = {
+    "token_stats": WorkerKind("worker.token_stats", computes=False),
+}
+
+
+class JobInputError(Exception):
+    """A problem with what the job was given, whose message alone says what is wrong (file, line, field)."""
+
+
+class JobStopped(Exception):
+    """The job was cancelled; `partial` is a result complete in itself, or None."""
+
+    def __init__(self, partial: dict[str, Any] | None = None) -> None:
+        super().__init__("stopped on request")
+        self.partial = partial
+
+
+@dataclass
+class JobContext:
+    """What a kind's function gets: its parameters, a progress counter and the stop request."""
+
+    job_id: int
+    params: dict[str, Any]
+    settings: Settings
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def set_total(self, total: int, unit: str | None = None) -> None:
+        self.total = total
+        if unit is not None:
+            self.unit = unit
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+
+    def check_stop(self, partial: dict[str, Any] | None = None) -> None:
+        """End the job here (status stopped) when a cancel was requested."""
+        if self.stop.is_set():
+            raise JobStopped(partial)
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """The error as one readable line (a message over several lines is joined; a very long one is cut)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if isinstance(exc, JobInputError | FileNotFoundError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+@contextmanager
+def reporting(db_path: Path, ctx: JobContext) -> Iterator[None]:
+    """Writes done/total/unit and the heartbeat every REPORT_EVERY_S until the block ends; sees a cancel."""
+    finished = threading.Event()
+
+    def loop() -> None:
+        conn = connect(db_path)
+        try:
+            while True:
+                ending = finished.wait(REPORT_EVERY_S)
+                with contextlib.suppress(sqlite3.Error):  # a busy database costs one report, never the job
+                    conn.execute("UPDATE job SET done = ?, total = ?, unit = COALESCE(NULLIF(?, ''), unit),"
+                                 " heartbeat_at = ? WHERE id = ?",
+                                 (ctx.done, ctx.total, ctx.unit, now_text(), ctx.job_id))
+                    row = conn.execute("SELECT status FROM job WHERE id = ?", (ctx.job_id,)).fetchone()
+                    if row is not None and row[0] == RunStatus.stopping.value:
+                        ctx.stop.set()
+                if ending:
+                    return
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=loop, name="job-report", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        finished.set()
+        thread.join()
+
+
+def end(conn: sqlite3.Connection, job_id: int, status: RunStatus, ctx: JobContext, *, result_json: str | None = None,
+        error: str | None = None, traceback_text: str | None = None) -> None:
+    """Record the job's end (status, progress, result or error) in one statement."""
+    conn.execute("UPDATE job SET status = ?, done = ?, total = ?, result_json = ?, error = ?, traceback = ?,"
+                 " finished_at = ?, heartbeat_at = ?, waiting_reason = NULL WHERE id = ?",
+                 (status.value, ctx.done, ctx.total, result_json, error, traceback_text, now_text(), now_text(),
+                  job_id))
+
+
+def load_function(kind: str, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:
+    worker = WORKERS.get(kind)
+    if worker is None:
+        raise JobInputError(f"this worker has no job kind {kind!r} (known: {', '.join(sorted(WORKERS))})")
+    if worker.computes:
+        from worker.blas import route_blas
+
+        route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
+    function: Callable[[JobContext], dict[str, Any]] = importlib.import_module(worker.module).run
+    return function
+
+
+def take(conn: sqlite3.Connection, job_id: int) -> bool:
+    """Set the job running with this pid; False when it was cancelled before the worker took it."""
+    cursor = conn.execute(
+        "UPDATE job SET status = 'running', pid = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?)"
+        " WHERE id = ? AND status IN ('queued', 'starting')", (os.getpid(), now_text(), now_text(), job_id))
+    return cursor.rowcount == 1
+
+
+def run_job(settings: Settings, job_id: int) -> int:
+    db_path = settings.database_path
+    if not db_path.exists():
+        sys.stderr.write(f"worker: no database at {db_path}\n")
+        return 2
+    conn = connect(db_path)
+    try:
+        row = conn.execute("SELECT kind, params_json, status FROM job WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            sys.stderr.write(f"worker: no job {job_id} in {db_path}\n")
+            return 2
+        kind, params_json, status = row
+        ctx = JobContext(job_id, json.loads(params_json), settings)
+        if RunStatus(status) in TERMINAL:
+            sys.stderr.write(f"worker: job {job_id} has already ended ({status})\n")
+            return 0
+        if not take(conn, job_id):  # cancelled while starting (or already ended): nothing to do
+            now_status = conn.execute("SELECT status FROM job WHERE id = ?", (job_id,)).fetchone()
+            if now_status is not None and now_status[0] == RunStatus.stopping.value:
+                end(conn, job_id, RunStatus.stopped, ctx)
+            return 0
+        on_stop_signal(ctx.stop)
+        try:
+            with reporting(db_path, ctx):
+                result = load_function(kind, settings)(ctx)
+        except JobStopped as stopped:
+            partial = json.dumps(stopped.partial) if stopped.partial is not None else None
+            end(conn, job_id, RunStatus.stopped, ctx, result_json=partial)
+            return 0
+        except BaseException as exc:  # every failure is recorded, readable, with its traceback
+            end(conn, job_id, RunStatus.failed, ctx, error=one_line(exc),
+                traceback_text=traceback.format_exc())
+            sys.stderr.write(traceback.format_exc())
+            return 1
+        end(conn, job_id, RunStatus.completed, ctx, result_json=json.dumps(result))
+        return 0
+    finally:
+        conn.close()
