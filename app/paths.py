@@ -1,7 +1,9 @@
-"""Where a run's files live (pure path arithmetic, shared by the app and workers)."""
+"""Where a run's files live, and which folders a path given over HTTP may point into (pure path arithmetic)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app.settings import Settings
@@ -15,3 +17,85 @@ def checkpoint_files(settings: Settings, run_id: int, iteration: int) -> tuple[P
     """(adapter weights, optimizer state) of one checkpoint."""
     folder = run_dir(settings, run_id)
     return folder / f"{iteration:07d}_adapters.safetensors", folder / f"{iteration:07d}_optimizer.safetensors"
+
+
+# Confinement: the folders a path given over HTTP may point into -----------------------------------------
+
+ALL_DIRS_SETTING = "LORABOARD_ALLOWED_DIRS"
+DATA_DIRS_SETTING = "LORABOARD_ALLOWED_DATA_DIRS (or LORABOARD_ALLOWED_DIRS)"
+MODEL_DIRS_SETTING = "LORABOARD_ALLOWED_MODEL_DIRS (or LORABOARD_ALLOWED_DIRS)"
+
+
+class PathNotAllowed(ValueError):
+    """A path given over HTTP breaks a confinement rule; the message names the rule (and the setting)."""
+
+
+def split_dirs(text: str) -> list[Path]:
+    """Folders of an allow-list setting, separated by os.pathsep (':' on Linux and macOS)."""
+    return [Path(part).expanduser() for part in text.split(os.pathsep) if part.strip()]
+
+
+def hf_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "huggingface" / "hub"
+
+
+def data_roots(settings: Settings) -> list[Path]:
+    """Folders a dataset may live in: data_dir, the datasets folder, and the allow-listed ones."""
+    return [settings.data_dir, settings.local_datasets_dir, *split_dirs(settings.allowed_data_dirs),
+            *split_dirs(settings.allowed_dirs)]
+
+
+def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Folders a model may live in: data_dir, the models folder, the Hugging Face cache, the allow-listed ones."""
+    return [settings.data_dir, settings.local_models_dir, hf_cache_dir(environ),
+            *split_dirs(settings.allowed_model_dirs), *split_dirs(settings.allowed_dirs)]
+
+
+def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting: str = ALL_DIRS_SETTING) -> Path:
+    """`path` resolved (links followed) when it lies inside one of `roots`; else PathNotAllowed naming the rule.
+
+    Rules, in order: absolute (after ~), no '..' part, and the resolved path inside a resolved root.
+    A path that does not exist yet is judged by where it would be; a link is judged by its target.
+    """
+    text = str(path).strip()
+    if not text:
+        raise PathNotAllowed(f"{what} is empty: give an absolute path")
+    if "\x00" in text:
+        raise PathNotAllowed(f"{what} must not contain a NUL character")
+    given = Path(text).expanduser()
+    if not given.is_absolute():
+        raise PathNotAllowed(f"{what} must be an absolute path, got {text!r}")
+    if ".." in given.parts:
+        raise PathNotAllowed(f"{what} must not contain '..' (a path is taken as written), got {text!r}")
+    resolved = given.resolve()
+    allowed = [root.expanduser().resolve() for root in roots]
+    if any(resolved.is_relative_to(root) for root in allowed):
+        return resolved
+    folders = ", ".join(str(root) for root in dict.fromkeys(allowed))
+    if any(given.is_relative_to(root) for root in allowed):
+        raise PathNotAllowed(f"{what} {given} is a link to {resolved}, outside the folders loraboard reads "
+                             f"({folders}); links out of these folders are refused")
+    raise PathNotAllowed(f"{what} {given} is outside the folders loraboard reads ({folders}); "
+                         f"to allow it, add its folder to {setting}")
+
+
+# Temporary files a worker writes before renaming them into place (worker/durable.py): `.<name>.tmp…`.
+TEMP_GLOB = ".*.tmp*"
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the leftover temporary files in one run folder (a worker killed mid-write); returns them."""
+    removed = []
+    for path in sorted(folder.glob(TEMP_GLOB)):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -37,6 +37,19 @@ class Settings(BaseSettings):
         None, description="Uploaded and derived datasets are stored here (default: <data_dir>/datasets)."
     )
     max_upload_mb: int = Field(200, ge=1, description="Largest dataset file accepted by upload, in MB.")
+    token: str | None = Field(
+        None,
+        description="Access token every page, API call and event stream needs (required off loopback); "
+        "16 or more letters, digits, '.', '_', '~' or '-'.",
+    )
+    allowed_hosts: str = Field(
+        "", description="Extra host names the dashboard answers to, comma-separated (loopback names always)."
+    )
+    allowed_dirs: str = Field(
+        "", description="Extra folders datasets and models may be read from, separated by ':'."
+    )
+    allowed_data_dirs: str = Field("", description="Extra folders datasets may be read from, separated by ':'.")
+    allowed_model_dirs: str = Field("", description="Extra folders models may be read from, separated by ':'.")
 
     @property
     def database_path(self) -> Path:

@@ -66,6 +66,9 @@ class Server:
             LORABOARD_DATASETS_DIR=str(self.root / "datasets"),
             LORABOARD_SUPERVISOR_INTERVAL_S="0.5",
             LORABOARD_HEARTBEAT_TIMEOUT_S="15",
+            # datasets and models the tests make live in pytest's temporary folders; the tests of missing
+            # folders name /nonexistent/... and /nowhere/... (allowed, and absent: "does not exist" is the answer)
+            LORABOARD_ALLOWED_DIRS=os.pathsep.join((str(self.root.parent), "/nonexistent", "/nowhere")),
             **self.extra_env,
         )
 

@@ -48,8 +48,7 @@ def test_defaults_follow_mlx_lm_lora() -> None:
 def test_every_mlx_lm_lora_option_is_a_field() -> None:
     from mlx_lm.lora import CONFIG_DEFAULTS
 
-    managed = {"train", "adapter_path", "resume_adapter_file", "report_to", "project_name", "config",
-               "trust_remote_code"}
+    managed = {"train", "adapter_path", "resume_adapter_file", "report_to", "project_name", "config"}
     assert set(CONFIG_DEFAULTS) - managed <= set(RunConfig.model_fields)
     for key in ("iters", "batch_size", "learning_rate", "num_layers", "steps_per_eval", "save_every", "val_batches",
                 "test_batches", "max_seq_length", "grad_accumulation_steps", "seed", "fine_tune_type", "optimizer"):
@@ -186,7 +185,8 @@ def test_form_round_trip() -> None:
     form = {"iters": "50", "lora_parameters.rank": "4", "grad_checkpoint": "on", "name": "  "}
     payload = form_to_payload(form)
     assert payload == {"iters": "50", "lora_parameters": {"rank": "4"}, "grad_checkpoint": True,
-                       "mask_prompt": False, "full_val_at_checkpoints": False, "test": False}
+                       "mask_prompt": False, "full_val_at_checkpoints": False, "test": False,
+                       "trust_remote_code": False}
     config = RunConfig.model_validate(payload)
     assert config.iters == 50 and config.lora_parameters.rank == 4 and config.grad_checkpoint
 

@@ -97,7 +97,7 @@ def test_export_is_what_mlx_lm_expects() -> None:
     assert document["num_layers"] == 4  # mlx_lm refuses more layers than the model has
     assert document["optimizer_config"] == {"adam": {}}
     assert document["lora_parameters"] == {"rank": 8, "scale": 20.0, "dropout": 0.0}  # no keys: mlx-lm's choice
-    not_written = {"resume_adapter_file", "config", "lr_schedule", "report_to", "project_name", "trust_remote_code"}
+    not_written = {"resume_adapter_file", "config", "lr_schedule", "report_to", "project_name"}
     assert set(CONFIG_DEFAULTS) - not_written <= set(document)
     cli_keys = {action.dest for action in build_parser()._actions}
     unknown_to_mlx = set(document) - set(CONFIG_DEFAULTS) - cli_keys

@@ -6,19 +6,21 @@ hooks validate, save and check for a stop request on exactly the weights after
 k steps. A checkpoint named k therefore holds the weights whose validation loss
 is recorded at iteration k. Ending the iterator ends mlx-lm's loop normally,
 which then writes the final adapter.
+
+Files are written through worker/durable.py (temporary file, fsync, rename), the
+optimizer state before the weights, and the checkpoint's database row only after
+both: a listed checkpoint is complete and resumable. Each train report carries the
+worker's memory (worker/memory.py), held against the run's memory limit.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import mlx.core as mx
@@ -31,9 +33,12 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load
 
+from app.paths import remove_temp_files
 from app.runs.config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
 from app.runs.policy import best_checkpoint, divergence, early_stop_decision
 from app.status import RunStatus
+from worker.durable import publish, temp_path, write_safetensors, write_text
+from worker.memory import MemoryGuard
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
 
@@ -71,11 +76,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class DatabaseCallback(trainer.TrainingCallback):
-    """Writes every train report to the database (through the writer's queue)."""
+    """Writes every train report to the database (through the writer's queue), with the worker's memory."""
 
-    def __init__(self, writer: ReportWriter, start: ResumePoint | None = None) -> None:
+    def __init__(self, writer: ReportWriter, start: ResumePoint | None = None, guard: MemoryGuard | None = None,
+                 ) -> None:
         self.writer = writer
         self.start = start or ResumePoint(0, 0)
+        self.guard = guard or MemoryGuard(None, "warn")
 
     def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
         info = dict(train_info)  # a continued run counts on from where its checkpoint was
@@ -84,6 +91,9 @@ class DatabaseCallback(trainer.TrainingCallback):
         problem = divergence("train", float(info["train_loss"]), info["iteration"], info.get("learning_rate"))
         if problem:  # a NaN cannot be stored or plotted; the checkpoints so far stay usable
             raise TrainingDiverged(problem)
+        reading = self.guard.read(info["iteration"])
+        info.update(rss_bytes=reading.rss_bytes, footprint_bytes=reading.footprint_bytes,
+                    swap_used_bytes=reading.swap_used_bytes)
         self.writer.train_report(info)
 
     def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
@@ -91,11 +101,9 @@ class DatabaseCallback(trainer.TrainingCallback):
         return None
 
 
-def save_adapter(model: nn.Module, path: Path) -> None:
-    """Write the trainable weights atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())))
-    os.replace(tmp, path)
+def save_adapter(model: nn.Module, path: Path, what: str) -> None:
+    """Write the trainable weights durably (temporary file, fsync, rename)."""
+    write_safetensors(dict(tree_flatten(model.trainable_parameters())), path, what)
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -128,6 +136,7 @@ class StepHooks:
         self.ended_by_stop = False
         self.val_history: list[tuple[int, float]] = []
         self.early_stop_reason: str | None = None
+        self.memory = MemoryGuard(config.memory_limit_gb, config.memory_limit_action)  # its stop_reason ends too
         self._last_beat = time.monotonic()
 
     @property
@@ -167,10 +176,12 @@ class StepHooks:
         if iteration in self.saved or iteration == self.start_iteration:
             return  # the starting weights are the base model's or the resumed checkpoint's
         path = self.run_dir / checkpoint_name(iteration)
-        save_adapter(self.model, path)
-        save_optimizer(self.optimizer, self.run_dir / optimizer_name(iteration))
+        # optimizer state first: a checkpoint whose weights are in place can always be continued
+        save_optimizer(self.optimizer, self.run_dir / optimizer_name(iteration), f"checkpoint {iteration}'s "
+                       "optimizer state")
+        save_adapter(self.model, path, f"checkpoint {iteration}'s adapter weights")
         self.saved.add(iteration)
-        self.writer.checkpoint(iteration, path)
+        self.writer.checkpoint(iteration, path)  # listed only now that both files are complete
 
     @property
     def iteration(self) -> int:
@@ -197,7 +208,7 @@ class StepHooks:
         for batch in trainer.iterate_batches(**kwargs):
             if kwargs.get("loop"):
                 self.between_steps(steps_done)
-                if self.stop_requested or self.early_stop_reason:
+                if self.stop_requested or self.early_stop_reason or self.memory.stop_reason:
                     self.ended_by_stop = True
                     return
                 steps_done += 1
@@ -216,7 +227,8 @@ def floating_dtype(model: nn.Module) -> str:
 
 def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
     """The model, its tokenizer, and the dtype it trains in (said the way the run page shows it)."""
-    model, tokenizer = load(config.model)
+    trust = config.trust_remote_code
+    model, tokenizer = load(config.model, tokenizer_config={"trust_remote_code": trust}, trust_remote_code=trust)
     stored = floating_dtype(model)
     if mx.default_device() == mx.cpu and stored != "float32":  # bf16/f16 skip BLAS on CPU: train in float32
         model.set_dtype(mx.float32, lambda dtype: mx.issubdtype(dtype, mx.floating))
@@ -261,9 +273,7 @@ def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> N
     """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
     data = config.model_dump(mode="json", exclude=set(LORABOARD_KEYS))
     data["num_layers"] = num_layers
-    tmp = run_dir / ".adapter_config.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, run_dir / "adapter_config.json")
+    write_text(json.dumps(data, indent=2, sort_keys=True), run_dir / "adapter_config.json")
 
 
 def make_optimizer(config: RunConfig) -> optim.Optimizer:
@@ -286,14 +296,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     (quantized ones unpacked), not the adapters."""
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     return trainable, int(get_total_parameters(model))
-
-
-def install_stop_signal(event: threading.Event) -> None:
-    def _handler(signum: int, frame: FrameType | None) -> None:
-        event.set()
-
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,7 @@ def train_run(
     num_layers = attach_adapters(model, config)
     trainable, total = count_parameters(model)
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(run_dir)  # what an earlier worker of this run left when it was killed mid-write
     write_adapter_config(run_dir, config, num_layers)
     writer.mark_running(trainable, total, train_dtype)
 
@@ -357,6 +360,7 @@ def train_run(
         adapter_file, optimizer_file, start = resume
         restore(model, optimizer, adapter_file, optimizer_file)
     hooks = StepHooks(model, config, run_dir, writer, datasets.valid, optimizer, start.iteration)
+    final_adapter = run_dir / "adapters.safetensors"
     args = trainer.TrainingArgs(
         batch_size=config.batch_size,
         iters=config.iters - start.iteration,
@@ -365,7 +369,7 @@ def train_run(
         steps_per_eval=config.iters + 1,  # validation runs in StepHooks
         steps_per_save=config.iters + 1,  # checkpoints too
         max_seq_length=config.max_seq_length,
-        adapter_file=str(run_dir / "adapters.safetensors"),
+        adapter_file=str(temp_path(final_adapter)),  # mlx-lm writes it in place: published below
         grad_checkpoint=config.grad_checkpoint,
         grad_accumulation_steps=config.grad_accumulation_steps,
         clear_cache_threshold=config.clear_cache_threshold,
@@ -378,11 +382,14 @@ def train_run(
         val_dataset=None,
         args=args,
         iterate_batches=hooks.iterate_batches,
-        training_callback=DatabaseCallback(writer, start),
+        training_callback=DatabaseCallback(writer, start, hooks.memory),
     )
+    publish(temp_path(final_adapter), final_adapter)
     steps = hooks.iteration if hooks.ended_by_stop else config.iters
     if hooks.early_stop_reason:
         status, reason = RunStatus.early_stopped, hooks.early_stop_reason
+    elif hooks.memory.stop_reason:
+        status, reason = RunStatus.stopped, hooks.memory.stop_reason
     elif hooks.ended_by_stop:
         status, reason = RunStatus.stopped, f"stopped on request at iteration {steps:,}"
     else:
@@ -393,6 +400,6 @@ def train_run(
     if datasets.test is not None:
         test_loss = evaluate_test(model, config, datasets.test, tested_adapter(hooks, run_dir, steps), writer)
         # recorded now, keeping the status the run has meanwhile ("stopping" after a stop request)
-        asked_to_stop = hooks.ended_by_stop and not hooks.early_stop_reason
+        asked_to_stop = hooks.ended_by_stop and not hooks.early_stop_reason and not hooks.memory.stop_reason
         writer.set_status(RunStatus.stopping if asked_to_stop else RunStatus.running, test_loss=test_loss)
     return TrainOutcome(steps, status, reason, test_loss)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from app.datasets.validation import SPLITS, FeatureKeys, ValidationReport, validate_dataset
+from app.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
 from app.settings import Settings
 from app.tables import Dataset, DatasetCheck, utcnow
 
@@ -139,7 +140,10 @@ def register_dataset(
     folder = Path(folder).expanduser()
     if not folder.is_absolute():
         raise DatasetError(f"path must be an absolute folder path, got {str(folder)!r}")
-    folder = folder.resolve()
+    try:
+        folder = confine(folder, data_roots(settings), "dataset folder", DATA_DIRS_SETTING)
+    except PathNotAllowed as exc:
+        raise DatasetError(str(exc)) from None
     name = name.strip() or folder.name
     problem = registry_problem(session, name, folder)
     if problem:

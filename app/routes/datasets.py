@@ -15,10 +15,17 @@ from app.datasets.registry import DatasetError, dataset_json, list_datasets, ref
 from app.datasets.upload import UploadError, receive_dataset_upload
 from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.routes.params import DatasetId, problems
+from app.runs.config import looks_like_path
 from app.settings import Settings
 from app.tables import Dataset
 
 router = APIRouter()
+_JSONL = {"type": "string", "format": "binary"}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["train", "valid"],
+    "properties": {"name": {"type": "string"}, "train": _JSONL, "valid": _JSONL, "test": _JSONL}}}}}}
 
 
 def get_dataset_or_404(session: Session, dataset_id: int) -> Dataset:
@@ -26,6 +33,17 @@ def get_dataset_or_404(session: Session, dataset_id: int) -> Dataset:
     if dataset is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no dataset with id {dataset_id}")
     return dataset
+
+
+def preview_model(model: str, settings: Settings) -> str:
+    """The preview's model (default: the embedded one); a folder outside the model folders is a 422."""
+    model = model.strip() or str(settings.default_model_dir)
+    if not looks_like_path(model):
+        return model
+    try:
+        return str(confine(model, model_roots(settings), "model folder", MODEL_DIRS_SETTING))
+    except PathNotAllowed as exc:
+        raise HTTPException(422, detail=str(exc)) from None
 
 
 # ---------- pages ----------
@@ -82,12 +100,12 @@ async def upload_from_form(
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse, include_in_schema=False)
 def dataset_page(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: int,
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: DatasetId,
     model: str = "", mask_prompt: bool = False,
 ) -> Response:
     dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
     report = validate_dataset(Path(dataset.path))
-    model = model.strip() or str(settings.default_model_dir)
+    model = preview_model(model, settings)
     models = model_options(model_choices(settings), str(settings.default_model_dir), model)
     context = {"dataset": dataset, "dataset_path": dataset.path, "report": report,
                "preview": build_preview(Path(dataset.path), report.format, model, mask_prompt),
@@ -97,11 +115,11 @@ def dataset_page(
 
 @router.get("/datasets/{dataset_id}/preview", response_class=HTMLResponse, include_in_schema=False)
 def dataset_preview(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: int,
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: DatasetId,
     model: str = "", mask_prompt: bool = False,
 ) -> Response:
     dataset = get_dataset_or_404(session, dataset_id)
-    model = model.strip() or str(settings.default_model_dir)
+    model = preview_model(model, settings)
     context = {"dataset": dataset, "preview": build_preview(Path(dataset.path), dataset.format, model, mask_prompt),
                "mask_prompt": mask_prompt}
     return templates.TemplateResponse(request, "_dataset_preview.html", context)
@@ -115,7 +133,7 @@ def api_list_datasets(session: SessionDep, settings: SettingsDep) -> list[dict[s
     return [dataset_json(dataset) for dataset in list_datasets(session, settings)]
 
 
-@router.post("/api/datasets", status_code=status.HTTP_201_CREATED, tags=["datasets"])
+@router.post("/api/datasets", status_code=status.HTTP_201_CREATED, tags=["datasets"], responses=problems(400, 422))
 def api_register_dataset(
     session: SessionDep, settings: SettingsDep, payload: dict[str, Any] = Body(...),
 ) -> dict[str, Any]:
@@ -137,7 +155,8 @@ def api_register_dataset(
     return dataset_json(dataset)
 
 
-@router.post("/api/datasets/upload", status_code=status.HTTP_201_CREATED, tags=["datasets"])
+@router.post("/api/datasets/upload", status_code=status.HTTP_201_CREATED, tags=["datasets"],
+             responses=problems(400, 413, 415, 422), openapi_extra=UPLOAD_BODY)
 async def api_upload_dataset(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """Upload a dataset: multipart fields name, train, valid (and optionally test) .jsonl files."""
     try:
@@ -151,8 +170,9 @@ async def api_upload_dataset(request: Request, session: SessionDep, settings: Se
     return JSONResponse(dataset_json(dataset), status_code=status.HTTP_201_CREATED)
 
 
-@router.get("/api/datasets/validate", tags=["datasets"])
+@router.get("/api/datasets/validate", tags=["datasets"], responses=problems(422))
 def api_validate_folder(
+    settings: SettingsDep,
     path: str = Query(..., description="absolute folder holding train.jsonl and valid.jsonl"),
     mask_prompt: bool = Query(False, description="check as a run with mask_prompt would need"),
 ) -> dict[str, Any]:
@@ -161,11 +181,15 @@ def api_validate_folder(
     if not folder.is_absolute():
         raise HTTPException(422, detail=[{"loc": ["query", "path"], "msg": f"path must be absolute, got {path!r}",
                                           "type": "value_error"}])
-    return validate_dataset(folder.resolve(), mask_prompt=mask_prompt).as_dict()
+    try:
+        folder = confine(folder, data_roots(settings), "dataset folder", DATA_DIRS_SETTING)
+    except PathNotAllowed as exc:
+        raise HTTPException(422, detail=[{"loc": ["query", "path"], "msg": str(exc), "type": "value_error"}]) from None
+    return validate_dataset(folder, mask_prompt=mask_prompt).as_dict()
 
 
-@router.get("/api/datasets/{dataset_id}", tags=["datasets"])
-def api_get_dataset(session: SessionDep, dataset_id: int) -> dict[str, Any]:
+@router.get("/api/datasets/{dataset_id}", tags=["datasets"], responses=problems(404, 422))
+def api_get_dataset(session: SessionDep, dataset_id: DatasetId) -> dict[str, Any]:
     """A registered dataset, checked again now: counts, format, file sizes and the validation result."""
     dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
     return {**dataset_json(dataset), "validation": validate_dataset(Path(dataset.path)).as_dict()}

@@ -9,7 +9,10 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
 from app.deps import SettingsDep, TemplatesDep
-from app.runs.config import LoraParameters, RunConfig
+from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
+from app.routes.params import problems
+from app.runs.config import LoraParameters, RunConfig, looks_like_path
+from app.runs.memory_estimate import panel_memory
 
 router = APIRouter()
 
@@ -29,7 +32,7 @@ def get_models(settings: SettingsDep) -> list[dict[str, Any]]:
     return model_choices(settings)
 
 
-@router.get("/api/models/info", tags=["models"])
+@router.get("/api/models/info", tags=["models"], responses=problems(422))
 def get_model_info(
     settings: SettingsDep,
     model: str = Query("", description="Local model folder or Hugging Face id (empty: the embedded model)."),
@@ -40,12 +43,22 @@ def get_model_info(
 ) -> dict[str, Any]:
     """What a model is (from config.json and safetensors headers) and what these settings would train."""
     try:
-        info = model_info(model, settings)
+        info = model_info(confined_model(model, settings), settings)
         trainable = trainable_params(info, fine_tune_type, num_layers, rank, split_keys(keys))
     except ModelInfoError as exc:
         raise HTTPException(422, detail=[{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]
                             ) from None
     return {**info.to_json(), "trainable": trainable.to_json()}
+
+
+def confined_model(model: str, settings: SettingsDep) -> str:
+    """A model folder inside the folders models may be read from (a hub id as given); else ModelInfoError."""
+    if not model.strip() or not looks_like_path(model.strip()):  # empty: the embedded model
+        return model
+    try:
+        return str(confine(model.strip(), model_roots(settings), "model folder", MODEL_DIRS_SETTING))
+    except PathNotAllowed as exc:
+        raise ModelInfoError(str(exc), "model") from None
 
 
 def _form_int(form: dict[str, str], key: str, default: int) -> int:
@@ -64,7 +77,7 @@ def model_info_panel(request: Request, settings: SettingsDep, templates: Templat
     form = dict(request.query_params)
     context: dict[str, Any] = {"info": None, "trainable": None, "error": None, "trainable_error": None}
     try:
-        info = model_info(form.get("model", ""), settings)
+        info = model_info(confined_model(form.get("model", ""), settings), settings)
         context["info"] = info.to_json()
     except ModelInfoError as exc:
         context["error"] = str(exc)
@@ -78,6 +91,7 @@ def model_info_panel(request: Request, settings: SettingsDep, templates: Templat
             split_keys(form.get("lora_parameters.keys")),
         )
         context["trainable"] = trainable.to_json()
+        context["memory"] = panel_memory(info, trainable, form)
     except ModelInfoError as exc:
         context["trainable_error"] = str(exc)
     return templates.TemplateResponse(request, "_model_info.html", context)

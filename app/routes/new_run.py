@@ -14,6 +14,7 @@ from sqlmodel import Session
 from app.catalog.info import model_choices
 from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.routes.params import bounded_query
 from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
 from app.runs.form import (
@@ -152,7 +153,8 @@ def source_values(source: Run, resume_iteration: int | None) -> tuple[dict[str, 
 @router.get("/runs/new", response_class=HTMLResponse)
 def new_run_form(
     request: Request, session: SessionDep, templates: TemplatesDep, settings: SettingsDep,
-    from_run: int | None = None, resume_iteration: int | None = None,
+    from_run: int | None = bounded_query(None, "copy this run's settings"),
+    resume_iteration: int | None = bounded_query(None, "continue from this checkpoint of from_run"),
 ) -> Response:
     """The form: small defaults for the embedded model, or a copy of an earlier run (to clone or continue it)."""
     values = fresh_values(settings)

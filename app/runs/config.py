@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.settings import Settings
 
 OptimizerName = Literal["adam", "adamw", "sgd", "adafactor", "muon"]
@@ -183,12 +184,13 @@ class EarlyStopping(BaseModel):
 class ResumeFrom(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_id: int = Field(..., ge=1, description="The earlier run to continue.")
-    iteration: int = Field(..., ge=1, description="Its checkpoint to continue from.")
+    run_id: int = Field(..., ge=1, le=2**63 - 1, description="The earlier run to continue.")
+    iteration: int = Field(..., ge=1, le=2**63 - 1, description="Its checkpoint to continue from.")
 
 
 # Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
-LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from")
+LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from",
+                                   "memory_limit_gb", "memory_limit_action")
 FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
 
 
@@ -250,6 +252,10 @@ class RunConfig(BaseModel):
     test: bool = Field(
         False, description="After training, measure the loss of the best (or final) adapter on test.jsonl."
     )
+    trust_remote_code: bool = Field(
+        False, description="Let the model's own Python code (from its repository) run when it loads: only for a "
+        "model whose code you trust."
+    )
     test_batches: int = Field(500, ge=-1, description="Test batches to evaluate; -1 uses the entire test set.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed for weights, batches and dropout.")
     prompt_feature: str | None = Field(None, min_length=1, description="Key of the prompt in completions data "
@@ -267,6 +273,16 @@ class RunConfig(BaseModel):
         None,
         description="Continue an earlier run from one of its checkpoints: weights, optimizer state, "
         "iteration count and learning-rate schedule position. iters is the total to reach.",
+    )
+
+    memory_limit_gb: float | None = Field(
+        None, gt=0, le=1_000_000,
+        description="Watch the worker's memory (resident; on macOS its physical footprint), in GB: above this the "
+        "run page warns, or the run stops (memory_limit_action). Blank: no limit (loraboard's own key).",
+    )
+    memory_limit_action: Literal["warn", "stop"] = Field(
+        "warn", description="What crossing memory_limit_gb does: warn shows a warning on the run page; stop saves "
+        "the adapter and ends the run, saying why.",
     )
 
     @model_validator(mode="after")
@@ -289,8 +305,17 @@ class RunConfig(BaseModel):
         than the training set, or test without a test.jsonl of at least one batch.
         """
         model = self.model.strip() or str(settings.default_model_dir)
-        data = _absolute(self.data.strip() or str(settings.default_dataset_dir))
-        update: dict[str, Any] = {"model": resolve_model(model), "data": str(data)}
+        try:
+            data = confine(self.data.strip() or settings.default_dataset_dir, data_roots(settings), "data folder",
+                           DATA_DIRS_SETTING)
+        except PathNotAllowed as exc:
+            raise config_error(("data",), str(exc), self.data) from None
+        if looks_like_path(model):
+            try:
+                model = str(confine(model, model_roots(settings), "model folder", MODEL_DIRS_SETTING))
+            except PathNotAllowed as exc:
+                raise config_error(("model",), str(exc), self.model) from None
+        update: dict[str, Any] = {"model": model, "data": str(data)}
         train = count_examples(data / "train.jsonl")
         if train is not None and train < self.batch_size:
             raise config_error(("batch_size",), f"batch_size ({self.batch_size}) is more than the {train} examples "

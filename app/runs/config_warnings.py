@@ -129,6 +129,10 @@ def _model_warnings(config: RunConfig, facts: ConfigFacts) -> list[ConfigWarning
             "model", f"the model's weights are {model.dtype} and this machine trains on the CPU, where {model.dtype} "
             "has no fast matrix products: the worker converts them to float32, which needs about twice the memory "
             "of the weights on disk"))
+    if config.trust_remote_code:
+        found.append(ConfigWarning(
+            "trust_remote_code", "trust_remote_code lets the model's repository run its own Python code on this "
+            "machine when the model loads: leave it off unless you trust the model's source"))
     if model.max_positions is not None and config.max_seq_length > model.max_positions:
         found.append(ConfigWarning(
             "max_seq_length", f"max_seq_length ({config.max_seq_length:,}) is longer than the model's "

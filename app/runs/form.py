@@ -46,6 +46,7 @@ FORM_GROUPS: list[tuple[str, str]] = [
     ("memory", "Memory"),
     ("optimizer", "Optimizer"),
     ("data", "Data format"),
+    ("loading", "Model loading"),
     ("resume", "Continue an earlier run"),
 ]
 
@@ -81,6 +82,9 @@ FORM_FIELDS: list[FormField] = [
     FormField("grad_accumulation_steps", "number", "memory"),
     FormField("clear_cache_threshold", "number", "memory"),
     FormField("grad_checkpoint", "checkbox", "memory"),
+    FormField("memory_limit_gb", "number", "memory", "blank: no limit"),
+    FormField("memory_limit_action", "select", "memory"),
+    FormField("trust_remote_code", "checkbox", "loading"),
     FormField("optimizer", "select", "optimizer"),
     FormField("optimizer_config", "options", "optimizer", "e.g. weight_decay=0.01, betas=[0.9, 0.98]"),
     FormField("seed", "number", "optimizer"),

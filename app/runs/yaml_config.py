@@ -22,8 +22,8 @@ MLX_KEYS: tuple[str, ...] = (
     "model", "data", "fine_tune_type", "optimizer", "optimizer_config", "num_layers", "batch_size", "iters",
     "learning_rate", "lr_schedule", "lora_parameters", "max_seq_length", "grad_checkpoint",
     "grad_accumulation_steps", "clear_cache_threshold", "mask_prompt", "steps_per_report", "steps_per_eval",
-    "save_every", "val_batches", "test", "test_batches", "seed", "prompt_feature", "completion_feature",
-    "chat_feature", "text_feature",
+    "save_every", "val_batches", "test", "test_batches", "seed", "trust_remote_code", "prompt_feature",
+    "completion_feature", "chat_feature", "text_feature",
 )
 OPTIONAL_MLX_KEYS = {"lr_schedule", *FEATURE_KEYS}
 # mlx_lm keys that loraboard decides itself: accepted in a file and reported as ignored.
@@ -34,7 +34,6 @@ IGNORED_KEYS: dict[str, str] = {
     "report_to": "loraboard sets this (runs report to this dashboard)",
     "project_name": "loraboard sets this (runs report to this dashboard)",
     "config": "loraboard sets this (the file being read is the config)",
-    "trust_remote_code": "loraboard sets this (models load without running code from their repository)",
 }
 UNSUPPORTED_KEYS: dict[str, str] = {
     "hf_dataset": "hf_dataset is not supported: point data at a local folder with train.jsonl and valid.jsonl",

@@ -1,0 +1,424 @@
+"""The dashboard is as closed as Jupyter: cross-site requests, foreign Host names, a missing access token and
+paths out of the allowed folders are refused before anything changes (real servers on loopback ports)."""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT_DIR, Server, free_port
+
+from app.paths import PathNotAllowed, confine
+from app.security import (
+    BindRefused,
+    cross_site_problem,
+    host_allowed,
+    is_loopback,
+    start_lines,
+    token_for_bind,
+    without_param,
+)
+
+SAMPLE = PROJECT_DIR / "data" / "contact-center"
+EVIL = "http://evil.example"
+TOKEN = "test-token-0123456789abcdef"
+# A run from the new-run form that fails at once (its model folder does not exist): no training needed.
+RUN_FORM = {"name": "csrf-probe", "model": "/nonexistent/csrf-model", "iters": "10", "batch_size": "2"}
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def call(server: Server, method: str, path: str, headers: dict[str, str] | None = None,
+         form: dict[str, str] | None = None, body: Any = None, raw: bytes | None = None) -> Answer:
+    """One request exactly as given (http.client: no redirects followed, no headers added but Host)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    sent = dict(headers or {})
+    data: bytes | None = raw
+    if form is not None:
+        data = urllib.parse.urlencode(form).encode()
+        sent.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    elif body is not None:
+        data = json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+    skip_host = any(k.lower() == "host" for k in sent)
+    conn.putrequest(method, path, skip_host=skip_host, skip_accept_encoding=True)
+    for key, value in sent.items():
+        conn.putheader(key, value)
+    if data is not None:
+        conn.putheader("Content-Length", str(len(data)))
+    conn.endheaders(data)
+    resp = conn.getresponse()
+    answer = Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    conn.close()
+    return answer
+
+
+def run_ids(server: Server) -> set[int]:
+    return {run["id"] for run in server.get("/api/runs")}
+
+
+def wait_gone(server: Server, before: set[int]) -> None:
+    """Let every run created since `before` end (they fail at once: their model folder does not exist)."""
+    for run_id in run_ids(server) - before:
+        server.wait_terminal(run_id, timeout=60)
+
+
+# Pure rules -----------------------------------------------------------------------------------------------
+
+
+def test_confine_keeps_paths_inside_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    assert confine(root / "data", [root]) == (root / "data").resolve()
+    assert confine(str(root / "not-yet"), [root]) == (root / "not-yet").resolve()  # judged by where it would be
+    cases = [
+        ("/etc", "/etc is outside the folders loraboard reads", "LORABOARD_ALLOWED_DIRS"),
+        (f"{root}/../root/data", "must not contain '..'", ""),
+        ("data/contact-center", "must be an absolute path", ""),
+        ("", "is empty", ""),
+        (str(tmp_path / "rootless"), "is outside the folders", ""),  # a sibling sharing the prefix
+    ]
+    for path, rule, setting in cases:
+        with pytest.raises(PathNotAllowed) as caught:
+            confine(path, [root], "dataset folder")
+        assert rule in str(caught.value) and setting in str(caught.value), (path, str(caught.value))
+
+
+def test_confine_refuses_a_link_out_of_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "etc-link").symlink_to("/etc")
+    (root / "inner").mkdir()
+    (root / "inner-link").symlink_to(root / "inner")
+    with pytest.raises(PathNotAllowed, match="is a link to /etc, outside the folders"):
+        confine(root / "etc-link", [root])
+    assert confine(root / "inner-link", [root]) == (root / "inner").resolve()  # a link that stays inside
+
+
+def test_host_rules() -> None:
+    for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.3.4.5", "app.localhost:1"):
+        assert host_allowed(host, "127.0.0.1"), host
+    for host in ("evil.example:8000", "", "10.0.0.5:8000", "localhost.evil.example", "127.0.0.1.evil.example"):
+        assert not host_allowed(host, "127.0.0.1"), host
+    assert host_allowed("dash.example:8000", "127.0.0.1", {"dash.example"})
+    assert host_allowed("box.lan:8000", "box.lan")  # the name it binds
+    assert host_allowed("192.168.1.5:8000", "0.0.0.0")  # an address literal cannot be a rebound name
+    assert not host_allowed("evil.example:8000", "0.0.0.0")
+
+
+def test_cross_site_rules() -> None:
+    own = "127.0.0.1:8000"
+    assert cross_site_problem({"origin": "http://127.0.0.1:8000"}, own) is None
+    assert cross_site_problem({"sec-fetch-site": "same-origin"}, own) is None
+    assert cross_site_problem({"sec-fetch-site": "none"}, own) is None
+    assert cross_site_problem({"referer": "http://127.0.0.1:8000/runs/new"}, own) is None
+    assert cross_site_problem({}, own) is None  # a script; cookies are judged by the caller
+    for headers in ({"origin": EVIL}, {"origin": "null"}, {"origin": "http://127.0.0.1:9999"},
+                    {"origin": "http://127.0.0.1:9999", "sec-fetch-site": "same-origin"},
+                    {"sec-fetch-site": "same-site"}, {"sec-fetch-site": "cross-site"},
+                    {"referer": "http://evil.example/page"}):
+        assert cross_site_problem(headers, own), headers
+
+
+def test_binding_off_loopback_needs_a_token() -> None:
+    assert token_for_bind("127.0.0.1", None, False, []) is None
+    assert token_for_bind("localhost", TOKEN, False, []) == TOKEN
+    assert token_for_bind("0.0.0.0", TOKEN, False, ["192.168.1.5"]) == TOKEN
+    assert token_for_bind("0.0.0.0", None, True, ["192.168.1.5"]) is None
+    with pytest.raises(BindRefused, match=r"192\.168\.1\.5.*--token.*--no-token"):
+        token_for_bind("0.0.0.0", None, False, ["192.168.1.5"])
+    with pytest.raises(BindRefused, match="16 or more"):
+        token_for_bind("0.0.0.0", "short", False, [])
+    lines = start_lines("0.0.0.0", 8765, TOKEN, False, ["192.168.1.5"])
+    assert lines == [f"loraboard: serving on http://127.0.0.1:8765/?token={TOKEN}",
+                     f"loraboard: serving on http://192.168.1.5:8765/?token={TOKEN}"]
+    assert "anyone who can reach" in start_lines("0.0.0.0", 8765, None, True, [])[-1]
+    assert is_loopback("[::1]") and not is_loopback("0.0.0.0")
+    assert without_param("token=abc&status=failed&ids=1&ids=2", "token") == "status=failed&ids=1&ids=2"
+
+
+# A real server: cross-site requests -----------------------------------------------------------------------
+
+
+def test_a_cross_origin_form_post_starts_no_run(shared_server: Server) -> None:
+    before = run_ids(shared_server)
+    for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}, {"Referer": f"{EVIL}/trap.html"},
+                    {"Origin": "null"}, {"Origin": f"http://127.0.0.1:{shared_server.port + 1}"}):
+        answer = call(shared_server, "POST", "/runs/new", headers, form=RUN_FORM)
+        assert answer.status == 403, (headers, answer.status, answer.text)
+        assert "loraboard refused this cross-site request" in answer.text and "nothing was changed" in answer.text
+    assert run_ids(shared_server) == before
+    # the same form from the dashboard's own page (or from a script) starts the run
+    same = call(shared_server, "POST", "/runs/new", {"Origin": shared_server.url}, form=RUN_FORM)
+    assert same.status == 303 and same.headers["location"].startswith("/runs/")
+    script = call(shared_server, "POST", "/runs/new", form=RUN_FORM)
+    assert script.status == 303
+    assert len(run_ids(shared_server) - before) == 2
+    wait_gone(shared_server, before)
+
+
+def test_every_state_changing_route_refuses_another_origin(shared_server: Server, tmp_path: Path) -> None:
+    before = run_ids(shared_server)
+    status, run = shared_server.post("/api/runs", {"model": "/nonexistent/model", "name": "keep me", "iters": 10})
+    assert status == 201
+    run = shared_server.wait_terminal(run["id"], timeout=60)
+    rid = run["id"]
+    folder = tmp_path / "probe-data"
+    shutil.copytree(SAMPLE, folder)
+    datasets = len(shared_server.get("/api/datasets"))
+    routes: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/runs/new", {"form": RUN_FORM}),
+        ("POST", f"/runs/{rid}/stop", {}),
+        ("POST", f"/runs/{rid}/delete", {"form": {"confirm": "yes"}}),
+        ("POST", f"/runs/{rid}/text", {"form": {"name": "renamed", "notes": "x"}}),
+        ("POST", f"/runs/{rid}/checkpoints/10/delete", {}),
+        ("POST", f"/runs/{rid}/checkpoints/10/note", {"form": {"note": "x"}}),
+        ("POST", f"/runs/{rid}/early-stopping", {"form": {"patience": "3"}}),
+        ("POST", "/datasets/register", {"form": {"name": "probe", "path": str(folder)}}),
+        ("POST", "/api/runs", {"body": {"model": "/nonexistent/model"}}),
+        ("PATCH", f"/api/runs/{rid}", {"body": {"name": "renamed"}}),
+        ("DELETE", f"/api/runs/{rid}", {}),
+        ("POST", f"/api/runs/{rid}/stop", {}),
+        ("DELETE", f"/api/runs/{rid}/checkpoints/10", {}),
+        ("POST", "/api/datasets", {"body": {"name": "probe", "path": str(folder)}}),
+        ("POST", "/api/datasets/subset", {"body": {"source": str(SAMPLE), "name": "probe-sub", "n": 10}}),
+        ("POST", "/api/token-stats", {"body": {"data": str(folder)}}),
+    ]
+    for method, path, payload in routes:
+        for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
+            answer = call(shared_server, method, path, headers, **payload)
+            assert answer.status == 403, (method, path, headers, answer.status, answer.text)
+            assert "cross-site request" in answer.json["detail"]
+    after = shared_server.get(f"/api/runs/{rid}")
+    assert after["name"] == "keep me" and run_ids(shared_server) == before | {rid}
+    assert len(shared_server.get("/api/datasets")) == datasets
+
+
+def test_a_browser_with_cookies_but_no_origin_needs_the_csrf_token(shared_server: Server) -> None:
+    page = call(shared_server, "GET", "/runs/new", {"Accept": "text/html"})
+    token = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    assert f'name="csrf_token" value="{token}"' in page.text  # the form's hidden field
+    assert f"loraboard_csrf_{shared_server.port}={token}" in page.headers["set-cookie"]
+    assert "SameSite=Strict" in page.headers["set-cookie"]
+    cookie = {"Cookie": f"loraboard_csrf_{shared_server.port}={token}"}
+    before = run_ids(shared_server)
+    refused = call(shared_server, "POST", "/runs/new", cookie, form=RUN_FORM)
+    assert refused.status == 403 and "no CSRF token" in refused.text
+    wrong = call(shared_server, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": "x" * 43})
+    assert wrong.status == 403
+    assert run_ids(shared_server) == before
+    assert call(shared_server, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": token}).status == 303
+    with_header = call(shared_server, "POST", "/runs/new", {**cookie, "X-CSRF-Token": token}, form=RUN_FORM)
+    assert with_header.status == 303
+    assert len(run_ids(shared_server) - before) == 2
+    wait_gone(shared_server, before)
+
+
+# A real server: Host names -----------------------------------------------------------------------------
+
+
+def test_a_foreign_host_name_is_refused_with_the_setting_named(shared_server: Server) -> None:
+    for path in ("/api/runs", "/", "/runs/1/events"):
+        answer = call(shared_server, "GET", path, {"Host": f"evil.example:{shared_server.port}"})
+        assert answer.status == 403, path
+        assert "'evil.example'" in answer.text and "LORABOARD_ALLOWED_HOSTS=evil.example" in answer.text
+    for host in (f"localhost:{shared_server.port}", f"127.0.0.1:{shared_server.port}", f"[::1]:{shared_server.port}"):
+        assert call(shared_server, "GET", "/api/runs", {"Host": host}).status == 200, host
+
+
+@pytest.fixture(scope="module")
+def named_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("named"), extra_env={"LORABOARD_ALLOWED_HOSTS": "dash.example, other.lan",
+                                                               "LORABOARD_MAX_UPLOAD_MB": "1"})
+    yield srv.start()
+    srv.stop()
+
+
+def test_a_host_name_in_the_setting_is_served(named_server: Server) -> None:
+    host = f"dash.example:{named_server.port}"
+    assert call(named_server, "GET", "/api/runs", {"Host": host}).status == 200
+    assert call(named_server, "GET", "/api/runs", {"Host": "other.lan"}).status == 200
+    assert call(named_server, "GET", "/api/runs", {"Host": "evil.example"}).status == 403
+    # its own origin may post; the loopback origin is another origin for a page on that name
+    assert call(named_server, "POST", "/api/runs/99999/stop", {"Host": host, "Origin": f"http://{host}"}).status == 404
+    assert call(named_server, "POST", "/api/runs/99999/stop", {"Host": host, "Origin": named_server.url}).status == 403
+
+
+# A real server with an access token -----------------------------------------------------------------------
+
+
+@dataclass
+class TokenServer(Server):
+    """A server started with LORABOARD_TOKEN; the fixture's own calls send it as a bearer token."""
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
+        answer = call(self, method, path, {"Authorization": f"Bearer {TOKEN}"}, body=body)
+        parsed = answer.json if "json" in answer.headers.get("content-type", "") else None
+        return answer.status, parsed, answer.body
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = TokenServer(tmp_path_factory.mktemp("token"), extra_env={"LORABOARD_TOKEN": TOKEN})
+    yield srv.start()
+    srv.stop()
+
+
+def test_pages_api_and_event_stream_need_the_token(token_server: Server) -> None:
+    log = (token_server.root / "server.log").read_text()
+    assert f"{token_server.url}/?token={TOKEN}" in log  # the ready-to-click address
+    paths = ("/", "/runs/new", "/datasets", "/api/runs", "/api/datasets", "/api/runs/99999/events",
+             "/static/app.css")
+    for path in paths:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"},
+                        {"Cookie": f"loraboard_token_{token_server.port}=wrong"}):
+            answer = call(token_server, "GET", path, {"Accept": "text/html", **headers})
+            assert answer.status == 401, (path, headers, answer.status)
+            assert "LORABOARD_TOKEN" in answer.text and "Bearer" in answer.text
+        assert call(token_server, "GET", path + "?token=wrong-token-0123456789").status == 401
+    assert call(token_server, "POST", "/runs/new", form=RUN_FORM).status == 401
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert call(token_server, "GET", "/api/runs", bearer).status == 200
+    assert call(token_server, "GET", "/api/runs/99999/events", bearer).status == 404  # reached the stream's route
+    assert call(token_server, "GET", f"/api/runs?token={TOKEN}").status == 200
+
+
+def test_the_first_visit_with_the_token_sets_a_cookie(token_server: Server) -> None:
+    first = call(token_server, "GET", f"/datasets?token={TOKEN}&added=1", {"Accept": "text/html"})
+    assert first.status == 303 and first.headers["location"] == "/datasets?added=1"  # the token leaves the URL
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith(f"loraboard_token_{token_server.port}={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";", 1)[0]}
+    for path in ("/", "/datasets", "/api/runs", "/static/app.css"):
+        assert call(token_server, "GET", path, {"Accept": "text/html", **jar}).status == 200, path
+    assert call(token_server, "GET", "/api/runs/99999/events", jar).status == 404
+
+
+def test_binding_everywhere_without_a_token_is_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LORABOARD_TOKEN"}
+    env.update(LORABOARD_DB_PATH=str(tmp_path / "db.sqlite"), LORABOARD_ADAPTERS_DIR=str(tmp_path / "adapters"),
+               LORABOARD_DATASETS_DIR=str(tmp_path / "datasets"))
+    port = free_port()
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "app", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "refusing to serve on 0.0.0.0 without an access token" in result.stderr
+    assert "--token" in result.stderr and "--no-token" in result.stderr and "LORABOARD_TOKEN" in result.stderr
+    assert "serving on" not in result.stdout and time.monotonic() - started < 60
+    assert not (tmp_path / "db.sqlite").exists()  # it stopped before opening anything
+
+
+# A real server: paths ---------------------------------------------------------------------------------------
+
+
+def test_folders_outside_the_allowed_ones_are_refused(shared_server: Server, tmp_path: Path) -> None:
+    before = len(shared_server.get("/api/datasets"))
+    status, body = shared_server.post("/api/datasets", {"name": "etc", "path": "/etc"})
+    assert status == 422
+    assert "/etc is outside the folders loraboard reads" in body["detail"]["msg"]
+    assert "LORABOARD_ALLOWED_DATA_DIRS" in body["detail"]["msg"]
+    page = call(shared_server, "POST", "/datasets/register", form={"name": "etc", "path": "/etc"})
+    assert page.status == 422 and "outside the folders loraboard reads" in html.unescape(page.text)
+    link = tmp_path / "etc-link"
+    link.symlink_to("/etc")
+    status, body = shared_server.post("/api/datasets", {"name": "linked", "path": str(link)})
+    assert status == 422 and "is a link to /etc, outside the folders" in body["detail"]["msg"]
+    status, body = shared_server.request("GET", "/api/datasets/validate?path=/etc")[:2]
+    assert status == 422 and "outside the folders" in body["detail"][0]["msg"]
+    assert len(shared_server.get("/api/datasets")) == before
+
+
+def test_dot_dot_in_any_path_parameter_is_refused(shared_server: Server, tmp_path: Path) -> None:
+    escape = f"{tmp_path}/../../../../etc"
+    rule = "must not contain '..'"
+    before = run_ids(shared_server)
+    status, body = shared_server.post("/api/datasets", {"name": "dots", "path": escape})
+    assert status == 422 and rule in body["detail"]["msg"]
+    status, body = shared_server.request("GET", f"/api/datasets/validate?path={urllib.parse.quote(escape)}")[:2]
+    assert status == 422 and rule in body["detail"][0]["msg"]
+    for key in ("data", "model"):
+        status, body = shared_server.post("/api/runs", {key: escape})
+        assert status == 422 and body["detail"][0]["loc"] == ["body", key] and rule in body["detail"][0]["msg"]
+    status, body = shared_server.post("/api/token-stats", {"data": escape})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "data"] and rule in body["detail"][0]["msg"]
+    status, body = shared_server.post("/api/datasets/subset", {"source": escape, "name": "dots", "n": 5})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "source" and rule in body["detail"][0]["msg"]
+    status, body = shared_server.request("GET", f"/api/models/info?model={urllib.parse.quote(escape)}")[:2]
+    assert status == 422 and rule in body["detail"][0]["msg"]
+    panel = call(shared_server, "GET", f"/models/info?model={urllib.parse.quote(escape)}")
+    assert rule in html.unescape(panel.text)
+    preview = call(shared_server, "GET", f"/datasets/1/preview?model={urllib.parse.quote(escape)}")
+    assert preview.status == 422 and rule in html.unescape(preview.text)
+    assert run_ids(shared_server) == before
+
+
+def test_a_model_folder_outside_the_allowed_ones_is_refused(shared_server: Server, tmp_path: Path) -> None:
+    status, body = shared_server.post("/api/runs", {"model": "/usr/share"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "model"]
+    assert "LORABOARD_ALLOWED_MODEL_DIRS" in body["detail"][0]["msg"]
+    link = tmp_path / "model-link"
+    link.symlink_to("/usr/share")
+    status, body = shared_server.request("GET", f"/api/models/info?model={link}")[:2]
+    assert status == 422 and "is a link to /usr/share" in body["detail"][0]["msg"]
+    status, body = shared_server.post("/api/token-stats", {"model": "/usr/share"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "model"]
+    assert shared_server.request("GET", "/api/models/info")[0] == 200  # the embedded model, inside data_dir
+
+
+# Other inputs --------------------------------------------------------------------------------------------
+
+
+def test_yaml_is_safe_loaded_and_trust_remote_code_is_off_unless_set(shared_server: Server, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = f"iters: 10\nname: !!python/object/apply:os.system ['touch {marker}']\n"
+    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"}, raw=evil.encode())
+    assert answer.status == 422, answer.text
+    assert not marker.exists()
+    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
+                  raw=b"iters: 10\n")
+    assert answer.status == 200 and answer.json["config"]["trust_remote_code"] is False  # off unless set
+    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
+                  raw=b"iters: 10\ntrust_remote_code: true\n")
+    assert answer.status == 200 and answer.json["config"]["trust_remote_code"] is True  # per run, when set
+    checked = call(shared_server, "POST", "/runs/new/check", form={"iters": "10", "trust_remote_code": "on"})
+    assert checked.status == 200 and "run its own Python code" in checked.text  # and the form warns
+    quiet = call(shared_server, "POST", "/runs/new/check", form={"iters": "10"})
+    assert quiet.status == 200 and "run its own Python code" not in quiet.text
+
+
+def test_a_yaml_file_over_the_upload_limit_is_refused(named_server: Server) -> None:
+    boundary = "----loraboard-test"
+    big = b"iters: 10\n" + b"#" * (1024 * 1024) + b"\n"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"yaml_file\"; filename=\"big.yaml\"\r\n"
+            f"Content-Type: application/yaml\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    answer = call(named_server, "POST", "/runs/new/yaml",
+                  {"Content-Type": f"multipart/form-data; boundary={boundary}"}, raw=body)
+    assert "big.yaml is larger than 1,048,576 bytes: not a run config" in answer.text
+    assert named_server.get("/api/runs") == []
