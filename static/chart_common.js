@@ -47,7 +47,13 @@
   // API points -> compact objects.
   function trainPoint(p) {
     return { it: p.iteration, loss: num(p.train_loss), lr: num(p.learning_rate), tps: num(p.tokens_per_second),
-      its: num(p.iterations_per_second), tok: num(p.trained_tokens), mem: num(p.peak_memory) };
+      its: num(p.iterations_per_second), tok: num(p.trained_tokens), mem: num(p.peak_memory),
+      rss: workerGB(p) };
+  }
+  // The worker's memory in GB: its physical footprint where recorded (macOS), else its resident memory.
+  function workerGB(p) {
+    var b = num(p.footprint_bytes) !== null ? p.footprint_bytes : num(p.rss_bytes);
+    return b === null ? null : b / 1e9;
   }
   function valPoint(p) { return { it: p.iteration, loss: num(p.val_loss) }; }
   function lastIt(points, dflt) { return points.length ? points[points.length - 1].it : dflt; }

@@ -1,9 +1,10 @@
 /* Run page loss chart, part: the small metric charts under it (learning rate, tokens/s,
- * iterations/s, peak memory), found by id: #chart-lr, #chart-tps, #chart-its, #chart-mem.
+ * iterations/s, memory), found by id: #chart-lr, #chart-tps, #chart-its, #chart-mem. The memory chart
+ * has two traces: MLX's peak figure and the worker process's own memory (resident, or the macOS footprint).
  *
  * loraboardChart.smallCharts(chart) is called once by static/run_chart.js with its shared state object
  * `chart` (div, xMode, annotated; read at call time). It returns:
- *   columns(t)          one y column per small chart for the train points t,
+ *   columns(t)          per small chart, one y column per trace, for the train points t,
  *   draw(tx, cols)      the first (and only) newPlot of each small chart,
  *   restyle(tx, cols)   replace their points; extend(tx, cols): append points,
  *   showTicks(show)     show or hide their tick labels (hidden while nothing is drawn),
@@ -18,8 +19,21 @@
     { id: "chart-lr", key: "lr", title: "learning rate", color: "#7c3aed", hover: "%{y:.3~e}", tickformat: "~g" },
     { id: "chart-tps", key: "tps", title: "tokens/s", color: "#0891b2", hover: "%{y:,.0f}" },
     { id: "chart-its", key: "its", title: "iterations/s", color: "#0d9488", hover: "%{y:.3~f}" },
-    { id: "chart-mem", key: "mem", title: "peak memory (GB)", color: "#db2777", hover: "%{y:.2f} GB" }
+    { id: "chart-mem", key: "mem", title: "memory (GB)", color: "#db2777", hover: "%{y:.2f} GB",
+      name: "MLX peak", second: { key: "rss", name: "worker", color: "#475569", dash: "dot" } }
   ];
+
+  function traces(s, tx, ys) {
+    var out = [{ type: "scatter", mode: "lines", x: tx, y: ys[0], name: s.name || s.title,
+      line: { color: s.color, width: 1.5 }, hovertemplate: s.hover + "<extra>" + (s.name || "") + "</extra>" }];
+    if (s.second) {
+      out.push({ type: "scatter", mode: "lines", x: tx, y: ys[1], name: s.second.name,
+        line: { color: s.second.color, width: 1.5, dash: s.second.dash },
+        hovertemplate: s.hover + "<extra>" + s.second.name + "</extra>" });
+    }
+    return out;
+  }
+  function indices(s) { return s.second ? [0, 1] : [0]; }
 
   function smallCharts(chart) {
     var smalls = SMALL.map(function (s) { return { spec: s, div: document.getElementById(s.id) }; })
@@ -33,33 +47,39 @@
         yaxis: { zeroline: false, fixedrange: true, tickfont: { size: 10 }, tickformat: s.tickformat, automargin: true,
           rangemode: "tozero",  // a constant learning rate would otherwise get a meaningless ±1 range
           showticklabels: !chart.annotated },
-        hovermode: "x", showlegend: false, height: 180,
+        hovermode: "x", showlegend: !!s.second, height: 180,
+        legend: { orientation: "h", x: 1, xanchor: "right", y: 1, yanchor: "bottom", font: { size: 10 },
+          bgcolor: "rgba(0,0,0,0)" },
         margin: { l: 50, r: 12, t: 26, b: 28 },
         paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "#ffffff"
       };
     }
 
     function columns(t) {
-      return smalls.map(function (s) { return t.map(function (p) { return p[s.spec.key]; }); });
+      return smalls.map(function (s) {
+        var keys = s.spec.second ? [s.spec.key, s.spec.second.key] : [s.spec.key];
+        return keys.map(function (k) { return t.map(function (p) { return p[k]; }); });
+      });
     }
 
     function draw(tx, cols) {
       return Promise.all(smalls.map(function (s, i) {
-        return Plotly.newPlot(s.div, [{ type: "scatter", mode: "lines", x: tx, y: cols[i], name: s.spec.title,
-          line: { color: s.spec.color, width: 1.5 }, hovertemplate: s.spec.hover + "<extra></extra>" }],
-        layout(s.spec), { responsive: true, displaylogo: false, displayModeBar: false });
+        return Plotly.newPlot(s.div, traces(s.spec, tx, cols[i]), layout(s.spec),
+          { responsive: true, displaylogo: false, displayModeBar: false });
       }));
     }
 
     function restyle(tx, cols) {
       return Promise.all(smalls.map(function (s, i) {
-        return Plotly.restyle(s.div, { x: [tx], y: [cols[i]] }, [0]);
+        var idx = indices(s.spec);
+        return Plotly.restyle(s.div, { x: idx.map(function () { return tx; }), y: cols[i] }, idx);
       }));
     }
 
     function extend(tx, cols) {
       return Promise.all(smalls.map(function (s, i) {
-        return Plotly.extendTraces(s.div, { x: [tx], y: [cols[i]] }, [0]);
+        var idx = indices(s.spec);
+        return Plotly.extendTraces(s.div, { x: idx.map(function () { return tx; }), y: cols[i] }, idx);
       }));
     }
 

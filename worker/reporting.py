@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,6 +24,22 @@ from typing import Any
 from app.runs.config import EarlyStopping
 from app.runs.policy import best_checkpoint
 from app.status import TERMINAL, RunStatus
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def on_stop_signal(event: threading.Event) -> None:
+    """SIGTERM and SIGINT set `event` (the work ends cleanly at its next check); then the signals, held since
+    the worker was spawned (app/jobs/process.spawn_worker), are let through: one that came while the worker
+    was still starting up is delivered now, to this handler."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        event.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 Job = Callable[[sqlite3.Connection], None]
 # Columns of the run table that set_status may write, in the order of its UPDATE.
@@ -140,12 +157,14 @@ class ReportWriter:
             self.run_id, int(info["iteration"]), float(info["train_loss"]), float(info["learning_rate"]),
             float(info["iterations_per_second"]), float(info["tokens_per_second"]), int(info["trained_tokens"]),
             float(info["peak_memory"]), now_text(),
+            info.get("rss_bytes"), info.get("footprint_bytes"), info.get("swap_used_bytes"),
         )
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO trainreport (run_id, iteration, train_loss, learning_rate, iterations_per_second,"
-                " tokens_per_second, trained_tokens, peak_memory, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tokens_per_second, trained_tokens, peak_memory, recorded_at, rss_bytes, footprint_bytes,"
+                " swap_used_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
             conn.execute("UPDATE run SET iteration = MAX(iteration, ?) WHERE id = ?", (values[1], self.run_id))

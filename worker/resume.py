@@ -8,7 +8,6 @@ makes a continued run pick up exactly where the checkpoint left off.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +16,16 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from worker.durable import write_safetensors
+
 
 def optimizer_name(iteration: int) -> str:
     return f"{iteration:07d}_optimizer.safetensors"
 
 
-def save_optimizer(optimizer: optim.Optimizer, path: Path) -> None:
-    """Write the optimizer's whole state (step, learning rate, moments) atomically."""
-    tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-    mx.save_safetensors(str(tmp), dict(tree_flatten(optimizer.state)))
-    os.replace(tmp, path)
+def save_optimizer(optimizer: optim.Optimizer, path: Path, what: str = "optimizer state") -> None:
+    """Write the optimizer's whole state (step, learning rate, moments) durably (worker/durable.py)."""
+    write_safetensors(dict(tree_flatten(optimizer.state)), path, what)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.routes.params import Iteration, RunId
 from app.runs.checkpoints import (
     CheckpointError,
     delete_checkpoint,
@@ -22,11 +23,13 @@ from app.runs.config import (
     EarlyStopping,
 )
 from app.runs.live import STATUS_GLYPHS, tab_title
+from app.runs.memory_guard import memory_warning
 from app.runs.policy import best_checkpoint
 from app.runs.store import (
     checkpoints_of,
     first_val_loss,
     latest_train,
+    peak_worker_memory,
     progress_view,
     set_early_stopping,
 )
@@ -48,8 +51,11 @@ def _run_or_404(session: SessionDep, run_id: int) -> Run:
 def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
     assert run.id is not None
     latest = latest_train(session, run.id)
+    config = run.config
+    memory_note = memory_warning(peak_worker_memory(session, run.id), config.get("memory_limit_gb"),
+                                 config.get("memory_limit_action", "warn"))
     return {"run": run, "latest": latest, "progress": progress_view(run), "rule": _live_rule(run),
-            "summary": run_summary(session, run)}
+            "summary": run_summary(session, run), "memory_warning": memory_note}
 
 
 def _live_rule(run: Run) -> EarlyStopping | None:
@@ -71,7 +77,7 @@ def _checkpoint_context(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
+def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
     run = _run_or_404(session, run_id)
     context = {**_status_context(session, run), **_checkpoint_context(request, session, run)}
     # a continued run's chart starts with the earlier run's curve
@@ -89,25 +95,26 @@ def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run
 
 
 @router.get("/runs/{run_id}/status", response_class=HTMLResponse)
-def run_status_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
+def run_status_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
 
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
-def checkpoints_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
+def checkpoints_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_checkpoints.html", _checkpoint_context(request, session, run))
 
 
 @router.post("/runs/{run_id}/stop", response_class=HTMLResponse)
 def stop_from_page(
-    request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: int,
+    request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: RunId,
     keep_best: bool = False,
 ) -> Response:
     run = _run_or_404(session, run_id)
     supervisor.request_stop(session, run, keep_best=keep_best)
-    session.refresh(run)
+    session.expunge(run)  # read it afresh: it may have ended, or been deleted, meanwhile
+    run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
 
 
@@ -138,7 +145,7 @@ def _checkpoint_action(
 
 @router.post("/runs/{run_id}/checkpoints/{iteration}/deployment", response_class=HTMLResponse)
 def set_deployment_from_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId, iteration: Iteration
 ) -> Response:
     def deploy(run: Run, ckpt: Checkpoint) -> None:
         set_deployment(session, run_id, ckpt)
@@ -149,7 +156,7 @@ def set_deployment_from_page(
 
 @router.post("/runs/{run_id}/checkpoints/{iteration}/note", response_class=HTMLResponse)
 def set_note_from_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int,
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId, iteration: Iteration,
     note: Annotated[str, Form()] = "",
 ) -> Response:
     return _checkpoint_action(
@@ -159,8 +166,8 @@ def set_note_from_page(
 
 @router.post("/runs/{run_id}/checkpoints/{iteration}/delete", response_class=HTMLResponse)
 def delete_from_page(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: int,
-    iteration: int, confirm: Annotated[str, Form()] = "",
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
+    iteration: Iteration, confirm: Annotated[str, Form()] = "",
 ) -> Response:
     return _checkpoint_action(
         request, session, templates, run_id, iteration,
@@ -169,7 +176,7 @@ def delete_from_page(
 
 
 @router.get("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
-def early_stopping_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: int) -> Response:
+def early_stopping_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
     run = _run_or_404(session, run_id)
     context = {"run": run, "early_stopping_error": None, "saved": False, "rule": _live_rule(run)}
     return templates.TemplateResponse(request, "_early_stopping.html", context)
@@ -177,7 +184,7 @@ def early_stopping_partial(request: Request, session: SessionDep, templates: Tem
 
 @router.post("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
 def early_stopping_from_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int,
+    request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId,
     enabled: Annotated[str | None, Form()] = None,
     patience: Annotated[str, Form()] = "2",
     min_delta: Annotated[str, Form()] = "0",

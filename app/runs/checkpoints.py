@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from app.paths import checkpoint_files, run_dir
+from app.jobs.supervisor import ACTIVE
+from app.paths import checkpoint_files, remove_temp_files, run_dir
 from app.runs.store import checkpoints_of
 from app.settings import Settings
 from app.tables import Checkpoint, Run
@@ -87,3 +90,18 @@ def table_rows(
         rows.append({"c": ckpt, "improvement": improvement(first_val, ckpt.val_loss),
                      "commands": usage_commands(base_url, run, ckpt)})
     return rows
+
+
+def remove_leftover_temps(session: Session, settings: Settings, writing: Callable[[Run], bool]) -> list[Path]:
+    """Delete temporary files left in run folders by workers killed mid-write (at server start).
+
+    writing(run): whether an active run's worker may still be writing; its folder is left alone.
+    """
+    busy = {run_dir(settings, run.id) for run in session.exec(select(Run).where(col(Run.status).in_(ACTIVE)))
+            if run.id is not None and writing(run)}
+    removed: list[Path] = []
+    if settings.adapters_dir.is_dir():
+        for folder in sorted(settings.adapters_dir.glob("run-*")):
+            if folder.is_dir() and folder not in busy:
+                removed += remove_temp_files(folder)
+    return removed

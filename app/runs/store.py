@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from app.paths import checkpoint_files, run_dir
 from app.runs.config import EarlyStopping, RunConfig
@@ -82,6 +82,14 @@ def latest_train(session: Session, run_id: int) -> TrainReport | None:
     return session.exec(query.limit(1)).first()
 
 
+def peak_worker_memory(session: Session, run_id: int) -> int | None:
+    """The highest worker memory reading of a run's reports (footprint where recorded, else resident)."""
+    query = select(func.max(func.coalesce(TrainReport.footprint_bytes, TrainReport.rss_bytes))).where(
+        TrainReport.run_id == run_id)
+    value = session.exec(query).first()
+    return int(value) if value is not None else None
+
+
 def first_val_loss(session: Session, run_id: int) -> float | None:
     query = select(ValReport).where(ValReport.run_id == run_id).order_by(col(ValReport.iteration))
     first = session.exec(query.limit(1)).first()
@@ -135,7 +143,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
 
 
 TRAIN_FIELDS = ("iteration", "train_loss", "learning_rate", "iterations_per_second", "tokens_per_second",
-                "trained_tokens", "peak_memory")
+                "trained_tokens", "peak_memory", "rss_bytes", "footprint_bytes", "swap_used_bytes")
 
 
 def _points(
