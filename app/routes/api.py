@@ -10,12 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
+from app.routes.params import Iteration, RunId, bounded_query, content, problems
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.listing import (
     NAME_MAX,
     NOTES_MAX,
     ConfirmMissingError,
+    RunGoneError,
     RunLiveError,
     clean_name,
     clean_notes,
@@ -23,6 +25,7 @@ from app.runs.listing import (
     update_run_text,
 )
 from app.runs.policy import best_checkpoint
+from app.runs.queue import NotQueuedError, QueueMove, move_in_queue
 from app.runs.store import (
     adapter_zip,
     annotations_json,
@@ -64,7 +67,7 @@ def validate_config(payload: dict[str, Any], settings: SettingsDep, session: Ses
     return config
 
 
-@router.post("/runs", status_code=status.HTTP_201_CREATED)
+@router.post("/runs", status_code=status.HTTP_201_CREATED, responses=problems(400, 422))
 def post_run(
     session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
     payload: dict[str, Any] = Body(default_factory=dict),
@@ -81,8 +84,8 @@ def get_runs(session: SessionDep) -> list[dict[str, Any]]:
     return [run_json(session, run) for run in list_runs(session)]
 
 
-@router.get("/runs/{run_id}")
-def get_run(session: SessionDep, run_id: int) -> dict[str, Any]:
+@router.get("/runs/{run_id}", responses=problems(404, 422))
+def get_run(session: SessionDep, run_id: RunId) -> dict[str, Any]:
     return run_json(session, get_run_or_404(session, run_id))
 
 
@@ -108,8 +111,8 @@ class RunPatch(BaseModel):
         return clean_notes(value or "")
 
 
-@router.patch("/runs/{run_id}")
-def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, Any]:
+@router.patch("/runs/{run_id}", responses=problems(400, 404, 409, 422))
+def patch_run(session: SessionDep, run_id: RunId, patch: RunPatch) -> dict[str, Any]:
     run = get_run_or_404(session, run_id)
     fields = patch.model_fields_set
     if "early_stopping" in fields and run.is_terminal:  # checked before anything is written
@@ -122,9 +125,9 @@ def patch_run(session: SessionDep, run_id: int, patch: RunPatch) -> dict[str, An
     return run_json(session, run)
 
 
-@router.delete("/runs/{run_id}")
+@router.delete("/runs/{run_id}", responses=problems(400, 404, 409, 422))
 def delete_run_api(
-    session: SessionDep, settings: SettingsDep, run_id: int,
+    session: SessionDep, settings: SettingsDep, run_id: RunId,
     confirm: str = Query("", description="'yes': the run's checkpoints, reports and folder go for good"),
 ) -> dict[str, Any]:
     """Delete a run that has ended, with its reports, checkpoints and adapters folder (409 while it is live)."""
@@ -133,6 +136,8 @@ def delete_run_api(
         deleted = delete_run(session, settings, run, confirm)
     except RunLiveError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    except RunGoneError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
     except ConfirmMissingError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     return {
@@ -144,45 +149,72 @@ def delete_run_api(
     }
 
 
-@router.get("/runs/{run_id}/metrics")
+@router.get("/runs/{run_id}/metrics", responses=problems(404, 422))
 def get_metrics(
-    session: SessionDep, run_id: int, after: int | None = Query(None, description="only iterations > after"),
+    session: SessionDep, run_id: RunId, after: int | None = bounded_query(None, "only iterations > after"),
     include_parent: bool = Query(False, description="a continued run: start with the earlier run's points"),
-    start: int | None = Query(None, description="only iterations >= start"),
-    end: int | None = Query(None, description="only iterations <= end"),
+    start: int | None = bounded_query(None, "only iterations >= start"),
+    end: int | None = bounded_query(None, "only iterations <= end"),
     max_points: int | None = Query(None, ge=3, le=100_000, description="LTTB-downsample each series to this many"),
 ) -> dict[str, Any]:
     get_run_or_404(session, run_id)
     return metrics_json(session, run_id, after, include_parent, start, end, max_points)
 
 
-@router.get("/runs/{run_id}/annotations")
-def get_annotations(session: SessionDep, run_id: int) -> dict[str, Any]:
+@router.get("/runs/{run_id}/annotations", responses=problems(404, 422))
+def get_annotations(session: SessionDep, run_id: RunId) -> dict[str, Any]:
     """Chart marks: checkpoints, validation minimum, early-stop point, overfitting stretches."""
     return annotations_json(session, get_run_or_404(session, run_id))
 
 
-@router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED, responses=problems(404, 422))
 def stop_run(
-    session: SessionDep, supervisor: SupervisorDep, run_id: int,
+    session: SessionDep, supervisor: SupervisorDep, run_id: RunId,
     keep_best: bool = Query(False, description="when the run has ended, mark its best checkpoint as deployment"),
 ) -> dict[str, Any]:
     run = get_run_or_404(session, run_id)
     supervisor.request_stop(session, run, keep_best=keep_best)
-    session.refresh(run)
-    return run_json(session, run)
+    session.expunge(run)  # read it afresh: it may have ended, or been deleted, meanwhile
+    return run_json(session, get_run_or_404(session, run_id))
 
 
-@router.get("/runs/{run_id}/checkpoints")
-def get_checkpoints(session: SessionDep, run_id: int) -> list[dict[str, Any]]:
+@router.post("/runs/queue/cancel")
+def cancel_queue(session: SessionDep, supervisor: SupervisorDep) -> dict[str, Any]:
+    """End every queued run as `stopped` before it starts (runs already training are left alone)."""
+    cancelled = supervisor.cancel_queued(session)
+    return {"cancelled": cancelled, "count": len(cancelled)}
+
+
+class QueueMoveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: QueueMove = Field(description="where the run goes: the top or bottom of the queue, or one place up "
+                                            "or down")
+
+
+@router.post("/runs/{run_id}/queue", responses=problems(400, 404, 409, 422))
+def move_queued_run(session: SessionDep, run_id: RunId, body: QueueMoveBody) -> dict[str, Any]:
+    """Move a queued run in the queue (409 once it has started or ended); answers the new order of the queue."""
+    run = get_run_or_404(session, run_id)
+    try:
+        order = move_in_queue(session, run, body.position)
+    except NotQueuedError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    return {"queue": order}
+
+
+@router.get("/runs/{run_id}/checkpoints", responses=problems(404, 422))
+def get_checkpoints(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
     get_run_or_404(session, run_id)
     checkpoints = checkpoints_of(session, run_id)
     best = best_checkpoint(checkpoints)
     return [checkpoint_json(c, best) for c in checkpoints]
 
 
-@router.get("/runs/{run_id}/checkpoints/{iteration}/download")
-def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: int, iteration: int) -> Response:
+@router.get("/runs/{run_id}/checkpoints/{iteration}/download", response_class=Response,
+            responses={**content("application/zip", "the adapter (adapter_config.json and the weights) as a zip"),
+                       **problems(404, 410, 422)})
+def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: RunId, iteration: Iteration) -> Response:
     run = get_run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
     try:
@@ -209,8 +241,10 @@ def checkpoint_or_404(session: SessionDep, run_id: int, iteration: int) -> Check
     return ckpt
 
 
-@router.patch("/runs/{run_id}/checkpoints/{iteration}")
-def patch_checkpoint(session: SessionDep, run_id: int, iteration: int, patch: CheckpointPatch) -> dict[str, Any]:
+@router.patch("/runs/{run_id}/checkpoints/{iteration}", responses=problems(400, 404, 422))
+def patch_checkpoint(
+    session: SessionDep, run_id: RunId, iteration: Iteration, patch: CheckpointPatch
+) -> dict[str, Any]:
     get_run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
     if patch.is_deployment:
@@ -222,9 +256,10 @@ def patch_checkpoint(session: SessionDep, run_id: int, iteration: int, patch: Ch
     return checkpoint_json(ckpt, best_checkpoint(checkpoints))
 
 
-@router.delete("/runs/{run_id}/checkpoints/{iteration}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/runs/{run_id}/checkpoints/{iteration}", status_code=status.HTTP_204_NO_CONTENT,
+               response_class=Response, responses=problems(404, 409, 422))
 def delete_checkpoint_api(
-    session: SessionDep, settings: SettingsDep, run_id: int, iteration: int,
+    session: SessionDep, settings: SettingsDep, run_id: RunId, iteration: Iteration,
     confirm: str = Query("", description="'yes'; 'deployment' to delete the deployment checkpoint"),
 ) -> Response:
     run = get_run_or_404(session, run_id)

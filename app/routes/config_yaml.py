@@ -11,6 +11,7 @@ from starlette.datastructures import UploadFile
 from app.deps import SessionDep, SettingsDep, TemplatesDep
 from app.routes.new_run import check_values, fresh_values, render_form
 from app.routes.new_run import form_context as new_run_context
+from app.routes.params import RunId, content, problems
 from app.runs.config import RunConfig
 from app.runs.config_warnings import read_model_facts
 from app.runs.form import form_values
@@ -18,10 +19,13 @@ from app.runs.yaml_config import YamlConfigError, YamlProblem, export_yaml, pars
 from app.tables import Run
 
 router = APIRouter()
+YAML_BODY = {"requestBody": {"required": True, "description": "an mlx_lm YAML config",
+                             "content": {"application/yaml": {"schema": {"type": "string"}}}}}
 
 
-@router.get("/api/runs/{run_id}/config.yaml", tags=["runs"])
-def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: int) -> Response:
+@router.get("/api/runs/{run_id}/config.yaml", tags=["runs"], response_class=Response,
+            responses={**content("application/yaml", "the config as mlx_lm YAML"), **problems(404, 422)})
+def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: RunId) -> Response:
     """The run's config as a YAML that `python -m mlx_lm lora -c <file>` trains from as is."""
     run = session.get(Run, run_id)
     if run is None:
@@ -32,7 +36,7 @@ def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: int) -> 
     return Response(text, media_type="application/yaml", headers=headers)
 
 
-@router.post("/api/configs/parse", tags=["configs"])
+@router.post("/api/configs/parse", tags=["configs"], responses=problems(422), openapi_extra=YAML_BODY)
 async def parse_config(request: Request) -> JSONResponse:
     """YAML text in (the request body) -> {"config": RunConfig, "ignored": [...], "keys": [...]}, or a 422 whose
     detail lists each problem with its key path, line and column."""

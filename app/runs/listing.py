@@ -24,6 +24,7 @@ ENDED = "ended"
 STATUS_FILTERS: tuple[str, ...] = (ACTIVE, ENDED, *(s.value for s in RunStatus))
 NAME_MAX = 200
 NOTES_MAX = 5000
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer
 
 
 class RunListError(ValueError):
@@ -36,6 +37,10 @@ class RunLiveError(RunListError):
 
 class ConfirmMissingError(RunListError):
     """A deletion without its confirmation."""
+
+
+class RunGoneError(RunListError):
+    """The run was deleted meanwhile (by another request)."""
 
 
 @dataclass(frozen=True)
@@ -199,19 +204,25 @@ def delete_run(session: Session, settings: Settings, run: Run, confirm: str) -> 
     reports += session.exec(select(func.count()).where(ValReport.run_id == run_id)).one()
     children = continued_by(session, run_id)
     folder = run_dir(settings, run_id)
-    aside = folder.with_name(f".deleting-{folder.name}-{uuid.uuid4().hex[:8]}") if folder.exists() else None
-    if aside is not None:
+    aside: Path | None = folder.with_name(f".deleting-{folder.name}-{uuid.uuid4().hex[:8]}")
+    try:
         folder.rename(aside)
+    except FileNotFoundError:  # no folder, or another request is deleting the run right now
+        aside = None
     try:
         for table, column in _run_child_tables():
             session.exec(delete(table).where(column == run_id))
-        session.delete(run)
+        result = session.exec(delete(Run).where(col(Run.id) == run_id))  # type: ignore[call-overload]
+        if result.rowcount != 1:
+            raise RunGoneError(f"there is no run {run_id}: it has just been deleted")
         session.commit()
     except Exception:
         session.rollback()
         if aside is not None:
             aside.rename(folder)
         raise
+    if run in session:
+        session.expunge(run)
     leftover = None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
@@ -236,6 +247,8 @@ def parse_ids(values: Sequence[str]) -> list[int]:
                 continue
             if not part.isdigit():
                 raise RunListError(f"ids: {part!r} is not a run id (expected numbers like ids=1,2,3)")
+            if int(part) > MAX_RUN_ID:
+                raise RunListError(f"ids: {part} is not a run id (run ids are at most {MAX_RUN_ID})")
             if int(part) not in ids:
                 ids.append(int(part))
     if not ids:

@@ -1,0 +1,60 @@
+"""Path and query parameters shared by the routers, and the error responses the API documents.
+
+Every integer that reaches the database is bounded to SQLite's 64-bit range: a larger one is
+answered 422 (it names the parameter and the bound) instead of failing inside the query.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Path, Query
+from pydantic import BaseModel, Field
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+MIN_INT = -(2**63)
+
+RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
+DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dataset's id")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
+Iteration = Annotated[int, Path(ge=0, le=MAX_ID, description="the checkpoint's iteration")]
+
+
+def bounded_query(default: Any = None, description: str = "") -> Any:
+    """A query integer within SQLite's range."""
+    return Query(default, ge=MIN_INT, le=MAX_ID, description=description)
+
+
+class Problem(BaseModel):
+    """An error: `detail` is one sentence, or a list of {loc, msg, type} naming each bad field."""
+
+    detail: str | list[dict[str, Any]] | dict[str, Any] = Field(
+        description="what was wrong: a sentence, or one entry per bad field (loc, msg, type)"
+    )
+
+
+_DESCRIPTIONS: dict[int, str] = {
+    400: "the request cannot be read (a body that is not JSON, a missing confirmation)",
+    404: "no such run, checkpoint, dataset or job",
+    409: "the resource is not in a state that allows this (e.g. a run that is still live, or has ended)",
+    410: "the resource's file is gone from disk",
+    413: "the upload is larger than allowed",
+    415: "the body's content type is not the one expected",
+    422: "a parameter or body field is invalid: each problem names its field",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of an operation: these error codes, each with the Problem body."""
+    return {code: {"model": Problem, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def stream_problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of an event stream: its errors are answered as JSON before any event is sent."""
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    return {code: {**answer, "content": json_body} for code, answer in problems(*codes).items()}
+
+
+def content(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    """A 200 answered with a body that is not JSON (a zip, a YAML file)."""
+    return {200: {"description": description, "content": {media_type: {}}}}
