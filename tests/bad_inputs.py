@@ -111,8 +111,8 @@ CONFIGS: list[BadConfig] = [
     BadConfig("max-seq-tiny", {"max_seq_length": 2}, ("max_seq_length",), "greater than or equal to 8"),
     BadConfig("patience-zero", {"early_stopping": {"patience": 0}}, ("early_stopping", "patience"), "greater"),
     BadConfig("unknown-key", {"itres": 100}, ("itres",), "xtra"),
-    BadConfig("resume-missing-run", {"iters": 200, "resume_from": {"run_id": 987654, "iteration": 100}}, ("resume_from",),
-              "987654"),
+    BadConfig("resume-missing-run", {"iters": 200, "resume_from": {"run_id": 987654, "iteration": 100}},
+              ("resume_from",), "987654"),
     BadConfig("data-missing", {"data": "/nonexistent/loraboard-data"}, ("data",), "does not exist"),
 ]
 

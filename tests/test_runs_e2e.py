@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,9 +249,14 @@ def test_early_stopping_switched_on_while_training_takes_effect(shared_server: S
     assert status == 422
 
 
-def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server) -> None:
-    config = {**QUICK_RUN, "iters": 40, "steps_per_eval": 10, "save_every": 10, "val_batches": -1,
-              "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 40]}}
+def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server, tmp_path: Path) -> None:
+    data = tmp_path / "small-valid"  # every validation covers the whole (small) validation set: exact, and quick
+    data.mkdir()
+    source = PROJECT_DIR / "data" / "contact-center"
+    shutil.copy(source / "train.jsonl", data / "train.jsonl")
+    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
+    config = {**QUICK_RUN, "data": str(data), "iters": 40, "steps_per_eval": 10, "save_every": 10,
+              "val_batches": -1, "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 40]}}
     status, straight = shared_server.post("/api/runs", config)  # the uninterrupted reference
     assert status == 201
     shared_server.wait_terminal(straight["id"])
