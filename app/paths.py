@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from app.catalog.files import hf_hub_cache_dir
 from app.settings import Settings
 
 
@@ -35,18 +36,6 @@ def split_dirs(text: str) -> list[Path]:
     return [Path(part).expanduser() for part in text.split(os.pathsep) if part.strip()]
 
 
-def hf_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
-    env = os.environ if environ is None else environ
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(name):
-            return Path(env[name]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return cache / "huggingface" / "hub"
-
-
 def data_roots(settings: Settings) -> list[Path]:
     """Folders a dataset may live in: data_dir, the datasets folder, and the allow-listed ones."""
     return [settings.data_dir, settings.local_datasets_dir, *split_dirs(settings.allowed_data_dirs),
@@ -55,7 +44,7 @@ def data_roots(settings: Settings) -> list[Path]:
 
 def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Path]:
     """Folders a model may live in: data_dir, the models folder, the Hugging Face cache, the allow-listed ones."""
-    return [settings.data_dir, settings.local_models_dir, hf_cache_dir(environ),
+    return [settings.data_dir, settings.local_models_dir, hf_hub_cache_dir(environ),
             *split_dirs(settings.allowed_model_dirs), *split_dirs(settings.allowed_dirs)]
 
 

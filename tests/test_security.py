@@ -374,7 +374,8 @@ def test_dot_dot_in_any_path_parameter_is_refused(shared_server: Server, tmp_pat
     assert status == 422 and rule in body["detail"][0]["msg"]
     panel = call(shared_server, "GET", f"/models/info?model={urllib.parse.quote(escape)}")
     assert rule in html.unescape(panel.text)
-    preview = call(shared_server, "GET", f"/datasets/1/preview?model={urllib.parse.quote(escape)}")
+    sample = shared_server.get("/api/datasets")[0]["id"]  # the sample is registered when first listed
+    preview = call(shared_server, "GET", f"/datasets/{sample}/preview?model={urllib.parse.quote(escape)}")
     assert preview.status == 422 and rule in html.unescape(preview.text)
     assert run_ids(shared_server) == before
 
