@@ -208,6 +208,19 @@ def test_every_state_changing_route_refuses_another_origin(shared_server: Server
         ("POST", "/api/datasets", {"body": {"name": "probe", "path": str(folder)}}),
         ("POST", "/api/datasets/subset", {"body": {"source": str(SAMPLE), "name": "probe-sub", "n": 10}}),
         ("POST", "/api/token-stats", {"body": {"data": str(folder)}}),
+        ("POST", "/dataset-tools/token-stats", {"form": {"data": str(folder)}}),
+        ("POST", "/datasets/upload", {"form": {"name": "probe"}}),
+        ("POST", "/runs/new/yaml", {"form": {"yaml_text": "iters: 10"}}),
+        ("POST", f"/runs/{rid}/checkpoints/10/deployment", {}),
+        ("POST", "/runs/queue/cancel", {}),
+        ("POST", f"/runs/{rid}/queue", {"form": {"position": "top"}}),
+        ("POST", "/api/runs/queue/cancel", {}),
+        ("POST", f"/api/runs/{rid}/queue", {"body": {"position": "top"}}),
+        ("PATCH", f"/api/runs/{rid}/checkpoints/10", {"body": {"note": "x"}}),
+        ("POST", "/api/jobs/1/cancel", {}),
+        ("PATCH", "/api/jobs/1", {"body": {"allow_while_training": True}}),
+        ("POST", "/jobs/1/cancel", {}),
+        ("POST", "/jobs/1/allow-while-training", {}),
     ]
     for method, path, payload in routes:
         for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
