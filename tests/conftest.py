@@ -175,6 +175,15 @@ QUICK_RUN: dict[str, Any] = {
 }
 
 
+def small_valid_data(folder: Path, valid: int = 16) -> Path:
+    """The sample's training set with a small validation set: validating on all of it is exact, and quick."""
+    folder.mkdir()
+    source = PROJECT_DIR / "data" / "contact-center"
+    shutil.copy(source / "train.jsonl", folder / "train.jsonl")
+    (folder / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:valid]))
+    return folder
+
+
 def overfitting_run(tmp_path: Path) -> dict[str, Any]:
     """A run that overfits fast: 8 training examples are memorised within ~40 steps, after which
     validation loss (on 16 examples, all of them at every evaluation) rises; early stopping on."""

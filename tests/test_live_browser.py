@@ -100,7 +100,7 @@ def test_chart_streams_points_title_follows_and_the_end_notifies(
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "live-demo", "iters": 80,
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "live-demo", "iters": 50,
                                                    "steps_per_report": 2, "steps_per_eval": 20, "save_every": 40})
     assert status == 201
     page.goto(f"{shared_server.url}/runs/{run['id']}")

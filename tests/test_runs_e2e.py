@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run, small_valid_data
 
 
 def unzip_adapter(server: Server, run_id: int, iteration: int, dest: Path) -> Path:
@@ -174,9 +174,11 @@ def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
     assert generate_with_adapter(default_model, adapter).strip()
 
 
-def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 30, "save_every": 10, "steps_per_eval": 5,
-                                                   "val_batches": 1, "full_val_at_checkpoints": True})
+def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server, tmp_path: Path) -> None:
+    data = small_valid_data(tmp_path / "small-valid")
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(data), "iters": 30, "save_every": 10,
+                                                   "steps_per_eval": 5, "val_batches": 1,
+                                                   "full_val_at_checkpoints": True})
     assert status == 201
     run = shared_server.wait_terminal(run["id"])
     base = f"/api/runs/{run['id']}/checkpoints"
@@ -250,11 +252,7 @@ def test_early_stopping_switched_on_while_training_takes_effect(shared_server: S
 
 
 def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server, tmp_path: Path) -> None:
-    data = tmp_path / "small-valid"  # every validation covers the whole (small) validation set: exact, and quick
-    data.mkdir()
-    source = PROJECT_DIR / "data" / "contact-center"
-    shutil.copy(source / "train.jsonl", data / "train.jsonl")
-    (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
+    data = small_valid_data(tmp_path / "small-valid")
     config = {**QUICK_RUN, "data": str(data), "iters": 40, "steps_per_eval": 10, "save_every": 10,
               "val_batches": -1, "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 40]}}
     status, straight = shared_server.post("/api/runs", config)  # the uninterrupted reference
@@ -355,7 +353,6 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
 
 def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, tmp_path: Path) -> None:
     """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache."""
-    import shutil
 
     snapshot = tmp_path / "hf" / "hub" / "models--loraboard--tiny-mistral" / "snapshots" / "0123456789abcdef"
     shutil.copytree(default_model, snapshot)
