@@ -216,6 +216,11 @@ def delete_run(session: Session, settings: Settings, run: Run, confirm: str) -> 
         if result.rowcount != 1:
             raise RunGoneError(f"there is no run {run_id}: it has just been deleted")
         session.commit()
+    except RunGoneError:  # another request deleted the rows first (this one moved the folder aside first)
+        session.rollback()
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)  # the rows are gone: their files go too
+        raise
     except Exception:
         session.rollback()
         if aside is not None:
