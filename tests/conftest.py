@@ -133,15 +133,19 @@ class Server:
         status, parsed, _ = self.request("POST", path, body if body is not None else {})
         return status, parsed
 
-    def wait_for(self, run_id: int, predicate: Any, timeout: float = 240, what: str = "") -> dict[str, Any]:
+    def poll(self, path: str, predicate: Any, timeout: float = 240, what: str = "", every_s: float = 0.3) -> Any:
+        """GET path until predicate(answer) holds; the last answer otherwise fails the test."""
         deadline = time.monotonic() + timeout
-        run: dict[str, Any] = {}
+        answer: Any = None
         while time.monotonic() < deadline:
-            run = self.get(f"/api/runs/{run_id}")
-            if predicate(run):
-                return run
-            time.sleep(0.3)
-        raise AssertionError(f"run {run_id} never became {what or predicate}: {run}")
+            answer = self.get(path)
+            if predicate(answer):
+                return answer
+            time.sleep(every_s)
+        raise AssertionError(f"{path} never became {what or predicate}: {answer}")
+
+    def wait_for(self, run_id: int, predicate: Any, timeout: float = 240, what: str = "") -> dict[str, Any]:
+        return self.poll(f"/api/runs/{run_id}", predicate, timeout, what)
 
     def wait_terminal(self, run_id: int, timeout: float = 240) -> dict[str, Any]:
         return self.wait_for(run_id, lambda r: r["status"] in TERMINAL, timeout, "terminal")

@@ -204,14 +204,7 @@ def big_dataset(root: Path, name: str, times: int = 30) -> Path:
 
 
 def wait_job(server: Server, job_id: int, predicate: Any, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = server.get(f"/api/jobs/{job_id}")
-        if predicate(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id}: {job}")
+    return server.poll(f"/api/jobs/{job_id}", predicate, timeout, every_s=0.2)
 
 
 def read_events(url: str, timeout: float = 180) -> list[tuple[str, dict[str, Any]]]:

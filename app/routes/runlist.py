@@ -91,6 +91,13 @@ def edit_run_text(
     return templates.TemplateResponse(request, "_runs_row.html", context)
 
 
+def _filter_from_form(status_filter: str, q: str) -> RunFilter:
+    try:
+        return parse_filter(status_filter, q)
+    except RunListError:
+        return RunFilter()
+
+
 @router.post("/runs/{run_id}/delete", response_class=HTMLResponse)
 def delete_from_list(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
@@ -109,19 +116,8 @@ def delete_from_list(
             message = deleted
         except RunListError as exc:
             action_error = str(exc)
-    try:
-        run_filter = parse_filter(status_filter, q)
-    except RunListError:
-        run_filter = RunFilter()
-    context = table_context(session, run_filter, message=message, action_error=action_error)
+    context = table_context(session, _filter_from_form(status_filter, q), message=message, action_error=action_error)
     return templates.TemplateResponse(request, "_runs_table.html", context)
-
-
-def _filter_from_form(status_filter: str, q: str) -> RunFilter:
-    try:
-        return parse_filter(status_filter, q)
-    except RunListError:
-        return RunFilter()
 
 
 @router.post("/runs/queue/cancel", response_class=HTMLResponse)
