@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -33,11 +34,25 @@ def base_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    """The embedded tiny model and sample data (built on first use, then cached in data/)."""
-    subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=base_env(), check=True)
+    """The embedded tiny model and sample data (built on first use, then cached in data/).
+
+    A lock file makes parallel test processes build it once: the others wait, then find it built."""
+    (PROJECT_DIR / "data").mkdir(exist_ok=True)
+    with (PROJECT_DIR / "data" / ".defaults.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=base_env(), check=True)
     model = PROJECT_DIR / "data" / "models" / "tiny-mistral"
     assert (model / "config.json").exists()
     return model
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In parallel runs (pytest-xdist, --dist loadgroup) a module's tests stay in one process, so its
+    module-scoped servers and runs are made once; modules that share a session fixture name one group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
 
 
 def free_port() -> int:
