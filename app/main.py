@@ -30,6 +30,8 @@ from app.routes import (
     config_yaml,
     dataset_tools,
     datasets,
+    evaluation_pages,
+    evaluations,
     events,
     jobs,
     models,
@@ -92,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
     for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
-                   jobs):
+                   jobs, evaluations, evaluation_pages):
         app.include_router(module.router)
     return app
 

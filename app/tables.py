@@ -14,7 +14,8 @@ from app.status import TERMINAL, RunStatus
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 
 
-__all__ = ["TERMINAL", "Checkpoint", "Job", "Run", "RunStatus", "TrainReport", "ValReport", "utcnow"]
+__all__ = ["TERMINAL", "Checkpoint", "Evaluation", "EvaluationExample", "Job", "Run", "RunStatus", "TrainReport",
+           "ValReport", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -129,6 +130,7 @@ class Job(SQLModel, table=True):
     done: int = 0  # progress: done of total units
     total: int = 0
     unit: str = ""  # e.g. "examples"
+    detail: str | None = None  # where the work is, in words: "checkpoint 200 (2 of 4): test loss, batch 3 of 37"
     heartbeat_at: datetime | None = None
     pid: int | None = None
     result_json: str | None = None
@@ -153,6 +155,52 @@ class Job(SQLModel, table=True):
     @property
     def is_terminal(self) -> bool:
         return RunStatus(self.status) in TERMINAL
+
+
+class Evaluation(SQLModel, table=True):
+    """One model's loss (and, when asked, task score) on one split of its run's data, measured by an `evaluate`
+    job (worker/evaluate.py). Iteration 0 is the base model without an adapter."""
+
+    __table_args__ = (Index("ix_eval_run_split_iter", "run_id", "split", "iteration"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
+    job_id: int | None = Field(default=None, index=True)  # the job that measured it
+    iteration: int  # 0: the base model
+    split: str  # "test", "valid" or "train"
+    batches: int  # batches evaluated
+    loss: float  # mean loss per counted token
+    perplexity: float  # exp(loss)
+    tokens: int  # tokens that counted (with mask_prompt: the completions' only)
+    mask_prompt: bool = False
+    task_json: str | None = None  # app/evaluation/answers.task_result, when the task was run
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        return json.loads(self.task_json) if self.task_json else None
+
+
+class EvaluationExample(SQLModel, table=True):
+    """One generated answer of an evaluation's task, with its outcome per field (for a person to read)."""
+
+    __table_args__ = (Index("ix_evalex_job_iter", "job_id", "iteration"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", ondelete="CASCADE", index=True)
+    job_id: int
+    iteration: int  # 0: the base model
+    split: str
+    line: int  # the example's line in the split file (1-based)
+    prompt: str  # the prompt as the model saw it (chat template applied)
+    reference: str
+    output: str
+    score: float  # 0..1: the mean of its fields' scores
+    outcome_json: str  # app/evaluation/answers.ExampleOutcome.as_json()
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        return json.loads(self.outcome_json)
 
 
 class Dataset(SQLModel, table=True):

@@ -1,8 +1,8 @@
 /* Live loss chart for a run page, with TensorBoard-like controls; this file holds its state, data
  * flow and drawing, and starts it. Its parts, loaded before it (see templates/run.html):
  * static/chart_common.js (shared helpers, window.loraboardChart), run_live.js (the event stream),
- * run_chart_marks.js (annotation marks), run_chart_small.js (small metric charts) and
- * run_chart_detail.js (zoom detail). Each part gets the shared state object `chart` below.
+ * run_chart_marks.js (annotation marks), run_chart_small.js (small metric charts),
+ * run_chart_detail.js (zoom detail) and run_evaluation.js (evaluated losses, the task chart). Each part gets the shared state object `chart` below.
  *
  * Markup: <div id="loss-chart" data-metrics-url="/api/runs/7/metrics" data-events-url="/api/runs/7/events"
  *              data-annotations-url="/api/runs/7/annotations" data-live="true"></div>
@@ -14,7 +14,8 @@
  * events, see run_live.js) and appends the points it pushes with Plotly.extendTraces;
  * data-stream-state says how the stream is (connecting / open / reconnecting / closed).
  * Traces: 0 raw train loss (faint), 1 validation loss, 2 checkpoints, 3 validation minimum,
- * 4 train loss smoothed (EMA, debiased like TensorBoard; recomputed from trace 0's points).
+ * 4 train loss smoothed (EMA, debiased like TensorBoard; recomputed from trace 0's points),
+ * 5 the evaluated split's loss per checkpoint (run_evaluation.js; data-evaluations-url).
  * After each draw it sets data-train-points / data-val-points (points drawn in traces 0 / 1)
  * and data-drawn="true"; when the run ends it sets data-live="false" and fires a bubbling
  * "loraboard-run-ended" event (detail: {status, end: the stream's end event data}).
@@ -80,7 +81,7 @@
       div.textContent = "Chart unavailable (missing metrics URL or Plotly).";
       return;
     }
-    var marks = C.runMarks(chart), smalls = C.smallCharts(chart), detail = C.zoomDetail(chart);
+    var marks = C.runMarks(chart), smalls = C.smallCharts(chart), detail = C.zoomDetail(chart), evals = C.evaluationCurve(chart);
 
     function queue(fn) {
       chain = chain.then(fn).catch(function (err) { if (window.console) console.warn("loss chart:", err); });
@@ -280,6 +281,7 @@
         return redraw()
           .then(function () { return Plotly.relayout(div, lay); })
           .then(marks.redraw)
+          .then(evals.redraw)
           .then(markDrawn);
       });
     }
@@ -301,7 +303,7 @@
       ].concat(marks.traces(), [
         { name: "train loss (smoothed)", type: "scatter", mode: "lines", x: c.tx, y: c.sy, customdata: c.tcd,
           line: { color: TRAIN_COLOR, width: 2 }, hovertemplate: SMOOTH_HOVER, legendrank: 1 }
-      ]);
+      ], evals.traces());
       var layout = {
         xaxis: C.lossXAxis(chart.xMode, chart.annotated),
         yaxis: C.lossYAxis(chart.logY, chart.annotated),
@@ -378,7 +380,7 @@
         if (ctl.smoothing) ctl.smoothing.addEventListener("input", onSmoothing);
         if (ctl.logY) ctl.logY.addEventListener("change", onLogY);
         if (ctl.xAxis) ctl.xAxis.addEventListener("change", onXAxis);
-        marks.poll();
+        marks.poll(); evals.refresh();
         if (firstFailed) retryFirst();
         else if (chart.live) listen();
       })

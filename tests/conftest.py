@@ -255,3 +255,34 @@ def points(page: Page, kind: str) -> int:
     return int(page.locator("#loss-chart").get_attribute(f"data-{kind}-points") or 0)
 
 
+
+
+# Evaluation: one trained run shared by the evaluation tests and pages.
+
+EVAL_TEST_EXAMPLES = 32  # test.jsonl lines of the trained run's data: 8 batches of 4
+TRAINED_RUN: dict[str, Any] = {
+    **QUICK_RUN, "name": "evaluated", "fine_tune_type": "full", "mask_prompt": True, "iters": 120,
+    "learning_rate": 2e-3, "steps_per_eval": 40, "save_every": 40, "val_batches": -1, "steps_per_report": 20,
+}  # the tiny model learns the answer format within ~100 full fine-tuning steps (LoRA needs many more)
+
+
+@pytest.fixture(scope="session")
+def evaluation_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("eval-srv")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_run(evaluation_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A completed run whose best checkpoint beats the base model on test loss and on the task: the sample's
+    training set, 16 validation examples (validated whole), 32 test examples; checkpoints at 40, 80 and 120."""
+    data = small_valid_data(tmp_path_factory.mktemp("eval-data") / "data")
+    source = PROJECT_DIR / "data" / "contact-center" / "test.jsonl"
+    (data / "test.jsonl").write_text("".join(source.read_text().splitlines(True)[:EVAL_TEST_EXAMPLES]))
+    status, run = evaluation_server.post("/api/runs", {**TRAINED_RUN, "data": str(data)})
+    assert status == 201, run
+    done = evaluation_server.wait_terminal(run["id"], timeout=600)
+    assert done["status"] == "completed", done
+    iterations = [c["iteration"] for c in evaluation_server.get(f"/api/runs/{run['id']}/checkpoints")]
+    return {"server": evaluation_server, "run_id": run["id"], "iterations": sorted(iterations), "data": data}

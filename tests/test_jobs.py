@@ -138,12 +138,12 @@ def test_a_memory_job_waits_for_training_then_starts(engine_settings: tuple[Any,
         session.add(run)
         session.commit()
         session.refresh(run)
-        # "evaluate" is a kind this worker does not know: taken to need the model's memory (the safe side)
-        job = create_job(session, "evaluate", NoParams())
+        # "no_such_kind" is a kind this worker does not know: taken to need the model's memory (the safe side)
+        job = create_job(session, "no_such_kind", NoParams())
         cheap = create_job(session, "token_stats", NoParams())
         request_cancel(session, cheap)  # a queued job is stopped at once, never spawned
         assert (cheap.status, cheap.finished_at is not None) == ("stopped", True)
-        beside = create_job(session, "evaluate", NoParams())
+        beside = create_job(session, "no_such_kind", NoParams())
         supervisor.start_queued(session)
         for waiting in (job, beside):
             session.refresh(waiting)
@@ -166,7 +166,7 @@ def test_a_memory_job_waits_for_training_then_starts(engine_settings: tuple[Any,
         assert job.id is not None
     ended = wait_row(engine, job.id, ENDED)  # the real worker took it and said what is wrong
     assert ended.status == "failed"
-    assert ended.error is not None and ended.error.startswith("this worker has no job kind 'evaluate'"), ended.error
+    assert ended.error is not None and ended.error.startswith("this worker has no job kind 'no_such_kind'"), ended.error
     supervisor.reap()
 
 
@@ -402,3 +402,13 @@ def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_mo
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert "tokenstatsjob" not in tables and "job" in tables
+
+
+def test_a_job_whose_parameters_do_not_fit_its_kind_fails_with_one_readable_line() -> None:
+    from worker.job import JobInputError, check_params
+
+    check_params("token_stats", {"data": "/d", "model": "/m"})
+    check_params("no_such_kind", {})  # the worker's registry answers for unknown kinds
+    with pytest.raises(JobInputError) as err:
+        check_params("evaluate", {"run_id": 1})
+    assert str(err.value).startswith("this evaluate job's parameters are not valid: model: Field required")

@@ -100,7 +100,7 @@ def test_jobs_page_says_why_a_memory_job_waits(jobs_server: Server, page: Page) 
             run.status, run.pid, run.heartbeat_at = "running", trainer.pid, utcnow()
             session.add(run)
             session.commit()
-            job = create_job(session, "evaluate", NoParams())  # a kind that needs the model's memory
+            job = create_job(session, "no_such_kind", NoParams())  # unknown: taken to need the model's memory
             page.goto(f"{jobs_server.url}/jobs")
             row = page.locator(f"#jobs-live-table tr[data-job-id='{job.id}']")
             expect(row.locator(".job-progress")).to_have_attribute("data-status", "queued")
@@ -111,7 +111,7 @@ def test_jobs_page_says_why_a_memory_job_waits(jobs_server: Server, page: Page) 
             shot(page, "jobs-page-waiting")
             row.locator(".job-allow").click()  # the user's override: it starts beside the run
             expect(row.locator(".job-progress")).to_have_attribute("data-status", "failed", timeout=60_000)
-            expect(row.locator("[data-role=error]")).to_contain_text("this worker has no job kind 'evaluate'")
+            expect(row.locator("[data-role=error]")).to_contain_text("this worker has no job kind 'no_such_kind'")
             assert jobs_server.get(f"/api/jobs/{job.id}")["allow_while_training"] is True
         finally:
             trainer.kill()

@@ -217,6 +217,8 @@ def test_every_state_changing_route_refuses_another_origin(shared_server: Server
         ("POST", "/api/runs/queue/cancel", {}),
         ("POST", f"/api/runs/{rid}/queue", {"body": {"position": "top"}}),
         ("PATCH", f"/api/runs/{rid}/checkpoints/10", {"body": {"note": "x"}}),
+        ("POST", f"/api/runs/{rid}/evaluations", {"body": {"checkpoints": "all"}}),
+        ("POST", f"/runs/{rid}/evaluations", {"form": {"checkpoints": "all", "split": "test"}}),
         ("POST", "/api/jobs/1/cancel", {}),
         ("PATCH", "/api/jobs/1", {"body": {"allow_while_training": True}}),
         ("POST", "/jobs/1/cancel", {}),

@@ -42,6 +42,7 @@ class WorkerKind:
 
 WORKERS: dict[str, WorkerKind] = {
     "token_stats": WorkerKind("worker.token_stats", computes=False),
+    "evaluate": WorkerKind("worker.evaluate", computes=True),
 }
 
 
@@ -67,6 +68,7 @@ class JobContext:
     done: int = 0
     total: int = 0
     unit: str = ""
+    detail: str = ""  # where the work is, in words (shown under the progress bar)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def set_total(self, total: int, unit: str | None = None) -> None:
@@ -105,8 +107,8 @@ def reporting(db_path: Path, ctx: JobContext) -> Iterator[None]:
                 ending = finished.wait(REPORT_EVERY_S)
                 with contextlib.suppress(sqlite3.Error):  # a busy database costs one report, never the job
                     conn.execute("UPDATE job SET done = ?, total = ?, unit = COALESCE(NULLIF(?, ''), unit),"
-                                 " heartbeat_at = ? WHERE id = ?",
-                                 (ctx.done, ctx.total, ctx.unit, now_text(), ctx.job_id))
+                                 " detail = NULLIF(?, ''), heartbeat_at = ? WHERE id = ?",
+                                 (ctx.done, ctx.total, ctx.unit, ctx.detail, now_text(), ctx.job_id))
                     row = conn.execute("SELECT status FROM job WHERE id = ?", (ctx.job_id,)).fetchone()
                     if row is not None and row[0] == RunStatus.stopping.value:
                         ctx.stop.set()
@@ -145,6 +147,23 @@ def load_function(kind: str, settings: Settings) -> Callable[[JobContext], dict[
     return function
 
 
+def check_params(kind: str, params: dict[str, Any]) -> None:
+    """The job's params against its kind's model (app/jobs/kinds.py): a mismatch is one readable line."""
+    from pydantic import ValidationError
+
+    from app.jobs.kinds import KINDS
+
+    known = KINDS.get(kind)
+    if known is None:
+        return  # load_function says the kind is unknown
+    try:
+        known.params.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}"
+                             for e in exc.errors(include_url=False))
+        raise JobInputError(f"this {kind} job's parameters are not valid: {problems}") from None
+
+
 def take(conn: sqlite3.Connection, job_id: int) -> bool:
     """Set the job running with this pid; False when it was cancelled before the worker took it."""
     cursor = conn.execute(
@@ -177,6 +196,7 @@ def run_job(settings: Settings, job_id: int) -> int:
         on_stop_signal(ctx.stop)
         try:
             with reporting(db_path, ctx):
+                check_params(kind, ctx.params)
                 result = load_function(kind, settings)(ctx)
         except JobStopped as stopped:
             partial = json.dumps(stopped.partial) if stopped.partial is not None else None

@@ -266,6 +266,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "id": job.id, "kind": job.kind, "status": job.status,
         "progress": {"done": job.done, "total": job.total, "unit": job.unit}, "eta_s": progress["eta_s"],
         "run_id": job.run_id, "iteration": job.iteration, "params": job.params, "result": job.result,
-        "error": job.error, "waiting_reason": job.waiting_reason, "allow_while_training": job.allow_while_training,
+        "error": job.error, "detail": job.detail, "waiting_reason": job.waiting_reason,
+        "allow_while_training": job.allow_while_training,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
     }

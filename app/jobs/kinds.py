@@ -14,6 +14,8 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from app.datasets import token_stats
+from app.evaluation import requests as evaluation
+from app.evaluation.results import result_summary as evaluation_summary
 from app.tables import Job
 
 
@@ -40,6 +42,8 @@ KINDS: dict[str, JobKind] = {
     for kind in (
         JobKind(token_stats.KIND, "token statistics", token_stats.TokenStatsParams, needs_model_memory=False,
                 summary=token_stats.result_summary, subject=token_stats.subject),
+        JobKind(evaluation.KIND, "evaluation", evaluation.EvaluateParams, needs_model_memory=True,
+                summary=evaluation_summary, subject=run_subject),
     )
 }
 

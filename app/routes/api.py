@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
-from app.routes.params import Iteration, RunId, bounded_query, content, problems
+from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.listing import (
@@ -38,16 +38,11 @@ from app.runs.store import (
     run_json,
     set_early_stopping,
 )
-from app.tables import Checkpoint, Run
+from app.tables import Checkpoint
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
 
-def get_run_or_404(session: SessionDep, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
-    return run
 
 
 def validate_config(payload: dict[str, Any], settings: SettingsDep, session: SessionDep) -> RunConfig:
@@ -86,7 +81,7 @@ def get_runs(session: SessionDep) -> list[dict[str, Any]]:
 
 @router.get("/runs/{run_id}", responses=problems(404, 422))
 def get_run(session: SessionDep, run_id: RunId) -> dict[str, Any]:
-    return run_json(session, get_run_or_404(session, run_id))
+    return run_json(session, run_or_404(session, run_id))
 
 
 class RunPatch(BaseModel):
@@ -113,7 +108,7 @@ class RunPatch(BaseModel):
 
 @router.patch("/runs/{run_id}", responses=problems(400, 404, 409, 422))
 def patch_run(session: SessionDep, run_id: RunId, patch: RunPatch) -> dict[str, Any]:
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     fields = patch.model_fields_set
     if "early_stopping" in fields and run.is_terminal:  # checked before anything is written
         raise HTTPException(status.HTTP_409_CONFLICT, detail=f"run {run_id} has ended ({run.status})")
@@ -131,7 +126,7 @@ def delete_run_api(
     confirm: str = Query("", description="'yes': the run's checkpoints, reports and folder go for good"),
 ) -> dict[str, Any]:
     """Delete a run that has ended, with its reports, checkpoints and adapters folder (409 while it is live)."""
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     try:
         deleted = delete_run(session, settings, run, confirm)
     except RunLiveError as exc:
@@ -157,14 +152,14 @@ def get_metrics(
     end: int | None = bounded_query(None, "only iterations <= end"),
     max_points: int | None = Query(None, ge=3, le=100_000, description="LTTB-downsample each series to this many"),
 ) -> dict[str, Any]:
-    get_run_or_404(session, run_id)
+    run_or_404(session, run_id)
     return metrics_json(session, run_id, after, include_parent, start, end, max_points)
 
 
 @router.get("/runs/{run_id}/annotations", responses=problems(404, 422))
 def get_annotations(session: SessionDep, run_id: RunId) -> dict[str, Any]:
     """Chart marks: checkpoints, validation minimum, early-stop point, overfitting stretches."""
-    return annotations_json(session, get_run_or_404(session, run_id))
+    return annotations_json(session, run_or_404(session, run_id))
 
 
 @router.post("/runs/{run_id}/stop", status_code=status.HTTP_202_ACCEPTED, responses=problems(404, 422))
@@ -172,10 +167,10 @@ def stop_run(
     session: SessionDep, supervisor: SupervisorDep, run_id: RunId,
     keep_best: bool = Query(False, description="when the run has ended, mark its best checkpoint as deployment"),
 ) -> dict[str, Any]:
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     supervisor.request_stop(session, run, keep_best=keep_best)
     session.expunge(run)  # read it afresh: it may have ended, or been deleted, meanwhile
-    return run_json(session, get_run_or_404(session, run_id))
+    return run_json(session, run_or_404(session, run_id))
 
 
 @router.post("/runs/queue/cancel")
@@ -195,7 +190,7 @@ class QueueMoveBody(BaseModel):
 @router.post("/runs/{run_id}/queue", responses=problems(400, 404, 409, 422))
 def move_queued_run(session: SessionDep, run_id: RunId, body: QueueMoveBody) -> dict[str, Any]:
     """Move a queued run in the queue (409 once it has started or ended); answers the new order of the queue."""
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     try:
         order = move_in_queue(session, run, body.position)
     except NotQueuedError as exc:
@@ -205,7 +200,7 @@ def move_queued_run(session: SessionDep, run_id: RunId, body: QueueMoveBody) -> 
 
 @router.get("/runs/{run_id}/checkpoints", responses=problems(404, 422))
 def get_checkpoints(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
-    get_run_or_404(session, run_id)
+    run_or_404(session, run_id)
     checkpoints = checkpoints_of(session, run_id)
     best = best_checkpoint(checkpoints)
     return [checkpoint_json(c, best) for c in checkpoints]
@@ -215,7 +210,7 @@ def get_checkpoints(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
             responses={**content("application/zip", "the adapter (adapter_config.json and the weights) as a zip"),
                        **problems(404, 410, 422)})
 def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: RunId, iteration: Iteration) -> Response:
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
     try:
         payload = adapter_zip(settings, run, ckpt)
@@ -245,7 +240,7 @@ def checkpoint_or_404(session: SessionDep, run_id: int, iteration: int) -> Check
 def patch_checkpoint(
     session: SessionDep, run_id: RunId, iteration: Iteration, patch: CheckpointPatch
 ) -> dict[str, Any]:
-    get_run_or_404(session, run_id)
+    run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
     if patch.is_deployment:
         set_deployment(session, run_id, ckpt)
@@ -262,7 +257,7 @@ def delete_checkpoint_api(
     session: SessionDep, settings: SettingsDep, run_id: RunId, iteration: Iteration,
     confirm: str = Query("", description="'yes'; 'deployment' to delete the deployment checkpoint"),
 ) -> Response:
-    run = get_run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
     try:
         delete_checkpoint(session, settings, run, ckpt, confirm)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, HTTPException, Request, status
+from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.routes.params import Iteration, RunId
+from app.evaluation.view import read_table_truth
+from app.routes.evaluation_pages import card_context
+from app.routes.params import Iteration, RunId, run_or_404
 from app.runs.checkpoints import (
     CheckpointError,
     delete_checkpoint,
@@ -41,11 +43,6 @@ CHART_MAX_POINTS = 2000  # the chart's overview: as static/run_chart.js asks for
 HxRequest = Annotated[str | None, Header()]
 
 
-def _run_or_404(session: SessionDep, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
-    return run
 
 
 def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
@@ -73,13 +70,17 @@ def _checkpoint_context(
         "rows": table_rows(session, run, first_val_loss(session, run.id), base_url),
         "best": best_checkpoint(checkpoints),
         "checkpoint_error": error,
+        "truth": read_table_truth(session, run.id, checkpoints),
     }
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
-    run = _run_or_404(session, run_id)
-    context = {**_status_context(session, run), **_checkpoint_context(request, session, run)}
+def run_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
+) -> Response:
+    run = run_or_404(session, run_id)
+    context = {**_status_context(session, run), **_checkpoint_context(request, session, run),
+               **card_context(session, settings, run)}
     # a continued run's chart starts with the earlier run's curve
     source = run.config.get("resume_from")
     parent = "?include_parent=true" if source else ""
@@ -96,13 +97,13 @@ def run_page(request: Request, session: SessionDep, templates: TemplatesDep, run
 
 @router.get("/runs/{run_id}/status", response_class=HTMLResponse)
 def run_status_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
 
 
 @router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
 def checkpoints_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_checkpoints.html", _checkpoint_context(request, session, run))
 
 
@@ -111,10 +112,10 @@ def stop_from_page(
     request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: RunId,
     keep_best: bool = False,
 ) -> Response:
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     supervisor.request_stop(session, run, keep_best=keep_best)
     session.expunge(run)  # read it afresh: it may have ended, or been deleted, meanwhile
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
 
 
@@ -130,7 +131,7 @@ def _checkpoint_action(
     action: Callable[[Run, Checkpoint], None],
 ) -> Response:
     """Apply one action to a checkpoint and answer with the table (showing the error, if any)."""
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     ckpt = find_checkpoint(session, run_id, iteration)
     error = None
     if ckpt is None:
@@ -177,7 +178,7 @@ def delete_from_page(
 
 @router.get("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
 def early_stopping_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     context = {"run": run, "early_stopping_error": None, "saved": False, "rule": _live_rule(run)}
     return templates.TemplateResponse(request, "_early_stopping.html", context)
 
@@ -189,7 +190,7 @@ def early_stopping_from_page(
     patience: Annotated[str, Form()] = "2",
     min_delta: Annotated[str, Form()] = "0",
 ) -> Response:
-    run = _run_or_404(session, run_id)
+    run = run_or_404(session, run_id)
     context: dict[str, Any] = {"run": run, "early_stopping_error": None, "saved": False}
     if run.is_terminal:
         context["early_stopping_error"] = "the run has ended"

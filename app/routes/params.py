@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path, Query
+from fastapi import HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from app.tables import Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -18,6 +21,14 @@ RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
 DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dataset's id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
 Iteration = Annotated[int, Path(ge=0, le=MAX_ID, description="the checkpoint's iteration")]
+
+
+def run_or_404(session: Session, run_id: int) -> Run:
+    """The run, or a 404 that names the id."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
+    return run
 
 
 def bounded_query(default: Any = None, description: str = "") -> Any:

@@ -1,0 +1,1 @@
+"""Evaluating checkpoints: test loss and perplexity, task accuracy, and which checkpoint to recommend."""
