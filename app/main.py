@@ -37,6 +37,7 @@ from app.routes import (
     models,
     new_run,
     pages,
+    reports,
     runlist,
 )
 from app.runs.checkpoints import remove_leftover_temps
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
     for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
-                   jobs, evaluations, evaluation_pages):
+                   jobs, evaluations, evaluation_pages, reports):
         app.include_router(module.router)
     return app
 

@@ -44,6 +44,7 @@ class Run(SQLModel, table=True):
     train_dtype: str | None = None  # e.g. "float32 (weights stored as bfloat16)"
     trainable_params: int | None = None
     total_params: int | None = None
+    hardware_json: str | None = None  # the training machine: cpu, gpu, memory, os, mlx versions (worker/hardware.py)
     log_path: str | None = None
     early_stopping_json: str | None = None  # the live rule (JSON of EarlyStopping); re-tunable while training
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment

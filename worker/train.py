@@ -38,6 +38,7 @@ from app.runs.config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
 from app.runs.policy import best_checkpoint, divergence, early_stop_decision
 from app.status import RunStatus
 from worker.durable import publish, temp_path, write_safetensors, write_text
+from worker.hardware import record_hardware
 from worker.memory import MemoryGuard
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
@@ -353,6 +354,7 @@ def train_run(
     remove_temp_files(run_dir)  # what an earlier worker of this run left when it was killed mid-write
     write_adapter_config(run_dir, config, num_layers)
     writer.mark_running(trainable, total, train_dtype)
+    record_hardware(writer)
 
     optimizer = make_optimizer(config)
     start = ResumePoint(0, 0)

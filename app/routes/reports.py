@@ -1,0 +1,88 @@
+"""The run report (Markdown, printable HTML, its SVG chart) and the metrics export (CSV, JSON).
+
+Reading a report starts the token statistics of the run's data when there are none yet (as the dataset page
+does); the report says they are being computed until the job is done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+
+from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.reports.document import build_report, chart_data, chart_svg
+from app.reports.export import COLUMNS, csv_lines, metric_rows
+from app.reports.facts import RunFacts, gather
+from app.reports.markdown import render_markdown
+from app.routes.params import RunId, content, problems
+from app.runs.store import metrics_json
+from app.tables import Run
+
+router = APIRouter(tags=["reports"])
+DownloadFlag = Query(False, description="answer as an attachment (run-<id>-report.md) instead of inline")
+
+
+def _run(session: SessionDep, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no run with id {run_id}")
+    return run
+
+
+def _facts(request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+           run_id: int) -> RunFacts:
+    return gather(session, settings, supervisor, _run(session, run_id), str(request.base_url).rstrip("/"))
+
+
+@router.get("/api/runs/{run_id}/report.md", response_class=Response,
+            responses={**content("text/markdown", "the run report as Markdown (the chart is an SVG data URI)"),
+                       **problems(404, 422)})
+def report_markdown(
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, run_id: RunId,
+    download: bool = DownloadFlag,
+) -> Response:
+    """The run report: configuration, dataset, losses, the stop decision, checkpoints, evaluation, usage."""
+    facts = _facts(request, session, settings, supervisor, run_id)
+    body = render_markdown(build_report(facts), chart_svg(facts))
+    headers = {"Content-Disposition": f'attachment; filename="run-{run_id}-report.md"'} if download else {}
+    return Response(body, media_type="text/markdown; charset=utf-8", headers=headers)
+
+
+@router.get("/api/runs/{run_id}/report.svg", response_class=Response,
+            responses={**content("image/svg+xml", "the loss chart the report shows"), **problems(404, 422)})
+def report_svg(
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, run_id: RunId,
+) -> Response:
+    """The report's loss chart: train and validation curves, checkpoints, the best one, overfitting stretches."""
+    facts = _facts(request, session, settings, supervisor, run_id)
+    return Response(chart_svg(facts), media_type="image/svg+xml")
+
+
+@router.get("/api/runs/{run_id}/metrics.csv", response_class=StreamingResponse,
+            responses={**content("text/csv", f"one row per report; columns: {', '.join(COLUMNS)}"),
+                       **problems(404, 422)})
+def metrics_csv(session: SessionDep, run_id: RunId) -> StreamingResponse:
+    """Every report of the run, train and validation, one CSV row each (kind says which)."""
+    _run(session, run_id)
+    rows = metric_rows(metrics_json(session, run_id, None))
+    return StreamingResponse(csv_lines(rows), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
+
+
+@router.get("/api/runs/{run_id}/metrics.json", responses=problems(404, 422))
+def metrics_export(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
+    """Every report of the run as metrics.csv has them: one object per report with every column."""
+    _run(session, run_id)
+    return metric_rows(metrics_json(session, run_id, None))
+
+
+@router.get("/runs/{run_id}/report", response_class=HTMLResponse, include_in_schema=False)
+def report_page(
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+    templates: TemplatesDep, run_id: RunId,
+) -> Response:
+    facts = _facts(request, session, settings, supervisor, run_id)
+    context = {"run": facts.run, "report": build_report(facts), "chart": chart_data(facts)}
+    return templates.TemplateResponse(request, "report.html", context)
