@@ -1,5 +1,5 @@
 """`python -m app ...` is the `loraboard` command."""
 
-from app.main import cli
+from app.cli import main
 
-cli()
+main()

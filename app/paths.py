@@ -1,7 +1,8 @@
-"""Where a run's files live, and which folders a path given over HTTP may point into (pure path arithmetic)."""
+"""Where a run's files live and their fingerprint, and which folders a path given over HTTP may point into."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,15 @@ from app.settings import Settings
 
 def run_dir(settings: Settings, run_id: int) -> Path:
     return settings.adapters_dir / f"run-{run_id:04d}"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (a checkpoint's fingerprint)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_files(settings: Settings, run_id: int, iteration: int) -> tuple[Path, Path]:

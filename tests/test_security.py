@@ -201,6 +201,7 @@ def test_every_state_changing_route_refuses_another_origin(shared_server: Server
         ("POST", f"/runs/{rid}/early-stopping", {"form": {"patience": "3"}}),
         ("POST", "/datasets/register", {"form": {"name": "probe", "path": str(folder)}}),
         ("POST", "/api/runs", {"body": {"model": "/nonexistent/model"}}),
+        ("POST", "/api/imports", {"body": {"adapter_dir": str(folder)}}),
         ("PATCH", f"/api/runs/{rid}", {"body": {"name": "renamed"}}),
         ("DELETE", f"/api/runs/{rid}", {}),
         ("POST", f"/api/runs/{rid}/stop", {}),

@@ -10,7 +10,6 @@ and its writer thread more time under the GIL.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import signal
 import sqlite3
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.paths import file_sha256
 from app.runs.config import EarlyStopping
 from app.runs.policy import best_checkpoint
 from app.status import TERMINAL, RunStatus
@@ -64,14 +64,6 @@ def connect(db_path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

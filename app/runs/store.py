@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
+from app.imports.adapter_folder import IMPORTED_BACKEND
 from app.paths import checkpoint_files, run_dir
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.downsample import lttb
@@ -36,7 +37,10 @@ def resume_problem(session: Session, settings: Settings, config: RunConfig) -> s
     if not adapter.exists():
         return f"run {source.run_id} has no checkpoint file at iteration {source.iteration}"
     if not optimizer.exists():
-        return f"run {source.run_id} saved no optimizer state at iteration {source.iteration}, so it cannot continue"
+        why = " (it was imported from the mlx_lm CLI, which saves adapter weights only)" if (
+            run.backend == IMPORTED_BACKEND) else ""
+        return (f"run {source.run_id} saved no optimizer state at iteration {source.iteration}{why}, so it cannot "
+                "continue: start a new run instead")
     parent = RunConfig.model_validate(run.config)
     if parent.model != config.model:
         return f"run {source.run_id} trained {parent.model}, not {config.model}"
