@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, Server, base_env, points, shot
+from conftest import PROJECT_DIR, TERMINAL, Server, base_env, points, shot
 from playwright.sync_api import Page, expect
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
@@ -102,12 +102,25 @@ def test_a_run_of_the_mlx_lm_cli_imports_with_its_curves_and_checkpoints(shared_
     status, _, html = shared_server.request("GET", f"/runs/{run_id}")
     assert status == 200 and b"on mlx_lm CLI (imported)" in html
 
-    # No optimizer state: continuing it is refused, saying why
-    status, refused = shared_server.post("/api/runs", {"model": answer["config"]["model"], "num_layers": 2,
-                                                       "iters": 40, "resume_from": {"run_id": run_id,
-                                                                                    "iteration": 30}})
-    assert status == 422, refused
-    assert "imported from the mlx_lm CLI, which saves adapter weights only" in json.dumps(refused)
+    # No optimizer state: it continues with the weights, iteration count and schedule; the moments start afresh
+    status, resumed = shared_server.post("/api/runs", {
+        **answer["config"], "name": "continued", "iters": 35, "steps_per_report": 5, "steps_per_eval": 5,
+        "save_every": 5, "val_batches": 2, "resume_from": {"run_id": run_id, "iteration": 30}})
+    assert status == 201, resumed
+    done = shared_server.wait_terminal(resumed["id"])
+    assert done["status"] == "completed", done
+    continued = shared_server.get(f"/api/runs/{resumed['id']}/metrics")
+    assert [p["iteration"] for p in continued["train"]] == [35]  # the count goes on from 30
+    status, _, html = shared_server.request("GET", f"/runs/{resumed['id']}")
+    assert status == 200 and b"the optimizer's moments started afresh" in html
+
+    # and its checkpoints evaluate like any run's
+    status, body = shared_server.post(f"/api/runs/{run_id}/evaluations",
+                                      {"checkpoints": [30], "include_base": False, "batches": 2})
+    assert status == 201, body
+    job = shared_server.poll(f"/api/jobs/{body['job_id']}", lambda j: j["status"] in TERMINAL, what="ended")
+    assert job["status"] == "completed", job
+    assert [row["iteration"] for row in shared_server.get(f"/api/runs/{run_id}/evaluations")] == [30]
 
 
 CLASSIC_LOG = """Loading pretrained model

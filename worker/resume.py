@@ -3,7 +3,9 @@
 mlx-lm's --resume-adapter-file restores weights only; the iteration count, the
 learning-rate schedule position (the optimizer's `step`) and Adam's moments
 restart. Saving `optimizer.state` next to each adapter file and loading both
-makes a continued run pick up exactly where the checkpoint left off.
+makes a continued run pick up exactly where the checkpoint left off. A checkpoint saved without
+optimizer state (one imported from the mlx_lm CLI) continues with its weights, iteration count and
+schedule position; only the optimizer's moments start afresh.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ class ResumePoint:
 
 
 def restore(
-    model: nn.Module, optimizer: optim.Optimizer, adapter_file: Path, optimizer_file: Path
+    model: nn.Module, optimizer: optim.Optimizer, adapter_file: Path, optimizer_file: Path | None, iteration: int
 ) -> None:
-    """Load adapter weights and optimizer state saved by an earlier run at the same iteration."""
+    """Load adapter weights and the optimizer state saved by an earlier run at `iteration`; without an optimizer
+    file the state starts afresh at that step (the learning-rate schedule continues where it was)."""
     model.load_weights(str(adapter_file), strict=False)
     optimizer.init(model.trainable_parameters())
-    saved = mx.load(str(optimizer_file))
-    state = tree_unflatten(list(saved.items()))
     merged = dict(optimizer.state)
-    merged.update(state)
+    if optimizer_file is not None:
+        merged.update(tree_unflatten(list(mx.load(str(optimizer_file)).items())))
+    else:
+        merged["step"] = mx.array(iteration, mx.uint64)
     optimizer.state = merged
     mx.eval(model.parameters(), optimizer.state)

@@ -360,7 +360,7 @@ def train_run(
     start = ResumePoint(0, 0)
     if resume is not None:
         adapter_file, optimizer_file, start = resume
-        restore(model, optimizer, adapter_file, optimizer_file)
+        restore(model, optimizer, adapter_file, optimizer_file if optimizer_file.exists() else None, start.iteration)
     hooks = StepHooks(model, config, run_dir, writer, datasets.valid, optimizer, start.iteration)
     final_adapter = run_dir / "adapters.safetensors"
     args = trainer.TrainingArgs(

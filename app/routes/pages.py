@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.evaluation.view import read_table_truth
+from app.paths import checkpoint_files
 from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
 from app.runs.checkpoints import (
@@ -85,6 +86,8 @@ def run_page(
     source = run.config.get("resume_from")
     parent = "?include_parent=true" if source else ""
     context["parent_exists"] = bool(source) and session.get(Run, source["run_id"]) is not None
+    context["parent_optimizer_state"] = bool(source) and checkpoint_files(
+        settings, source["run_id"], source["iteration"])[1].exists()
     context["metrics_url"] = f"/api/runs/{run_id}/metrics{parent}"
     separator = "&" if "?" in context["metrics_url"] else "?"
     context["first_metrics_url"] = f"{context['metrics_url']}{separator}max_points={CHART_MAX_POINTS}"

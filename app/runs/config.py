@@ -271,8 +271,8 @@ class RunConfig(BaseModel):
     )
     resume_from: ResumeFrom | None = Field(
         None,
-        description="Continue an earlier run from one of its checkpoints: weights, optimizer state, "
-        "iteration count and learning-rate schedule position. iters is the total to reach.",
+        description="Continue an earlier run from one of its checkpoints: weights, optimizer state (where the "
+        "checkpoint saved it), iteration count and learning-rate schedule position. iters is the total to reach.",
     )
 
     memory_limit_gb: float | None = Field(

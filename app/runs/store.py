@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from app.imports.adapter_folder import IMPORTED_BACKEND
 from app.paths import checkpoint_files, run_dir
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.downsample import lttb
@@ -33,14 +32,9 @@ def resume_problem(session: Session, settings: Settings, config: RunConfig) -> s
     run = session.get(Run, source.run_id)
     if run is None:
         return f"there is no run {source.run_id} to resume"
-    adapter, optimizer = checkpoint_files(settings, source.run_id, source.iteration)
+    adapter = checkpoint_files(settings, source.run_id, source.iteration)[0]
     if not adapter.exists():
         return f"run {source.run_id} has no checkpoint file at iteration {source.iteration}"
-    if not optimizer.exists():
-        why = " (it was imported from the mlx_lm CLI, which saves adapter weights only)" if (
-            run.backend == IMPORTED_BACKEND) else ""
-        return (f"run {source.run_id} saved no optimizer state at iteration {source.iteration}{why}, so it cannot "
-                "continue: start a new run instead")
     parent = RunConfig.model_validate(run.config)
     if parent.model != config.model:
         return f"run {source.run_id} trained {parent.model}, not {config.model}"
