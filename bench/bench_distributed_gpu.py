@@ -1,0 +1,280 @@
+"""Data-parallel LoRA training on 2 NVIDIA GPUs through MLX's NCCL backend, against 1 GPU.
+
+Runs on the lent 2-GPU machine (`nvidia-h100-x2`) with MLX's CUDA backend
+(`mlx-cuda-13`), on the Mistral-7B-shaped model and data of bench/gpu_build.py
+(built first if absent), with plain mlx-lm's trainer and the settings of
+bench/bench_gpu.py (LoRA rank 8, scale 20 on the 7 linear layers of the last 16
+blocks: 10,485,760 trainable parameters; rows of 1,159 tokens; Adam 1e-5; seed 0;
+35 iterations, a report every 5, the first report of each process skipped):
+
+  probe     `mlx.launch --backend nccl -n 2` of bench/dist_allsum.py: NCCL group up,
+            a checked sum, then the all_sum of a tensor the size of the LoRA
+            gradients (10,485,760 float32 / bfloat16 values), median of 20
+  1gpu-b4   bench/plain_mlx_lm.py on GPU 0, batch 4
+  2gpu-b8   `mlx.launch --backend nccl -n 2` of bench/dist_plain.py, global batch 8
+            (4 rows a GPU: each GPU does the 1-GPU run's work; weak scaling)
+  2gpu-b4   the same, global batch 4 (2 rows a GPU: the 1-GPU run's batch split)
+  1gpu-b2   one GPU at batch 2 (the per-GPU load of 2gpu-b4), for comparison
+
+then more rounds of 1gpu-b4 / 2gpu-b8 while --budget-s allows. mlx.launch gives each
+rank CUDA_VISIBLE_DEVICES=<rank>, NCCL_HOST_IP/NCCL_PORT, MLX_WORLD_SIZE and
+MLX_RANK; every process here also gets NCCL_NVLS_ENABLE=0 (NVLink multicast stays off).
+Tokens/s are mlx-lm's own (2 GPUs: the tokens of both ranks over rank 0's time),
+scaling efficiency = 2-GPU tokens/s / (2 x 1-GPU tokens/s). If the NCCL group does not
+come up, the error is recorded and nothing else runs.
+
+Prints a Markdown table; writes JSON to $OUT/bench_distributed_gpu.json (or --json),
+rewritten after every step. See bench/README.md, "GPU: 2 GPUs over NCCL", for the
+device calls (the wheels travel as in bench/bench_gpu.py's docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import PROJECT_DIR, RESULTS_DIR, ChildResult, base_env, log_tail
+
+BENCH = PROJECT_DIR / "bench"
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()", "--backend", "nccl"]
+MODES = {  # name: (GPUs, global batch)
+    "1gpu-b4": (1, 4), "2gpu-b8": (2, 8), "2gpu-b4": (2, 4), "1gpu-b2": (1, 2),
+}
+
+
+def run_child(cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float) -> ChildResult:
+    """Run a process in its own session; on timeout kill the whole session (mlx.launch's ranks too)."""
+    started = time.perf_counter()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(list(cmd), cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    timed_out = False
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        with log_path.open("a") as log:
+            log.write(f"\n[killed after {timeout_s:.0f} s]\n")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # also whatever a rank left behind
+    process.wait()
+    return ChildResult(returncode=process.returncode, peak_rss_mb=0.0, wall_s=time.perf_counter() - started,
+                       timed_out=timed_out)
+
+
+def env(**extra: str) -> dict[str, str]:
+    return base_env(TOKENIZERS_PARALLELISM="false", **NO_MULTICAST, **extra)
+
+
+def gpu_info() -> dict[str, Any]:
+    def smi(*args: str) -> str:
+        try:
+            return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=30,
+                                  check=False).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"nvidia-smi failed: {exc}"
+    info = {"gpus": smi("--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader"),
+            "topology": smi("topo", "-m"), "python": sys.version.split()[0]}
+    try:
+        import mlx.core as mx
+        info["mlx"] = mx.__version__
+    except ImportError as exc:
+        info["mlx"] = f"import failed: {exc}"
+    return info
+
+
+def lora_cli(args: argparse.Namespace, batch: int, work: Path) -> list[str]:
+    return [
+        "--model", str(args.work / "model"), "--train", "--data", str(args.work / "data"), "--seed", "0",
+        "--batch-size", str(batch), "--iters", str(args.iters), "--num-layers", "16",
+        "--learning-rate", "1e-5", "--steps-per-report", str(args.steps_per_report),
+        "--steps-per-eval", str(args.iters + 1), "--save-every", str(args.iters + 1),
+        "--val-batches", "1", "--max-seq-length", "2048", "--adapter-path", str(work / "adapters"),
+    ]
+
+
+def run_probe(args: argparse.Namespace) -> dict[str, Any]:
+    out, log = args.work / "allsum.json", args.work / "allsum.log"
+    out.unlink(missing_ok=True)
+    log.unlink(missing_ok=True)
+    cmd = [*LAUNCH, "-n", "2", "--nccl-port", str(args.port), "--",
+           sys.executable, str(BENCH / "dist_allsum.py"), "--out", str(out)]
+    child = run_child(cmd, env(), log, args.probe_timeout)
+    result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    result.update({"exit": child.returncode, "wall_s": child.wall_s, "log_tail": log_tail(log, 40)})
+    return result
+
+
+def run_training(args: argparse.Namespace, mode: str, cpu_stream_ok: bool) -> dict[str, Any]:
+    gpus, batch = MODES[mode]
+    work = args.work / "runs" / mode
+    work.mkdir(parents=True, exist_ok=True)
+    out, log = work / "reports.json", work / "run.log"
+    log.unlink(missing_ok=True)
+    cli = lora_cli(args, batch, work)
+    if gpus == 1:
+        cmd = [sys.executable, str(BENCH / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
+        child = run_child(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout)
+        reports = out
+    else:
+        args.port += 1  # a fresh rendezvous port for every launch
+        flags = [] if cpu_stream_ok else ["--gpu-stream-reports"]
+        cmd = [*LAUNCH, "-n", str(gpus), "--nccl-port", str(args.port), "--", sys.executable,
+               str(BENCH / "dist_plain.py"), *flags, "--out", str(out), "--", *cli]
+        child = run_child(cmd, env(), log, args.timeout)
+        reports = out.with_name("reports.rank0.json")
+    if child.returncode != 0 or not reports.exists():
+        raise RuntimeError(f"{mode} failed (exit {child.returncode}):\n{log_tail(log, 40)}")
+    data = json.loads(reports.read_text())
+    reports.unlink()
+    tps = [r["tokens_per_second"] for r in data["train"]]
+    return {
+        "mode": mode, "gpus": gpus, "global_batch": batch, "tokens_per_second": tps,
+        "measured_median": statistics.median(tps[1:] if len(tps) > 1 else tps),
+        "peak_memory_gb": data["train"][-1]["peak_memory"], "world_size": data.get("world_size", 1),
+        "wall_s": child.wall_s, "log_tail": log_tail(log, 8),
+    }
+
+
+def summarize(runs: list[dict[str, Any]], probe: dict[str, Any], seq_tokens: int) -> dict[str, Any]:
+    by_mode: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        pooled = [t for r in mine for t in (r["tokens_per_second"][1:] or r["tokens_per_second"])]
+        tps = statistics.median(pooled)
+        gpus, batch = MODES[mode]
+        by_mode[mode] = {"gpus": gpus, "global_batch": batch, "runs": len(mine), "tokens_per_second": tps,
+                         "run_medians": [r["measured_median"] for r in mine],
+                         "step_ms": batch * seq_tokens / tps * 1e3,
+                         "peak_memory_gb": statistics.median(r["peak_memory_gb"] for r in mine)}
+    for two, one in (("2gpu-b8", "1gpu-b4"), ("2gpu-b4", "1gpu-b4")):
+        if two in by_mode and one in by_mode:
+            by_mode[two]["speedup"] = by_mode[two]["tokens_per_second"] / by_mode[one]["tokens_per_second"]
+            by_mode[two]["efficiency"] = by_mode[two]["speedup"] / 2
+    fp32 = probe.get("float32", {}).get("median_ms")
+    if fp32 and "2gpu-b8" in by_mode:
+        by_mode["2gpu-b8"]["allreduce_share"] = fp32 / by_mode["2gpu-b8"]["step_ms"]
+    return by_mode
+
+
+def report(summary: dict[str, Any], probe: dict[str, Any]) -> str:
+    lines = ["| mode | GPUs | global batch | tokens/s (group, median) | run medians | step | speedup vs 1 GPU b4 "
+             "| efficiency | peak memory / GPU |", "|---|---|---|---|---|---|---|---|---|"]
+    for mode, s in summary.items():
+        medians = ", ".join(f"{m:,.0f}" for m in s["run_medians"])
+        speed = f"{s['speedup']:.3f}x" if "speedup" in s else ""
+        eff = f"{s['efficiency']:.1%}" if "efficiency" in s else ""
+        lines.append(f"| {mode} | {s['gpus']} | {s['global_batch']} | {s['tokens_per_second']:,.0f} | {medians} "
+                     f"| {s['step_ms']:.0f} ms | {speed} | {eff} | {s['peak_memory_gb']:.2f} GB |")
+    lines += ["", "| all_sum of 10,485,760 values, 2 GPUs (NCCL) | median of 20 | min - max | bus bandwidth |",
+              "|---|---|---|---|"]
+    for name in ("float32", "bfloat16"):
+        p = probe.get(name)
+        if p:
+            lines.append(f"| {name} ({p['bytes'] / 1e6:.1f} MB) | {p['median_ms']:.3f} ms | {p['min_ms']:.3f} - "
+                         f"{p['max_ms']:.3f} ms | {p['bus_gb_s']:.0f} GB/s |")
+    if "2gpu-b8" in summary and "allreduce_share" in summary["2gpu-b8"]:
+        lines.append(f"\nfloat32 all_sum / 2gpu-b8 step: {summary['2gpu-b8']['allreduce_share']:.2%}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lb"), help="model, data, runs")
+    parser.add_argument("--tokenizer", type=Path, default=PROJECT_DIR / ".whl2" / "tok")
+    parser.add_argument("--iters", type=int, default=35)
+    parser.add_argument("--steps-per-report", type=int, default=5)
+    parser.add_argument("--seq-tokens", type=int, default=1159)
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
+                        help="first round (default: all); later rounds repeat 1gpu-b4 and 2gpu-b8")
+    parser.add_argument("--budget-s", type=float, default=520, help="start no run past this many seconds")
+    parser.add_argument("--timeout", type=float, default=400, help="seconds one training launch may take")
+    parser.add_argument("--probe-timeout", type=float, default=180)
+    parser.add_argument("--port", type=int, default=12400, help="first NCCL rendezvous port")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.json is None:
+        out = os.environ.get("OUT")
+        args.json = Path(out) / "bench_distributed_gpu.json" if out else RESULTS_DIR / "bench_distributed_gpu.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    os.environ.update(NO_MULTICAST)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"gpu": gpu_info(), "env": NO_MULTICAST, "iters": args.iters, "runs": [],
+                              "failures": []}
+    print(result["gpu"]["gpus"], "\n", result["gpu"]["topology"], "\nmlx", result["gpu"]["mlx"], flush=True)
+
+    def save() -> None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+    if not (args.work / "model" / "config.json").exists() or not (args.work / "data").exists():
+        log = args.work / "build.log"
+        cmd = [sys.executable, str(BENCH / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
+               "--model-out", str(args.work / "model"), "--data-out", str(args.work / "data")]
+        if run_child(cmd, env(), log, 900).returncode != 0:
+            raise SystemExit(f"building the model or data failed:\n{log_tail(log, 30)}")
+
+    probe = run_probe(args)
+    result["probe"] = probe
+    save()
+    ok = probe.get("check_sum") is not None and probe.get("check_sum") == probe.get("check_expected")
+    print(f"probe: exit {probe['exit']} in {probe['wall_s']:.0f} s; sum check "
+          f"{probe.get('check_sum')} (expected {probe.get('check_expected')}); cpu stream "
+          f"{probe.get('cpu_stream_all_sum')}", flush=True)
+    if not ok or "float32" not in probe:
+        print("NCCL probe failed:\n" + probe["log_tail"], flush=True)
+        return 1
+    cpu_ok = bool(probe.get("cpu_stream_all_sum", {}).get("ok"))
+
+    queue = list(args.modes)
+    durations: dict[str, float] = {}
+    while queue:
+        mode = queue.pop(0)
+        elapsed = time.perf_counter() - started
+        if elapsed + durations.get(mode, 60) > args.budget_s:
+            print(f"stopping: {elapsed:.0f} s used, {mode} would pass --budget-s", flush=True)
+            break
+        try:
+            run = run_training(args, mode, cpu_ok)
+        except RuntimeError as exc:
+            result["failures"].append({"mode": mode, "error": str(exc)})
+            print(str(exc), flush=True)
+            save()
+            continue
+        durations[mode] = run["wall_s"]
+        result["runs"].append(run)
+        print(f"{mode}: {run['measured_median']:,.0f} tokens/s (world {run['world_size']}) in {run['wall_s']:.0f} s "
+              f"{[round(t) for t in run['tokens_per_second']]}", flush=True)
+        result["summary"] = summarize(result["runs"], probe, args.seq_tokens)
+        save()
+        if not queue:
+            queue = ["1gpu-b4", "2gpu-b8"]
+    result["summary"] = summarize(result["runs"], probe, args.seq_tokens)
+    result["table"] = report(result["summary"], probe)
+    save()
+    print("\n" + result["table"], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
