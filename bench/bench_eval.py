@@ -85,9 +85,9 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
 
     routing = route_blas(CACHE_DIR, True, 1)
     from app.runs.config import RunConfig
+    from worker.loading import load_model
     from worker.task_answers import generate_answers, task_examples
     from worker.token_stats import read_split
-    from worker.train import load_model
 
     config = RunConfig.model_validate({**RUN_CONFIG, "model": str(args.model), "data": str(args.data)})
     model, tokenizer, _ = load_model(config)
@@ -140,7 +140,8 @@ def make_checkpoints(folder: Path, args: argparse.Namespace) -> list[int]:
         "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
         "import mlx.core as mx; from mlx.utils import tree_map\n"
         "from app.runs.config import RunConfig\n"
-        "from worker.train import attach_adapters, checkpoint_name, load_model, save_adapter, write_adapter_config\n"
+        "from worker.loading import attach_adapters, load_model\n"
+        "from worker.train import checkpoint_name, save_adapter, write_adapter_config\n"
         "config = RunConfig.model_validate(json.loads(sys.argv[2])); folder = Path(sys.argv[3])\n"
         "model, _, _ = load_model(config); write_adapter_config(folder, config, attach_adapters(model, config))\n"
         "for it in json.loads(sys.argv[4]):\n"

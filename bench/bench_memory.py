@@ -62,7 +62,8 @@ def measure(setting: dict[str, Any]) -> dict[str, Any]:
     from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 
     from app.runs.config import RunConfig
-    from worker.train import SilentUI, attach_adapters, load_model
+    from worker.loading import attach_adapters, load_model
+    from worker.train import SilentUI
 
     config = RunConfig.model_validate({
         "model": setting["model"], "batch_size": setting["batch_size"], "iters": 3,

@@ -169,7 +169,7 @@ def test_trainable_equals_mlx_lm_on_the_loaded_model(which: str, default_model: 
     from mlx_lm.utils import get_total_parameters, load
 
     from app.runs.config import LoraParameters, RunConfig
-    from worker.train import attach_adapters, count_parameters
+    from worker.loading import attach_adapters, count_parameters
 
     folder = default_model if which == "float32" else quantized_models[which]
     info = model_info(str(folder), Settings())

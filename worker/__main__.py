@@ -1,4 +1,5 @@
-"""`python -m worker train --run-id N`, `python -m worker job --job-id N` and `python -m worker defaults`.
+"""`python -m worker train --run-id N`, `python -m worker job --job-id N` and `python -m worker defaults`;
+`python -m worker launch <mlx.launch arguments> -- -m worker train --run-id N` for a run of several processes.
 
 OpenBLAS routing happens here, before anything imports mlx.core.
 """
@@ -87,7 +88,12 @@ def run_train(settings: Settings, run_id: int) -> int:
         print(f"worker: no run {run_id} in {settings.database_path}", file=sys.stderr)
         return 2
     config = RunConfig.model_validate_json(row[0])
-    writer = ReportWriter(settings.database_path, run_id).start()
+    rank = 0
+    if config.distributed is not None:  # one of several processes (worker/distributed.py): rank 0 writes
+        from worker.distributed import rank_and_size
+
+        rank, _ = rank_and_size()
+    writer = ReportWriter(settings.database_path, run_id, silent=rank != 0).start()
     on_stop_signal(writer.stop_event)
     try:
         writer.set_status(RunStatus.starting, backend=describe_backend(routing))
@@ -120,6 +126,11 @@ def run_defaults(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # a run of several processes: mlx.launch starts the ranks
+        from worker.distributed import launch
+
+        return launch(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     sub = parser.add_subparsers(dest="job", required=True)
     train = sub.add_parser("train", help="train one run")

@@ -214,7 +214,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     models = ([BASE] if params.get("include_base") else []) + iterations
     ctx.detail = "loading the model"
     ctx.check_stop()
-    from worker.train import attach_adapters, load_model
+    from worker.loading import attach_adapters, load_model
 
     started = time.perf_counter()
     model, tokenizer, _dtype = load_model(config)

@@ -66,9 +66,11 @@ def hardware_facts() -> dict[str, Any]:
     }
 
 
-def record_hardware(writer: ReportWriter) -> None:
-    """Store hardware_facts() on the writer's run (through its writer thread, like every report)."""
-    facts = json.dumps(hardware_facts())
+def record_hardware(writer: ReportWriter, distributed: dict[str, Any] | None = None) -> None:
+    """Store hardware_facts() on the writer's run (through its writer thread, like every report); a run of
+    several processes adds its group under "distributed" (world_size, backend, hosts,
+    per_rank_tokens_per_second)."""
+    facts = json.dumps({**hardware_facts(), **({"distributed": distributed} if distributed else {})})
 
     def job(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE run SET hardware_json = ? WHERE id = ?", (facts, writer.run_id))

@@ -85,20 +85,26 @@ class ReportWriter:
     _rule_json: str | None = None
     errors: list[str] = field(default_factory=list)
     early_stopping: EarlyStopping | None = None  # the live rule, refreshed at every commit
+    silent: bool = False  # a rank other than 0 of a run of several processes: it writes nothing
 
     def start(self) -> ReportWriter:
+        if self.silent:
+            return self
         self._thread = threading.Thread(target=self._loop, name="report-writer", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
         """Flush everything queued, then stop the thread."""
+        if self.silent:
+            return
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()
 
     def submit(self, job: Job) -> None:
-        self._queue.put(job)
+        if not self.silent:
+            self._queue.put(job)
 
     def _loop(self) -> None:
         conn = connect(self.db_path)

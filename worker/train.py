@@ -29,16 +29,17 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner import trainer
-from mlx_lm.tuner.datasets import CacheDataset, load_dataset
-from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
-from mlx_lm.utils import get_total_parameters, load
+from mlx_lm.tuner.datasets import CacheDataset
+from mlx_lm.tuner.utils import build_schedule
 
 from app.paths import remove_temp_files
-from app.runs.config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
+from app.runs.config import LORABOARD_KEYS, RunConfig
 from app.runs.policy import best_checkpoint, divergence, early_stop_decision
 from app.status import RunStatus
+from worker.distributed import agree, gather, group_record, rank_and_size, share_from_rank0
 from worker.durable import publish, temp_path, write_safetensors, write_text
 from worker.hardware import record_hardware
+from worker.loading import attach_adapters, count_parameters, load_data, load_model
 from worker.memory import MemoryGuard
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
@@ -139,6 +140,10 @@ class StepHooks:
         self.early_stop_reason: str | None = None
         self.memory = MemoryGuard(config.memory_limit_gb, config.memory_limit_action)  # its stop_reason ends too
         self._last_beat = time.monotonic()
+        self.rank, self.world_size = rank_and_size()
+        self.agreed = [0, 0, 0]  # stop requested, early stop, memory stop: summed over the ranks
+        self.rank_tokens = 0  # this rank's own tokens and seconds in mlx-lm's steps
+        self.rank_seconds = 0.0
 
     @property
     def stop_requested(self) -> bool:
@@ -176,6 +181,9 @@ class StepHooks:
     def save_checkpoint(self, iteration: int) -> None:
         if iteration in self.saved or iteration == self.start_iteration:
             return  # the starting weights are the base model's or the resumed checkpoint's
+        if self.rank != 0:  # every rank holds the same weights; rank 0 alone writes
+            self.saved.add(iteration)
+            return
         path = self.run_dir / checkpoint_name(iteration)
         # optimizer state first: a checkpoint whose weights are in place can always be continued
         save_optimizer(self.optimizer, self.run_dir / optimizer_name(iteration), f"checkpoint {iteration}'s "
@@ -204,70 +212,29 @@ class StepHooks:
             self.writer.heartbeat()
 
     def iterate_batches(self, **kwargs: Any) -> Iterator[Any]:
-        """mlx-lm's batch iterator, with the hooks run before each step."""
+        """mlx-lm's batch iterator, with the hooks run before each step. With several ranks, whether to stop
+        is agreed by all of them at every step (a rank that left alone would hang the others' collectives)."""
         steps_done = 0
+        stepped_at: float | None = None
         for batch in trainer.iterate_batches(**kwargs):
             if kwargs.get("loop"):
+                if stepped_at is not None:
+                    self.rank_seconds += time.perf_counter() - stepped_at
                 self.between_steps(steps_done)
-                if self.stop_requested or self.early_stop_reason or self.memory.stop_reason:
+                self.agreed = agree([int(self.stop_requested), int(bool(self.early_stop_reason)),
+                                     int(bool(self.memory.stop_reason))])
+                if any(self.agreed):
                     self.ended_by_stop = True
                     return
                 steps_done += 1
+                lengths = np.array(batch[1])
+                self.rank_tokens += int((lengths[:, 1] - lengths[:, 0]).sum())
+                stepped_at = time.perf_counter()
             yield batch
 
-
-def floating_dtype(model: nn.Module) -> str:
-    """The dtype of the model's floating-point weights (the most common one)."""
-    counts: dict[str, int] = {}
-    for _, value in tree_flatten(model.parameters()):
-        if mx.issubdtype(value.dtype, mx.floating):
-            name = str(value.dtype).removeprefix("mlx.core.")
-            counts[name] = counts.get(name, 0) + value.size
-    return max(counts, key=lambda name: counts[name]) if counts else "unknown"
-
-
-def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
-    """The model, its tokenizer, and the dtype it trains in (said the way the run page shows it)."""
-    trust = config.trust_remote_code
-    model, tokenizer = load(config.model, tokenizer_config={"trust_remote_code": trust}, trust_remote_code=trust)
-    stored = floating_dtype(model)
-    if mx.default_device() == mx.cpu and stored != "float32":  # bf16/f16 skip BLAS on CPU: train in float32
-        model.set_dtype(mx.float32, lambda dtype: mx.issubdtype(dtype, mx.floating))
-        return model, tokenizer, f"float32 (weights stored as {stored})"
-    return model, tokenizer, stored
-
-
-@dataclass(frozen=True)
-class Datasets:
-    train: CacheDataset
-    valid: CacheDataset | None
-    test: CacheDataset | None
-
-
-def load_data(config: RunConfig, tokenizer: Any) -> Datasets:
-    """The run's splits as mlx_lm reads them (its feature keys, prompt masking; test.jsonl only for `test`)."""
-    features = {key: getattr(config, key) for key in FEATURE_KEYS if getattr(config, key) is not None}
-    args = SimpleNamespace(data=config.data, train=True, test=config.test, mask_prompt=config.mask_prompt, **features)
-    train_set, valid_set, test_set = load_dataset(args, tokenizer)
-    return Datasets(
-        CacheDataset(train_set),
-        CacheDataset(valid_set) if len(valid_set) else None,
-        CacheDataset(test_set) if config.test and len(test_set) else None,
-    )
-
-
-def attach_adapters(model: nn.Module, config: RunConfig) -> int:
-    """Freeze the base and add LoRA/DoRA layers (or unfreeze layers for full); returns layers used."""
-    layer_count = len(model.layers)  # type: ignore[attr-defined]
-    num_layers = layer_count if config.num_layers == -1 else min(config.num_layers, layer_count)
-    model.freeze()
-    if config.fine_tune_type == "full":
-        for layer in model.layers[-num_layers:]:  # type: ignore[attr-defined]
-            layer.unfreeze()
-    else:
-        params = config.lora_parameters.model_dump(exclude_none=True)
-        linear_to_lora_layers(model, num_layers, params, use_dora=config.fine_tune_type == "dora")
-    return num_layers
+    def per_rank_tokens_per_second(self) -> list[float]:
+        """Each rank's own tokens per second in its training steps (rank order)."""
+        return [round(v, 2) for v in gather(self.rank_tokens / self.rank_seconds if self.rank_seconds else 0.0)]
 
 
 def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
@@ -292,13 +259,6 @@ def make_optimizer(config: RunConfig) -> optim.Optimizer:
     return classes[config.optimizer](learning_rate=learning_rate, **extra)
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """Trainable and total parameters as mlx-lm prints them: the total counts the base model's weights
-    (quantized ones unpacked), not the adapters."""
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    return trainable, int(get_total_parameters(model))
-
-
 @dataclass(frozen=True)
 class TrainOutcome:
     steps: int
@@ -317,8 +277,9 @@ def tested_adapter(hooks: StepHooks, run_dir: Path, steps: int) -> Path:
 def evaluate_test(model: nn.Module, config: RunConfig, test_set: CacheDataset, adapter: Path,
                   writer: ReportWriter) -> float:
     """Loss of `adapter` on the test set (test_batches batches), with heartbeats while it runs."""
-    if adapter.exists():
+    if rank_and_size()[0] == 0 and adapter.exists():
         model.load_weights(str(adapter), strict=False)
+    share_from_rank0(model)  # the other ranks take rank 0's weights
     last_beat = [time.monotonic()]
 
     def progress() -> None:
@@ -350,11 +311,14 @@ def train_run(
     datasets = load_data(config, tokenizer)
     num_layers = attach_adapters(model, config)
     trainable, total = count_parameters(model)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(run_dir)  # what an earlier worker of this run left when it was killed mid-write
-    write_adapter_config(run_dir, config, num_layers)
+    rank, size = rank_and_size()
+    group = group_record(config, size)
+    if rank == 0:  # of several processes, rank 0 alone writes files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(run_dir)  # what an earlier worker of this run left when it was killed mid-write
+        write_adapter_config(run_dir, config, num_layers)
     writer.mark_running(trainable, total, train_dtype)
-    record_hardware(writer)
+    record_hardware(writer, group)
 
     optimizer = make_optimizer(config)
     start = ResumePoint(0, 0)
@@ -386,14 +350,22 @@ def train_run(
         iterate_batches=hooks.iterate_batches,
         training_callback=DatabaseCallback(writer, start, hooks.memory),
     )
-    publish(temp_path(final_adapter), final_adapter)
+    if rank == 0:  # mlx-lm writes the final adapter on rank 0 only
+        publish(temp_path(final_adapter), final_adapter)
+    if group is not None:
+        group["per_rank_tokens_per_second"] = hooks.per_rank_tokens_per_second()
+        record_hardware(writer, group)
     steps = hooks.iteration if hooks.ended_by_stop else config.iters
+    asked_to_stop = False
     if hooks.early_stop_reason:
         status, reason = RunStatus.early_stopped, hooks.early_stop_reason
     elif hooks.memory.stop_reason:
         status, reason = RunStatus.stopped, hooks.memory.stop_reason
+    elif hooks.agreed[2] and not hooks.agreed[0]:
+        status, reason = RunStatus.stopped, "another rank of the group crossed the memory limit"
     elif hooks.ended_by_stop:
         status, reason = RunStatus.stopped, f"stopped on request at iteration {steps:,}"
+        asked_to_stop = True
     else:
         hooks.validate(steps, full=config.full_val_at_checkpoints)
         status, reason = RunStatus.completed, None
@@ -402,6 +374,5 @@ def train_run(
     if datasets.test is not None:
         test_loss = evaluate_test(model, config, datasets.test, tested_adapter(hooks, run_dir, steps), writer)
         # recorded now, keeping the status the run has meanwhile ("stopping" after a stop request)
-        asked_to_stop = hooks.ended_by_stop and not hooks.early_stop_reason and not hooks.memory.stop_reason
         writer.set_status(RunStatus.stopping if asked_to_stop else RunStatus.running, test_loss=test_loss)
     return TrainOutcome(steps, status, reason, test_loss)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.runs.distributed import Distributed
 from app.settings import PROJECT_DIR, Settings
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -67,8 +68,34 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_worker(args: list[str], settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+# The worker's own environment variables, handed to every rank by mlx.launch (`--env`).
+LAUNCH_ENV_PREFIXES = ("LORABOARD_", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM")
+
+
+def launch_args(spec: Distributed, hosts: list[str], env: dict[str, str], python: str) -> list[str]:
+    """The arguments of `python -m worker launch` (worker/distributed.py hands them to mlx.launch) for a run
+    trained by several processes: backend, hosts (or the hostfile) and processes per host, the ranks' python,
+    their working folder and the worker's environment."""
+    args = ["--backend", spec.backend]
+    if spec.hostfile:
+        args += ["--hostfile", spec.hostfile]
+    else:
+        users = [f"{spec.ssh_user}@{h}" if spec.ssh_user and "@" not in h else h for h in hosts]
+        args += ["--hosts", ",".join(users), "-n", str(spec.processes_per_host)]
+    args += ["--python", spec.python or python, "--cwd", str(PROJECT_DIR)]
+    for key in sorted(env):
+        if key.startswith(LAUNCH_ENV_PREFIXES):
+            args += ["--env", f"{key}={env[key]}"]
+    return args
+
+
+def spawn_worker(args: list[str], settings: Settings, log_path: Path,
+                 launch: list[str] | None = None) -> subprocess.Popen[bytes]:
     """Start `python -m worker <args>` in its own session, its output appended to log_path.
+
+    launch: the run is trained by several processes: start `python -m worker launch <launch> -- -m worker
+    <args>` instead, which starts every rank through mlx.launch (worker/distributed.py); its command line names
+    the worker's arguments too, so app/jobs/process.is_worker recognises it.
 
     The worker starts with SIGTERM and SIGINT blocked (a child inherits the spawning thread's signal mask), so
     a stop that arrives while it is still importing waits until its handler is in place
@@ -80,7 +107,9 @@ def spawn_worker(args: list[str], settings: Settings, log_path: Path) -> subproc
     try:
         with log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "worker", *args], cwd=PROJECT_DIR, env=worker_env(settings),
+                [sys.executable, "-m", "worker",
+                 *(["launch", *launch, "--", "-m", "worker"] if launch is not None else []), *args],
+                cwd=PROJECT_DIR, env=worker_env(settings),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
     finally:

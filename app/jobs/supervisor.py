@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,8 +34,9 @@ from app.jobs.jobs import (
     waiting_reason,
 )
 from app.jobs.kinds import needs_memory
-from app.jobs.process import is_job_process, is_worker, log_tail, pid_alive, spawn_worker, worker_env
+from app.jobs.process import is_job_process, is_worker, launch_args, log_tail, pid_alive, spawn_worker, worker_env
 from app.paths import run_dir
+from app.runs.distributed import Distributed
 from app.runs.queue import cancel_queued, queued_runs
 from app.settings import Settings
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
@@ -68,7 +70,12 @@ class Supervisor:
         folder = run_dir(self.settings, run.id)
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "worker.log"
-        process = spawn_worker(["train", "--run-id", str(run.id)], self.settings, log_path)
+        launch = None
+        spec = run.config.get("distributed")
+        if spec:  # several processes: mlx.launch starts them (worker/distributed.py)
+            group = Distributed.model_validate(spec)
+            launch = launch_args(group, group.hosts or ["127.0.0.1"], worker_env(self.settings), sys.executable)
+        process = spawn_worker(["train", "--run-id", str(run.id)], self.settings, log_path, launch)
         self.children[run.id] = process
         run.pid = process.pid
         run.status = RunStatus.starting.value

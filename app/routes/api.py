@@ -13,6 +13,7 @@ from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
+from app.runs.distributed_checks import distributed_problems
 from app.runs.listing import (
     NAME_MAX,
     NOTES_MAX,
@@ -59,6 +60,11 @@ def validate_config(payload: dict[str, Any], settings: SettingsDep, session: Ses
                          ("resume_from", resume_problem(session, settings, config))):
         if problem:
             raise HTTPException(422, detail=[{"loc": ["body", key], "msg": problem, "type": "value_error"}])
+    spread = distributed_problems(  # ssh to the other hosts: before any row exists
+        config, shared=[str(settings.database_path), str(settings.adapters_dir)])
+    if spread:
+        raise HTTPException(422, detail=[{"loc": ["body", *key.split(".")], "msg": msg, "type": "value_error"}
+                                         for key, msg in spread.items()])
     return config
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -17,6 +18,7 @@ from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.routes.params import bounded_query
 from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
+from app.runs.distributed_checks import distributed_problems
 from app.runs.form import (
     ADVANCED_KEYS,
     FORM_KEYS,
@@ -70,6 +72,9 @@ def check_form(form: dict[str, str], session: Session, settings: Settings) -> Fo
                               ("resume_from.run_id", resume_problem(session, settings, config))):
         if problem_text:
             check.errors[key] = problem_text
+    if not check.errors:  # ssh to the other hosts only for an otherwise valid form
+        check.errors.update(distributed_problems(
+            config, shared=[str(settings.database_path), str(settings.adapters_dir)]))
     facts = gather_facts(config, settings)
     check.warnings = config_warnings(config, facts)
     check.iterations_note = iterations_note(config, facts.data.train)
@@ -180,7 +185,7 @@ async def check_run_form(
 ) -> Response:
     """Errors, warnings and the iterations note for the form as typed so far (htmx, out-of-band swaps)."""
     form = await submitted_form(request)
-    check = check_form(form, session, settings)
+    check = await run_in_threadpool(check_form, form, session, settings)  # may wait on ssh
     context = form_context(session, settings, form, check)
     return templates.TemplateResponse(request, "_new_run_check.html", context)
 
@@ -191,7 +196,7 @@ async def submit_run_form(
     templates: TemplatesDep,
 ) -> Response:
     form = await submitted_form(request)
-    check = check_form(form, session, settings)
+    check = await run_in_threadpool(check_form, form, session, settings)  # may wait on ssh
     if check.config is None:
         context = form_context(session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)

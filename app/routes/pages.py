@@ -25,6 +25,7 @@ from app.runs.checkpoints import (
 from app.runs.config import (
     EarlyStopping,
 )
+from app.runs.distributed_view import distributed_view
 from app.runs.live import STATUS_GLYPHS, tab_title
 from app.runs.memory_guard import memory_warning
 from app.runs.policy import best_checkpoint
@@ -93,6 +94,7 @@ def run_page(
     context["first_metrics_url"] = f"{context['metrics_url']}{separator}max_points={CHART_MAX_POINTS}"
     context["events_url"] = f"/api/runs/{run_id}/events{parent}"
     context["status_glyphs"] = STATUS_GLYPHS
+    context["distributed"] = distributed_view(run.config, run.hardware_json)
     latest = context["latest"]
     context["page_title"] = tab_title(run.status, latest.train_loss if latest else None, run.name)
     return templates.TemplateResponse(request, "run.html", context)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.runs.distributed import Distributed
 from app.settings import Settings
 
 OptimizerName = Literal["adam", "adamw", "sgd", "adafactor", "muon"]
@@ -190,7 +191,7 @@ class ResumeFrom(BaseModel):
 
 # Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
 LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from",
-                                   "memory_limit_gb", "memory_limit_action")
+                                   "memory_limit_gb", "memory_limit_action", "distributed")
 FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
 
 
@@ -284,6 +285,9 @@ class RunConfig(BaseModel):
         "warn", description="What crossing memory_limit_gb does: warn shows a warning on the run page; stop saves "
         "the adapter and ends the run, saying why.",
     )
+    distributed: Distributed | None = Field(
+        None, description="Train with several processes, on this machine or several hosts, through mlx.launch "
+        "(loraboard's own key). Blank: one process.")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:

@@ -23,6 +23,7 @@ from app.runs.config import (
     RunConfig,
     batches_per_epoch,
 )
+from app.runs.distributed import Distributed
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ FORM_GROUPS: list[tuple[str, str]] = [
     ("data", "Data format"),
     ("loading", "Model loading"),
     ("resume", "Continue an earlier run"),
+    ("distributed", "Distributed (several processes or hosts)"),
 ]
 
 FORM_FIELDS: list[FormField] = [
@@ -95,6 +97,13 @@ FORM_FIELDS: list[FormField] = [
     FormField("text_feature", "text", "data", "text"),
     FormField("resume_from.run_id", "number", "resume"),
     FormField("resume_from.iteration", "number", "resume"),
+    FormField("distributed.enabled", "checkbox", "distributed"),
+    FormField("distributed.backend", "select", "distributed"),
+    FormField("distributed.hosts", "list", "distributed", "e.g. 127.0.0.1 or mac1.local, mac2.local"),
+    FormField("distributed.hostfile", "text", "distributed", "e.g. /Users/me/hosts.json"),
+    FormField("distributed.processes_per_host", "number", "distributed"),
+    FormField("distributed.ssh_user", "text", "distributed", "default: your own user"),
+    FormField("distributed.python", "text", "distributed", "default: this dashboard's python"),
 ]
 FORM_KEYS = {f.key for f in FORM_FIELDS}
 ADVANCED_KEYS = {f.key for f in FORM_FIELDS if f.group != "essentials"}
@@ -112,9 +121,12 @@ FORM_DEFAULTS: dict[str, Any] = {
     "early_stopping": {"patience": 3, "min_delta": 0.0},
 }
 EARLY_STOPPING_HELP = "Stop when validation loss stops improving, keeping the best checkpoint."
+DISTRIBUTED_HELP = ("Train with several processes through mlx.launch (data parallel: each batch is split across "
+                    "them), on this machine or on several hosts. Off: one process.")
+SWITCHES = {"early_stopping.enabled": EARLY_STOPPING_HELP, "distributed.enabled": DISTRIBUTED_HELP}
 _SECTIONS: dict[str, type[BaseModel]] = {
     "lora_parameters": LoraParameters, "early_stopping": EarlyStopping, "lr_schedule": LrSchedule,
-    "resume_from": ResumeFrom,
+    "resume_from": ResumeFrom, "distributed": Distributed,
 }
 
 
@@ -141,7 +153,7 @@ def _text_number(value: Any) -> Any:
 
 def default_text(key: str) -> str:
     """What applies when the field is left blank, as the help line says it."""
-    if key == "optimizer_config":
+    if key == "optimizer_config" or key in SWITCHES:
         return ""
     info = field_info(key)
     if info.default is PydanticUndefined or info.default is None:
@@ -157,8 +169,8 @@ def optimizer_options() -> list[tuple[str, str]]:
 
 
 def help_text(key: str) -> str:
-    if key == "early_stopping.enabled":
-        return EARLY_STOPPING_HELP
+    if key in SWITCHES:
+        return SWITCHES[key]
     info = field_info(key)
     text = info.description or ""
     if key == "optimizer_config":
@@ -198,6 +210,10 @@ def form_values(config: RunConfig) -> dict[str, Any]:
         else:
             values[field.key] = _text(value)
     values["early_stopping.enabled"] = config.early_stopping is not None
+    values["distributed.enabled"] = config.distributed is not None
+    if config.distributed is None:  # the section shows what switching it on would start from
+        values["distributed.backend"] = "ring"
+        values["distributed.processes_per_host"] = "1"
     rule = config.early_stopping or EarlyStopping.model_validate(FORM_DEFAULTS["early_stopping"])
     values["early_stopping.patience"] = str(rule.patience)
     values["early_stopping.min_delta"] = _text(rule.min_delta)
@@ -288,6 +304,9 @@ def form_to_payload(form: dict[str, str]) -> dict[str, Any]:
     schedule = payload.pop("lr_schedule", {})
     if schedule.get("name"):  # no name: constant learning rate, whatever else was typed
         payload["lr_schedule"] = schedule
+    spread = payload.pop("distributed", {})
+    if spread.pop("enabled", False):  # the switch decides, as for early stopping
+        payload["distributed"] = spread
     if "optimizer_config" in payload:
         payload["optimizer_config"] = {payload.get("optimizer", "adam"): payload["optimizer_config"]}
     return payload
@@ -306,6 +325,8 @@ def error_key(loc: tuple[Any, ...]) -> tuple[str, str]:
         return "lr_schedule.name", ".".join(parts[1:])
     if parts and parts[0] == "resume_from":
         return "resume_from.run_id", ".".join(parts[1:])
+    if parts and parts[0] == "distributed":
+        return "distributed.enabled", ".".join(parts[1:])
     return ("form" if not parts else ".".join(parts)), ""
 
 
@@ -359,7 +380,7 @@ def field_specs(values: dict[str, Any]) -> list[dict[str, Any]]:
     """What the template needs per field, in form order."""
     return [
         {"key": f.key, "dom_id": f.dom_id, "kind": f.kind, "group": f.group, "placeholder": f.placeholder,
-         "help": help_text(f.key), "default": "" if f.key == "early_stopping.enabled" else default_text(f.key),
+         "help": help_text(f.key), "default": default_text(f.key),
          "value": values.get(f.key, False if f.kind == "checkbox" else ""),
          "choices": choices(f.key) if f.kind == "select" else [],
          "options": optimizer_options() if f.kind == "options" else []}
