@@ -11,6 +11,7 @@ serve:
 test:
 	@scripts/setup.sh dev
 	@scripts/ensure-chromium.sh
+	@.venv/bin/loraboard defaults
 	@.venv/bin/ruff check --quiet .
 	@.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup
 
