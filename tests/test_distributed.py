@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,24 @@ def wait_gone(run_id: int) -> list[psutil.Process]:
     left = processes_of(run_id)
     psutil.wait_procs(left, timeout=30)
     return [p for p in processes_of(run_id) if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def rank_processes(run_id: int, timeout: float = 30) -> dict[int, psutil.Process]:
+    """The run's rank processes by rank (MLX_RANK in their environment; a shell mlx.launch starts them through
+    has none yet), once both are there."""
+    deadline = time.monotonic() + timeout
+    ranks: dict[int, psutil.Process] = {}
+    while time.monotonic() < deadline:
+        ranks = {}
+        for proc in processes_of(run_id):
+            with contextlib.suppress(psutil.Error):
+                rank = proc.environ().get("MLX_RANK")
+                if rank is not None:
+                    ranks[int(rank)] = proc
+        if len(ranks) == 2:
+            break
+        time.sleep(0.2)
+    return ranks
 
 
 def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
@@ -133,8 +153,7 @@ def test_killed_rank_ends_the_group_in_one_terminal_state(shared_server: Server)
     status, run = shared_server.post("/api/runs", ENDLESS)
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="past iteration 5")
-    launcher = column(shared_server, run["id"], "pid")
-    ranks = {int(p.environ()["MLX_RANK"]): p for p in processes_of(run["id"]) if p.pid != launcher}
+    ranks = rank_processes(run["id"])
     assert sorted(ranks) == [0, 1]
     ranks[1].kill()  # the rank that writes nothing dies without a word
     run = shared_server.wait_terminal(run["id"], timeout=90)
