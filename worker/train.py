@@ -227,9 +227,10 @@ class StepHooks:
                     self.ended_by_stop = True
                     return
                 steps_done += 1
-                lengths = np.array(batch[1])
-                self.rank_tokens += int((lengths[:, 1] - lengths[:, 0]).sum())
-                stepped_at = time.perf_counter()
+                if self.world_size > 1:  # per-rank throughput: a group's only (no host copy in a plain run)
+                    lengths = np.array(batch[1])
+                    self.rank_tokens += int((lengths[:, 1] - lengths[:, 0]).sum())
+                    stepped_at = time.perf_counter()
             yield batch
 
     def per_rank_tokens_per_second(self) -> list[float]:
