@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +29,42 @@ def checkpoint_files(settings: Settings, run_id: int, iteration: int) -> tuple[P
     """(adapter weights, optimizer state) of one checkpoint."""
     folder = run_dir(settings, run_id)
     return folder / f"{iteration:07d}_adapters.safetensors", folder / f"{iteration:07d}_optimizer.safetensors"
+
+
+def checkpoint_adapter_dir(settings: Settings, run_id: int, iteration: int) -> Path:
+    """The folder `--adapter-path` takes for one checkpoint: adapter_config.json and that checkpoint's weights
+    as adapters.safetensors, which is what mlx_lm reads (see ensure_checkpoint_adapter_dir)."""
+    return run_dir(settings, run_id) / "checkpoints" / f"{iteration:07d}"
+
+
+def ensure_checkpoint_adapter_dir(settings: Settings, run_id: int, iteration: int) -> Path:
+    """Make checkpoint_adapter_dir once: the weights hard-linked (copied where links are refused), written under
+    a temporary name and renamed, so the folder is whole or absent. FileNotFoundError: the checkpoint is gone."""
+    folder = checkpoint_adapter_dir(settings, run_id, iteration)
+    weights, _ = checkpoint_files(settings, run_id, iteration)
+    config = run_dir(settings, run_id) / "adapter_config.json"
+    if (folder / "adapters.safetensors").exists():
+        return folder
+    for needed in (weights, config):
+        if not needed.exists():
+            raise FileNotFoundError(2, "checkpoint file is missing", str(needed))
+    temp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        shutil.copyfile(config, temp / "adapter_config.json")
+        try:
+            os.link(weights, temp / "adapters.safetensors")
+        except OSError:
+            shutil.copyfile(weights, temp / "adapters.safetensors")
+        try:
+            temp.rename(folder)
+        except OSError:  # made meanwhile by another process: theirs is whole
+            if not (folder / "adapters.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return folder
 
 
 # Confinement: the folders a path given over HTTP may point into -----------------------------------------

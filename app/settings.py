@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     datasets_dir: Path | None = Field(
         None, description="Uploaded and derived datasets are stored here (default: <data_dir>/datasets)."
     )
+    exports_dir: Path | None = Field(
+        None, description="GGUF files and their Ollama Modelfiles are written here (default: <data_dir>/exports)."
+    )
+    playground_idle_s: float = Field(
+        600.0, gt=0, description="The playground releases its model after this many seconds without a prompt."
+    )
     max_upload_mb: int = Field(200, ge=1, description="Largest dataset file accepted by upload, in MB.")
     token: str | None = Field(
         None,
@@ -66,6 +72,10 @@ class Settings(BaseSettings):
     @property
     def local_datasets_dir(self) -> Path:
         return self.datasets_dir or self.data_dir / "datasets"
+
+    @property
+    def local_exports_dir(self) -> Path:
+        return self.exports_dir or self.data_dir / "exports"
 
     @property
     def default_model_dir(self) -> Path:

@@ -14,8 +14,9 @@ from app.status import TERMINAL, RunStatus
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 
 
-__all__ = ["TERMINAL", "Checkpoint", "Evaluation", "EvaluationExample", "Job", "Run", "RunStatus", "TrainReport",
-           "ValReport", "utcnow"]
+__all__ = ["TERMINAL", "Checkpoint", "Evaluation", "EvaluationExample", "Generation", "GenerationColumn",
+           "GenerationToken", "Job", "PromptSet", "RegisteredModel", "Run", "RunStatus", "TrainReport", "ValReport",
+           "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -232,3 +233,96 @@ class DatasetCheck(SQLModel, table=True):
     files_signature: str  # JSON {file name: [size, mtime_ns]} when checked
     problem: str | None = None  # what dataset_problem said (None: trainable)
     checked_at: datetime = Field(default_factory=utcnow)
+
+
+class RegisteredModel(SQLModel, table=True):
+    """A model folder loraboard wrote under the models folder: a fused checkpoint or a quantized copy. The model
+    picker lists it with its origin; `path` is the folder mlx_lm loads."""
+
+    __tablename__ = "registered_model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)  # the folder's name under the models folder
+    path: str  # absolute folder
+    origin: str  # "fused" or "quantized"
+    source_model: str  # the model it was made from (path or hub id)
+    run_id: int | None = Field(default=None, index=True)  # fused: the run and checkpoint it came from
+    iteration: int | None = None
+    job_id: int | None = None  # the job that wrote it
+    bits: int | None = None  # quantized (a quantized base fused without --dequantize stays quantized too)
+    group_size: int | None = None
+    dequantized: bool = False
+    size_bytes: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PromptSet(SQLModel, table=True):
+    """A named list of playground prompts kept for a run, to be answered again by later checkpoints."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="CASCADE", index=True)
+    name: str
+    prompts_json: str = "[]"  # [{"system": str | None, "prompt": str}, ...]
+    settings_json: str = "{}"  # max_tokens, temperature, top_p, seed it was saved with
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def prompts(self) -> list[dict[str, Any]]:
+        return json.loads(self.prompts_json)
+
+
+class Generation(SQLModel, table=True):
+    """One playground request: a prompt answered by up to four columns (the base model, or a checkpoint of a run on
+    the same base), token by token, by the playground worker (the job `job_id`, kind `playground`).
+
+    status: queued (written by the app), running (taken by the worker), then completed, failed or stopped.
+    """
+
+    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="generation_status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int | None = Field(default=None, index=True)
+    model: str  # the base model every column loads (path or hub id)
+    request_json: str  # {"messages": [...] | "prompt": str, "max_tokens", "temperature", "top_p", "seed"}
+    status: str = Field(default=RunStatus.queued.value, index=True)
+    error: str | None = None  # one readable line
+    prompt_set_id: int | None = Field(default=None, foreign_key="promptset.id", ondelete="CASCADE", index=True)
+    prompt_index: int | None = None  # the prompt of the set it answers
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return json.loads(self.request_json)
+
+
+class GenerationColumn(SQLModel, table=True):
+    """One column of a generation: what it is (base or a run's checkpoint), and once done its text and figures."""
+
+    __table_args__ = (Index("ix_gencol_generation_column", "generation_id", "column_index", unique=True),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    generation_id: int = Field(foreign_key="generation.id", ondelete="CASCADE")
+    column_index: int  # 0-based, left to right
+    run_id: int | None = None  # None (and iteration None): the base model
+    iteration: int | None = None
+    text: str = ""  # the whole answer, written when the column is done
+    tokens: int = 0  # generated tokens
+    prompt_tokens: int = 0
+    first_token_s: float | None = None  # seconds from the column's start to its first token
+    tokens_per_second: float | None = None  # generation speed after the first token
+    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (max_tokens)
+    done: bool = False
+
+
+class GenerationToken(SQLModel, table=True):
+    """One generated token's text of one column, in order (the stream the page and the API read)."""
+
+    __table_args__ = (Index("ix_gentoken_generation_id", "generation_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    generation_id: int = Field(foreign_key="generation.id", ondelete="CASCADE")
+    column_index: int
+    seq: int  # 0-based position in the column's answer
+    text: str  # the text this token adds (may be empty while a multi-byte character is incomplete)

@@ -286,3 +286,35 @@ def trained_run(evaluation_server: Server, tmp_path_factory: pytest.TempPathFact
     assert done["status"] == "completed", done
     iterations = [c["iteration"] for c in evaluation_server.get(f"/api/runs/{run['id']}/checkpoints")]
     return {"server": evaluation_server, "run_id": run["id"], "iterations": sorted(iterations), "data": data}
+
+
+# Using a checkpoint (playground, fuse, quantize, GGUF, serve): one server and one LoRA run shared by those tests,
+# whose modules all declare pytestmark = pytest.mark.xdist_group("checkpoint_use").
+
+LORA_RUN: dict[str, Any] = {
+    **QUICK_RUN, "name": "lora for use", "iters": 40, "learning_rate": 2e-3, "save_every": 20, "steps_per_eval": 20,
+    "val_batches": -1, "steps_per_report": 10, "num_layers": 4,
+}  # LoRA at this rate changes the tiny model's greedy answers within 40 steps
+
+
+@pytest.fixture(scope="session")
+def checkpoint_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("use-srv")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def lora_run(checkpoint_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A completed LoRA run on the embedded model with checkpoints at 20 and 40 (40 is the final one); its data
+    has 16 validation and 8 test examples."""
+    data = small_valid_data(tmp_path_factory.mktemp("use-data") / "data")
+    source = PROJECT_DIR / "data" / "contact-center" / "test.jsonl"
+    (data / "test.jsonl").write_text("".join(source.read_text().splitlines(True)[:8]))
+    status, run = checkpoint_server.post("/api/runs", {**LORA_RUN, "data": str(data)})
+    assert status == 201, run
+    done = checkpoint_server.wait_terminal(run["id"], timeout=600)
+    assert done["status"] == "completed", done
+    iterations = [c["iteration"] for c in checkpoint_server.get(f"/api/runs/{run['id']}/checkpoints")]
+    return {"server": checkpoint_server, "run_id": run["id"], "iterations": sorted(iterations), "data": data,
+            "model": done["config"]["model"]}

@@ -102,6 +102,19 @@ def test_capacity_rule_is_shared_by_runs_and_jobs() -> None:
     assert waiting_reason(run, [Holder("serve", 9, "running", True, shares=True)], 1) is None  # user let it share
 
 
+def test_a_resident_job_holds_runs_back_but_not_other_jobs() -> None:
+    serving = Holder("serve", 9, "running", memory=True, resident=True)
+    training = Holder("run", 3, "running", memory=True)
+    playground = Candidate("playground", needs_memory=True, resident=True)
+
+    assert waiting_reason(Candidate("run", True), [serving], 1) == (
+        "waits for job 9 (serve) to finish (release it to train now)")
+    assert waiting_reason(Candidate("evaluate", True), [serving], 1) is None
+    assert waiting_reason(playground, [serving], 1) is None
+    assert waiting_reason(playground, [Holder("evaluate", 7, "running", True)], 1) is None
+    assert waiting_reason(playground, [training], 1) == "waits for run 3 (training) to finish"
+
+
 # Real SQLite and real processes: the supervisor's rule and cancel ---------------------------------------------
 
 

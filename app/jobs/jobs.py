@@ -88,6 +88,7 @@ class Holder:
     status: str
     memory: bool  # a training run, or a job of a kind that loads the model
     shares: bool = False  # a memory job the user let run beside training (allow_while_training)
+    resident: bool = False  # a job that stays loaded until released (playground, serve)
 
     @property
     def label(self) -> str:
@@ -104,6 +105,7 @@ class Candidate:
     what: str  # "run" or a job kind
     needs_memory: bool  # runs always; a job when its kind loads the model
     allow_while_training: bool = False
+    resident: bool = False  # stays loaded until released (playground, serve)
 
 
 def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
@@ -112,7 +114,8 @@ def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurren
     One rule for runs and jobs. A job that does not need the model's memory (token statistics) starts at
     once. A run waits while max_concurrent_runs runs are active, or while a memory job runs that did not
     ask to share. A memory job waits while a run trains or another memory job runs, unless the user let it
-    run beside them (allow_while_training).
+    run beside them (allow_while_training). A resident job (the playground, a server: loaded until released)
+    makes runs wait, and waits for runs, but jobs neither wait for it nor make it wait.
     """
     runs = [h for h in active if h.what == "run"]
     memory_jobs = [h for h in active if h.what != "run" and h.memory]
@@ -120,10 +123,13 @@ def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurren
         if len(runs) >= max_concurrent_runs:
             return f"waits for {runs[0].label} to finish"
         exclusive = [h for h in memory_jobs if not h.shares]
-        return f"waits for {exclusive[0].label} to finish" if exclusive else None
+        if not exclusive:
+            return None
+        release = " (release it to train now)" if exclusive[0].resident else ""
+        return f"waits for {exclusive[0].label} to finish{release}"
     if not candidate.needs_memory or candidate.allow_while_training:
         return None
-    blocking = runs + memory_jobs
+    blocking = runs + [h for h in memory_jobs if not h.resident and not candidate.resident]
     return f"waits for {blocking[0].label} to finish" if blocking else None
 
 

@@ -3,6 +3,8 @@ worker/job.py's registry) and its view: the result in one line and what the job 
 
 needs_model_memory: the job loads the model (evaluate, generate, fuse, serve do); it waits while a
 run trains or another such job runs (app/jobs/jobs.waiting_reason). token_stats only tokenizes.
+resident: the job keeps a model loaded until it is released (the playground, a server): it waits for a
+training run like any memory job, a run waits for it, but other jobs neither wait for it nor make it wait.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class JobKind:
     needs_model_memory: bool
     summary: Callable[[Job], str]  # a completed job's result in one line
     subject: Callable[[Session, Job], tuple[str, str | None]]  # (words, link) of what it concerns
+    resident: bool = False  # stays loaded until released (playground, serve)
 
 
 def run_subject(_session: Session, job: Job) -> tuple[str, str | None]:
@@ -56,6 +59,11 @@ def needs_memory(job: Job) -> bool:
     """A job of an unknown kind is taken to need the model's memory (the safe side)."""
     kind = KINDS.get(job.kind)
     return kind.needs_model_memory if kind is not None else True
+
+
+def is_resident(job: Job) -> bool:
+    kind = KINDS.get(job.kind)
+    return kind.resident if kind is not None else False
 
 
 def describe(session: Session, job: Job) -> dict[str, str | None]:

@@ -33,7 +33,7 @@ from app.jobs.jobs import (
     set_allow_while_training,
     waiting_reason,
 )
-from app.jobs.kinds import needs_memory
+from app.jobs.kinds import is_resident, needs_memory
 from app.jobs.process import is_job_process, is_worker, launch_args, log_tail, pid_alive, spawn_worker, worker_env
 from app.paths import run_dir
 from app.runs.distributed import Distributed
@@ -107,7 +107,8 @@ class Supervisor:
         runs = session.exec(select(Run).where(col(Run.status).in_(ACTIVE)).order_by(col(Run.id))).all()
         jobs = session.exec(select(Job).where(col(Job.status).in_(WORKING)).order_by(col(Job.id))).all()
         return [Holder("run", run.id or 0, run.status, memory=True) for run in runs] + [
-            Holder(job.kind, job.id or 0, job.status, memory=needs_memory(job), shares=job.allow_while_training)
+            Holder(job.kind, job.id or 0, job.status, memory=needs_memory(job), shares=job.allow_while_training,
+                   resident=is_resident(job))
             for job in jobs
         ]
 
@@ -130,11 +131,13 @@ class Supervisor:
                     active.append(Holder("run", item.id or 0, item.status, memory=True))
                 continue
             memory = needs_memory(item)
-            reason = waiting_reason(Candidate(item.kind, memory, item.allow_while_training), active,
+            resident = is_resident(item)
+            reason = waiting_reason(Candidate(item.kind, memory, item.allow_while_training, resident), active,
                                     self.settings.max_concurrent_runs)
             if reason is None:
                 self.spawn_job(session, item)
-                active.append(Holder(item.kind, item.id or 0, item.status, memory, item.allow_while_training))
+                active.append(Holder(item.kind, item.id or 0, item.status, memory, item.allow_while_training,
+                                     resident))
             elif reason != item.waiting_reason:
                 item.waiting_reason = reason
                 session.add(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.jobs.supervisor import ACTIVE
-from app.paths import checkpoint_files, remove_temp_files, run_dir
+from app.paths import checkpoint_adapter_dir, checkpoint_files, remove_temp_files, run_dir
 from app.runs.store import checkpoints_of
 from app.settings import Settings
 from app.tables import Checkpoint, Run
@@ -44,7 +45,8 @@ def set_note(session: Session, ckpt: Checkpoint, note: str) -> None:
 
 
 def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Checkpoint, confirm: str) -> None:
-    """Delete the row and its files (weights and optimizer state); the deployment one needs confirm='deployment'."""
+    """Delete the row and its files (weights, optimizer state, its --adapter-path folder); the deployment one
+    needs confirm='deployment'."""
     if ckpt.is_deployment and confirm != "deployment":
         raise CheckpointError(
             f"iteration {ckpt.iteration} is the deployment checkpoint; "
@@ -55,6 +57,7 @@ def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Chec
     assert run.id is not None
     (run_dir(settings, run.id) / ckpt.filename).unlink(missing_ok=True)
     checkpoint_files(settings, run.id, ckpt.iteration)[1].unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_adapter_dir(settings, run.id, ckpt.iteration), ignore_errors=True)
     session.delete(ckpt)
     session.commit()
 
