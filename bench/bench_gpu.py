@@ -4,19 +4,25 @@ Runs on an NVIDIA GPU with MLX's CUDA backend (`mlx-cuda-13`). Builds, if absent
 Mistral-7B-shaped model with random bf16 weights and data of fixed-length rows
 (bench/gpu_build.py), then trains it interleaved, one process per run:
 
-  plain       mlx-lm's trainer as `python -m mlx_lm lora --train` runs it (bench/plain_mlx_lm.py)
-  loraboard   the real worker, `python -m worker train --run-id N`, on a run row of a temporary
-              SQLite database, with the environment the dashboard's supervisor gives it
+  plain              mlx-lm's trainer as `python -m mlx_lm lora --train` runs it (bench/plain_mlx_lm.py)
+  loraboard-float32  the real worker, `python -m worker train --run-id N`, on a run row of a temporary
+                     SQLite database, with the environment the dashboard's supervisor gives it, and
+                     lora_precision float32 (LoRA products in float32, as mlx-lm's layers)
+  loraboard-mixed    the same with lora_precision mixed (worker/mixed_lora.py: float32 LoRA weights,
+                     products in bf16)
+  peft               PyTorch + PEFT with the same settings (bench/gpu_peft.py: bf16 base, float32
+                     adapters, eager, Adam at 1e-5; the image's PyTorch, a carried PEFT wheel)
 
-Same settings for both: LoRA rank 8, scale 20, dropout 0 on the 7 linear layers of the
+Same settings for all: LoRA rank 8, scale 20, dropout 0 on the 7 linear layers of the
 last 16 blocks (10,485,760 trainable parameters, checked), batch 4, rows of 1,159
 tokens, max_seq_length 2048, Adam at 1e-5, seed 0, a report every 5 steps, one
 validation batch at the start and the end (outside the timed steps), no checkpoint
-during the run, no gradient checkpointing. Rounds rotate the order (plain, loraboard,
-then loraboard, plain, ...). Tokens/s are mlx-lm's own per-report numbers, the first
-report of each process skipped as warm-up, median over the rest; peak memory is
-mlx-lm's reported `peak_memory` (GB, MLX's allocator peak), the last report of a run,
-median over runs. Then, time allowing (--budget-s), experiments: plain mlx-lm with
+during the run, no gradient checkpointing. Rounds rotate the order (--modes as given, then
+reversed, ...). Tokens/s are mlx-lm's own per-report numbers, the first
+report of each process skipped as warm-up, median over the rest (PEFT: the same per-report
+count of target tokens over CUDA-synchronised time); peak memory is mlx-lm's reported
+`peak_memory` (GB, MLX's allocator peak; PEFT: torch.cuda.max_memory_allocated), the last
+report of a run, median over runs. Then, time allowing (--budget-s), experiments: plain mlx-lm with
 one MLX setting changed each (CUDA graphs, cuDNN attention, compile, allocator cache,
 gradient checkpointing), one run each.
 
@@ -92,7 +98,8 @@ from bench.common import (
 )
 from bench.gpu_build import LORA_KEYS, MISTRAL_7B, SMOKE, count_parameters, lora_parameter_count
 
-MODES = ["plain", "loraboard"]
+MODES = ["plain", "loraboard-float32", "loraboard-mixed", "peft"]
+WORKER_MODES = {"loraboard": "mixed", "loraboard-float32": "float32", "loraboard-mixed": "mixed"}  # lora_precision
 # Measured before on an H200 with this exact work (batch 4, 1,159-token rows, rank 8 on 7 keys x 16 blocks).
 REFERENCE = [
     ("plain mlx-lm (earlier run)", 13215.0, 42.0),
@@ -218,14 +225,33 @@ def run_plain(args: argparse.Namespace, work: Path, variant: Variant) -> dict[st
     }
 
 
-def run_worker(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_peft(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """PyTorch + PEFT with the same settings (bench/gpu_peft.py)."""
+    out, log = work / "reports.json", work / "run.log"
+    cmd = [sys.executable, str(PROJECT_DIR / "bench" / "gpu_peft.py"), "--data", str(args.data), "--tokenizer",
+           str(args.tokenizer), "--out", str(out), "--iters", str(args.iters), "--batch-size", str(args.batch_size),
+           "--num-layers", str(args.num_layers), "--steps-per-report", str(args.steps_per_report),
+           *(["--smoke"] if args.smoke else [])]
+    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false"), log, args.timeout)
+    if child.returncode != 0 or not out.exists():
+        raise RuntimeError(f"PyTorch+PEFT failed (exit {child.returncode}):\n{log_tail(log, 30)}")
+    data = json.loads(out.read_text())
+    return {
+        "tokens_per_second": [r["tokens_per_second"] for r in data["train"]],
+        "peak_memory_gb": [r["peak_memory"] for r in data["train"]],
+        "trainable": f"{data['trainable']:,} of {data['total']:,}", "trainable_params": data["trainable"],
+        "backend": f"PyTorch {data['torch']}, PEFT {data['peft']}", "wall_s": child.wall_s,
+    }
+
+
+def run_worker(args: argparse.Namespace, work: Path, lora_precision: str = "mixed") -> dict[str, Any]:
     settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
-                        hf_offline=True)
+                        hf_offline=True, allowed_dirs=str(args.work))
     config = RunConfig(
         name="bench-gpu", model=str(args.model), data=str(args.data), seed=0, batch_size=args.batch_size,
         iters=args.iters, num_layers=args.num_layers, learning_rate=1e-5, steps_per_report=args.steps_per_report,
         steps_per_eval=args.iters + 1, save_every=args.iters + 1, val_batches=1, max_seq_length=2048,
-        grad_checkpoint=False,
+        grad_checkpoint=False, lora_precision=lora_precision,
         lora_parameters=LoraParameters(rank=8, scale=20.0, dropout=0.0, keys=list(LORA_KEYS)),
     ).resolved(settings)
     engine = make_engine(settings.database_path)
@@ -247,7 +273,7 @@ def run_worker(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "trainable": f"{run.trainable_params:,} of {run.total_params:,}" if run and run.trainable_params
                 else None,
                 "trainable_params": run.trainable_params if run else None,
-                "backend": run.backend if run else None, "wall_s": child.wall_s,
+                "backend": f"{run.backend}, {run.train_dtype}" if run else None, "wall_s": child.wall_s,
             }
             status, error = (run.status, run.error) if run else ("missing", None)
     finally:
@@ -278,7 +304,7 @@ class Bench:
 
     def estimate(self) -> float:
         walls = [r["wall_s"] for r in self.runs]
-        return max(walls) if walls else 90.0
+        return (median(walls) or 90.0) if walls else 90.0  # the first run on a machine compiles kernels: slower
 
     def one(self, name: str, variant: Variant | None, label: str) -> None:
         if self.time_left() < self.estimate() * 1.15:
@@ -289,7 +315,12 @@ class Bench:
         work = self.args.work / "runs" / f"{time.strftime('%H%M%S')}-{label}"
         work.mkdir(parents=True, exist_ok=True)
         try:
-            result = run_worker(self.args, work) if variant is None else run_plain(self.args, work, variant)
+            if name == "peft":
+                result = run_peft(self.args, work)
+            elif variant is None:
+                result = run_worker(self.args, work, WORKER_MODES[name])
+            else:
+                result = run_plain(self.args, work, variant)
         except RuntimeError as exc:
             self.failed.append({"run": label, "error": str(exc)})
             print(f"  FAILED {label}: {exc}", file=sys.stderr, flush=True)
@@ -350,14 +381,22 @@ def report(bench: Bench, info: dict[str, Any], gpu: dict[str, Any], probe_info: 
              f"blocks, batch {args.batch_size} x {args.seq_tokens} tokens, {args.iters} iters x {rounds} rounds",
              markdown_table(["mode", "tokens/s (median)", "per run", "reports", "peak memory (GB)", "trainable",
                              "backend"], rows)]
-    plain, worker = summary.get("plain"), summary.get("loraboard")
-    if plain and worker:
-        speed = ratio(worker["median_tokens_per_second"], plain["median_tokens_per_second"])
-        memory = ratio(worker["median_peak_memory_gb"], plain["median_peak_memory_gb"])
-        parts.append(markdown_table(["comparison", "ratio", "target", ""], [
-            ["tokens/s loraboard / plain", fmt(speed, 3, "x"), "≥ 0.99x", verdict(speed, 0.99)],
-            ["peak memory loraboard / plain", fmt(memory, 3, "x"), "≤ 1.05x", verdict(memory, 1.05, False)],
-        ]))
+    plain, peft = summary.get("plain"), summary.get("peft")
+    comparisons = []
+    for mode in ("loraboard-mixed", "loraboard-float32", "plain"):
+        s = summary.get(mode)
+        for other, target in ((peft, 1.1), (plain, 0.99)):
+            if s is None or other is None or s is other:
+                continue
+            speed = ratio(s["median_tokens_per_second"], other["median_tokens_per_second"])
+            memory = ratio(s["median_peak_memory_gb"], other["median_peak_memory_gb"])
+            name = "PyTorch+PEFT" if other is peft else "plain mlx-lm"
+            goal = target if mode == "loraboard-mixed" or other is plain else None
+            comparisons.append([f"{mode} / {name}", fmt(speed, 3, "x"), fmt(memory, 3, "x"),
+                                f"≥ {goal}x" if goal else "", verdict(speed, goal) if goal else ""])
+    if comparisons:
+        parts.append(markdown_table(["comparison", "tokens/s ratio", "peak memory ratio", "target", ""],
+                                    comparisons))
     base = plain["median_tokens_per_second"] if plain else None
     refs = [[name, fmt(tps, 0), fmt(gb, 1) if gb else "", fmt(ratio(tps, base), 3, "x")] for name, tps, gb in REFERENCE]
     parts.append(markdown_table(["reference (earlier, same work)", "tokens/s", "peak GB", "vs plain here"], refs))
@@ -388,7 +427,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="model, data and runs (default: %(default)s)")
     parser.add_argument("--tokenizer", type=Path, default=PROJECT_DIR / "data" / "models" / "tiny-mistral",
                         help="folder of the tokenizer files to use (default: the embedded model's)")
-    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (each: plain and loraboard once)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each: every mode once)")
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES, help="modes of each round "
+                        "(default: all; order reversed every other round)")
     parser.add_argument("--iters", type=int, default=35)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-layers", type=int, default=16)
@@ -449,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         first_round = len({r["label"].split("-")[0] for r in bench.runs if r["mode"] in MODES})
         print(f"bench_gpu: continuing {len(bench.runs)} runs of {previous}", file=sys.stderr, flush=True)
     for round_no in range(first_round, first_round + args.rounds):
-        order = MODES if round_no % 2 == 0 else MODES[::-1]
+        order = args.modes if round_no % 2 == 0 else args.modes[::-1]
         for mode in order:
             bench.one(mode, PLAIN if mode == "plain" else None, f"r{round_no}-{mode}")
     by_name = {v.name: v for v in EXPERIMENTS}
@@ -458,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in done:
             bench.one(name, by_name[name], name)
     bench.write()
-    worker_runs = [r for r in bench.runs if r["mode"] == "loraboard"]
+    worker_runs = [r for r in bench.runs if r["mode"] in WORKER_MODES]
     for r in worker_runs:
         if r.get("trainable_params") != expected:
             print(f"bench_gpu: WARNING worker trained {r.get('trainable_params')} parameters, expected {expected:,}",

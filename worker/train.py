@@ -41,6 +41,7 @@ from worker.durable import publish, temp_path, write_safetensors, write_text
 from worker.hardware import record_hardware
 from worker.loading import attach_adapters, count_parameters, load_data, load_model
 from worker.memory import MemoryGuard
+from worker.mixed_lora import mixed_applies, precision_label, use_mixed_lora
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
 
@@ -242,6 +243,7 @@ def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> N
     """adapter_config.json as mlx_lm reads it (generate, fuse, --test), written atomically."""
     data = config.model_dump(mode="json", exclude=set(LORABOARD_KEYS))
     data["num_layers"] = num_layers
+    data["lora_precision"] = config.lora_precision  # loraboard's; mlx_lm reads the keys it knows and no others
     write_text(json.dumps(data, indent=2, sort_keys=True), run_dir / "adapter_config.json")
 
 
@@ -311,6 +313,9 @@ def train_run(
     model, tokenizer, train_dtype = load_model(config)
     datasets = load_data(config, tokenizer)
     num_layers = attach_adapters(model, config)
+    if mixed_applies(config.lora_precision, config.fine_tune_type, train_dtype):
+        use_mixed_lora(model)
+    train_dtype = precision_label(config.lora_precision, config.fine_tune_type, train_dtype)
     trainable, total = count_parameters(model)
     rank, size = rank_and_size()
     group = group_record(config, size)

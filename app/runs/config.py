@@ -191,7 +191,7 @@ class ResumeFrom(BaseModel):
 
 # Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
 LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from",
-                                   "memory_limit_gb", "memory_limit_action", "distributed")
+                                   "memory_limit_gb", "memory_limit_action", "distributed", "lora_precision")
 FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
 
 
@@ -225,6 +225,11 @@ class RunConfig(BaseModel):
     lr_schedule: LrSchedule | None = Field(None, description="Learning-rate schedule (default: constant).")
     lora_parameters: LoraParameters = Field(
         default_factory=LoraParameters, description="LoRA rank, scale, dropout and keys."
+    )
+    lora_precision: Literal["mixed", "float32"] = Field(
+        "mixed", description="mixed keeps the LoRA/DoRA weights and optimizer state in float32 but multiplies them "
+        "in the model's dtype (faster, less memory); float32 also multiplies in float32, as mlx-lm does. Only "
+        "matters for bfloat16/float16 models (GPU, Metal); on CPU loraboard trains in float32 (loraboard's own key).",
     )
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Longer examples are truncated to this.")
     grad_checkpoint: bool = Field(

@@ -73,6 +73,7 @@ FORM_FIELDS: list[FormField] = [
     FormField("lora_parameters.scale", "number", "lora"),
     FormField("lora_parameters.dropout", "number", "lora"),
     FormField("lora_parameters.keys", "list", "lora", "e.g. self_attn.q_proj, self_attn.v_proj"),
+    FormField("lora_precision", "select", "lora"),
     FormField("steps_per_eval", "number", "evaluation"),
     FormField("save_every", "number", "evaluation"),
     FormField("val_batches", "number", "evaluation"),
