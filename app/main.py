@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import make_engine
 from app.jobs.supervisor import Supervisor
+from app.models.registry import remove_leftover_model_temps
 from app.routes import (
     api,
     compare,
@@ -29,13 +30,17 @@ from app.routes import (
     evaluation_pages,
     evaluations,
     events,
+    gguf,
     imports,
     jobs,
+    model_jobs,
     models,
     new_run,
     pages,
+    playground,
     reports,
     runlist,
+    serve,
 )
 from app.runs.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
@@ -59,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.supervisor = Supervisor(settings, engine)
         with Session(engine) as session:  # temporary files of workers killed mid-write
             remove_leftover_temps(session, settings, lambda run: not app.state.supervisor.worker_gone(run))
+        remove_leftover_model_temps(settings)  # a fuse or quantize job killed mid-write
         watcher = asyncio.create_task(_watch(app.state.supervisor, settings.supervisor_interval_s))
         yield
         watcher.cancel()
@@ -83,8 +89,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
     for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
-                   jobs, evaluations, evaluation_pages, reports, imports):
+                   jobs, evaluations, evaluation_pages, reports, imports, playground):
         app.include_router(module.router)
+    app.include_router(serve.router)
+    app.include_router(model_jobs.router)
+    app.include_router(gguf.router)
     return app
 
 

@@ -74,6 +74,15 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def models_dir(self) -> Path:
+        """The server's models folder (fused and quantized models are written there)."""
+        return Path(self.extra_env.get("LORABOARD_MODELS_DIR", PROJECT_DIR / "data" / "models"))
+
+    @property
+    def exports_dir(self) -> Path:
+        return Path(self.extra_env.get("LORABOARD_EXPORTS_DIR", PROJECT_DIR / "data" / "exports"))
+
     def env(self) -> dict[str, str]:
         return base_env(
             LORABOARD_DB_PATH=str(self.root / "loraboard.db"),
@@ -299,7 +308,13 @@ LORA_RUN: dict[str, Any] = {
 
 @pytest.fixture(scope="session")
 def checkpoint_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("use-srv")).start()
+    """Its own models and exports folders (the embedded model linked in), so what the tests write there is seen by
+    no other test."""
+    root = tmp_path_factory.mktemp("use-srv")
+    (root / "models").mkdir()
+    (root / "models" / default_model.name).symlink_to(default_model)
+    env = {"LORABOARD_MODELS_DIR": str(root / "models"), "LORABOARD_EXPORTS_DIR": str(root / "exports")}
+    srv = Server(root, extra_env=env).start()
     yield srv
     srv.stop()
 

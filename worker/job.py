@@ -43,6 +43,11 @@ class WorkerKind:
 WORKERS: dict[str, WorkerKind] = {
     "token_stats": WorkerKind("worker.token_stats", computes=False),
     "evaluate": WorkerKind("worker.evaluate", computes=True),
+    "playground": WorkerKind("worker.playground", computes=True),
+    "serve": WorkerKind("worker.serve", computes=True),
+    "fuse": WorkerKind("worker.fuse", computes=True),
+    "quantize": WorkerKind("worker.quantize", computes=True),
+    "gguf": WorkerKind("worker.gguf_export", computes=True),
 }
 
 

@@ -46,13 +46,15 @@ def _visible_dirs(folder: Path) -> list[Path]:
         return []
 
 
-def _choice(name: str, model: str, source: str, folder: Path, revision: str | None = None) -> dict[str, Any]:
+def _choice(name: str, model: str, source: str, folder: Path, revision: str | None = None,
+            origin: str | None = None) -> dict[str, Any]:
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
     except (OSError, ValueError, AttributeError):
         model_type = ""
     return {"name": name, "model": model, "source": source, "path": str(folder), "revision": revision,
-            "model_type": model_type if isinstance(model_type, str) else "", "size_bytes": folder_size(folder)}
+            "model_type": model_type if isinstance(model_type, str) else "", "size_bytes": folder_size(folder),
+            "origin": origin}
 
 
 def hub_snapshot(repo_dir: Path) -> tuple[str, Path] | None:
@@ -69,15 +71,21 @@ def hub_snapshot(repo_dir: Path) -> tuple[str, Path] | None:
     return newest.name, newest
 
 
-def model_choices(settings: Settings, environ: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """Local model folders (one level of nesting: org/name) and Hugging Face cache entries the picker offers."""
+def model_choices(settings: Settings, environ: Mapping[str, str] | None = None,
+                  origins: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Local model folders (one level of nesting: org/name) and Hugging Face cache entries the picker offers.
+
+    origins: resolved folder -> where a model loraboard wrote came from ("fused from run 3 @ 40"), from the
+    registry (app/models/registry.origins); the choice's `origin` is None for the others."""
     choices: list[dict[str, Any]] = []
     root = settings.local_models_dir
     for child in _visible_dirs(root):
         candidates = [child] if (child / "config.json").is_file() else _visible_dirs(child)
         for folder in candidates:
             if (folder / "config.json").is_file():
-                choices.append(_choice(folder.relative_to(root).as_posix(), str(folder.resolve()), "local", folder))
+                resolved = str(folder.resolve())
+                choices.append(_choice(folder.relative_to(root).as_posix(), resolved, "local", folder,
+                                       origin=(origins or {}).get(resolved)))
     for repo_dir in _visible_dirs(hf_hub_cache_dir(environ)):
         if not repo_dir.name.startswith("models--"):
             continue

@@ -18,6 +18,10 @@ from sqlmodel import Session
 from app.datasets import token_stats
 from app.evaluation import requests as evaluation
 from app.evaluation.results import result_summary as evaluation_summary
+from app.models import gguf
+from app.models import requests as model_jobs
+from app.playground import kind as playground
+from app.serving import requests as serving
 from app.tables import Job
 
 
@@ -47,6 +51,16 @@ KINDS: dict[str, JobKind] = {
                 summary=token_stats.result_summary, subject=token_stats.subject),
         JobKind(evaluation.KIND, "evaluation", evaluation.EvaluateParams, needs_model_memory=True,
                 summary=evaluation_summary, subject=run_subject),
+        JobKind(playground.KIND, "playground", playground.PlaygroundParams, needs_model_memory=True,
+                summary=playground.result_summary, subject=playground.subject, resident=True),
+        JobKind(serving.KIND, "server", serving.ServeParams, needs_model_memory=True, resident=True,
+                summary=serving.result_summary, subject=serving.subject),
+        JobKind(model_jobs.FUSE_KIND, "fuse", model_jobs.FuseParams, needs_model_memory=True,
+                summary=model_jobs.result_summary, subject=model_jobs.subject),
+        JobKind(model_jobs.QUANTIZE_KIND, "quantize", model_jobs.QuantizeParams, needs_model_memory=True,
+                summary=model_jobs.result_summary, subject=model_jobs.subject),
+        JobKind(gguf.KIND, "GGUF export", gguf.GgufParams, needs_model_memory=True,
+                summary=gguf.result_summary, subject=gguf.subject),
     )
 }
 

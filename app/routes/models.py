@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
-from app.deps import SettingsDep, TemplatesDep
+from app.deps import SessionDep, SettingsDep, TemplatesDep
+from app.models.registry import origins
 from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
 from app.routes.params import problems
 from app.runs.config import LoraParameters, RunConfig, looks_like_path
@@ -27,9 +28,10 @@ def split_keys(text: str | None) -> list[str] | None:
 
 
 @router.get("/api/models", tags=["models"])
-def get_models(settings: SettingsDep) -> list[dict[str, Any]]:
-    """Local model folders and Hugging Face cache entries: name, model (path or hub id), source, size."""
-    return model_choices(settings)
+def get_models(settings: SettingsDep, session: SessionDep) -> list[dict[str, Any]]:
+    """Local model folders and Hugging Face cache entries: name, model (path or hub id), source, size, and for a
+    model loraboard wrote its origin ("fused from run 3 @ 40", "4-bit of tiny-mistral (group 32)")."""
+    return model_choices(settings, origins=origins(session))
 
 
 @router.get("/api/models/info", tags=["models"], responses=problems(422))
@@ -98,7 +100,9 @@ def model_info_panel(request: Request, settings: SettingsDep, templates: Templat
 
 
 @router.get("/models/choices", response_class=HTMLResponse, include_in_schema=False)
-def model_choice_lists(request: Request, settings: SettingsDep, templates: TemplatesDep, model: str = "") -> Response:
+def model_choice_lists(request: Request, settings: SettingsDep, session: SessionDep, templates: TemplatesDep,
+                       model: str = "") -> Response:
     """The picker's lists alone (datalist and grouped select), with `model` selected when it is one of them."""
-    context = {"choices_only": True, "model_choices": model_choices(settings), "value": model}
+    context = {"choices_only": True, "model_choices": model_choices(settings, origins=origins(session)),
+               "value": model}
     return templates.TemplateResponse(request, "_model_picker.html", context)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -15,6 +15,7 @@ from sqlmodel import Session
 from app.catalog.info import model_choices
 from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.models.registry import origins
 from app.routes.params import bounded_query
 from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
@@ -115,7 +116,7 @@ def form_context(
         "advanced_changed": changed_advanced(values),
         "default_model": settings.default_model_dir,
         "default_data": settings.default_dataset_dir,
-        "model_choices": model_choices(settings),
+        "model_choices": model_choices(settings, origins=origins(session)),
         "dataset_choices": dataset_choices(session, settings),
         "submitted": False,
         "notice": None,
@@ -160,6 +161,7 @@ def new_run_form(
     request: Request, session: SessionDep, templates: TemplatesDep, settings: SettingsDep,
     from_run: int | None = bounded_query(None, "copy this run's settings"),
     resume_iteration: int | None = bounded_query(None, "continue from this checkpoint of from_run"),
+    model: str | None = Query(None, max_length=4096, description="start from this model (the models page's link)"),
 ) -> Response:
     """The form: small defaults for the embedded model, or a copy of an earlier run (to clone or continue it)."""
     values = fresh_values(settings)
@@ -171,6 +173,8 @@ def new_run_form(
         else:
             copied, notice = source_values(source, resume_iteration)
             values = copied or values
+    if model and model.strip():
+        values = {**values, "model": model.strip()}
     context = form_context(session, settings, values, check_values(values, session, settings), notice=notice)
     return render_form(request, templates, context)
 

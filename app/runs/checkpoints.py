@@ -11,7 +11,13 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.jobs.supervisor import ACTIVE
-from app.paths import checkpoint_adapter_dir, checkpoint_files, remove_temp_files, run_dir
+from app.paths import (
+    checkpoint_adapter_dir,
+    checkpoint_files,
+    ensure_checkpoint_adapter_dir,
+    remove_temp_files,
+    run_dir,
+)
 from app.runs.store import checkpoints_of
 from app.settings import Settings
 from app.tables import Checkpoint, Run
@@ -62,8 +68,31 @@ def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Chec
     session.commit()
 
 
-def usage_commands(base_url: str, run: Run, ckpt: Checkpoint) -> dict[str, str]:
-    """The exact mlx_lm commands for one checkpoint (download, unzip, then use)."""
+def usage_commands(base_url: str, run: Run, ckpt: Checkpoint, settings: Settings | None = None,
+                   group_size: int = 64) -> dict[str, str]:
+    """The exact mlx_lm commands for one checkpoint. With settings: on this machine, with the checkpoint's own
+    `--adapter-path` folder (app/paths.ensure_checkpoint_adapter_dir); without: download, unzip, then use."""
+    if settings is None:
+        return download_commands(base_url, run, ckpt)
+    assert run.id is not None
+    model = shlex.quote(str(run.config["model"]))
+    try:
+        folder = ensure_checkpoint_adapter_dir(settings, run.id, ckpt.iteration)
+    except FileNotFoundError:
+        folder = checkpoint_adapter_dir(settings, run.id, ckpt.iteration)
+    adapter = shlex.quote(str(folder))
+    fused = settings.local_models_dir / f"run-{run.id}-iter-{ckpt.iteration}-fused"
+    return {
+        "generate": f'python -m mlx_lm generate --model {model} --adapter-path {adapter} --prompt "…"',
+        "fuse": f"python -m mlx_lm fuse --model {model} --adapter-path {adapter} --save-path {shlex.quote(str(fused))}",
+        "server": f"python -m mlx_lm server --model {model} --adapter-path {adapter} --host 127.0.0.1 --port 8080",
+        "quantize": f"python -m mlx_lm convert --hf-path {shlex.quote(str(fused))} "
+                    f"--mlx-path {shlex.quote(str(fused) + '-4bit')} -q --q-bits 4 --q-group-size {group_size}",
+    }
+
+
+def download_commands(base_url: str, run: Run, ckpt: Checkpoint) -> dict[str, str]:
+    """The mlx_lm commands for one checkpoint on another machine (download, unzip, then use)."""
     model = shlex.quote(str(run.config["model"]))
     folder = f"run-{run.id}-iter-{ckpt.iteration}"
     fetch = (
@@ -90,8 +119,7 @@ def table_rows(
     assert run.id is not None
     rows = []
     for ckpt in checkpoints_of(session, run.id):
-        rows.append({"c": ckpt, "improvement": improvement(first_val, ckpt.val_loss),
-                     "commands": usage_commands(base_url, run, ckpt)})
+        rows.append({"c": ckpt, "improvement": improvement(first_val, ckpt.val_loss)})
     return rows
 
 

@@ -1,0 +1,1 @@
+"""Models loraboard writes: fused checkpoints and quantized copies (registry, requests, archive download)."""
