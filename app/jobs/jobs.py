@@ -33,6 +33,22 @@ WORKING = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping
 LIVE = (RunStatus.queued.value, *WORKING)
 
 
+class JobRefused(ValueError):
+    """A request for a job that cannot start, refused before a job row exists: the HTTP status (404, 409, 410,
+    422), the field it concerns (`loc`, as FastAPI names fields) and one sentence saying what is wrong."""
+
+    def __init__(self, status: int, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.loc = loc
+
+    def detail(self) -> list[dict[str, Any]] | str:
+        """The HTTPException detail: a 422 in FastAPI's validation shape, any other status as its sentence."""
+        if self.status == 422:
+            return [{"loc": list(self.loc), "msg": str(self), "type": "value_error"}]
+        return str(self)
+
+
 # Pure rules ------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from app.jobs.jobs import LIVE, create_job, progress_view
+from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
 from app.models.registry import NAME, NAME_RULE
 from app.settings import Settings
 from app.tables import Job
@@ -62,18 +62,8 @@ class GgufParams(BaseModel):
     tokenizer_pre: str = Field(description="tokenizer.ggml.pre: the pre-tokenizer llama.cpp applies.")
 
 
-class GgufRefused(ValueError):
-    """A request that cannot start: the HTTP status, the field, and one sentence saying what is wrong."""
-
-    def __init__(self, status: int, loc: tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.loc = loc
-
-    def detail(self) -> list[dict[str, Any]] | str:
-        if self.status == 422:
-            return [{"loc": list(self.loc), "msg": str(self), "type": "value_error"}]
-        return str(self)
+class GgufRefused(JobRefused):
+    """A GGUF export request that cannot start."""
 
 
 def disk_free(folder: Path) -> int:

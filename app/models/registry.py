@@ -7,7 +7,6 @@ folder by hand has no row ("local folder").
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.catalog.files import folder_size
+from app.jobs.process import pid_alive
 from app.settings import Settings
 from app.tables import RegisteredModel
 
@@ -115,13 +115,6 @@ def row_json(row: RegisteredModel) -> dict[str, Any]:
     return {**row.model_dump(mode="json"), "origin_text": origin_text(row)}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -134,7 +127,7 @@ def remove_leftover_model_temps(settings: Settings) -> list[Path]:
         return removed
     for path in sorted(entries):
         match = TEMP.match(path.name)
-        if match and path.is_dir() and not _alive(int(match["pid"])):
+        if match and path.is_dir() and not pid_alive(int(match["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

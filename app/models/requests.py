@@ -10,14 +10,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import ModelInfo, locate_model, model_info
-from app.jobs.jobs import create_job
+from app.jobs.jobs import JobRefused, create_job
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
 from app.paths import (
     MODEL_DIRS_SETTING,
@@ -87,18 +87,11 @@ class QuantizeParams(BaseModel):
     group_size: int
 
 
-class ModelJobRefused(ValueError):
-    """A request that cannot start: the HTTP status, the field, and one sentence saying what is wrong."""
+class ModelJobRefused(JobRefused):
+    """A fuse or quantize request that cannot start; `loc` names a field of the request body."""
 
     def __init__(self, status: int, loc: tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.loc = loc
-
-    def detail(self) -> list[dict[str, Any]] | str:
-        if self.status == 422:
-            return [{"loc": ["body", *self.loc], "msg": str(self), "type": "value_error"}]
-        return str(self)
+        super().__init__(status, ("body", *loc), message)
 
 
 def disk_free(folder: Path) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from app.jobs.jobs import LIVE, check_job, create_job, lookup_key
+from app.jobs.jobs import LIVE, JobRefused, check_job, create_job, lookup_key
 from app.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
 from app.settings import Settings
 from app.tables import Checkpoint, Job, Run
@@ -46,19 +46,12 @@ class ServeParams(BaseModel):
     start_timeout_s: float = Field(300.0, gt=0, description="Fail when the server has not answered after so long.")
 
 
-class ServeRefused(ValueError):
-    """A request that cannot start: `status` 404, 409 or 422, `loc` names the field, the message says why."""
+class ServeRefused(JobRefused):
+    """A request for a server that cannot start; a 409 carries the live server job it collides with."""
 
     def __init__(self, status: int, loc: tuple[str, ...], message: str, job: Job | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.loc = loc
+        super().__init__(status, loc, message)
         self.job = job
-
-    def detail(self) -> str | list[dict[str, object]]:
-        if self.status == 422:
-            return [{"loc": list(self.loc), "msg": str(self), "type": "value_error"}]
-        return str(self)
 
 
 @dataclass(frozen=True)
