@@ -160,6 +160,25 @@ def test_the_serve_button_shows_a_snippet_that_works(served: dict[str, Any], pag
     assert [j["id"] for j in live] == [served["job_id"]]  # the click showed the running server, made no other
 
 
+def test_a_killed_worker_takes_its_server_with_it(served: dict[str, Any]) -> None:
+    """SIGKILL on the serve job's worker (no cancel, no handler runs): its mlx_lm server ends too, and the job is
+    marked interrupted by the dead-worker rule."""
+    srv: Server = served["server"]
+    first = served["lora_run"]["iterations"][0]  # another checkpoint: one server per checkpoint
+    status, answer = srv.post(f"/api/runs/{served['run_id']}/checkpoints/{first}/serve")
+    assert status == 201, answer
+    srv.poll(f"/api/jobs/{answer['job_id']}", is_serving, timeout=300, what="serving")
+    port = int(answer["base_url"].rsplit(":", 1)[1])
+    assert len(server_processes(port)) == 1
+    workers = worker_processes(srv, answer["job_id"])
+    assert len(workers) == 1
+    workers[0].kill()
+    _, alive = psutil.wait_procs(server_processes(port), timeout=15)
+    assert alive == [] and not port_open(port)
+    job = srv.poll(f"/api/jobs/{answer['job_id']}", lambda j: j["status"] in TERMINAL, timeout=60)
+    assert job["status"] == "interrupted", job
+
+
 def test_stopping_the_server_leaves_no_process(served: dict[str, Any], page: Page) -> None:
     srv: Server = served["server"]
     assert port_open(served["port"]) and server_processes(served["port"])

@@ -1,7 +1,8 @@
 """The `serve` job (worker/job.py): mlx-lm's own OpenAI-compatible server for a checkpoint or a fused model.
 
-The job starts `python -m mlx_lm server --model M [--adapter-path F] --host 127.0.0.1 --port P` as its child (its
-output in its own log beside the job's), waits until GET /v1/models answers, says "serving … at URL" and then
+The job starts `python -m mlx_lm server --model M [--adapter-path F] --host 127.0.0.1 --port P` as its child,
+through worker/serve_child.py so that it also ends if the worker is killed outright (its output in its own log
+beside the job's), waits until GET /v1/models answers, says "serving … at URL" and then
 watches: a cancel ends the child (SIGTERM, then SIGKILL) and the job ends stopped with no process left; a child
 that dies fails the job with the end of its log. The worker runs in its own session, so the server lives on while
 the dashboard restarts; the page finds the job again.
@@ -25,6 +26,7 @@ from typing import Any
 
 from worker.job import JobContext, JobInputError, JobStopped
 from worker.reporting import connect
+from worker.serve_child import PARENT_ENV
 
 POLL_S = 0.5
 HEALTH_EVERY_S = 5.0  # each check is a line of the server's log
@@ -105,7 +107,7 @@ def can_generate(port: int) -> bool:
 
 
 def command(params: dict[str, Any]) -> list[str]:
-    args = [sys.executable, "-m", "mlx_lm", "server", "--model", str(params["model"])]
+    args = [sys.executable, "-m", "worker.serve_child", "mlx_lm", "server", "--model", str(params["model"])]
     if params.get("adapter_path"):
         args += ["--adapter-path", str(params["adapter_path"])]
     return [*args, "--host", "127.0.0.1", "--port", str(params["port"])]
@@ -172,7 +174,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     ctx.detail = f"starting mlx_lm server for {what_is_served(params)}"
     with log.open("ab") as out:
         child = subprocess.Popen(command(params), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 env=dict(os.environ))
+                                 env={**os.environ, PARENT_ENV: str(os.getpid())})
     try:
         deadline = time.monotonic() + float(params.get("start_timeout_s", 300.0))
         while not answers(int(params["port"])):
