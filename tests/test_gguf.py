@@ -33,7 +33,7 @@ pytestmark = pytest.mark.xdist_group("checkpoint_use")
 
 TINY = PROJECT_DIR / "data" / "models" / "tiny-mistral"
 SUFFIX = uuid.uuid4().hex[:8]
-NAME = f"gguf-src-{SUFFIX}"  # a model folder beside the embedded one (a fused model is such a folder too)
+NAME = f"gguf-fused-{SUFFIX}"  # the shared run's final checkpoint, fused
 GPT2 = f"gguf-gpt2-{SUFFIX}"
 QUANTIZED = f"gguf-quantized-{SUFFIX}"
 
@@ -69,10 +69,15 @@ def field(reader: GGUFReader, key: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def exports(checkpoint_server: Server) -> Iterator[dict[str, Any]]:
-    """The model copy (and two bad copies: a gpt2 config, a quantized config), exported once as f16 and q8_0."""
+def exports(lora_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The shared run's final checkpoint fused into a model folder (and two bad copies of the embedded model: a
+    gpt2 config, a quantized config), exported once as f16 and q8_0."""
+    checkpoint_server: Server = lora_run["server"]
     models = checkpoint_server.models_dir
-    shutil.copytree(TINY, models / NAME)
+    status, fuse = checkpoint_server.post(f"/api/runs/{lora_run['run_id']}/checkpoints/{lora_run['iterations'][-1]}"
+                                          "/fuse", {"name": NAME})
+    assert status == 201, fuse
+    assert wait_job(checkpoint_server, fuse["job_id"])["status"] == "completed"
     for bad, change in ((GPT2, {"model_type": "gpt2"}), (QUANTIZED, {"quantization": {"bits": 4, "group_size": 64}})):
         shutil.copytree(TINY, models / bad)
         config = json.loads((TINY / "config.json").read_text())
@@ -88,7 +93,7 @@ def exports(checkpoint_server: Server) -> Iterator[dict[str, Any]]:
         ended = {kind: wait_job(checkpoint_server, job_id) for kind, job_id in jobs.items()}
         for job in ended.values():
             assert job["status"] == "completed", job
-        yield {"server": checkpoint_server, "jobs": ended,
+        yield {"server": checkpoint_server, "jobs": ended, "fused": models / NAME,
                "folders": {kind: checkpoint_server.exports_dir / f"{NAME}-{kind}" for kind in jobs}}
     finally:
         for folder in made:
@@ -98,8 +103,12 @@ def exports(checkpoint_server: Server) -> Iterator[dict[str, Any]]:
 def test_files_hold_every_weight_of_the_model(exports: dict[str, Any]) -> None:
     import mlx.core as mx
 
-    config = json.loads((TINY / "config.json").read_text())
-    source = {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(TINY / "model.safetensors")).items()}
+    fused = exports["fused"]
+    config = json.loads((fused / "config.json").read_text())
+    source = {k: np.array(v.astype(mx.float32)) for shard in sorted(fused.glob("model*.safetensors"))
+              for k, v in mx.load(str(shard)).items()}
+    base = {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(TINY / "model.safetensors")).items()}
+    assert any(not np.array_equal(source[k], base[k]) for k in source)  # the fused weights, not the base model's
     names = expected_tensors(config)
     assert len(names) == len(source) == 3 + 9 * config["num_hidden_layers"]
     for kind, tolerance in (("f16", 1e-3), ("q8_0", 2e-2)):
