@@ -26,13 +26,16 @@ RUN: dict[str, Any] = {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_eve
 ENDLESS = {**RUN, "iters": 100_000, "save_every": 100_000, "steps_per_eval": 100_000, "val_batches": 1}
 
 
-def processes_of(run_id: int) -> list[psutil.Process]:
-    """Every process whose command line names this run (launcher and ranks)."""
+def processes_of(server: Server, run_id: int) -> list[psutil.Process]:
+    """Every process whose command line names this run (launcher and ranks) of this server's database (other
+    test servers train their own run 1 meanwhile)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         args = proc.info["cmdline"] or []
         if any(args[i:i + 2] == ["--run-id", str(run_id)] for i in range(len(args))):
-            found.append(proc)
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get("LORABOARD_DB_PATH") == str(server.root / "loraboard.db"):
+                    found.append(proc)
     return found
 
 
@@ -43,20 +46,20 @@ def column(server: Server, run_id: int, name: str) -> Any:
     return row[("pid", "hardware_json").index(name)]
 
 
-def wait_gone(run_id: int) -> list[psutil.Process]:
-    left = processes_of(run_id)
+def wait_gone(server: Server, run_id: int) -> list[psutil.Process]:
+    left = processes_of(server, run_id)
     psutil.wait_procs(left, timeout=30)
-    return [p for p in processes_of(run_id) if p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in processes_of(server, run_id) if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def rank_processes(run_id: int, timeout: float = 30) -> dict[int, psutil.Process]:
+def rank_processes(server: Server, run_id: int, timeout: float = 30) -> dict[int, psutil.Process]:
     """The run's rank processes by rank (MLX_RANK in their environment; a shell mlx.launch starts them through
     has none yet), once both are there."""
     deadline = time.monotonic() + timeout
     ranks: dict[int, psutil.Process] = {}
     while time.monotonic() < deadline:
         ranks = {}
-        for proc in processes_of(run_id):
+        for proc in processes_of(server, run_id):
             with contextlib.suppress(psutil.Error):
                 rank = proc.environ().get("MLX_RANK")
                 if rank is not None:
@@ -105,7 +108,7 @@ def test_two_ranks_complete_and_loss_decreases(shared_server: Server, completed:
     assert len(per_rank) == 2 and all(v > 0 for v in per_rank)
     tokens = [p["trained_tokens"] for p in metrics["train"]]  # the group's (mlx-lm all-sums them)
     assert tokens == sorted(tokens) and tokens[0] > 0
-    assert not wait_gone(completed["id"])
+    assert not wait_gone(shared_server, completed["id"])
 
 
 def test_final_checkpoint_is_rank0s_file_and_loads(
@@ -132,34 +135,34 @@ def test_a_distributed_checkpoint_continues_on_two_ranks_and_on_one(
         done = shared_server.wait_terminal(run["id"], timeout=180)
         assert done["status"] == "completed", done
         assert [p["iteration"] for p in shared_server.get(f"/api/runs/{run['id']}/metrics")["train"]] == [25]
-        assert not wait_gone(run["id"])
+        assert not wait_gone(shared_server, run["id"])
 
 
 def test_stop_reaches_every_rank_and_leaves_no_process(shared_server: Server) -> None:
     status, run = shared_server.post("/api/runs", ENDLESS)
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="past iteration 5")
-    assert len(processes_of(run["id"])) >= 3  # the launcher and two ranks
+    assert len(processes_of(shared_server, run["id"])) >= 3  # the launcher and two ranks
     status, _ = shared_server.post(f"/api/runs/{run['id']}/stop")
     assert status == 202
     run = shared_server.wait_terminal(run["id"], timeout=60)
     assert run["status"] == "stopped", run
     checkpoints = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
     assert len(checkpoints) == 1 and checkpoints[0]["iteration"] >= 5
-    assert not wait_gone(run["id"])
+    assert not wait_gone(shared_server, run["id"])
 
 
 def test_killed_rank_ends_the_group_in_one_terminal_state(shared_server: Server) -> None:
     status, run = shared_server.post("/api/runs", ENDLESS)
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="past iteration 5")
-    ranks = rank_processes(run["id"])
+    ranks = rank_processes(shared_server, run["id"])
     assert sorted(ranks) == [0, 1]
     ranks[1].kill()  # the rank that writes nothing dies without a word
     run = shared_server.wait_terminal(run["id"], timeout=90)
     assert run["status"] == "failed", run  # rank 0 records why, then the launcher ends
     assert "peer" in run["error"], run["error"]
-    assert not wait_gone(run["id"])
+    assert not wait_gone(shared_server, run["id"])
 
 
 def test_batch_not_divisible_by_world_size_is_refused(shared_server: Server) -> None:
