@@ -30,6 +30,7 @@ from bench.common import (
     CACHE_DIR,
     DEFAULT_DATA,
     DEFAULT_MODEL,
+    MODEL_20M,
     PROJECT_DIR,
     base_env,
     log_tail,
@@ -40,7 +41,6 @@ from bench.common import (
     write_results,
 )
 
-MODEL_20M = CACHE_DIR / "bench-20m"
 ADAPTER_SCRIPT = """
 import json, sys
 from pathlib import Path

@@ -31,8 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
-    CACHE_DIR,
     DEFAULT_MODEL,
+    MODEL_20M,
     base_env,
     log_tail,
     machine_info,
@@ -43,7 +43,6 @@ from bench.common import (
 )
 
 PROMPT = "My order has not arrived yet. What should I do?"
-MODEL_20M = CACHE_DIR / "bench-20m"
 
 
 def has_llama_cpp() -> bool:

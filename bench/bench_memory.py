@@ -21,19 +21,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CACHE_DIR, DEFAULT_MODEL, PROJECT_DIR
+from bench.common import CACHE_DIR, DEFAULT_MODEL, MODEL_20M, PROJECT_DIR
 
 SETTINGS: list[dict[str, Any]] = [
     {"model": str(DEFAULT_MODEL), "batch_size": 4, "max_seq_length": 256, "num_layers": 4, "rank": 8},
     {"model": str(DEFAULT_MODEL), "batch_size": 8, "max_seq_length": 512, "num_layers": 4, "rank": 8},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 4, "max_seq_length": 256, "num_layers": 6, "rank": 8},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 4, "max_seq_length": 512, "num_layers": 6, "rank": 8},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 4, "max_seq_length": 512, "num_layers": 6, "rank": 8,
+    {"model": str(MODEL_20M), "batch_size": 4, "max_seq_length": 256, "num_layers": 6, "rank": 8},
+    {"model": str(MODEL_20M), "batch_size": 4, "max_seq_length": 512, "num_layers": 6, "rank": 8},
+    {"model": str(MODEL_20M), "batch_size": 4, "max_seq_length": 512, "num_layers": 6, "rank": 8,
      "grad_checkpoint": True},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 2, "max_seq_length": 1024, "num_layers": 3, "rank": 16},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 1, "max_seq_length": 2048, "num_layers": 6, "rank": 8},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 8, "max_seq_length": 256, "num_layers": 6, "rank": 8},
-    {"model": str(CACHE_DIR / "bench-20m"), "batch_size": 4, "max_seq_length": 512, "num_layers": 2, "rank": 8},
+    {"model": str(MODEL_20M), "batch_size": 2, "max_seq_length": 1024, "num_layers": 3, "rank": 16},
+    {"model": str(MODEL_20M), "batch_size": 1, "max_seq_length": 2048, "num_layers": 6, "rank": 8},
+    {"model": str(MODEL_20M), "batch_size": 8, "max_seq_length": 256, "num_layers": 6, "rank": 8},
+    {"model": str(MODEL_20M), "batch_size": 4, "max_seq_length": 512, "num_layers": 2, "rank": 8},
 ]
 # Given figures (not measurable here): Mistral-7B's shape, bf16, LoRA rank 8 on the seven linears of 16 blocks.
 MISTRAL_7B = {"weight_bytes": 7_248_023_552 * 2, "num_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,

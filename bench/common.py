@@ -25,6 +25,7 @@ RESULTS_DIR = PROJECT_DIR / "bench" / "results"
 DEFAULT_MODEL = PROJECT_DIR / "data" / "models" / "tiny-mistral"
 DEFAULT_DATA = PROJECT_DIR / "data" / "contact-center"
 CACHE_DIR = PROJECT_DIR / "data" / ".cache"
+MODEL_20M = CACHE_DIR / "bench-20m"  # the 20M-parameter bench model (bench/model_20m.py builds it)
 
 
 def cpu_model() -> str:
