@@ -40,7 +40,16 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     expect(page.locator("#run-status-badge")).to_have_text("running")
     shot(page, "03-run-training")
 
-    page.click("#stop-button")
+    # Click Stop in the first moment after the status poll replaced the button: the click must not be lost.
+    page.evaluate(
+        """() => new Promise(resolve => {
+            document.body.addEventListener("htmx:afterSwap", function swapped(event) {
+                if (event.detail.target.id !== "run-status") return;
+                document.body.removeEventListener("htmx:afterSwap", swapped);
+                setTimeout(() => { document.querySelector("#stop-button").click(); resolve(); }, 0);
+            });
+        })"""
+    )
     expect(page.locator("#run-status-badge")).to_have_text("stopped", timeout=60_000)
     expect(page.locator("#checkpoint-table tbody tr").first).to_be_visible(timeout=15_000)
     expect(chart).to_have_attribute("data-live", "false", timeout=15_000)
