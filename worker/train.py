@@ -36,6 +36,7 @@ from app.paths import remove_temp_files
 from app.runs.config import LORABOARD_KEYS, RunConfig
 from app.runs.policy import best_checkpoint, divergence, early_stop_decision
 from app.status import RunStatus
+from worker.batch_padding import padded_batches
 from worker.distributed import agree, gather, group_record, rank_and_size, share_from_rank0
 from worker.durable import publish, temp_path, write_safetensors, write_text
 from worker.hardware import record_hardware
@@ -217,7 +218,7 @@ class StepHooks:
         is agreed by all of them at every step (a rank that left alone would hang the others' collectives)."""
         steps_done = 0
         stepped_at: float | None = None
-        for batch in trainer.iterate_batches(**kwargs):
+        for batch in padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding):
             if kwargs.get("loop"):
                 if stepped_at is not None:
                     self.rank_seconds += time.perf_counter() - stepped_at

@@ -191,7 +191,8 @@ class ResumeFrom(BaseModel):
 
 # Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
 LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from",
-                                   "memory_limit_gb", "memory_limit_action", "distributed", "lora_precision")
+                                   "memory_limit_gb", "memory_limit_action", "distributed", "lora_precision",
+                                   "batch_padding")
 FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
 
 
@@ -232,6 +233,11 @@ class RunConfig(BaseModel):
         "matters for bfloat16/float16 models (GPU, Metal); on CPU loraboard trains in float32 (loraboard's own key).",
     )
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Longer examples are truncated to this.")
+    batch_padding: Literal["tight", "mlx_lm"] = Field(
+        "tight", description="tight pads each batch's rows only to what the longest batch of its shape needs, "
+        "rounded up to 8 tokens; mlx_lm pads them to the next multiple of 32 as mlx_lm lora does. Both give the "
+        "compiled step the same number of shapes; tight computes less padding (loraboard's own key).",
+    )
     grad_checkpoint: bool = Field(
         False, description="Gradient checkpointing: recompute activations to use less memory (slower)."
     )
