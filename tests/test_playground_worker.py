@@ -106,6 +106,9 @@ def make_db(root: Path, adapters: Path, lora_run: dict[str, Any]) -> Session:
     return session
 
 
+SAMPLED = {"temperature": 2.0, "seed": 7}  # sampled generations: far from greedy, the same seed for every column
+
+
 def reference_answers(root: Path, adapters: Path, model: str) -> dict[int, str]:
     """mlx_lm's greedy answers with a checkpoint of each layout (written here), and with none (key 0)."""
     result = subprocess.run(
@@ -164,9 +167,9 @@ def wait_job(db: Path, job_id: int, process: subprocess.Popen[bytes], timeout: f
 
 @pytest.fixture(scope="module")
 def answered(lora_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One worker answers seven queued generations (a checkpoint alone; base and checkpoint side by side; the base
+    """One worker answers ten queued generations (a checkpoint alone; base and checkpoint side by side; the base
     alone; a deleted checkpoint; an adapter that does not fit beside the base; both checkpoints around the base;
-    four checkpoints of other layouts), then releases the model after 1 idle second."""
+    four checkpoints of other layouts; three sampled with a seed), then releases the model after 1 idle second."""
     root = tmp_path_factory.mktemp("playground")
     adapters = root / "adapters"
     session = make_db(root, adapters, lora_run)
@@ -186,6 +189,9 @@ def answered(lora_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
         "misfit": queue(session, model, [None, (MISFIT_RUN, LAYOUT_ITERATION)]),
         "trio": queue(session, model, [(run_id, first), None, (run_id, final)]),
         "layouts": queue(session, model, [(run_id, LAYOUT_ITERATION) for run_id in LAYOUTS]),
+        **{name: queue(session, model, cols, max_tokens=24, **SAMPLED) for name, cols in (
+            ("sampled", [(run_id, final)]), ("sampled_pair", [None, (run_id, final)]),
+            ("sampled_again", [(run_id, final)]))},
     }
     job_id = add_job(session, idle_s=1.0)
     session.close()
@@ -247,6 +253,17 @@ def test_columns_beside_each_other_answer_as_alone(answered: dict[str, Any]) -> 
     assert earlier["text"] != final["text"]
 
 
+def test_a_sampled_column_with_a_seed_answers_as_it_does_alone(answered: dict[str, Any]) -> None:
+    for name in ("sampled", "sampled_pair", "sampled_again"):
+        (generation,) = rows(answered["db"], "SELECT * FROM generation WHERE id = ?", answered["ids"][name])
+        assert generation["status"] == "completed", dict(generation)
+    alone = columns(answered, "sampled")[0]["text"]
+    assert alone
+    assert columns(answered, "sampled_again")[0]["text"] == alone  # the same seed, the same answer
+    assert columns(answered, "sampled_pair")[1]["text"] == alone  # each column draws from its own seeded stream
+    assert not columns(answered, "alone")[0]["text"].startswith(alone)  # temperature 2: not the greedy answer
+
+
 def test_two_columns_generate_at_the_same_time(answered: dict[str, Any]) -> None:
     streamed = tokens(answered, "pair")
     counts = {column["column_index"]: column["tokens"] for column in columns(answered, "pair")}
@@ -291,11 +308,12 @@ def test_a_deleted_or_misfit_checkpoint_fails_its_generation_only(answered: dict
 def test_idle_release_ends_the_job_completed(answered: dict[str, Any]) -> None:
     job = answered["job"]
     assert job["status"] == "completed", dict(job)
-    assert json.loads(job["result_json"]) == {"generations": 7, "released": "idle"}
-    assert (job["done"], job["total"], job["unit"]) == (7, 7, "prompts")
+    assert json.loads(job["result_json"]) == {"generations": 10, "released": "idle"}
+    assert (job["done"], job["total"], job["unit"]) == (10, 10, "prompts")
     assert "tiny-mistral loaded, 6 adapters cached" in job["detail"]
     statuses = [row["status"] for row in rows(answered["db"], "SELECT status FROM generation ORDER BY id")]
-    assert statuses == ["completed", "completed", "completed", "failed", "failed", "completed", "completed"]
+    assert statuses == ["completed", "completed", "completed", "failed", "failed", "completed", "completed",
+                        "completed", "completed", "completed"]
 
 
 def test_release_on_request_leaves_queued_generations(answered: dict[str, Any]) -> None:

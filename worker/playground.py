@@ -5,8 +5,9 @@ oldest queued one, loads its base model with mlx_lm.utils.load (as `mlx_lm gener
 keeps the one loaded, prepares each column's checkpoint (worker/playground_adapters.py: swapped into the one
 model, cached by run, iteration and file time), and generates every column at the same time: round-robin, one
 token per column per round, each column its own mlx_lm `generate_step` with its own prompt cache and
-`make_sampler(temperature, top_p)`. A column's adapter is put in place right before its generator is advanced:
-that call builds both the token it returns and the next one (generate_step's async prefetch), so every graph
+`make_sampler(temperature, top_p)`; with a seed, the random key is seeded before each of a column's turns from the
+seed and that column's turn count alone, so a column's sampled answer does not depend on the columns beside it.
+A column's adapter is put in place right before its generator is advanced: that call builds both the token it returns and the next one (generate_step's async prefetch), so every graph
 holds its own column's weights. A single column sets its adapter once. Tokens stop at the tokenizer's EOS ids or
 max_tokens and are detokenized by the tokenizer's streaming detokenizer, as `stream_generate` does, so greedy
 output equals `mlx_lm generate --temp 0` token for token.
@@ -63,6 +64,12 @@ def same_model(a: str, b: str) -> bool:
     return a == b
 
 
+def draw_seed(seed: int, turn: int) -> int:
+    """The random seed of a column's `turn`-th advance in a generation seeded with `seed` (the same for every column,
+    different for every turn)."""
+    return (seed * 1_000_003 + turn) % 2**63
+
+
 def model_label(model: str) -> str:
     return Path(model).name if looks_like_path(model) else model
 
@@ -112,6 +119,7 @@ class Column:
     held: str | None = None  # the latest token's text, written with the next token (or at the end)
     first_at: float | None = None
     last_at: float | None = None
+    draws: int = 0  # times its generator was advanced: with a seed, each advance draws from seed and this alone
     finish_reason: str | None = None
 
 
@@ -235,8 +243,9 @@ class Playground:
                     for column in list(active):
                         if not single:
                             slot.use(column.adapter)
-                        if column.first_at is None and seed is not None:
-                            mx.random.seed(seed)
+                        if seed is not None:  # the sampler draws from the global key: seeded for this column's turn
+                            mx.random.seed(draw_seed(seed, column.draws))
+                        column.draws += 1
                         token, _ = next(column.generator)
                         now = time.perf_counter()
                         if column.first_at is None:
