@@ -10,6 +10,8 @@ Mistral-7B-shaped model with random bf16 weights and data of fixed-length rows
                      lora_precision float32 (LoRA products in float32, as mlx-lm's layers)
   loraboard-mixed    the same with lora_precision mixed (worker/mixed_lora.py: float32 LoRA weights,
                      products in bf16)
+  loraboard-mixed-pad32  mixed, with batch_padding mlx_lm (rows padded to a multiple of 32 as mlx-lm pads
+                     them; the worker modes above pad tight, worker/batch_padding.py)
   peft               PyTorch + PEFT with the same settings (bench/gpu_peft.py: bf16 base, float32
                      adapters, eager, Adam at 1e-5; the image's PyTorch, a carried PEFT wheel)
 
@@ -98,8 +100,11 @@ from bench.common import (
 )
 from bench.gpu_build import LORA_KEYS, MISTRAL_7B, SMOKE, count_parameters, lora_parameter_count
 
-MODES = ["plain", "loraboard-float32", "loraboard-mixed", "peft"]
-WORKER_MODES = {"loraboard": "mixed", "loraboard-float32": "float32", "loraboard-mixed": "mixed"}  # lora_precision
+MODES = ["plain", "loraboard-float32", "loraboard-mixed", "loraboard-mixed-pad32", "peft"]
+WORKER_MODES = {  # (lora_precision, batch_padding)
+    "loraboard": ("mixed", "tight"), "loraboard-float32": ("float32", "tight"), "loraboard-mixed": ("mixed", "tight"),
+    "loraboard-mixed-pad32": ("mixed", "mlx_lm"),
+}
 # Measured before on an H200 with this exact work (batch 4, 1,159-token rows, rank 8 on 7 keys x 16 blocks).
 REFERENCE = [
     ("plain mlx-lm (earlier run)", 13215.0, 42.0),
@@ -244,14 +249,15 @@ def run_peft(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
-def run_worker(args: argparse.Namespace, work: Path, lora_precision: str = "mixed") -> dict[str, Any]:
+def run_worker(args: argparse.Namespace, work: Path, mode: tuple[str, str] = ("mixed", "tight")) -> dict[str, Any]:
+    lora_precision, batch_padding = mode
     settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
                         hf_offline=True, allowed_dirs=str(args.work))
     config = RunConfig(
         name="bench-gpu", model=str(args.model), data=str(args.data), seed=0, batch_size=args.batch_size,
         iters=args.iters, num_layers=args.num_layers, learning_rate=1e-5, steps_per_report=args.steps_per_report,
         steps_per_eval=args.iters + 1, save_every=args.iters + 1, val_batches=1, max_seq_length=2048,
-        grad_checkpoint=False, lora_precision=lora_precision,
+        grad_checkpoint=False, lora_precision=lora_precision, batch_padding=batch_padding,
         lora_parameters=LoraParameters(rank=8, scale=20.0, dropout=0.0, keys=list(LORA_KEYS)),
     ).resolved(settings)
     engine = make_engine(settings.database_path)
@@ -383,7 +389,7 @@ def report(bench: Bench, info: dict[str, Any], gpu: dict[str, Any], probe_info: 
                              "backend"], rows)]
     plain, peft = summary.get("plain"), summary.get("peft")
     comparisons = []
-    for mode in ("loraboard-mixed", "loraboard-float32", "plain"):
+    for mode in ("loraboard-mixed", "loraboard-mixed-pad32", "loraboard-float32", "plain"):
         s = summary.get(mode)
         for other, target in ((peft, 1.1), (plain, 0.99)):
             if s is None or other is None or s is other:

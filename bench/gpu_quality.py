@@ -1,6 +1,6 @@
 """Quality of mixed-precision LoRA against float32 LoRA: the same real-data run twice on a bf16 model.
 
-    python3 bench/gpu_quality.py --source data/models/tiny-mistral --work /tmp/lbq [--iters 400]
+    python3 bench/gpu_quality.py --source data/models/tiny-mistral --work /tmp/lbq [--iters 400 --seed 0]
 
 The model is `--source` (default: the embedded tiny model, pre-trained) with its floating weights
 converted to bfloat16, so on the GPU the worker trains in bf16 and `lora_precision` applies. Both
@@ -71,7 +71,7 @@ def train(args: argparse.Namespace, model: Path, precision: str) -> dict[str, An
     settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
                         hf_offline=True, allowed_dirs=str(args.work))
     config = RunConfig(
-        name=f"quality-{precision}", model=str(model), data=str(args.data), seed=0, batch_size=args.batch_size,
+        name=f"quality-{precision}", model=str(model), data=str(args.data), seed=args.seed, batch_size=args.batch_size,
         iters=args.iters, num_layers=-1, learning_rate=args.learning_rate, steps_per_report=args.steps_per_report,
         steps_per_eval=args.steps_per_eval, save_every=args.iters + 1, val_batches=-1, max_seq_length=512,
         lora_precision=precision, lora_parameters=LoraParameters(rank=8, scale=20.0, dropout=0.0),
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-report", type=int, default=10)
     parser.add_argument("--steps-per-eval", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' seed (LoRA initialisation and data order)")
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     train_table, train_diffs = table(runs, "train", 50)
     val_table, val_diffs = table(runs, "val", args.steps_per_eval)
     parts = [f"## Mixed vs float32 LoRA on real data: {args.source.name} in bf16, {args.data.name}, "
-             f"{args.iters} iters, batch {args.batch_size}, lr {args.learning_rate:g}, rank 8 on every layer",
+             f"{args.iters} iters, batch {args.batch_size}, lr {args.learning_rate:g}, rank 8 on every layer, "
+             f"seed {args.seed}",
              "Runs: " + "; ".join(f"{p}: {r['backend']}, {r['train_dtype']}" for p, r in runs.items()),
              "### Train loss (mean of the report's steps)", train_table,
              "### Validation loss (whole validation set)", val_table,
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_quality.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
+    name = "gpu_quality.json" if args.seed == 0 else f"gpu_quality_seed{args.seed}.json"
+    (out / name).write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
                                                       "runs": runs}, indent=2, default=str))
     shutil.rmtree(args.work / "cache", ignore_errors=True)
     return 0
