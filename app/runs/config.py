@@ -234,9 +234,8 @@ class RunConfig(BaseModel):
     )
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Longer examples are truncated to this.")
     batch_padding: Literal["tight", "mlx_lm"] = Field(
-        "tight", description="tight pads each batch's rows only to what the longest batch of its shape needs, "
-        "rounded up to 8 tokens; mlx_lm pads them to the next multiple of 32 as mlx_lm lora does. Both give the "
-        "compiled step the same number of shapes; tight computes less padding (loraboard's own key).",
+        "tight", description="tight pads a batch's rows to what the longest batch of its shape needs (rounded up "
+        "to 8 tokens): mlx_lm's shapes, less padding. mlx_lm pads to the next multiple of 32 (loraboard's own key).",
     )
     grad_checkpoint: bool = Field(
         False, description="Gradient checkpointing: recompute activations to use less memory (slower)."
