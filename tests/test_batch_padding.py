@@ -9,7 +9,7 @@ from conftest import PROJECT_DIR
 
 from app.runs.config import RunConfig
 from app.runs.yaml_config import export_yaml, parse_yaml_config
-from worker.batch_padding import batch_longest, mlx_lm_row_length, tight_row_lengths
+from worker.batch_padding import batch_longest, mlx_lm_row_length, tight_applies, tight_row_lengths
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 
@@ -38,6 +38,12 @@ def test_batch_longest_follows_mlx_lm_cuts_and_rank_shares() -> None:
     assert batch_longest(lengths, 4, ranks=2) == [3, 9, 5, 8]  # rank r takes every other example from r
 
 
+def test_tight_only_for_runs_that_read_every_example() -> None:
+    assert tight_applies("tight", steps=300, batch_size=4, examples=1200)  # one epoch: mlx-lm tokenizes all anyway
+    assert not tight_applies("tight", steps=299, batch_size=4, examples=1200)  # less: tokenizing all is extra work
+    assert not tight_applies("mlx_lm", steps=10_000, batch_size=4, examples=1200)
+
+
 def test_the_option_round_trips_and_defaults_to_tight() -> None:
     assert RunConfig().batch_padding == "tight"
     text = export_yaml(RunConfig(model="/m", data="/d", batch_padding="mlx_lm"))
@@ -63,7 +69,8 @@ def test_mlx_lm_batches_of_the_sample_set_are_cut_to_their_need_and_the_loss_is_
     np.random.seed(0)  # mlx-lm shuffles the batches with numpy's global generator
     plain = list(iterate_batches(**kwargs))
     np.random.seed(0)
-    tight = list(padded_batches(iterate_batches(**kwargs), kwargs, "tight"))
+    epoch = len(train) // batch_size
+    tight = list(padded_batches(iterate_batches(**kwargs), kwargs, "tight", epoch))
     assert len(tight) == len(plain)
     assert len({t.shape[1] for t, _ in tight}) == len({t.shape[1] for t, _ in plain})  # as many compiled shapes
     saved = 0
@@ -75,9 +82,10 @@ def test_mlx_lm_batches_of_the_sample_set_are_cut_to_their_need_and_the_loss_is_
         assert not mx.any(tokens[:, width:]).item()  # only padding was cut
         saved += tokens.shape[1] - width
     assert saved > 0
-    np.random.seed(0)
-    pad32 = list(padded_batches(iterate_batches(**kwargs), kwargs, "mlx_lm"))
-    assert all(a[0].shape == b[0].shape for a, b in zip(pad32, plain, strict=True))  # mlx_lm: untouched
+    for padding, steps in (("mlx_lm", epoch), ("tight", epoch - 1)):  # asked for, or a run shorter than an epoch
+        np.random.seed(0)
+        kept = list(padded_batches(iterate_batches(**kwargs), kwargs, padding, steps))
+        assert all(a[0].shape == b[0].shape for a, b in zip(kept, plain, strict=True))  # mlx-lm's own
 
     for (tokens, lengths), (cut, _) in list(zip(plain, tight, strict=True))[:3]:
         loss, count = default_loss(model, tokens, lengths)

@@ -1,16 +1,16 @@
 """The `playground` job (worker/job.py): answers the playground's generations while the model stays loaded.
 
 The app writes a Generation (status queued) and its GenerationColumn rows (app/tables.py); this worker claims the
-oldest queued one, loads its base model with mlx_lm.utils.load (as `mlx_lm generate` does, no dtype change) or
-keeps the one loaded, prepares each column's checkpoint (worker/playground_adapters.py: swapped into the one
-model, cached by run, iteration and file time), and generates every column at the same time: round-robin, one
-token per column per round, each column its own mlx_lm `generate_step` with its own prompt cache and
-`make_sampler(temperature, top_p)`; with a seed, the random key is seeded before each of a column's turns from the
-seed and that column's turn count alone, so a column's sampled answer does not depend on the columns beside it.
-A column's adapter is put in place right before its generator is advanced: that call builds both the token it returns and the next one (generate_step's async prefetch), so every graph
-holds its own column's weights. A single column sets its adapter once. Tokens stop at the tokenizer's EOS ids or
-max_tokens and are detokenized by the tokenizer's streaming detokenizer, as `stream_generate` does, so greedy
-output equals `mlx_lm generate --temp 0` token for token.
+oldest queued one, loads its base model with mlx_lm.utils.load (as `mlx_lm generate` does, no dtype change) or keeps
+the one loaded, prepares each column's checkpoint (worker/playground_adapters.py: swapped into the one model, cached
+by run, iteration and file time), and generates every column at the same time: round-robin, one token per column per
+round, each column its own mlx_lm `generate_step` with its own prompt cache and `make_sampler(temperature, top_p)`;
+with a seed, the random key is seeded before each of a column's turns from the seed and that column's turn count
+alone, so a column's sampled answer does not depend on the columns beside it. A column's adapter is put in place
+right before its generator is advanced: that call builds both the token it returns and the next one (generate_step's
+async prefetch), so every graph holds its own column's weights. A single column sets its adapter once. Tokens stop
+at the tokenizer's EOS ids or max_tokens and are detokenized by the tokenizer's streaming detokenizer, as
+`stream_generate` does, so greedy output equals `mlx_lm generate --temp 0` token for token.
 
 Each token's text becomes a GenerationToken row (written one token late: the last token's row also carries the
 text the detokenizer flushes at the end, so a column's rows joined equal its text); rows are committed in one

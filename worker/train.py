@@ -218,7 +218,8 @@ class StepHooks:
         is agreed by all of them at every step (a rank that left alone would hang the others' collectives)."""
         steps_done = 0
         stepped_at: float | None = None
-        for batch in padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding):
+        steps = self.config.iters - self.start_iteration
+        for batch in padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding, steps):
             if kwargs.get("loop"):
                 if stepped_at is not None:
                     self.rank_seconds += time.perf_counter() - stepped_at

@@ -235,7 +235,8 @@ class RunConfig(BaseModel):
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Longer examples are truncated to this.")
     batch_padding: Literal["tight", "mlx_lm"] = Field(
         "tight", description="tight pads a batch's rows to what the longest batch of its shape needs (rounded up "
-        "to 8 tokens): mlx_lm's shapes, less padding. mlx_lm pads to the next multiple of 32 (loraboard's own key).",
+        "to 8 tokens): mlx_lm's shapes, less padding; a run shorter than one epoch keeps mlx_lm's. mlx_lm pads to "
+        "the next multiple of 32 (loraboard's own key).",
     )
     grad_checkpoint: bool = Field(
         False, description="Gradient checkpointing: recompute activations to use less memory (slower)."
