@@ -298,6 +298,9 @@ def masked(md: str, server: Server) -> str:
                 flags=re.M)
     md = re.sub(r"\d+(?:[.,]\d+)*", "N", md)
     md = re.sub(r"(\|---.*\n)(\|.*\n)+", r"\1| <rows> |\n", md)  # table bodies: as many rows as the run made
+    # all of the training reports, or some of them evenly spread: as many as the run made
+    md = re.sub(r"All N reports\.|N of N reports, evenly spread \(the first and the last kept\)\.", "<reports shown>.",
+                md)
     # the stop decision: the first sentence stays; what follows depends on the losses
     return re.sub(r"(## Stop decision\n\n[^\n]*\n)(.*?)(?=\n---\n)", r"\1\n<decided by the losses>\n", md,
                   flags=re.S)
