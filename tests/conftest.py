@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_DIR / "tests" / "artifacts"
@@ -258,6 +259,23 @@ def page(browser: Browser) -> Iterator[Page]:
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# Asks the new-run form's live check now and resolves once its answer is in the page (or after 15 s).
+CHECK_NOW = """() => new Promise(resolve => {
+  const form = document.querySelector("#new-run-form");
+  form.addEventListener("htmx:afterRequest", () => resolve(), {once: true});
+  setTimeout(resolve, 15000);
+  htmx.trigger(form, "change");
+})"""
+
+
+def click_start(page: Page) -> None:
+    """Click the new-run form's Start once the live check has answered for the values as they are. Its answer
+    (an error under a field) can move the button, and a click while it lands may miss it."""
+    page.evaluate(CHECK_NOW)
+    expect(page.locator("#new-run-form")).not_to_have_class(re.compile(r"\bhtmx-request\b"))
+    page.click("#start-button")
 
 
 def points(page: Page, kind: str) -> int:

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_RUN, Server, overfitting_run, points, shot
+from conftest import QUICK_RUN, Server, click_start, overfitting_run, points, shot
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
@@ -25,7 +25,7 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     page.fill("#f-steps_per_report", "5")
     page.fill("#f-save_every", "100000")
     shot(page, "02-new-run-form")
-    page.click("#start-button")
+    click_start(page)
 
     page.wait_for_url("**/runs/*")
     chart = page.locator("#loss-chart")
@@ -70,7 +70,7 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
 def test_failed_run_shows_its_error(server: Server, page: Page) -> None:
     page.goto(server.url + "/runs/new")
     page.fill("#f-model", "/nonexistent/model-folder")
-    page.click("#start-button")
+    click_start(page)
     page.wait_for_url("**/runs/*")
     expect(page.locator("#run-status-badge")).to_have_text("failed", timeout=60_000)
     expect(page.locator("#run-error")).to_contain_text("does not exist")
@@ -82,7 +82,7 @@ def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: 
     page.goto(server.url + "/runs/new")
     page.fill("#f-iters", "0")
     page.fill("#f-learning_rate", "fast")
-    page.click("#start-button")
+    click_start(page)
     expect(page.locator(".error-box")).to_contain_text("iters")
     expect(page.locator(".error-box")).to_contain_text("learning_rate")
     shot(page, "07-form-errors")

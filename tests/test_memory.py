@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import QUICK_RUN, Server, shot
+from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Browser
 
 from app.catalog.info import model_info, trainable_params
@@ -177,7 +177,7 @@ def test_new_run_form_shows_the_estimate_and_warns_when_it_does_not_fit(
         page.locator("#f-memory_limit_action").select_option("stop")
         page.locator("#f-memory_limit_gb").scroll_into_view_if_needed()
         shot(page, "memory-new-run-limit")
-        page.click("#start-button")
+        click_start(page)
         page.wait_for_url("**/runs/*")
         run_id = int(page.url.rstrip("/").split("/")[-1])
         config = shared_server.get(f"/api/runs/{run_id}")["config"]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, Server, shot
+from conftest import ARTIFACTS, Server, click_start, shot
 from playwright.sync_api import Page, expect
 from test_modelinfo import MISTRAL_7B, hub_snapshot, mistral_7b_tensors, quantize, write_model
 
@@ -120,7 +120,7 @@ def test_a_model_picked_from_the_list_is_the_run_model(picker_server: Server, pa
     page.select_option("#model-choices", "acme/tiny")
     expect(page.locator(".model-info-head")).to_contain_text("Hugging Face cache", timeout=30_000)
     page.fill("#f-iters", "4")
-    page.click("#start-button")
+    click_start(page)
     page.wait_for_url("**/runs/*")
     run_id = int(page.url.rstrip("/").rsplit("/", 1)[-1])
     run = picker_server.wait_terminal(run_id, timeout=180)

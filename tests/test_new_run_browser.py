@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import QUICK_RUN, Server, shot
+from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Page, expect
 
 from app.runs.config import RunConfig
@@ -108,7 +108,7 @@ def test_advanced_section_live_errors_and_warnings(shared_server: Server, page: 
 
     # the server checks again on submit: a 422 page names the field, keeps the warnings, creates nothing
     page.fill("#f-batch_size", "0")
-    page.click("#start-button")
+    click_start(page)
     expect(page.locator(".error-box")).to_contain_text("batch_size")
     expect(page.locator("#f-batch_size")).to_have_value("0")
     expect(page.locator("#f-epochs")).to_have_value("2")
@@ -153,7 +153,7 @@ def test_yaml_import_then_run_with_advanced_options_and_export(shared_server: Se
     expect(page.locator("#f-lora_parameters\\.keys")).to_have_value("self_attn.q_proj, self_attn.v_proj")
     shot(page, "new-run-07-yaml-loaded")
 
-    page.click("#start-button")
+    click_start(page)
     page.wait_for_url("**/runs/*")
     run_id = int(page.url.rstrip("/").split("/")[-1])
     run = shared_server.wait_terminal(run_id)
