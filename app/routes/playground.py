@@ -264,6 +264,11 @@ def playground_columns(request: Request, session: SessionDep, templates: Templat
 def playground_job(request: Request, session: SessionDep, settings: SettingsDep,
                    templates: TemplatesDep) -> HTMLResponse:
     """The playground job's state (it polls itself while the job is live)."""
+    return _job_panel(request, session, settings, templates)
+
+
+def _job_panel(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep
+               ) -> HTMLResponse:
     return templates.TemplateResponse(request, "_playground_job.html", {"job": job_view(session, settings)})
 
 
@@ -274,7 +279,7 @@ def playground_release(request: Request, session: SessionDep, settings: Settings
     job = live_job(session, settings)
     if job is not None:
         supervisor.cancel_job(session, job)
-    return templates.TemplateResponse(request, "_playground_job.html", {"job": job_view(session, settings)})
+    return _job_panel(request, session, settings, templates)
 
 
 @router.post("/playground/start-anyway", response_class=HTMLResponse, include_in_schema=False)
@@ -284,7 +289,7 @@ def playground_start_anyway(request: Request, session: SessionDep, settings: Set
     job = live_job(session, settings)
     if job is not None:
         supervisor.allow_while_training(session, job, True)
-    return templates.TemplateResponse(request, "_playground_job.html", {"job": job_view(session, settings)})
+    return _job_panel(request, session, settings, templates)
 
 
 @router.get("/playground/example", response_class=HTMLResponse, include_in_schema=False)
