@@ -300,3 +300,21 @@ def test_export_section_on_the_models_page(exports: dict[str, Any], page: Page) 
     section.locator("details.modelfile").first.evaluate("d => d.open = true")
     section.scroll_into_view_if_needed()
     shot(page, "gguf_models_page")
+
+
+def test_a_killed_export_leaves_no_temp_folder_for_the_next(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from worker.gguf_export import remove_stale_temps
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    dest = tmp_path / "tiny-f16"
+    dead, mine = tmp_path / f".tiny-f16.tmp{ended.stdout.strip()}", tmp_path / f".tiny-f16.tmp{os.getpid()}"
+    other = tmp_path / ".other-f16.tmp1"
+    for folder in (dead, mine, other):
+        folder.mkdir()
+    remove_stale_temps(dest)
+    assert not dead.exists() and mine.exists() and other.exists()

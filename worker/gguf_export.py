@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from app.jobs.process import pid_alive
 from worker.gguf_modelfile import build_modelfile
 from worker.job import JobContext, JobInputError
 from worker.model_output import writing
@@ -335,14 +336,8 @@ def remove_stale_temps(dest: Path) -> None:
     """Temporary folders of this export left by a worker that was killed (its pid is gone)."""
     for temp in dest.parent.glob(f".{dest.name}.tmp*"):
         pid = temp.name.rsplit(".tmp", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(temp, ignore_errors=True)
-        except PermissionError:
-            continue
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
