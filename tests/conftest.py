@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -351,3 +352,71 @@ def lora_run(checkpoint_server: Server, tmp_path_factory: pytest.TempPathFactory
     iterations = [c["iteration"] for c in checkpoint_server.get(f"/api/runs/{run['id']}/checkpoints")]
     return {"server": checkpoint_server, "run_id": run["id"], "iterations": sorted(iterations), "data": data,
             "model": done["config"]["model"]}
+
+
+# In-process: the app on a real SQLite file, served by httpx through Starlette's TestClient (no port, no
+# uvicorn). For what is HTTP behaviour only: status codes, validation, refusals, pages rendered from rows.
+# The lifespan runs, so the supervisor ticks as in a server; a test that queues a run gets a real worker.
+
+
+@dataclass
+class InProcess:
+    """An in-process dashboard: `client` is a TestClient on IN_PROCESS_URL with the app's lifespan."""
+
+    root: Path
+    client: Any
+    app: Any
+
+    @property
+    def engine(self) -> Any:
+        return self.app.state.engine
+
+    def get(self, path: str) -> Any:
+        response = self.client.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text[:500])
+        return response.json() if "json" in response.headers.get("content-type", "") else response.text
+
+    def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        response = self.client.post(path, json=body if body is not None else {})
+        is_json = "json" in response.headers.get("content-type", "")
+        return response.status_code, response.json() if is_json else response.text
+
+
+def in_process_settings(root: Path, **overrides: Any) -> Any:
+    from app.settings import Settings
+
+    values: dict[str, Any] = {
+        "db_path": root / "loraboard.db", "adapters_dir": root / "adapters", "datasets_dir": root / "datasets",
+        "supervisor_interval_s": 0.5, "heartbeat_timeout_s": 15.0, "hf_offline": True,
+        "allowed_dirs": os.pathsep.join((str(root.parent), "/nonexistent", "/nowhere")),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+IN_PROCESS_URL = "http://127.0.0.1:8000"
+
+
+@contextlib.contextmanager
+def in_process(root: Path, **overrides: Any) -> Iterator[InProcess]:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    root.mkdir(parents=True, exist_ok=True)
+    app = create_app(in_process_settings(root, **overrides))
+    # Requests come from the dashboard's own origin, as its pages' do; a test of refusals sets its own headers.
+    with TestClient(app, base_url=IN_PROCESS_URL, headers={"Origin": IN_PROCESS_URL}) as client:
+        yield InProcess(root, client, app)
+
+
+@pytest.fixture
+def app_client(tmp_path: Path, default_model: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path / "app") as inproc:
+        yield inproc
+
+
+@pytest.fixture(scope="module")
+def shared_app_client(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("app")) as inproc:
+        yield inproc
