@@ -203,7 +203,7 @@ def start_job(
     signature = files_signature(folder)
     params = TokenStatsParams(data=str(folder), model=model, files_signature=signature)
     job = create_job(session, KIND, params, key=job_key(folder, model, signature), unit=UNIT)
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     session.refresh(job)
     return job, True
 

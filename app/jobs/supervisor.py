@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -143,14 +144,25 @@ class Supervisor:
                 session.add(item)
                 session.commit()
 
+    @contextlib.contextmanager
+    def locked(self, session: Session | None) -> Iterator[None]:
+        """The lock, taken only once the caller's session holds no pooled connection (its transaction is
+        committed first). The holder may need a connection from the same pool: a request that waited here
+        holding one would, with enough of them at once, leave it none (each waits for the other until the
+        pool's timeout)."""
+        if session is not None:
+            session.commit()
+        with self.lock:
+            yield
+
     def cancel_queued(self, session: Session, run_ids: list[int] | None = None) -> list[int]:
         """End queued runs (all, or those of run_ids) before they start; never one being started right now."""
-        with self.lock:
+        with self.locked(session):
             return cancel_queued(session, run_ids)
 
     def allow_while_training(self, session: Session, job: Job, allow: bool) -> bool:
         """Set the user's override on a queued job and start it if it may now; False: it has started."""
-        with self.lock:
+        with self.locked(session):
             session.refresh(job)
             if not set_allow_while_training(session, job, allow):
                 return False
@@ -158,9 +170,11 @@ class Supervisor:
             session.refresh(job)
             return True
 
-    def start_queued_now(self) -> None:
-        """Start what may start without waiting for the next tick (a cheap job is asked for by a page)."""
-        with self.lock, Session(self.engine) as session:
+    def start_queued_now(self, caller: Session | None) -> None:
+        """Start what may start without waiting for the next tick (a cheap job is asked for by a page).
+
+        caller: the request's session, committed before the lock is waited for (see `locked`)."""
+        with self.locked(caller), Session(self.engine) as session:
             self.start_queued(session)
 
     def request_stop(self, session: Session, run: Run, keep_best: bool = False) -> None:
@@ -234,7 +248,7 @@ class Supervisor:
 
     def cancel_job(self, session: Session, job: Job) -> bool:
         """Cancel under the supervisor's lock (a tick may be starting it). False: it had already ended."""
-        with self.lock:
+        with self.locked(session):
             session.refresh(job)
             return request_cancel(session, job)
 

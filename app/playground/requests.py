@@ -273,11 +273,11 @@ def would_wait(session: Session, settings: Settings, supervisor: Supervisor) -> 
 
 def ensure_job(session: Session, settings: Settings, supervisor: Supervisor) -> Job:
     """The live playground job, created (and started, when the memory is free) if there is none."""
-    with supervisor.lock:
+    with supervisor.locked(session):
         job = live_job(session, settings)
         if job is None:
             job = create_job(session, KIND, PlaygroundParams(idle_s=settings.playground_idle_s), unit=UNIT)
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     session.refresh(job)
     return job
 

@@ -32,9 +32,9 @@ from app.runs.store import (
     annotations_json,
     checkpoint_json,
     checkpoints_of,
-    create_run,
     list_runs,
     metrics_json,
+    queue_run,
     resume_problem,
     run_json,
     set_early_stopping,
@@ -74,10 +74,7 @@ def post_run(
     payload: dict[str, Any] = Body(default_factory=dict),
 ) -> dict[str, Any]:
     config = validate_config(payload, settings, session)
-    run = create_run(session, config)
-    supervisor.tick()
-    session.refresh(run)
-    return run_json(session, run)
+    return run_json(session, queue_run(session, supervisor, config))
 
 
 @router.get("/runs")

@@ -94,7 +94,7 @@ def evaluate_from_page(
     except EvaluationRefused as exc:
         context = card_context(session, settings, run, str(exc), values)
         return templates.TemplateResponse(request, "_evaluation.html", context)  # htmx swaps 200s only
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     return templates.TemplateResponse(request, "_evaluation.html", card_context(session, settings, run, None, values))
 
 

@@ -31,7 +31,7 @@ def create_evaluation(
         job = start_evaluation(session, settings, run, body)
     except EvaluationRefused as exc:
         raise HTTPException(422, detail=exc.detail()) from None
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     assert job.id is not None
     return {"job_id": job.id}
 

@@ -45,7 +45,7 @@ def post_gguf(name: ModelName, session: SessionDep, settings: SettingsDep, super
         job = start(session, settings, name, body or GgufRequest())
     except GgufRefused as exc:
         raise _refused(exc) from None
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     return {"job_id": job.id, "export": job.params["export"]}
 
 
@@ -97,7 +97,7 @@ def gguf_from_page(
     error = None
     try:
         start(session, settings, name, GgufRequest.model_validate({"type": type, "name": export.strip() or None}))
-        supervisor.start_queued_now()
+        supervisor.start_queued_now(session)
     except ValidationError as exc:
         error = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
     except GgufRefused as exc:

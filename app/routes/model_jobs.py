@@ -71,7 +71,7 @@ def post_fuse(run_id: RunId, iteration: Iteration, session: SessionDep, settings
         job = start_fuse(session, settings, run, iteration, body or FuseRequest())
     except ModelJobRefused as exc:
         raise _refused(exc) from None
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     return {"job_id": job.id, "name": job.params["name"]}
 
 
@@ -85,7 +85,7 @@ def post_quantize(body: QuantizeRequest, session: SessionDep, settings: Settings
         job = start_quantize(session, settings, body)
     except ModelJobRefused as exc:
         raise _refused(exc) from None
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     return {"job_id": job.id, "name": job.params["name"]}
 
 
@@ -142,7 +142,7 @@ def quantize_from_page(
         request_body = QuantizeRequest.model_validate(
             {"model": model, "bits": _whole(bits), "group_size": _whole(group_size), "name": name.strip() or None})
         start_quantize(session, settings, request_body)
-        supervisor.start_queued_now()
+        supervisor.start_queued_now(session)
     except ValidationError as exc:
         error = _form_errors(exc)
     except ModelJobRefused as exc:
@@ -179,7 +179,7 @@ def fuse_from_page(
     try:
         start_fuse(session, settings, run, iteration,
                    FuseRequest(name=name.strip() or None, dequantize=dequantize not in ("", "off", "false")))
-        supervisor.start_queued_now()
+        supervisor.start_queued_now(session)
     except ModelJobRefused as exc:
         error = str(exc)
     return templates.TemplateResponse(request, "_use_fuse.html", fuse_context(session, settings, run, ckpt, error))

@@ -33,7 +33,7 @@ from app.runs.form import (
     iterations_note,
     starting_config,
 )
-from app.runs.store import create_run, resume_problem
+from app.runs.store import queue_run, resume_problem
 from app.settings import Settings
 from app.tables import Run
 
@@ -204,6 +204,5 @@ async def submit_run_form(
     if check.config is None:
         context = form_context(session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
-    run = create_run(session, check.config)
-    supervisor.tick()
+    run = await run_in_threadpool(queue_run, session, supervisor, check.config)  # may wait for the supervisor
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)

@@ -32,9 +32,9 @@ ModelName = Annotated[str, PathParam(min_length=1, max_length=128, description="
 
 def start(session: Session, settings: Settings, supervisor: Supervisor, target: Target) -> Job:
     """Check and queue under the supervisor's lock (one server per served thing), then start it if it may."""
-    with supervisor.lock:
+    with supervisor.locked(session):
         job = start_serving(session, settings, target)
-    supervisor.start_queued_now()
+    supervisor.start_queued_now(session)
     session.refresh(job)
     return job
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
 from app.paths import checkpoint_files, run_dir
@@ -17,6 +19,11 @@ from app.runs.downsample import lttb
 from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
+
+if TYPE_CHECKING:
+    from app.jobs.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
 
 
 def default_name(config: RunConfig) -> str:
@@ -55,6 +62,24 @@ def create_run(session: Session, config: RunConfig) -> Run:
     )
     session.add(run)
     session.commit()
+    session.refresh(run)
+    return run
+
+
+def queue_run(session: Session, supervisor: Supervisor, config: RunConfig) -> Run:
+    """Create a queued run, then let the supervisor start it at once if its capacity rule allows.
+
+    The row is committed first: the run exists whatever follows. Starting it may fail (a database error, a
+    worker that cannot be spawned); the run then stays queued for the supervisor's next tick and the request
+    still answers with it. The session's connection goes back to the pool before the supervisor's lock is
+    waited for (see Supervisor.locked)."""
+    run = create_run(session, config)
+    run_id = run.id
+    session.commit()
+    try:
+        supervisor.tick()
+    except (SQLAlchemyError, OSError):
+        log.exception("run %s is queued; starting it now failed, the supervisor's next tick tries again", run_id)
     session.refresh(run)
     return run
 
