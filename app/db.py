@@ -11,6 +11,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import tables  # noqa: F401  (registers the tables)
+from app.id_upgrade import upgrade_ids
 from app.jobs.upgrade import upgrade_token_stats_jobs
 
 
@@ -32,6 +33,7 @@ def make_engine(db_path: Path) -> Engine:
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)
     upgrade_token_stats_jobs(engine)
+    upgrade_ids(engine)  # after add_missing_columns: the rebuilt tables copy every column
     return engine
 
 

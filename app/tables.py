@@ -12,6 +12,9 @@ from sqlmodel import Field, SQLModel
 from app.status import TERMINAL, RunStatus
 
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
+# Ids people see (pages, links, the API, exported reports) are never handed out again once deleted: SQLite's
+# AUTOINCREMENT (app/id_upgrade.py rebuilds a table an older loraboard made without it).
+NEVER_REUSED: dict[str, Any] = {"sqlite_autoincrement": True}
 
 
 __all__ = ["TERMINAL", "Checkpoint", "Evaluation", "EvaluationExample", "Generation", "GenerationColumn",
@@ -24,7 +27,7 @@ def utcnow() -> datetime:
 
 
 class Run(SQLModel, table=True):
-    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="run_status"),)
+    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="run_status"), NEVER_REUSED)
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = ""
@@ -121,6 +124,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_LIST})", name="job_status"),
         Index("ix_job_kind_key", "kind", "key"),
+        NEVER_REUSED,
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -163,7 +167,7 @@ class Evaluation(SQLModel, table=True):
     """One model's loss (and, when asked, task score) on one split of its run's data, measured by an `evaluate`
     job (worker/evaluate.py). Iteration 0 is the base model without an adapter."""
 
-    __table_args__ = (Index("ix_eval_run_split_iter", "run_id", "split", "iteration"),)
+    __table_args__ = (Index("ix_eval_run_split_iter", "run_id", "split", "iteration"), NEVER_REUSED)
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", ondelete="CASCADE")
@@ -208,6 +212,8 @@ class EvaluationExample(SQLModel, table=True):
 class Dataset(SQLModel, table=True):
     """A registered dataset folder (train/valid/test.jsonl), checked when registered and when its files change."""
 
+    __table_args__ = NEVER_REUSED
+
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
     path: str  # absolute folder
@@ -240,6 +246,7 @@ class RegisteredModel(SQLModel, table=True):
     picker lists it with its origin; `path` is the folder mlx_lm loads."""
 
     __tablename__ = "registered_model"
+    __table_args__ = NEVER_REUSED
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)  # the folder's name under the models folder
@@ -258,6 +265,8 @@ class RegisteredModel(SQLModel, table=True):
 
 class PromptSet(SQLModel, table=True):
     """A named list of playground prompts kept for a run, to be answered again by later checkpoints."""
+
+    __table_args__ = NEVER_REUSED
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int | None = Field(default=None, foreign_key="run.id", ondelete="CASCADE", index=True)
@@ -278,7 +287,7 @@ class Generation(SQLModel, table=True):
     status: queued (written by the app), running (taken by the worker), then completed, failed or stopped.
     """
 
-    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="generation_status"),)
+    __table_args__ = (CheckConstraint(f"status IN ({_STATUS_LIST})", name="generation_status"), NEVER_REUSED)
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int | None = Field(default=None, index=True)
