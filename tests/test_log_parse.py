@@ -87,13 +87,15 @@ def test_config_from_adapter_maps_keys_and_drops_what_it_cannot_hold(tmp_path: P
     folder.mkdir(parents=True)
     data = {"model": "models/m", "data": "data", "adapter_path": "out/adapters", "train": True, "iters": 30,
             "num_layers": 2, "lora_parameters": {"rank": 4, "alpha": 16, "scale": 10.0, "dropout": 0.0},
-            "optimizer_config": {"adam": {}, "sgd": {}}, "wandb": "proj", "val_batches": 0, "config": None}
+            "optimizer_config": {"adam": {}, "sgd": {}}, "wandb": "proj", "config": None}
     config, dropped = config_from_adapter(data, folder, "mine")
     assert config.model == str(project / "models" / "m")  # relative to where mlx_lm ran: out/adapters's parent
     assert config.data == "data"  # nothing there: kept as written
     assert (config.iters, config.num_layers, config.lora_parameters.rank, config.name) == (30, 2, 4, "mine")
-    assert config.val_batches == RunConfig().val_batches
-    assert set(dropped) == {"wandb", "lora_parameters.alpha", "val_batches"}
+    assert set(dropped) == {"wandb", "lora_parameters.alpha"}
+    with pytest.raises(ImportProblem, match=r"adapter_config\.json: val_batches must be -1 \(all\) or at least 1 "
+                       r"\(got 0\)"):  # a value of a key loraboard uses is refused, not dropped
+        config_from_adapter({**data, "val_batches": 0}, folder, "mine")
     assert cli_cwd(folder, "out/adapters") == project
     assert cli_cwd(folder, "/abs/adapters") is None
     assert resolve_relative("some/hub-id", folder, None) == "some/hub-id"

@@ -35,6 +35,7 @@ from app.imports.adapter_folder import (
     read_folder,
     resolve_relative,
 )
+from app.imports.checks import check_adapters, config_sentence, drop_unused
 from app.imports.log_parse import ParsedLog, TrainPoint, fill_rates, parse_log
 from app.paths import ALL_DIRS_SETTING, PathNotAllowed, confine, run_dir, split_dirs
 from app.runs.config import RunConfig
@@ -74,7 +75,8 @@ def config_from_adapter(data: dict[str, Any], folder: Path, name: str) -> tuple[
     """RunConfig from mlx_lm's adapter_config.json, and the keys dropped (key -> why or its value).
 
     Keys loraboard decides itself (adapter_path, train...) are left out silently; keys RunConfig has no field
-    for, and values it refuses, are dropped and listed.
+    for (nested ones too) are dropped and listed. A value of a key it uses that RunConfig refuses is an
+    ImportProblem naming the key.
     """
     fields = set(RunConfig.model_fields)
     cwd = cli_cwd(folder, data.get("adapter_path"))
@@ -88,23 +90,16 @@ def config_from_adapter(data: dict[str, Any], folder: Path, name: str) -> tuple[
         else:
             dropped[key] = json.dumps(value, default=str)[:200]
     payload["name"] = name
-    for _ in range(len(payload) + 1):  # drop what fails, one field at a time, until the rest validates
+    # Strict, as mlx-lm reads the file as written ("8" is no rank); each pass drops one unused nested option
+    for _ in range(len(json.dumps(payload, default=str))):
         try:
-            return RunConfig.model_validate(payload), dropped
+            return RunConfig.model_validate(payload, strict=True), dropped
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            loc = [str(part) for part in err["loc"]]
-            if not loc or loc[0] == "name":
+            if err["loc"] and err["loc"][0] == "name":
                 raise ImportProblem(f"{folder / CONFIG_FILE}: {err['msg']}") from None
-            parent: Any = payload
-            for part in loc[:-1]:
-                parent = parent.get(part) if isinstance(parent, dict) else None
-            if err["type"] == "extra_forbidden" and len(loc) > 1 and isinstance(parent, dict):
-                parent.pop(loc[-1], None)  # an unknown nested key: the rest of its mapping is kept
-                dropped[".".join(loc)] = "refused: not an option loraboard knows here"
-            else:
-                payload.pop(loc[0], None)
-                dropped[loc[0]] = f"refused: {err['msg']}"
+            if not drop_unused(payload, err, dropped):
+                raise ImportProblem(f"{folder / CONFIG_FILE}: {config_sentence(err)}") from None
     raise ImportProblem(f"{folder / CONFIG_FILE}: no config loraboard can read")
 
 
@@ -254,6 +249,7 @@ def import_run(session: Session, settings: Settings, adapter_dir: str, log: str 
         raise ImportProblem(f"{exc.filename or folder}: {exc.strerror or exc}") from None
     run_name = (name or "").strip() or folder.name
     config, dropped = config_from_adapter(adapters.config, folder, run_name)
+    check_adapters(adapters, config, settings)  # every file's header and tensors, before anything is written
     logged = [p.iteration for p in (parsed.train + parsed.val)] if parsed else []
     last_logged = max(logged) if logged else None
     planned = plan_checkpoints(adapters, last_logged)
