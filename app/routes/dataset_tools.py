@@ -2,7 +2,9 @@
 
 JSON: `POST /api/token-stats`, `GET /api/token-stats/{id}`, `POST /api/datasets/subset`.
 htmx partials (under /dataset-tools, clear of the dataset pages' /datasets/{id}): the dataset page's
-token statistics, the new-run form's too-long warning, the subset form.
+token statistics, the new-run form's too-long warning, the subset form. They are POSTs (htmx sends them with the
+page's CSRF token): showing token statistics starts counting them when there are none yet, and no GET may start
+work, since any web page can make a browser send one.
 """
 
 from __future__ import annotations
@@ -170,31 +172,23 @@ def _token_stats_page(
     return templates.TemplateResponse(request, "_token_stats.html", context)
 
 
-@router.get("/dataset-tools/token-stats", response_class=HTMLResponse, include_in_schema=False)
+@router.post("/dataset-tools/token-stats", response_class=HTMLResponse, include_in_schema=False)
 def token_stats_partial(
     request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
-    data: str = "", model: str = "", max_seq_length: str | None = None,
+    data: Annotated[str, Form()] = "", model: Annotated[str, Form()] = "",
+    max_seq_length: Annotated[str | None, Form()] = None, retry: Annotated[bool, Form()] = False,
 ) -> HTMLResponse:
-    """The dataset page's token statistics (starts the job when none exists for these files and model)."""
+    """The dataset page's token statistics: starts the job when none exists for these files and model, or
+    (retry) tries a failed one again."""
     return _token_stats_page(request, session, settings, supervisor, templates, data, model, max_seq_length,
-                             restart=False)
+                             restart=retry)
 
 
-@router.post("/dataset-tools/token-stats", response_class=HTMLResponse, include_in_schema=False)
-def token_stats_retry(
+@router.post("/dataset-tools/form-panel", response_class=HTMLResponse, include_in_schema=False)
+def form_panel(
     request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
     data: Annotated[str, Form()] = "", model: Annotated[str, Form()] = "",
     max_seq_length: Annotated[str | None, Form()] = None,
-) -> HTMLResponse:
-    """Try a failed job again."""
-    return _token_stats_page(request, session, settings, supervisor, templates, data, model, max_seq_length,
-                             restart=True)
-
-
-@router.get("/dataset-tools/form-panel", response_class=HTMLResponse, include_in_schema=False)
-def form_panel(
-    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, templates: TemplatesDep,
-    data: str = "", model: str = "", max_seq_length: str | None = None,
 ) -> HTMLResponse:
     """The new-run form's note on over-long examples for its data, model and max_seq_length (never blocks)."""
     length, length_error = _max_seq_length(max_seq_length)
