@@ -210,6 +210,10 @@ def report_run(shared_server: Server, tmp_path_factory: pytest.TempPathFactory) 
                                        {"note": NOTE})
     assert code == 200
     first = markdown(shared_server, run["id"])
+    assert "have not been counted for this data and model yet" in first  # reading the report starts nothing
+    code, _, _ = shared_server.request("POST", f"/runs/{run['id']}/report/token-stats")  # its Count tokens button
+    assert code == 200  # the redirect to the report, followed
+    first = markdown(shared_server, run["id"])
     deadline = time.monotonic() + 120
     while "being computed" in first and time.monotonic() < deadline:
         time.sleep(0.5)

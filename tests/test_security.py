@@ -210,6 +210,8 @@ def test_every_state_changing_route_refuses_another_origin(shared_server: Server
         ("POST", "/api/datasets/subset", {"body": {"source": str(SAMPLE), "name": "probe-sub", "n": 10}}),
         ("POST", "/api/token-stats", {"body": {"data": str(folder)}}),
         ("POST", "/dataset-tools/token-stats", {"form": {"data": str(folder)}}),
+        ("POST", "/dataset-tools/form-panel", {"form": {"data": str(folder)}}),
+        ("POST", f"/runs/{rid}/report/token-stats", {}),
         ("POST", "/datasets/upload", {"form": {"name": "probe"}}),
         ("POST", "/runs/new/yaml", {"form": {"yaml_text": "iters: 10"}}),
         ("POST", f"/runs/{rid}/checkpoints/10/deployment", {}),

@@ -153,6 +153,9 @@ def dataset_section(facts: RunFacts) -> Section:
     elif tokens.state == "computing":
         blocks.append(Para(text(f"Token statistics are being computed (job #{tokens.job_id}); reload the report "
                                 "for token lengths and the truncated examples.")))
+    elif tokens.state == "uncounted":
+        blocks.append(Para(text("Token statistics have not been counted for this data and model yet (Count tokens "
+                                "on the report page starts them).")))
     else:
         blocks.append(Para(text("Token statistics are not available: ", tokens.error or "no job could be started",
                                 ".")))

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from app.datasets.token_stats import (
     LengthSummary,
     job_or_start,
+    latest_stats,
     merge_counts,
     split_counts,
     summarize,
@@ -33,7 +34,7 @@ from app.tables import Checkpoint, Dataset, Job, Run, utcnow
 if TYPE_CHECKING:
     from app.jobs.supervisor import Supervisor
 
-TokenState = Literal["done", "computing", "failed", "unavailable"]
+TokenState = Literal["done", "computing", "failed", "uncounted", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ class RunFacts:
 
 
 def token_facts(job: Job | None, splits: tuple[str, ...], max_seq_length: int) -> TokenFacts:
-    """What the report says of token lengths, from the token statistics job (None: none could be started)."""
+    """What the report says of token lengths, from the token statistics job (None: not counted yet)."""
     if job is None:
-        return TokenFacts("unavailable")
+        return TokenFacts("uncounted")
     if job.status in LIVE:
         return TokenFacts("computing", job.id)
     counts = {name: lengths for name, lengths in split_counts(job).items() if name in splits}
@@ -136,17 +137,31 @@ def dataset_facts(session: Session, config: dict[str, Any]) -> DatasetFacts:
     return DatasetFacts(str(folder), registered.name if registered else None, fmt, counts)
 
 
-def read_tokens(session: Session, settings: Settings, supervisor: Supervisor, config: dict[str, Any]) -> TokenFacts:
-    """The token statistics of the run's data under its model, started when there are none yet."""
+def _token_inputs(config: dict[str, Any]) -> tuple[Path, str] | None:
+    """(data folder, model) whose token statistics the report shows; None when the data is gone."""
     folder = Path(str(config.get("data", "")))
     model = str(config.get("model", ""))
-    if not (folder / "train.jsonl").is_file() or not model:
-        return TokenFacts("unavailable", error=f"the data folder {folder} is gone")
-    job = job_or_start(session, settings, supervisor, folder, model)
+    return (folder, model) if (folder / "train.jsonl").is_file() and model else None
+
+
+def read_tokens(session: Session, settings: Settings, config: dict[str, Any]) -> TokenFacts:
+    """The token statistics of the run's data under its model, as far as they have been counted (reading a report
+    starts nothing: count_tokens does, from a POST)."""
+    inputs = _token_inputs(config)
+    if inputs is None:
+        return TokenFacts("unavailable", error=f"the data folder {config.get('data', '')} is gone")
+    job = latest_stats(session, settings, *inputs)
     return token_facts(job, ("train", "valid"), int(config.get("max_seq_length", 2048)))
 
 
-def gather(session: Session, settings: Settings, supervisor: Supervisor, run: Run, base_url: str) -> RunFacts:
+def count_tokens(session: Session, settings: Settings, supervisor: Supervisor, run: Run) -> Job | None:
+    """Start the token statistics of the run's data under its model (the latest job when there is one already);
+    None when the data is gone."""
+    inputs = _token_inputs(run.config)
+    return job_or_start(session, settings, supervisor, *inputs) if inputs is not None else None
+
+
+def gather(session: Session, settings: Settings, run: Run, base_url: str) -> RunFacts:
     """Everything the report shows of one run."""
     assert run.id is not None
     config = run.config
@@ -161,7 +176,7 @@ def gather(session: Session, settings: Settings, supervisor: Supervisor, run: Ru
         run=run, config=config, hardware=hardware_of(run), train=train, val=val,
         statuses=val_statuses(val, spans), spans=spans, checkpoints=checkpoints, best=best,
         truth=read_table_truth(session, run.id, checkpoints), summary=run_summary(session, run),
-        dataset=dataset_facts(session, config), tokens=read_tokens(session, settings, supervisor, config),
+        dataset=dataset_facts(session, config), tokens=read_tokens(session, settings, config),
         commands=usage_commands(base_url, run, shown) if shown else None, command_checkpoint=shown,
         folder=str(run_dir(settings, run.id)),
         generated_at=utcnow(),

@@ -1,7 +1,7 @@
 """The run report (Markdown, printable HTML, its SVG chart) and the metrics export (CSV, JSON).
 
-Reading a report starts the token statistics of the run's data when there are none yet (as the dataset page
-does); the report says they are being computed until the job is done.
+Reading a report starts nothing: it shows the token statistics of the run's data as far as they are counted,
+and its Count tokens button (a POST) starts them when there are none yet.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.reports.document import build_report, chart_data, chart_svg
 from app.reports.export import COLUMNS, csv_lines, metric_rows
-from app.reports.facts import RunFacts, gather
+from app.reports.facts import RunFacts, count_tokens, gather
 from app.reports.markdown import render_markdown
 from app.routes.params import RunId, content, problems
 from app.runs.store import metrics_json
@@ -31,20 +31,18 @@ def _run(session: SessionDep, run_id: int) -> Run:
     return run
 
 
-def _facts(request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
-           run_id: int) -> RunFacts:
-    return gather(session, settings, supervisor, _run(session, run_id), str(request.base_url).rstrip("/"))
+def _facts(request: Request, session: SessionDep, settings: SettingsDep, run_id: int) -> RunFacts:
+    return gather(session, settings, _run(session, run_id), str(request.base_url).rstrip("/"))
 
 
 @router.get("/api/runs/{run_id}/report.md", response_class=Response,
             responses={**content("text/markdown", "the run report as Markdown (the chart is an SVG data URI)"),
                        **problems(404, 422)})
 def report_markdown(
-    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, run_id: RunId,
-    download: bool = DownloadFlag,
+    request: Request, session: SessionDep, settings: SettingsDep, run_id: RunId, download: bool = DownloadFlag,
 ) -> Response:
     """The run report: configuration, dataset, losses, the stop decision, checkpoints, evaluation, usage."""
-    facts = _facts(request, session, settings, supervisor, run_id)
+    facts = _facts(request, session, settings, run_id)
     body = render_markdown(build_report(facts), chart_svg(facts))
     headers = {"Content-Disposition": f'attachment; filename="run-{run_id}-report.md"'} if download else {}
     return Response(body, media_type="text/markdown; charset=utf-8", headers=headers)
@@ -52,11 +50,9 @@ def report_markdown(
 
 @router.get("/api/runs/{run_id}/report.svg", response_class=Response,
             responses={**content("image/svg+xml", "the loss chart the report shows"), **problems(404, 422)})
-def report_svg(
-    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep, run_id: RunId,
-) -> Response:
+def report_svg(request: Request, session: SessionDep, settings: SettingsDep, run_id: RunId) -> Response:
     """The report's loss chart: train and validation curves, checkpoints, the best one, overfitting stretches."""
-    facts = _facts(request, session, settings, supervisor, run_id)
+    facts = _facts(request, session, settings, run_id)
     return Response(chart_svg(facts), media_type="image/svg+xml")
 
 
@@ -80,9 +76,17 @@ def metrics_export(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
 
 @router.get("/runs/{run_id}/report", response_class=HTMLResponse, include_in_schema=False)
 def report_page(
-    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
-    templates: TemplatesDep, run_id: RunId,
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
 ) -> Response:
-    facts = _facts(request, session, settings, supervisor, run_id)
-    context = {"run": facts.run, "report": build_report(facts), "chart": chart_data(facts)}
+    facts = _facts(request, session, settings, run_id)
+    context = {"run": facts.run, "report": build_report(facts), "chart": chart_data(facts),
+               "tokens_state": facts.tokens.state}
     return templates.TemplateResponse(request, "report.html", context)
+
+
+@router.post("/runs/{run_id}/report/token-stats", include_in_schema=False)
+def report_count_tokens(session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+                        run_id: RunId) -> RedirectResponse:
+    """The report's Count tokens button: start the token statistics of the run's data, then show the report."""
+    count_tokens(session, settings, supervisor, _run(session, run_id))
+    return RedirectResponse(f"/runs/{run_id}/report#report-dataset", status_code=status.HTTP_303_SEE_OTHER)
