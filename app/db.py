@@ -11,6 +11,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import tables  # noqa: F401  (registers the tables)
+from app.db_writes import failure_kind
 from app.id_upgrade import upgrade_ids
 from app.jobs.upgrade import upgrade_token_stats_jobs
 
@@ -29,6 +30,12 @@ def make_engine(db_path: Path) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        # SQLite opens a file it may not write read-only, and such a connection stays so: let the pool drop it
+        if failure_kind(context.original_exception) == "read-only":
+            context.is_disconnect = True
 
     SQLModel.metadata.create_all(engine)
     add_missing_columns(engine)

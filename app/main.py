@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -14,11 +17,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import make_engine
+from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
 from app.routes import (
@@ -47,10 +52,30 @@ from app.security import Guard, SecurityMiddleware, parse_hosts
 from app.settings import Settings, get_settings
 from app.templating import register_filters
 
+LOG = logging.getLogger("loraboard")
+MAX_BACKOFF_S = 5.0  # the longest wait between two tries of a failing supervisor tick
+
 
 async def _watch(supervisor: Supervisor, interval_s: float) -> None:
+    """Tick the supervisor every interval_s, whatever a tick raises. A failure is logged with its traceback once
+    while it lasts, and the tick tried again after a growing back-off (up to MAX_BACKOFF_S); a write the database
+    refused is also shown on every page (Supervisor.write_failure) until a write works again."""
+    outage = Outage(first_delay_s=interval_s, max_delay_s=max(interval_s, MAX_BACKOFF_S))
     while True:
-        await asyncio.to_thread(supervisor.tick)
+        try:
+            await asyncio.to_thread(supervisor.tick)
+        except Exception as exc:
+            failure = write_failure(supervisor.settings.database_path, exc)
+            if failure is not None:
+                supervisor.write_failure = failure
+            if outage.failed(failure_key(exc), time.monotonic()):
+                LOG.error("loraboard: the supervisor's check failed (%s); it is tried again every %g s at most",
+                          failure.sentence() if failure is not None else f"{type(exc).__name__}: {exc}",
+                          outage.max_delay_s, exc_info=exc)
+            await asyncio.sleep(outage.delay_s)
+            continue
+        if outage.succeeded():
+            LOG.warning("loraboard: the supervisor's checks work again")
         await asyncio.sleep(interval_s)
 
 
@@ -86,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, html_error_page)
     app.add_exception_handler(StaleDataError, deleted_meanwhile)
     app.add_exception_handler(ObjectDeletedError, deleted_meanwhile)
+    app.add_exception_handler(OperationalError, database_unwritable)
+    app.add_exception_handler(sqlite3.OperationalError, database_unwritable)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.include_router(api.router)
     for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
@@ -101,6 +128,20 @@ async def deleted_meanwhile(request: Request, exc: Exception) -> Response:
     """What this request was changing was deleted by another request meanwhile: 404, as if it came a moment later."""
     gone = StarletteHTTPException(HTTPStatus.NOT_FOUND, "it was deleted by another request meanwhile")
     return await html_error_page(request, gone)
+
+
+async def database_unwritable(request: Request, exc: Exception) -> Response:
+    """A write the database refused (read-only, disk full, locked): 503 with the sentence that says so, and the
+    pages' banner until a write works again. Any other database error stays a 500."""
+    settings: Settings = request.app.state.settings
+    failure = write_failure(settings.database_path, exc)
+    if failure is None:
+        raise exc
+    supervisor: Supervisor | None = getattr(request.app.state, "supervisor", None)
+    if supervisor is not None:
+        supervisor.write_failure = failure
+    unavailable = StarletteHTTPException(HTTPStatus.SERVICE_UNAVAILABLE, failure.sentence())
+    return await html_error_page(request, unavailable)
 
 
 async def html_error_page(request: Request, exc: Exception) -> Response:

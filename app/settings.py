@@ -24,6 +24,10 @@ class Settings(BaseSettings):
         30.0, description="A worker silent this long whose process is gone is marked interrupted."
     )
     supervisor_interval_s: float = Field(2.0, description="How often the supervisor checks workers.")
+    db_unwritable_limit_s: float = Field(
+        600.0, gt=0, description="A training worker that cannot write to the database this long (its reports kept "
+        "meanwhile) saves its adapter and ends; its run fails, saying so."
+    )
     max_concurrent_runs: int = Field(1, ge=1, description="Runs that train at once; the rest wait queued.")
     openblas: bool = Field(True, description="Route MLX's CPU matrix products to OpenBLAS on Linux.")
     blas_threads: int = Field(

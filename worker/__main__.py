@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.db_writes import EXIT_DB_UNWRITABLE, gave_up_reason
 from app.paths import checkpoint_files, run_dir
 from app.runs.config import RunConfig, looks_like_path
 from app.settings import Settings
@@ -93,15 +94,22 @@ def run_train(settings: Settings, run_id: int) -> int:
         from worker.distributed import rank_and_size
 
         rank, _ = rank_and_size()
-    writer = ReportWriter(settings.database_path, run_id, silent=rank != 0).start()
+    limit_s = settings.db_unwritable_limit_s
+    writer = ReportWriter(settings.database_path, run_id, silent=rank != 0, give_up_after_s=limit_s).start()
     on_stop_signal(writer.stop_event)
+    steps: int | None = None
     try:
         writer.set_status(RunStatus.starting, backend=describe_backend(routing))
         check_model_reachable(config.model)
         from worker.train import train_run
 
         outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(settings, config))
-        writer.set_status(outcome.status, finished_at=now(), stop_reason=outcome.reason, iteration=outcome.steps)
+        steps = outcome.steps
+        if writer.gave_up.is_set():  # the writer ended training: the database refused writes for limit_s
+            writer.set_status(RunStatus.failed, finished_at=now(), error=gave_up_reason(limit_s, steps),
+                              iteration=steps)
+        else:
+            writer.set_status(outcome.status, finished_at=now(), stop_reason=outcome.reason, iteration=steps)
         code = 0
     except BaseException as exc:  # every failure is recorded, readable, with its traceback
         writer.set_status(
@@ -110,6 +118,10 @@ def run_train(settings: Settings, run_id: int) -> int:
         code = 1
     finally:
         writer.close()
+    if writer.gave_up.is_set() and writer.unwritten:  # its end unrecorded: the supervisor reads this last line
+        print(f"worker: {len(writer.unwritten)} writes were not made", file=sys.stderr)
+        print(gave_up_reason(limit_s, steps), file=sys.stderr, flush=True)
+        return EXIT_DB_UNWRITABLE
     return code
 
 

@@ -13,7 +13,6 @@ computes with MLX (then OpenBLAS is routed first, as for training).
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -29,7 +28,7 @@ from typing import Any
 
 from app.settings import Settings
 from app.status import TERMINAL, RunStatus
-from worker.reporting import connect, now_text, on_stop_signal
+from worker.reporting import close_quietly, connect, now_text, on_stop_signal, write_until
 
 REPORT_EVERY_S = 0.5
 
@@ -106,21 +105,24 @@ def reporting(db_path: Path, ctx: JobContext) -> Iterator[None]:
     finished = threading.Event()
 
     def loop() -> None:
-        conn = connect(db_path)
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 ending = finished.wait(REPORT_EVERY_S)
-                with contextlib.suppress(sqlite3.Error):  # a busy database costs one report, never the job
+                try:  # a database that refuses writes costs reports (the next one says it all), never the job
+                    conn = conn or connect(db_path)
                     conn.execute("UPDATE job SET done = ?, total = ?, unit = COALESCE(NULLIF(?, ''), unit),"
                                  " detail = NULLIF(?, ''), heartbeat_at = ? WHERE id = ?",
                                  (ctx.done, ctx.total, ctx.unit, ctx.detail, now_text(), ctx.job_id))
                     row = conn.execute("SELECT status FROM job WHERE id = ?", (ctx.job_id,)).fetchone()
                     if row is not None and row[0] == RunStatus.stopping.value:
                         ctx.stop.set()
+                except sqlite3.Error:
+                    conn = close_quietly(conn)  # the next try on a fresh one: one opened read-only stays so
                 if ending:
                     return
         finally:
-            conn.close()
+            close_quietly(conn)
 
     thread = threading.Thread(target=loop, name="job-report", daemon=True)
     thread.start()
@@ -133,11 +135,13 @@ def reporting(db_path: Path, ctx: JobContext) -> Iterator[None]:
 
 def end(conn: sqlite3.Connection, job_id: int, status: RunStatus, ctx: JobContext, *, result_json: str | None = None,
         error: str | None = None, traceback_text: str | None = None) -> None:
-    """Record the job's end (status, progress, result or error) in one statement."""
-    conn.execute("UPDATE job SET status = ?, done = ?, total = ?, result_json = ?, error = ?, traceback = ?,"
-                 " finished_at = ?, heartbeat_at = ?, waiting_reason = NULL WHERE id = ?",
-                 (status.value, ctx.done, ctx.total, result_json, error, traceback_text, now_text(), now_text(),
-                  job_id))
+    """Record the job's end (status, progress, result or error) in one statement; while the database refuses
+    writes, tried again for up to Settings.db_unwritable_limit_s (the job's work is not lost to a short spell)."""
+    values = (status.value, ctx.done, ctx.total, result_json, error, traceback_text, now_text(), now_text(), job_id)
+    write_until(ctx.settings.database_path, lambda c: c.execute(
+        "UPDATE job SET status = ?, done = ?, total = ?, result_json = ?, error = ?, traceback = ?,"
+        " finished_at = ?, heartbeat_at = ?, waiting_reason = NULL WHERE id = ?", values),
+        ctx.settings.db_unwritable_limit_s, conn)
 
 
 def load_function(kind: str, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:

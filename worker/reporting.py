@@ -6,20 +6,32 @@ run's stop flag and early-stopping rule, so a request reaches the loop within on
 report. The worker talks to SQLite through the standard library alone (the tables
 are the app's, see app/tables.py): the ORM would cost the training process ~26 MB
 and its writer thread more time under the GIL.
+
+A report is never dropped: while the database cannot be written (read-only, disk
+full, locked), the writer keeps what it could not write, in order, retries with a
+growing back-off on a fresh connection, and writes it all in one transaction once it
+can. When that has lasted `give_up_after_s` (Settings.db_unwritable_limit_s), it sets
+`gave_up` and the stop event: the training loop ends as on a stop request, saving
+its adapter, and the worker exits with app.db_writes.EXIT_DB_UNWRITABLE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import sqlite3
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.db_writes import Outage, failure_key, failure_kind, write_failure
 from app.paths import file_sha256
 from app.runs.config import EarlyStopping
 from app.runs.policy import best_checkpoint
@@ -66,6 +78,40 @@ def connect(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
+def close_quietly(conn: sqlite3.Connection | None) -> None:
+    """Close a connection that may already be broken; always None (the caller's connection is gone)."""
+    if conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def write_until(db_path: Path, write: Callable[[sqlite3.Connection], None], limit_s: float,
+                conn: sqlite3.Connection | None = None) -> None:
+    """Make one write (on `conn`, then on fresh connections), trying again with a growing back-off while the
+    database refuses writes, for up to limit_s; then the refusal is raised. Any other error is raised at once."""
+    outage = Outage(first_delay_s=0.5, max_delay_s=5.0)
+    while True:
+        fresh = None
+        try:
+            target = conn if conn is not None else connect(db_path)
+            fresh = None if target is conn else target
+            write(target)
+            return
+        except sqlite3.Error as exc:
+            failure = write_failure(db_path, exc)
+            if failure is None:
+                raise
+            now = time.monotonic()
+            if outage.failed(failure_key(exc), now):
+                sys.stderr.write(f"worker: {failure.sentence()}; trying again for {limit_s:g} s\n")
+            if outage.lasted_s(now) >= limit_s:
+                raise
+            conn = None  # a connection opened while the file was read-only stays read-only
+            time.sleep(outage.delay_s)
+        finally:
+            close_quietly(fresh)
+
+
 @dataclass
 class CheckpointRow:
     id: int
@@ -86,6 +132,10 @@ class ReportWriter:
     errors: list[str] = field(default_factory=list)
     early_stopping: EarlyStopping | None = None  # the live rule, refreshed at every commit
     silent: bool = False  # a rank other than 0 of a run of several processes: it writes nothing
+    give_up_after_s: float = 600.0  # unwritable this long: stop training (Settings.db_unwritable_limit_s)
+    gave_up: threading.Event = field(default_factory=threading.Event)
+    outage: Outage = field(default_factory=lambda: Outage(first_delay_s=0.5, max_delay_s=5.0))
+    unwritten: list[Job] = field(default_factory=list)  # in order; written before anything newer
 
     def start(self) -> ReportWriter:
         if self.silent:
@@ -95,7 +145,8 @@ class ReportWriter:
         return self
 
     def close(self) -> None:
-        """Flush everything queued, then stop the thread."""
+        """Flush everything queued, then stop the thread. While the database refuses writes this waits until it
+        takes them or the writer gives up (`gave_up`: what is still in `unwritten` is not written)."""
         if self.silent:
             return
         self._queue.put(None)
@@ -107,23 +158,68 @@ class ReportWriter:
             self._queue.put(job)
 
     def _loop(self) -> None:
-        conn = connect(self.db_path)
+        conn: sqlite3.Connection | None = None
+        closing = False
         try:
             while True:
-                job = self._queue.get()
-                jobs = [job]
-                while job is not None and not self._queue.empty():  # batch what piled up
-                    job = self._queue.get()
-                    jobs.append(job)
-                work = [j for j in jobs if j is not None]
-                if work:
-                    self._commit(conn, work)
-                if jobs[-1] is None:
+                try:  # while writes fail, the next try comes after the back-off, with or without new work
+                    jobs = [self._queue.get(timeout=self.outage.delay_s if self.unwritten else None)]
+                except queue.Empty:
+                    jobs = []
+                while not self._queue.empty():  # batch what piled up
+                    jobs.append(self._queue.get())
+                closing = closing or None in jobs
+                self.unwritten.extend(j for j in jobs if j is not None)
+                if self.unwritten:
+                    conn = self._commit(conn)
+                if closing and (not self.unwritten or self.gave_up.is_set()):
                     return
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
+    def _commit(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Write everything unwritten in one transaction. While the database refuses writes, keep it all for the
+        next try, on a fresh connection (one opened while the file was read-only stays read-only). A job that
+        fails for another reason is dropped alone (a report lost is better than a training run lost).
+        Returns the connection to reuse."""
+        try:
+            conn = conn or connect(self.db_path)
+            row = self._transaction(conn, self.unwritten)
+        except Exception as exc:
+            conn = close_quietly(conn)
+            if failure_kind(exc) is not None:
+                self._failed(exc)
+                return None
+            return self._one_by_one()
+        if self.outage.succeeded():
+            sys.stderr.write(f"worker: the database is written again; the {len(self.unwritten)} writes kept"
+                             " meanwhile are in\n")
+        self.unwritten.clear()
+        self._after_commit(row)
+        return conn
+
+    def _one_by_one(self) -> sqlite3.Connection | None:
+        """One of the unwritten jobs failed by itself: write them one at a time, in order, dropping that one."""
+        conn: sqlite3.Connection | None = None
+        while self.unwritten:
+            try:
+                conn = conn or connect(self.db_path)
+                row = self._transaction(conn, self.unwritten[:1])
+            except Exception as exc:
+                conn = close_quietly(conn)
+                if failure_kind(exc) is not None:
+                    self._failed(exc)
+                    return None
+                self.errors.append(repr(exc))
+                sys.stderr.write(f"worker: a report could not be written and is dropped: {exc!r}\n")
+            else:
+                self._after_commit(row)
+            self.unwritten.pop(0)
+        return conn
+
+    def _transaction(self, conn: sqlite3.Connection, jobs: list[Job]) -> tuple[Any, ...] | None:
+        """The jobs, the heartbeat, then the run's stop flag and early-stopping rule, in one transaction."""
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -133,11 +229,27 @@ class ReportWriter:
                 "SELECT stop_requested, early_stopping_json FROM run WHERE id = ?", (self.run_id,)
             ).fetchone()
             conn.execute("COMMIT")
-        except Exception as exc:  # a report lost is better than a training run lost
-            self.errors.append(repr(exc))
+        except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+        return tuple(row) if row is not None else None
+
+    def _failed(self, exc: Exception) -> None:
+        """Note a refused write: logged once while the same failure lasts; past give_up_after_s, give up."""
+        failure = write_failure(self.db_path, exc)
+        text = failure.sentence() if failure is not None else f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if self.outage.failed(failure_key(exc), now):
+            self.errors.append(text)
+            sys.stderr.write(f"worker: {text}; {len(self.unwritten)} writes kept, retrying\n"
+                             + "".join(traceback.format_exception(exc)))
+        if self.outage.lasted_s(now) >= self.give_up_after_s and not self.gave_up.is_set():
+            self.gave_up.set()
+            self.stop_event.set()  # the training loop ends here, saving its adapter (worker/__main__.run_train)
+
+    def _after_commit(self, row: tuple[Any, ...] | None) -> None:
         if row is not None:
             if row[0]:
                 self.stop_event.set()

@@ -59,6 +59,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "LORABOARD_CACHE_DIR": str(settings.compiled_cache_dir),
             "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
             "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
+            "LORABOARD_DB_UNWRITABLE_LIMIT_S": str(settings.db_unwritable_limit_s),
             "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.db_writes import WriteFailure, gone_worker_end
 from app.jobs.jobs import (
     WORKING,
     Candidate,
@@ -46,6 +48,7 @@ __all__ = ["ACTIVE", "Supervisor", "is_worker", "is_worker_process", "jobs_dir",
            "worker_env"]
 
 ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)
+PROBE_EVERY_S = 5.0  # while workers write, the supervisor checks it can write too (check_writable)
 
 
 def is_worker_process(pid: int, run_id: int) -> bool:
@@ -58,6 +61,20 @@ def jobs_dir(settings: Settings) -> Path:
     return settings.database_path.parent / "jobs"
 
 
+def commit_or_abandon(session: Session, process: subprocess.Popen[bytes], children: dict[int, subprocess.Popen[bytes]],
+                      key: int) -> None:
+    """Record a worker's start; when the database refuses, end the worker at once (it has done nothing yet) and
+    raise: its run or job is still queued, and a later tick starts it again (never twice)."""
+    try:
+        session.commit()
+    except BaseException:
+        children.pop(key, None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session (spawn_worker): its ranks too
+        process.wait()
+        raise
+
+
 @dataclass
 class Supervisor:
     settings: Settings
@@ -65,6 +82,9 @@ class Supervisor:
     children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     job_children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    write_failure: WriteFailure | None = None  # the last refused write, until one works again (the pages' banner)
+    probed_at: float = 0.0  # monotonic time of check_writable's last write
+    writable_again_at: datetime | None = None  # when the last recorded write failure ended
 
     def spawn(self, session: Session, run: Run) -> None:
         assert run.id is not None
@@ -84,7 +104,7 @@ class Supervisor:
         run.heartbeat_at = utcnow()
         run.log_path = str(log_path)
         session.add(run)
-        session.commit()
+        commit_or_abandon(session, process, self.children, run.id)
 
     def spawn_job(self, session: Session, job: Job) -> None:
         """Start `python -m worker job --job-id N` in its own session; the worker sets it running."""
@@ -101,7 +121,7 @@ class Supervisor:
         job.heartbeat_at = utcnow()
         job.log_path = str(log_path)
         session.add(job)
-        session.commit()
+        commit_or_abandon(session, process, self.job_children, job.id)
 
     def holders(self, session: Session) -> list[Holder]:
         """The active runs and jobs, oldest first: what a queued one may have to wait for."""
@@ -225,12 +245,10 @@ class Supervisor:
             if RunStatus(run.status) in TERMINAL:
                 continue
             code = self.children[run.id].returncode if run.id in self.children else None
-            run.status = RunStatus.interrupted.value
-            run.finished_at = utcnow()
-            run.error = "the worker process ended without reporting" + (
-                f" (exit code {code})" if code is not None else ""
-            )
             tail = log_tail(run.log_path)
+            status, run.error = gone_worker_end(code, tail)  # failed: it gave up on an unwritable database
+            run.status = status.value
+            run.finished_at = utcnow()
             run.traceback = tail or None
             session.add(run)
             session.commit()
@@ -243,7 +261,10 @@ class Supervisor:
             child = self.job_children.get(job.id)
             code = child.poll() if child is not None else None
             alive = code is None and job.pid is not None and is_job_process(job.pid, job.id)
-            if job_is_dead(job.status, alive, heartbeat_age_s(job, utcnow()), self.settings.heartbeat_timeout_s):
+            silent_s = heartbeat_age_s(job, utcnow())
+            if silent_s is not None and self.writable_again_at is not None:  # no worker could write before then
+                silent_s = min(silent_s, (utcnow() - self.writable_again_at).total_seconds())
+            if job_is_dead(job.status, alive, silent_s, self.settings.heartbeat_timeout_s):
                 end_dead_job(session, job, alive, code)
 
     def cancel_job(self, session: Session, job: Job) -> bool:
@@ -252,8 +273,28 @@ class Supervisor:
             session.refresh(job)
             return request_cancel(session, job)
 
+    def check_writable(self, session: Session) -> None:
+        """Write to the database (its header's user_version, set to what it is) while a write failure is
+        recorded, or every PROBE_EVERY_S while workers write: a refused write raises, one that works clears
+        `write_failure`. The supervisor may otherwise write nothing for a long time."""
+        if self.write_failure is None:
+            now = time.monotonic()
+            if now - self.probed_at < PROBE_EVERY_S:
+                return
+            self.probed_at = now
+            if not self.holders(session):
+                return
+        connection = session.connection()
+        version = connection.exec_driver_sql("PRAGMA user_version").scalar_one()
+        connection.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
+        session.commit()
+        if self.write_failure is not None:
+            self.write_failure, self.writable_again_at = None, utcnow()
+
     def tick(self) -> None:
+        """Mark what ended, start what may start. Raises what the database raised (app/main._watch retries)."""
         with self.lock, Session(self.engine) as session:
+            self.check_writable(session)
             self.mark_interrupted(session)
             self.mark_dead_jobs(session)
             self.reap()
