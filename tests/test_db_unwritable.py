@@ -228,6 +228,25 @@ def test_the_writer_gives_up_after_its_limit(run_db: Path) -> None:
     assert train_iterations(run_db) == []
 
 
+def test_the_pool_drops_a_connection_opened_read_only(run_db: Path) -> None:
+    """SQLite opens a file it may not write read-only, for good: the app's pool must not keep such a connection."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from app.db import make_engine
+
+    engine = make_engine(run_db)
+    engine.dispose()  # no pooled connection: the next one is opened while the file is immutable
+    rename = text("UPDATE run SET name = :name WHERE id = 1")
+    with unwritable(run_db), pytest.raises(OperationalError, match="readonly"), engine.begin() as conn:
+        conn.execute(rename, {"name": "refused"})
+    with engine.begin() as conn:
+        conn.execute(rename, {"name": "written"})
+    engine.dispose()
+    with sqlite3.connect(run_db) as check:
+        assert check.execute("SELECT name FROM run WHERE id = 1").fetchone() == ("written",)
+
+
 def test_a_job_end_waits_for_the_database(run_db: Path) -> None:
     """A job's end (worker/job.end goes through write_until) is written once the database takes it; past the limit
     the refusal is raised."""
