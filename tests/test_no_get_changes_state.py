@@ -201,7 +201,8 @@ def test_no_get_route_adds_a_row_writes_a_file_or_starts_a_process(app_client: I
             if added or written or spawned:
                 changes[call] = {"rows": added, "files": sorted(written), "processes": list(spawned)}
                 started.clear()
-                remove_rows_after(app_client.engine, last)
+                with supervisor.lock:  # not while a tick updates what it read
+                    remove_rows_after(app_client.engine, last)
     assert not changes, "GETs changed state:\n" + "\n".join(f"{call}: {what}" for call, what in changes.items())
     assert not errors, f"GETs failed: {errors}"
 
