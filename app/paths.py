@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app.catalog.files import hf_hub_cache_dir
+from app.confinement import PathNotAllowed, confine_file, confine_tree
 from app.settings import Settings
 
 
@@ -74,10 +75,6 @@ DATA_DIRS_SETTING = "LORABOARD_ALLOWED_DATA_DIRS (or LORABOARD_ALLOWED_DIRS)"
 MODEL_DIRS_SETTING = "LORABOARD_ALLOWED_MODEL_DIRS (or LORABOARD_ALLOWED_DIRS)"
 
 
-class PathNotAllowed(ValueError):
-    """A path given over HTTP breaks a confinement rule; the message names the rule (and the setting)."""
-
-
 def split_dirs(text: str) -> list[Path]:
     """Folders of an allow-list setting, separated by os.pathsep (':' on Linux and macOS)."""
     return [Path(part).expanduser() for part in text.split(os.pathsep) if part.strip()]
@@ -93,6 +90,13 @@ def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) ->
     """Folders a model may live in: data_dir, the models folder, the Hugging Face cache, the allow-listed ones."""
     return [settings.data_dir, settings.local_models_dir, hf_hub_cache_dir(environ),
             *split_dirs(settings.allowed_model_dirs), *split_dirs(settings.allowed_dirs)]
+
+
+def run_file_roots(settings: Settings) -> list[Path]:
+    """Folders a run's files may lead into: the adapters folder, and the folders an import may link from (a run
+    imported with links holds links to its adapter folder)."""
+    return [settings.adapters_dir, settings.data_dir, *split_dirs(settings.allowed_dirs),
+            *split_dirs(settings.allowed_data_dirs), *split_dirs(settings.allowed_model_dirs)]
 
 
 def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting: str = ALL_DIRS_SETTING) -> Path:
@@ -121,6 +125,30 @@ def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting
                              f"({folders}); links out of these folders are refused")
     raise PathNotAllowed(f"{what} {given} is outside the folders loraboard reads ({folders}); "
                          f"to allow it, add its folder to {setting}")
+
+
+# Files handed to mlx-lm and transformers by path (worker) ------------------------------------------------
+# They open the files themselves, so the check comes just before the path is handed over; a link swapped in
+# between the check and their own open is followed (the window app/confinement.py describes).
+
+SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
+
+
+def confine_data_files(data: str | Path, settings: Settings) -> None:
+    """Every split file of a data folder lies, links resolved, in the data folders; else PathNotAllowed, e.g.
+    "train.jsonl in /tmp/x links to /etc/passwd, outside the folders loraboard reads (…); …"."""
+    for name in SPLIT_FILES:
+        path = Path(data) / name
+        if os.path.lexists(path):
+            confine_file(path, data_roots(settings))
+
+
+def confine_model_files(model: str | Path, settings: Settings) -> None:
+    """A local model folder and every file in it lie, links resolved, in the model folders; else PathNotAllowed
+    naming the first that links out. A hub id (not a folder) is left to the hub cache."""
+    folder = Path(model)
+    if folder.is_dir():
+        confine_tree(folder, model_roots(settings))
 
 
 # Temporary files a worker writes before renaming them into place (worker/durable.py): `.<name>.tmp…`.
