@@ -5,12 +5,15 @@ and is rendered the way transformers' apply_chat_template does (sandboxed Jinja2
 loop controls, raise_exception, strftime_now, a tojson that keeps non-ASCII). No mlx, mlx_lm or transformers
 here. With mask_prompt, mlx-lm puts the loss on what follows
 apply_chat_template(messages[:-1], add_generation_prompt=<last is assistant>); the preview splits there.
+Every file is opened once through app/confinement.open_confined: the model's tokenizer files within the model
+folders, the examples within the data folders; a file linking out of them is refused and nothing of it shown.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +24,7 @@ from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from app.confinement import PathNotAllowed, open_confined, read_confined_text
 from app.datasets.validation import SPLITS, line_format
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -112,36 +116,48 @@ def model_folder(model: str) -> Path | None:
     return hub_snapshot(model)
 
 
-def load_chat_template(model: str) -> ChatTemplate:
-    """Read the chat template and special tokens of a model folder (or a cached hub id)."""
+def _present(path: Path) -> bool:
+    """A file (or a link, judged when it is read) is there."""
+    return path.is_file() or path.is_symlink()
+
+
+def load_chat_template(model: str, roots: Sequence[Path] | None = None) -> ChatTemplate:
+    """Read the chat template and special tokens of a model folder (or a cached hub id).
+
+    `roots`: the folders its files may lead into, links resolved (app/paths.model_roots); None: the folder itself.
+    """
     template = ChatTemplate(model=model)
     folder = model_folder(model)
     if folder is None:
         template.problem = f"model {model} is not a local folder nor a downloaded Hugging Face model"
         return template
+    allowed = [folder] if roots is None else roots
     config: dict[str, Any] = {}
     config_path = folder / "tokenizer_config.json"
     try:
-        if config_path.is_file():
-            config = json.loads(config_path.read_text(encoding="utf-8"))
+        if _present(config_path):
+            config = json.loads(read_confined_text(config_path, allowed))
         special_map_path = folder / "special_tokens_map.json"
-        special_map = json.loads(special_map_path.read_text(encoding="utf-8")) if special_map_path.is_file() else {}
-    except (OSError, ValueError) as exc:
+        special_map = json.loads(read_confined_text(special_map_path, allowed)) if _present(special_map_path) else {}
+        for key in SPECIAL_TOKEN_KEYS:
+            token = _token_text(config.get(key)) or _token_text(special_map.get(key))
+            if token is not None:
+                template.special_tokens[key] = token
+        _pick_source(template, folder, config.get("chat_template"), allowed)
+    except PathNotAllowed as exc:
+        template.problem = str(exc)
+        template.source = template.tool_source = None
+    except (OSError, ValueError, AttributeError) as exc:
         template.problem = f"cannot read the tokenizer files of {folder}: {exc}"
-        return template
-    for key in SPECIAL_TOKEN_KEYS:
-        token = _token_text(config.get(key)) or _token_text(special_map.get(key))
-        if token is not None:
-            template.special_tokens[key] = token
-    _pick_source(template, folder, config.get("chat_template"))
+        template.source = template.tool_source = None
     return template
 
 
-def _pick_source(template: ChatTemplate, folder: Path, configured: Any) -> None:
+def _pick_source(template: ChatTemplate, folder: Path, configured: Any, roots: Sequence[Path]) -> None:
     jinja_file = folder / "chat_template.jinja"
     json_file = folder / "chat_template.json"
-    if jinja_file.is_file():
-        template.source, template.origin = jinja_file.read_text(encoding="utf-8"), jinja_file.name
+    if _present(jinja_file):
+        template.source, template.origin = read_confined_text(jinja_file, roots), jinja_file.name
     elif isinstance(configured, str):
         template.source, template.origin = configured, "tokenizer_config.json"
     elif isinstance(configured, list):  # named templates: "default", "tool_use", …
@@ -149,8 +165,8 @@ def _pick_source(template: ChatTemplate, folder: Path, configured: Any) -> None:
         template.source = named.get("default") or next(iter(named.values()), None)
         template.tool_source = named.get("tool_use")
         template.origin = "tokenizer_config.json"
-    elif json_file.is_file():
-        loaded = json.loads(json_file.read_text(encoding="utf-8"))
+    elif _present(json_file):
+        loaded = json.loads(read_confined_text(json_file, roots))
         template.source, template.origin = loaded.get("chat_template"), json_file.name
     if template.source is None:
         template.problem = (f"the tokenizer of {folder} has no chat template: only text-format data can be "
@@ -236,12 +252,15 @@ class Preview:
     splits: dict[str, list[PreviewExample]] = field(default_factory=dict)  # split -> its first examples
 
 
-def first_examples(path: Path, count: int) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, example) of the first `count` lines that parse as JSON objects."""
+def first_examples(path: Path, count: int, roots: Sequence[Path] | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, example) of the first `count` lines that parse as JSON objects; PathNotAllowed when the file
+    links out of `roots` (None: its own folder)."""
     found: list[tuple[int, dict[str, Any]]] = []
-    if not path.is_file():
+    try:
+        handle = open_confined(path, [path.parent] if roots is None else roots)
+    except OSError:  # absent, a folder, not a regular file
         return found
-    with path.open("rb") as handle:
+    with handle:
         for number, raw in enumerate(handle, 1):
             try:
                 example = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
@@ -254,16 +273,26 @@ def first_examples(path: Path, count: int) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
-def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, per_split: int = 3) -> Preview:
-    """The first examples of each split rendered with `model`'s chat template, split into loss / no loss."""
+def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, per_split: int = 3,
+                  data_roots: Sequence[Path] | None = None, model_roots: Sequence[Path] | None = None) -> Preview:
+    """The first examples of each split rendered with `model`'s chat template, split into loss / no loss.
+
+    `data_roots` / `model_roots`: the folders the split files / the model's files may lead into (None: the data
+    folder / the model folder itself); a file linking out is the preview's problem, and nothing of it is shown.
+    """
     preview = Preview(model=model, format=fmt, mask_prompt=mask_prompt)
-    template = load_chat_template(model)
+    template = load_chat_template(model, model_roots)
     preview.template_origin = template.origin
     if fmt != "text" and template.source is None:
         preview.problem = template.problem
         return preview
+    allowed = [folder] if data_roots is None else data_roots
     for split in SPLITS:
-        examples = first_examples(folder / f"{split}.jsonl", per_split)
+        try:
+            examples = first_examples(folder / f"{split}.jsonl", per_split, allowed)
+        except PathNotAllowed as exc:
+            preview.problem, preview.splits = str(exc), {}
+            return preview
         if examples:
             preview.splits[split] = [
                 PreviewExample(split, line, render_example(example, line_format(example) or fmt or "text", template,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +30,27 @@ class DatasetError(ValueError):
 
 def dataset_problem(
     data_dir: Path, mask_prompt: bool = False, features: Mapping[str, Any] | None = None,
-    session: Session | None = None,
+    session: Session | None = None, roots: Sequence[Path] | None = None,
 ) -> str | None:
     """Why a data folder cannot be trained on (the first 20 file:line errors and the total), or None.
 
     `mask_prompt` and `features` (a run config's prompt_feature, completion_feature, chat_feature,
     text_feature) check the data as that run will read it. With a session, the answer is kept in the
-    database and reused while the split files keep their size and modification time.
+    database and reused while the split files keep their size and modification time. `roots`: the folders the
+    split files may lead into (data_roots); None: the data folder itself.
     """
     if not data_dir.is_dir():
         return f"data folder {data_dir} does not exist"
     keys = FeatureKeys.from_config(features)
     if session is None:
-        return _check_lines(data_dir, mask_prompt, keys)
+        return _check_lines(data_dir, mask_prompt, keys, roots)
     reading = json.dumps({"mask_prompt": mask_prompt, "keys": [keys.prompt, keys.completion, keys.chat, keys.text]})
     signature = files_signature(data_dir)
     query = select(DatasetCheck).where(DatasetCheck.path == str(data_dir), DatasetCheck.reading == reading)
     cached = session.exec(query).first()
     if cached is not None and cached.files_signature == signature:
         return cached.problem
-    problem = _check_lines(data_dir, mask_prompt, keys)
+    problem = _check_lines(data_dir, mask_prompt, keys, roots)
     cached = cached or DatasetCheck(path=str(data_dir), reading=reading, files_signature=signature)
     cached.files_signature, cached.problem, cached.checked_at = signature, problem, utcnow()
     session.add(cached)
@@ -57,8 +58,8 @@ def dataset_problem(
     return problem
 
 
-def _check_lines(data_dir: Path, mask_prompt: bool, keys: FeatureKeys) -> str | None:
-    report = validate_dataset(data_dir, mask_prompt=mask_prompt, keys=keys)
+def _check_lines(data_dir: Path, mask_prompt: bool, keys: FeatureKeys, roots: Sequence[Path] | None) -> str | None:
+    report = validate_dataset(data_dir, mask_prompt=mask_prompt, keys=keys, roots=roots)
     if report.ok:
         return None
     return f"data folder {data_dir} has {report.errors.count:,} problem{'s' if report.errors.count != 1 else ''}:\n" \
@@ -150,16 +151,17 @@ def register_dataset(
         raise DatasetError(problem)
     if not folder.is_dir():
         raise DatasetError(f"folder {folder} does not exist")
-    return record_dataset(session, folder, name, source, validate_dataset(folder))
+    return record_dataset(session, folder, name, source, validate_dataset(folder, roots=data_roots(settings)))
 
 
-def refresh_dataset(session: Session, dataset: Dataset) -> Dataset:
-    """Check the dataset again when its files changed since the last check (cheap when they did not)."""
+def refresh_dataset(session: Session, dataset: Dataset, roots: Sequence[Path] | None = None) -> Dataset:
+    """Check the dataset again when its files changed since the last check (cheap when they did not); `roots` as
+    validate_dataset takes them."""
     folder = Path(dataset.path)
     signature = files_signature(folder) if folder.is_dir() else ""
     if signature == dataset.files_signature and signature:
         return dataset
-    _apply_report(dataset, validate_dataset(folder), signature)
+    _apply_report(dataset, validate_dataset(folder, roots=roots), signature)
     session.add(dataset)
     session.commit()
     session.refresh(dataset)
@@ -176,7 +178,7 @@ def ensure_sample_registered(session: Session, settings: Settings) -> None:
     taken = session.exec(select(Dataset).where(Dataset.name == folder.name)).first() is not None
     name = f"{folder.name}-sample" if taken else folder.name
     try:
-        record_dataset(session, folder, name, "sample", validate_dataset(folder))
+        record_dataset(session, folder, name, "sample", validate_dataset(folder, roots=data_roots(settings)))
     except DatasetError:
         return  # a broken sample is shown by the runs it refuses, not hidden in the registry
 
@@ -185,7 +187,7 @@ def list_datasets(session: Session, settings: Settings) -> list[Dataset]:
     """Every registered dataset, the sample first, each re-checked when its files changed."""
     ensure_sample_registered(session, settings)
     rows = session.exec(select(Dataset).order_by(col(Dataset.created_at), col(Dataset.id))).all()
-    return [refresh_dataset(session, row) for row in rows]
+    return [refresh_dataset(session, row, data_roots(settings)) for row in rows]
 
 
 def dataset_json(dataset: Dataset) -> dict[str, Any]:

@@ -7,6 +7,7 @@ error leaves nothing behind, and registers it. Example lines are copied byte for
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -19,7 +20,9 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
+from app.confinement import PathNotAllowed, open_confined
 from app.datasets.registry import DatasetError, register_dataset, registry_problem
+from app.paths import data_roots
 from app.settings import Settings
 
 SPLITS = ("train", "valid", "test")
@@ -87,8 +90,9 @@ def draw_subset(examples: Sequence[T], n: int, seed: int, ratios: Sequence[float
     return parts
 
 
-def read_examples(folder: Path, splits: Sequence[str]) -> list[str]:
-    """The non-blank lines of the chosen split files, in split order (train, valid, test)."""
+def read_examples(folder: Path, splits: Sequence[str], roots: Sequence[Path] | None = None) -> list[str]:
+    """The non-blank lines of the chosen split files, in split order (train, valid, test); each file opened once,
+    within `roots` (the data folders; None: the folder itself), a file linking out of them refused."""
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise SubsetError("splits", f"unknown split {unknown[0]!r}: expected train, valid or test")
@@ -97,14 +101,20 @@ def read_examples(folder: Path, splits: Sequence[str]) -> list[str]:
     if not folder.is_dir():
         raise SubsetError("source", f"dataset folder {folder} does not exist")
     files = [folder / f"{split}.jsonl" for split in SPLITS if split in splits]
-    present = [path for path in files if path.is_file()]
+    present = [path for path in files if path.is_file() or path.is_symlink()]
     if not present:
         names = ", ".join(path.name for path in files)
         raise SubsetError("splits", f"{folder} has none of the chosen files ({names})")
     lines = []
     for path in present:
-        with path.open(encoding="utf-8") as handle:
-            lines.extend(line.rstrip("\r\n") for line in handle if line.strip())
+        try:
+            handle = open_confined(path, [folder] if roots is None else roots)
+        except PathNotAllowed as exc:
+            raise SubsetError("source", str(exc)) from None
+        except OSError:  # a link to nothing, a folder: not a split file
+            continue
+        with io.TextIOWrapper(handle, encoding="utf-8") as text:
+            lines.extend(line.rstrip("\r\n") for line in text if line.strip())
     return lines
 
 
@@ -145,7 +155,7 @@ def create_subset(
     target = root / name
     if target.exists():
         raise SubsetError("name", f"a folder named {name!r} already exists in {root}")
-    examples = read_examples(source, splits)
+    examples = read_examples(source, splits, data_roots(settings))
     try:
         shares = validate_ratios(ratios)
         parts = draw_subset(examples, n, seed, shares)

@@ -21,7 +21,15 @@ from sqlmodel import Session, select
 from app.datasets.registry import files_signature
 from app.datasets.validation import SPLITS
 from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
-from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.paths import (
+    DATA_DIRS_SETTING,
+    MODEL_DIRS_SETTING,
+    PathNotAllowed,
+    confine,
+    confine_data_files,
+    data_roots,
+    model_roots,
+)
 from app.runs.config import looks_like_path
 from app.settings import Settings
 from app.status import RunStatus
@@ -161,6 +169,10 @@ def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str
             raise TokenStatsInputError("model", str(exc)) from None
     if not folder.is_dir():
         raise TokenStatsInputError("data", f"data folder {folder} does not exist")
+    try:  # the worker reads the files: one linking out is refused here first (and there again)
+        confine_data_files(folder, settings)
+    except PathNotAllowed as exc:
+        raise TokenStatsInputError("data", str(exc)) from None
     if not (folder / "train.jsonl").is_file():
         raise TokenStatsInputError("data", f"data folder {folder} has no train.jsonl")
     if looks_like_path(model):

@@ -5,15 +5,20 @@ formats text ({"text"}), chat ({"messages"}), completions ({"prompt", "completio
 "tools"}) (the keys can be renamed with the run's prompt_feature, completion_feature, chat_feature and
 text_feature); the format of a file is decided by its first line, so a file mixing formats fails mid-training.
 Files are streamed line by line; only the first `keep` problems are kept, all of them are counted.
+Each split file is opened once through app/confinement.open_confined: a file that links out of the folders
+loraboard reads is an error naming the link, and nothing of it is read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from app.confinement import PathNotAllowed, open_confined
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = {
@@ -290,9 +295,12 @@ def _check_tools(tools: Any, result: LineCheck) -> None:
             result.errors.append((f"'tools'[{index}]", f"must be an object, got {json_type(tool)}"))
 
 
-def numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of a file, streamed."""
-    with path.open("rb") as handle:
+def numbered_lines(source: Path | IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a file (a path, or a handle already open), streamed."""
+    if not isinstance(source, Path):
+        yield from enumerate(source, 1)
+        return
+    with source.open("rb") as handle:
         yield from enumerate(handle, 1)
 
 
@@ -313,14 +321,15 @@ def decode_line(number: int, raw: bytes, file: str, errors: IssueLog) -> str | N
         return None
 
 
-def validate_split(path: Path, split: SplitSummary, errors: IssueLog, warnings: IssueLog,
+def validate_split(source: Path | IO[bytes], split: SplitSummary, errors: IssueLog, warnings: IssueLog,
                    mask_prompt: bool = False, keys: FeatureKeys = DEFAULT_KEYS) -> None:
-    """Stream one split file, filling `split` (examples, format) and logging its problems."""
+    """Stream one split file (a path, or a handle already open), filling `split` (examples, format) and logging
+    its problems."""
     file = split.file
     first_format_line = 0
     family: str | None = None
     saw_tools = False
-    for number, raw in numbered_lines(path):
+    for number, raw in numbered_lines(source):
         if number == 1 and raw.startswith(UTF16_BOMS):
             errors.add(Issue(file, None, None, "is UTF-16 encoded: save it as UTF-8 (one JSON object per line)"))
             return
@@ -352,22 +361,31 @@ def validate_split(path: Path, split: SplitSummary, errors: IssueLog, warnings: 
 
 
 def validate_dataset(folder: Path, mask_prompt: bool = False, keep: int = SHOWN_ERRORS,
-                     keys: FeatureKeys = DEFAULT_KEYS) -> ValidationReport:
-    """Check every line of train/valid/test.jsonl in `folder`; train and valid are required."""
+                     keys: FeatureKeys = DEFAULT_KEYS, roots: Sequence[Path] | None = None) -> ValidationReport:
+    """Check every line of train/valid/test.jsonl in `folder`; train and valid are required.
+
+    `roots`: the folders the split files may lead into, links resolved (app/paths.data_roots); None: the folder
+    itself. A file linking out of them is an error naming the link, and nothing of it is read or counted.
+    """
     errors, warnings = IssueLog(keep), IssueLog(keep)
     report = ValidationReport(str(folder), {name: SplitSummary(name) for name in SPLITS}, errors, warnings)
     if not folder.is_dir():
         errors.add(Issue(str(folder), None, None, "does not exist or is not a folder"))
         return report
     for name, split in report.splits.items():
-        path = folder / split.file
-        if not path.is_file():
+        try:
+            handle = open_confined(folder / split.file, [folder] if roots is None else roots)
+        except PathNotAllowed as exc:
+            errors.add(Issue(split.file, None, None, str(exc)))
+            continue
+        except OSError:  # absent, a folder, not a regular file
             if name in REQUIRED_SPLITS:
                 hint = _near_miss(folder, name)
                 errors.add(Issue(split.file, None, None, f"is missing: {REQUIRED_SPLITS[name]}{hint}"))
             continue
-        split.present, split.size_bytes = True, path.stat().st_size
-        validate_split(path, split, errors, warnings, mask_prompt, keys)
+        with handle:
+            split.present, split.size_bytes = True, os.fstat(handle.fileno()).st_size
+            validate_split(handle, split, errors, warnings, mask_prompt, keys)
         if split.size_bytes == 0:
             errors.add(Issue(split.file, None, None, "is empty: it has no examples"))
     _check_across_splits(report, mask_prompt)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
+from app.paths import data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
@@ -56,7 +57,9 @@ def validate_config(payload: dict[str, Any], settings: SettingsDep, session: Ses
             for err in exc.errors(include_url=False)
         ]
         raise HTTPException(422, detail=errors) from None
-    for key, problem in (("data", dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session)),
+    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session,
+                                   data_roots(settings))
+    for key, problem in (("data", data_problem),
                          ("resume_from", resume_problem(session, settings, config))):
         if problem:
             raise HTTPException(422, detail=[{"loc": ["body", key], "msg": problem, "type": "value_error"}])

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlmodel import Session
 
 from app.catalog.info import model_choices
-from app.datasets.preview import build_preview, model_options
+from app.datasets.preview import Preview, build_preview, model_options
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
 from app.datasets.upload import UploadError, receive_dataset_upload
 from app.datasets.validation import validate_dataset
@@ -44,6 +44,12 @@ def preview_model(model: str, settings: Settings) -> str:
         return str(confine(model, model_roots(settings), "model folder", MODEL_DIRS_SETTING))
     except PathNotAllowed as exc:
         raise HTTPException(422, detail=str(exc)) from None
+
+
+def preview_of(folder: Path, fmt: str | None, model: str, mask_prompt: bool, settings: Settings) -> Preview:
+    """The preview, its files confined to the data folders and the model folders."""
+    return build_preview(folder, fmt, model, mask_prompt, data_roots=data_roots(settings),
+                         model_roots=model_roots(settings))
 
 
 # ---------- pages ----------
@@ -103,12 +109,12 @@ def dataset_page(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: DatasetId,
     model: str = "", mask_prompt: bool = False,
 ) -> Response:
-    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
-    report = validate_dataset(Path(dataset.path))
+    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id), data_roots(settings))
+    report = validate_dataset(Path(dataset.path), roots=data_roots(settings))
     model = preview_model(model, settings)
     models = model_options(model_choices(settings), str(settings.default_model_dir), model)
     context = {"dataset": dataset, "dataset_path": dataset.path, "report": report,
-               "preview": build_preview(Path(dataset.path), report.format, model, mask_prompt),
+               "preview": preview_of(Path(dataset.path), report.format, model, mask_prompt, settings),
                "models": models, "model": model, "mask_prompt": mask_prompt}
     return templates.TemplateResponse(request, "dataset.html", context)
 
@@ -120,8 +126,8 @@ def dataset_preview(
 ) -> Response:
     dataset = get_dataset_or_404(session, dataset_id)
     model = preview_model(model, settings)
-    context = {"dataset": dataset, "preview": build_preview(Path(dataset.path), dataset.format, model, mask_prompt),
-               "mask_prompt": mask_prompt}
+    context = {"dataset": dataset, "preview": preview_of(Path(dataset.path), dataset.format, model, mask_prompt,
+                                                         settings), "mask_prompt": mask_prompt}
     return templates.TemplateResponse(request, "_dataset_preview.html", context)
 
 
@@ -185,11 +191,12 @@ def api_validate_folder(
         folder = confine(folder, data_roots(settings), "dataset folder", DATA_DIRS_SETTING)
     except PathNotAllowed as exc:
         raise HTTPException(422, detail=[{"loc": ["query", "path"], "msg": str(exc), "type": "value_error"}]) from None
-    return validate_dataset(folder, mask_prompt=mask_prompt).as_dict()
+    return validate_dataset(folder, mask_prompt=mask_prompt, roots=data_roots(settings)).as_dict()
 
 
 @router.get("/api/datasets/{dataset_id}", tags=["datasets"], responses=problems(404, 422))
-def api_get_dataset(session: SessionDep, dataset_id: DatasetId) -> dict[str, Any]:
+def api_get_dataset(session: SessionDep, settings: SettingsDep, dataset_id: DatasetId) -> dict[str, Any]:
     """A registered dataset, checked again now: counts, format, file sizes and the validation result."""
-    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id))
-    return {**dataset_json(dataset), "validation": validate_dataset(Path(dataset.path)).as_dict()}
+    roots = data_roots(settings)
+    dataset = refresh_dataset(session, get_dataset_or_404(session, dataset_id), roots)
+    return {**dataset_json(dataset), "validation": validate_dataset(Path(dataset.path), roots=roots).as_dict()}

@@ -16,6 +16,7 @@ from app.catalog.info import model_choices
 from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
+from app.paths import data_roots
 from app.routes.params import bounded_query
 from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
@@ -68,7 +69,8 @@ def check_form(form: dict[str, str], session: Session, settings: Settings) -> Fo
         warnings = config_warnings(config, gather_facts(config, settings))
         check.warnings = [w for w in warnings if w.field not in check.errors]
         return check
-    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session)
+    data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session,
+                                   data_roots(settings))
     for key, problem_text in (("data", data_problem),
                               ("resume_from.run_id", resume_problem(session, settings, config))):
         if problem_text:
