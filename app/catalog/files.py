@@ -2,6 +2,9 @@
 
 A safetensors file starts with an 8-byte little-endian header length, then a JSON
 header naming every tensor's dtype, shape and byte range; only that header is read.
+
+Every file is opened once through app/confinement.open_confined, within `roots` (the folders models may be
+read from, and the model folder itself): a file linking out of them is refused with a sentence naming it.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import json
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from app.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",
@@ -43,16 +48,29 @@ def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return cache / "huggingface" / "hub"
 
 
-def folder_size(folder: Path) -> int:
-    """Bytes of every file under a folder (links followed: hub snapshots link into blobs/)."""
+def folder_size(folder: Path, roots: Sequence[Path] | None = None) -> int:
+    """Bytes of every file under a folder (links followed: hub snapshots link into blobs/); a file whose link
+    leads out of `roots` (None: the folder itself) is not counted."""
+    allowed = allowed_folders([folder] if roots is None else roots)
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
+            real = os.path.realpath(Path(root) / name)
+            if not is_inside(real, allowed):
+                continue
             try:
-                total += (Path(root) / name).stat().st_size
+                total += os.stat(real).st_size
             except OSError:
                 continue
     return total
+
+
+def _confined(path: Path, roots: Sequence[Path] | None) -> Any:
+    """open_confined within `roots` (None: the file's folder), a refusal said as a ModelInfoError."""
+    try:
+        return open_confined(path, [path.parent] if roots is None else roots)
+    except PathNotAllowed as exc:
+        raise ModelInfoError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -68,11 +86,12 @@ class Tensor:
         return count
 
 
-def read_safetensors_header(path: Path) -> dict[str, Tensor]:
-    """Tensor name -> dtype and shape, from the header alone; a clear error for a broken or truncated file."""
+def read_safetensors_header(path: Path, roots: Sequence[Path] | None = None) -> dict[str, Tensor]:
+    """Tensor name -> dtype and shape, from the header alone; a clear error for a broken or truncated file, or
+    one linking out of `roots` (None: its own folder)."""
     try:
-        file_size = path.stat().st_size
-        with path.open("rb") as handle:
+        with _confined(path, roots) as handle:
+            file_size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
             if len(head) < 8:
                 raise ModelInfoError(f"{path} is not a safetensors file: {file_size} bytes, shorter than the "
@@ -105,13 +124,17 @@ def read_safetensors_header(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def read_config(folder: Path) -> dict[str, Any]:
+def read_config(folder: Path, roots: Sequence[Path] | None = None) -> dict[str, Any]:
+    """config.json of a model folder, read within `roots` (None: the folder itself)."""
     path = folder / "config.json"
-    if not path.is_file():
-        raise ModelInfoError(f"{folder} has no config.json, so it is not a model folder mlx-lm can load "
-                             "(expected config.json and model*.safetensors)")
     try:
-        config = json.loads(path.read_text())
+        with _confined(path, [folder] if roots is None else roots) as handle:
+            config = json.loads(handle.read())
+    except ModelInfoError:
+        raise
+    except OSError:
+        raise ModelInfoError(f"{folder} has no config.json, so it is not a model folder mlx-lm can load "
+                             "(expected config.json and model*.safetensors)") from None
     except ValueError as exc:
         raise ModelInfoError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
@@ -119,16 +142,22 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def read_weights(folder: Path) -> tuple[dict[str, Tensor], list[Path]]:
-    """Every tensor of model*.safetensors (as mlx-lm globs them); shards the index names must all be there."""
+def read_weights(folder: Path, roots: Sequence[Path] | None = None) -> tuple[dict[str, Tensor], list[Path]]:
+    """Every tensor of model*.safetensors (as mlx-lm globs them); shards the index names must all be there. Files
+    are read within `roots` (None: the folder itself)."""
+    allowed = [folder] if roots is None else roots
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
+    if index.is_file() or index.is_symlink():
         try:
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            with _confined(index, allowed) as handle:
+                weight_map = json.loads(handle.read()).get("weight_map", {})
+        except ModelInfoError:
+            raise
         except (ValueError, AttributeError) as exc:
             raise ModelInfoError(f"{index} is not a valid safetensors index: {exc}") from None
+        inside = allowed_folders(allowed)
         for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).is_file():
+            if not (folder / shard).is_file() or not is_inside(os.path.realpath(folder / shard), inside):
                 raise ModelInfoError(f"{index.name} lists {shard}, which is missing from {folder} "
                                      "(an incomplete download?)")
     files = sorted(folder.glob("model*.safetensors"))
@@ -136,7 +165,7 @@ def read_weights(folder: Path) -> tuple[dict[str, Tensor], list[Path]]:
         raise ModelInfoError(f"{folder} has no model*.safetensors weights (mlx-lm loads safetensors only)")
     tensors: dict[str, Tensor] = {}
     for path in files:
-        tensors.update(read_safetensors_header(path))
+        tensors.update(read_safetensors_header(path, allowed))
     return tensors, files
 
 

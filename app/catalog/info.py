@@ -5,6 +5,8 @@ safetensors headers are read (app/catalog/files.py), so a 7B model is described 
 milliseconds. The trainable count follows mlx-lm's own rules (tuner/utils.py
 linear_to_lora_layers, tuner/lora.py and tuner/dora.py shapes, full fine-tuning
 unfreezing whole layers) as loraboard's trainer applies them.
+Every file is read within the folders models may be read from (app/paths.model_roots) or the model folder
+itself: a file linking out of them is refused, and nothing of it is described.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from app.catalog.files import (
     read_config,
     read_weights,
 )
+from app.confinement import PathNotAllowed, confine_tree, read_confined_bytes, unlinked_folder
+from app.paths import model_roots
 from app.runs.config import looks_like_path, resolve_model
 from app.settings import Settings
 
@@ -46,15 +50,16 @@ def _visible_dirs(folder: Path) -> list[Path]:
         return []
 
 
-def _choice(name: str, model: str, source: str, folder: Path, revision: str | None = None,
+def _choice(name: str, model: str, source: str, folder: Path, roots: list[Path], revision: str | None = None,
             origin: str | None = None) -> dict[str, Any]:
+    """One picker entry; its files read within `roots` (a file linking out of them says nothing)."""
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
-    except (OSError, ValueError, AttributeError):
+        model_type = json.loads(read_confined_bytes(folder / "config.json", roots)).get("model_type", "")
+    except (OSError, ValueError, AttributeError):  # PathNotAllowed is a ValueError: a link out says nothing
         model_type = ""
     return {"name": name, "model": model, "source": source, "path": str(folder), "revision": revision,
-            "model_type": model_type if isinstance(model_type, str) else "", "size_bytes": folder_size(folder),
-            "origin": origin}
+            "model_type": model_type if isinstance(model_type, str) else "",
+            "size_bytes": folder_size(folder, roots), "origin": origin}
 
 
 def hub_snapshot(repo_dir: Path) -> tuple[str, Path] | None:
@@ -78,13 +83,14 @@ def model_choices(settings: Settings, environ: Mapping[str, str] | None = None,
     origins: resolved folder -> where a model loraboard wrote came from ("fused from run 3 @ 40"), from the
     registry (app/models/registry.origins); the choice's `origin` is None for the others."""
     choices: list[dict[str, Any]] = []
+    roots = model_roots(settings, environ)
     root = settings.local_models_dir
     for child in _visible_dirs(root):
         candidates = [child] if (child / "config.json").is_file() else _visible_dirs(child)
         for folder in candidates:
             if (folder / "config.json").is_file():
                 resolved = str(folder.resolve())
-                choices.append(_choice(folder.relative_to(root).as_posix(), resolved, "local", folder,
+                choices.append(_choice(folder.relative_to(root).as_posix(), resolved, "local", folder, roots,
                                        origin=(origins or {}).get(resolved)))
     for repo_dir in _visible_dirs(hf_hub_cache_dir(environ)):
         if not repo_dir.name.startswith("models--"):
@@ -92,7 +98,7 @@ def model_choices(settings: Settings, environ: Mapping[str, str] | None = None,
         snapshot = hub_snapshot(repo_dir)
         if snapshot is not None and (snapshot[1] / "config.json").is_file():
             hub_id = repo_dir.name.removeprefix("models--").replace("--", "/")
-            choices.append(_choice(hub_id, hub_id, "hf-cache", snapshot[1], snapshot[0]))
+            choices.append(_choice(hub_id, hub_id, "hf-cache", snapshot[1], roots, snapshot[0]))
     return choices
 
 
@@ -235,13 +241,22 @@ def _group_modules(tensors: dict[str, Tensor], config: dict[str, Any]) -> tuple[
 
 
 def model_info(model: str, settings: Settings, environ: Mapping[str, str] | None = None) -> ModelInfo:
-    """What a model is: architecture, sizes, parameters, dtype and quantization, from its files alone."""
+    """What a model is: architecture, sizes, parameters, dtype and quantization, from its files alone.
+
+    Its files must lie, links resolved, in the folders models may be read from or in the model folder itself
+    (when no link leads to it: a path given over HTTP was confined to those folders before); a file linking out
+    is a ModelInfoError naming it (as the worker refuses it before loading)."""
     folder, source, revision = locate_model(model, settings, environ)
-    config = read_config(folder)
-    tensors, files = read_weights(folder)
+    roots = [*model_roots(settings, environ), *unlinked_folder(folder)]
+    try:
+        confine_tree(folder, roots)
+    except PathNotAllowed as exc:
+        raise ModelInfoError(str(exc)) from None
+    config = read_config(folder, roots)
+    tensors, files = read_weights(folder, roots)
     layers, top = _group_modules(tensors, config)
     return ModelInfo(model.strip() or str(folder), folder, source, revision, config, layers, top, len(files),
-                     folder_size(folder))
+                     folder_size(folder, roots))
 
 
 def format_millions(count: int) -> str:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from app.confinement import PathNotAllowed, confine_tree
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.archive import stream_tar
 from app.models.registry import NAME, registered, row_json
@@ -26,6 +27,7 @@ from app.models.requests import (
     start_quantize,
 )
 from app.models.view import checkpoint_context, fuse_context, models_context
+from app.paths import model_roots
 from app.routes.params import Iteration, RunId, content, problems, run_or_404
 from app.runs.checkpoints import find_checkpoint
 from app.tables import Checkpoint, Run
@@ -106,7 +108,11 @@ def get_archive(name: ModelName, settings: SettingsDep) -> StreamingResponse:
     if not (folder / "config.json").is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model folder {name} under "
                                                               f"{settings.local_models_dir}")
-    return StreamingResponse(stream_tar(folder, name), media_type="application/x-tar",
+    try:  # a file linking out is refused before the stream starts (open_confined judges each file again)
+        confine_tree(folder, model_roots(settings))
+    except PathNotAllowed as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    return StreamingResponse(stream_tar(folder, name, model_roots(settings)), media_type="application/x-tar",
                              headers={"Content-Disposition": f'attachment; filename="{name}.tar"'})
 
 
