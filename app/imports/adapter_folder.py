@@ -2,17 +2,22 @@
 
 mlx_lm writes `adapter_config.json` (its parsed arguments), `{iteration:07d}_adapters.safetensors` at every
 `save_every` steps and `adapters.safetensors` (the latest weights: overwritten at each save and at the end).
+Every file is opened once through app/confinement.open_confined, within `roots` (the folders an import may read
+from): a file linking out of them is an ImportProblem naming it, and nothing of it is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.paths import file_sha256
+from app.confinement import PathNotAllowed, open_confined
 
 CONFIG_FILE = "adapter_config.json"
 IMPORTED_BACKEND = "mlx_lm CLI (imported)"  # the backend an imported run names
@@ -44,17 +49,34 @@ class AdapterFolder:
     final: AdapterFile | None  # adapters.safetensors, its iteration still to be decided (0 here)
 
 
-def _adapter_file(path: Path, iteration: int) -> AdapterFile:
-    return AdapterFile(iteration, path, path.stat().st_size, file_sha256(path))
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ImportProblem(f"{path} does not exist: an mlx_lm adapter folder holds {CONFIG_FILE} "
-                            "(mlx_lm lora --train writes it first)")
+def open_file(path: Path, roots: Sequence[Path] | None) -> Any:
+    """open_confined within `roots` (None: the file's folder); a link out of them is an ImportProblem."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return open_confined(path, [path.parent] if roots is None else roots)
+    except PathNotAllowed as exc:
+        raise ImportProblem(str(exc)) from None
+
+
+def _adapter_file(path: Path, iteration: int, roots: Sequence[Path] | None = None) -> AdapterFile:
+    """Size and sha256 of one adapter file, read from one confined handle."""
+    digest = hashlib.sha256()
+    with open_file(path, roots) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return AdapterFile(iteration, path, size, digest.hexdigest())
+
+
+def read_config(folder: Path, roots: Sequence[Path] | None = None) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    try:
+        with open_file(path, [folder] if roots is None else roots) as handle:
+            raw = handle.read()
+    except OSError:
+        raise ImportProblem(f"{path} does not exist: an mlx_lm adapter folder holds {CONFIG_FILE} "
+                            "(mlx_lm lora --train writes it first)") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ImportProblem(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -64,20 +86,21 @@ def read_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def read_folder(folder: Path) -> AdapterFolder:
+def read_folder(folder: Path, roots: Sequence[Path] | None = None) -> AdapterFolder:
     """The folder's config and adapter files (sizes and sha256 read now); an ImportProblem naming the file
-    otherwise."""
+    otherwise. `roots`: the folders its files may lead into, links resolved (None: the folder itself)."""
     if not folder.is_dir():
         raise ImportProblem(f"{folder} is not a folder: give the adapter folder mlx_lm lora wrote (--adapter-path)")
-    config = read_config(folder)
+    allowed = [folder] if roots is None else roots
+    config = read_config(folder, allowed)
     checkpoints = []
     for path in sorted(folder.iterdir()):
         found = NUMBERED.match(path.name)
-        if found and path.is_file():
-            checkpoints.append(_adapter_file(path, int(found[1])))
+        if found and (path.is_file() or path.is_symlink()):
+            checkpoints.append(_adapter_file(path, int(found[1]), allowed))
     checkpoints.sort(key=lambda c: c.iteration)
     final_path = folder / FINAL_FILE
-    final = _adapter_file(final_path, 0) if final_path.is_file() else None
+    final = _adapter_file(final_path, 0, allowed) if final_path.is_file() or final_path.is_symlink() else None
     if not checkpoints and final is None:
         raise ImportProblem(f"{folder} holds no adapter weights: neither {FINAL_FILE} nor "
                             "NNNNNNN_adapters.safetensors files")

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert
 from sqlmodel import Session
 
+from app.confinement import confine_file
 from app.imports.adapter_folder import (
     CONFIG_FILE,
     IMPORTED_BACKEND,
@@ -32,6 +33,7 @@ from app.imports.adapter_folder import (
     ImportProblem,
     cli_cwd,
     final_iteration,
+    open_file,
     read_folder,
     resolve_relative,
 )
@@ -130,12 +132,17 @@ def learning_rate_at(config: RunConfig, iteration: int) -> float:
 # The log ------------------------------------------------------------------------------------------------
 
 
-def read_log(path: Path) -> ParsedLog:
-    if not path.is_file():
-        raise ImportProblem(f"log {path} does not exist (or is not a file)")
-    if path.stat().st_size > MAX_LOG_BYTES:
-        raise ImportProblem(f"log {path} is larger than {MAX_LOG_BYTES:,} bytes: not an mlx_lm lora log")
-    log = parse_log(path.read_text(encoding="utf-8", errors="replace"))
+def read_log(path: Path, roots: list[Path] | None = None) -> ParsedLog:
+    """The log parsed, read from one handle within `roots` (None: its folder); a link out is refused."""
+    try:
+        handle = open_file(path, roots)
+    except OSError:
+        raise ImportProblem(f"log {path} does not exist (or is not a file)") from None
+    with handle:
+        if os.fstat(handle.fileno()).st_size > MAX_LOG_BYTES:
+            raise ImportProblem(f"log {path} is larger than {MAX_LOG_BYTES:,} bytes: not an mlx_lm lora log")
+        text = handle.read(MAX_LOG_BYTES + 1).decode("utf-8", errors="replace")
+    log = parse_log(text)
     if not log.usable:
         where = f"; the first unrecognised one is line {log.first_unrecognised}" if log.first_unrecognised else ""
         raise ImportProblem(f"log {path} gives no train or validation report of mlx_lm lora ('Iter N: Train loss "
@@ -161,10 +168,10 @@ def missing_columns(log: ParsedLog) -> list[str]:
 # The files ----------------------------------------------------------------------------------------------
 
 
-def _copy_hashed(source: Path, target: Path) -> str:
-    """Copy source to target (fsynced), returning the sha256 of what was written."""
+def _copy_hashed(source: Path, target: Path, roots: list[Path]) -> str:
+    """Copy source (opened once within `roots`) to target (fsynced), returning the sha256 of what was written."""
     digest = hashlib.sha256()
-    with source.open("rb") as src, target.open("wb") as dst:
+    with open_file(source, roots) as src, target.open("wb") as dst:
         for block in iter(lambda: src.read(1 << 20), b""):
             digest.update(block)
             dst.write(block)
@@ -173,24 +180,34 @@ def _copy_hashed(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
+def _link_target(source: Path, roots: list[Path]) -> Path:
+    """Where a link to `source` points: its resolved path, refused when that leads out of `roots`."""
+    try:
+        return confine_file(source, roots)
+    except PathNotAllowed as exc:
+        raise ImportProblem(str(exc)) from None
+
+
 def place_files(temp: Path, planned: list[tuple[int, AdapterFile]], folder: Path, log: Path | None,
-                copy: bool) -> dict[int, str]:
+                copy: bool, roots: list[Path] | None = None) -> dict[int, str]:
     """Checkpoint files (and adapter_config.json, the log) into `temp` under loraboard's names, copied or
-    linked; returns the sha256 per iteration of what the run holds."""
+    linked, each within `roots` (None: the adapter folder); returns the sha256 per iteration of what the run
+    holds."""
+    allowed = [folder] if roots is None else roots
     hashes: dict[int, str] = {}
     for iteration, source in planned:
         target = temp / f"{iteration:07d}_adapters.safetensors"
         if copy:
-            hashes[iteration] = _copy_hashed(source.path, target)
+            hashes[iteration] = _copy_hashed(source.path, target, allowed)
         else:
-            target.symlink_to(source.path.resolve())
+            target.symlink_to(_link_target(source.path, allowed))
             hashes[iteration] = source.sha256
     extras = [(folder / CONFIG_FILE, temp / CONFIG_FILE)] + ([(log, temp / LOG_COPY)] if log is not None else [])
     for source_path, target in extras:
         if copy:
-            shutil.copyfile(source_path, target)
+            _copy_hashed(source_path, target, allowed)
         else:
-            target.symlink_to(source_path.resolve())
+            target.symlink_to(_link_target(source_path, allowed))
     return hashes
 
 
@@ -243,8 +260,8 @@ def import_run(session: Session, settings: Settings, adapter_dir: str, log: str 
     log_path = confined(settings, log, "log") if log is not None and log.strip() else None
     remove_stale_temps(settings.adapters_dir)
     try:
-        adapters = read_folder(folder)
-        parsed = read_log(log_path) if log_path is not None else None
+        adapters = read_folder(folder, import_roots(settings))
+        parsed = read_log(log_path, import_roots(settings)) if log_path is not None else None
     except OSError as exc:  # unreadable files, names too long: the request's fault, said as such
         raise ImportProblem(f"{exc.filename or folder}: {exc.strerror or exc}") from None
     run_name = (name or "").strip() or folder.name
@@ -260,7 +277,7 @@ def import_run(session: Session, settings: Settings, adapter_dir: str, log: str 
     temp.mkdir()
     final_dir: Path | None = None
     try:
-        hashes = place_files(temp, planned, folder, log_path, copy)
+        hashes = place_files(temp, planned, folder, log_path, copy, import_roots(settings))
         now = utcnow()
         run = Run(name=run_name, status=RunStatus.completed.value, config_json=config.model_dump_json(),
                   created_at=now, started_at=_mtime(folder / CONFIG_FILE),

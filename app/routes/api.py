@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
-from app.paths import data_roots
+from app.paths import PathNotAllowed, data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
@@ -222,6 +222,8 @@ def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: RunI
         payload = adapter_zip(settings, run, ckpt)
     except FileNotFoundError as exc:
         raise HTTPException(status.HTTP_410_GONE, detail=f"checkpoint file is missing: {exc.filename}") from None
+    except PathNotAllowed as exc:
+        raise HTTPException(422, detail=str(exc)) from None
     filename = f"run-{run_id}-iter-{iteration:07d}-adapter.zip"
     return Response(payload, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
+import time
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
-from app.paths import checkpoint_files, run_dir
+from app.confinement import open_confined
+from app.paths import checkpoint_files, run_dir, run_file_roots
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.downsample import lttb
 from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
@@ -270,16 +274,29 @@ def progress_view(run: Run) -> dict[str, Any]:
     }
 
 
+def add_confined(archive: zipfile.ZipFile, path: Path, name: str, roots: list[Path]) -> None:
+    """One file into the zip, read from one handle opened within `roots` (an imported run's files are links to
+    its adapter folder: one swapped for a link out of the folders loraboard reads is PathNotAllowed)."""
+    with open_confined(path, roots) as source:
+        stat = os.fstat(source.fileno())
+        info = zipfile.ZipInfo(name, date_time=time.localtime(stat.st_mtime)[:6])
+        info.file_size = stat.st_size
+        with archive.open(info, "w", force_zip64=stat.st_size > 0x7FFFFFFF) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
 def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
-    """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready."""
+    """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready; PathNotAllowed
+    when one of them leads out of the folders a run's files may lie in (app/paths.run_file_roots)."""
     assert run.id is not None
     folder = run_dir(settings, run.id)
     weights = folder / ckpt.filename
     config = folder / "adapter_config.json"
     buffer = io.BytesIO()
+    roots = run_file_roots(settings)
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.write(weights, "adapters.safetensors")
-        archive.write(config, "adapter_config.json")
+        add_confined(archive, weights, "adapters.safetensors", roots)
+        add_confined(archive, config, "adapter_config.json", roots)
         archive.writestr(
             "loraboard.json",
             json.dumps({"run_id": run.id, "run_name": run.name, "iteration": ckpt.iteration,
