@@ -29,7 +29,9 @@ import numpy as np
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 
+from app.confinement import confine_file
 from app.evaluation.answers import task_result
+from app.paths import data_roots, run_file_roots
 from app.runs.config import FEATURE_KEYS, RunConfig
 from worker.job import JobContext, JobInputError, JobStopped
 from worker.reporting import connect, now_text
@@ -124,11 +126,13 @@ def write_measurement(db_path: Path, job_id: int, run_id: int, split: str, mask_
         conn.close()
 
 
-def load_split(path: Path, tokenizer: Any, config: RunConfig) -> tuple[list[dict[str, Any]], CacheDataset]:
-    """The split's examples, and mlx-lm's dataset of them as the trainer (and `mlx_lm lora --test`) builds it."""
-    if not path.is_file():
+def load_split(path: Path, tokenizer: Any, config: RunConfig,
+               roots: list[Path] | None = None) -> tuple[list[dict[str, Any]], CacheDataset]:
+    """The split's examples, and mlx-lm's dataset of them as the trainer (and `mlx_lm lora --test`) builds it;
+    the file read within `roots` (the data folders; None: its own folder)."""
+    if not path.is_file() and not path.is_symlink():
         raise JobInputError(f"{path} does not exist")
-    examples = read_split(path)
+    examples = read_split(path, roots)
     if not examples:
         raise DatasetFileError(f"{path} is empty")
     features = {key: getattr(config, key) for key in FEATURE_KEYS if getattr(config, key) is not None}
@@ -217,10 +221,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
     from worker.loading import attach_adapters, load_model
 
     started = time.perf_counter()
-    model, tokenizer, _dtype = load_model(config)
+    model, tokenizer, _dtype = load_model(config, ctx.settings)
     load_s = time.perf_counter() - started
     ctx.detail = f"reading {params['split']}.jsonl"
-    examples, dataset = load_split(Path(params["data"]) / f"{params['split']}.jsonl", tokenizer, config)
+    examples, dataset = load_split(Path(params["data"]) / f"{params['split']}.jsonl", tokenizer, config,
+                                   data_roots(ctx.settings))
     batches = loss_batches(len(dataset), config.batch_size, int(params["batches"]))
     if batches < 1:
         raise JobInputError(f"{params['split']}.jsonl has {len(dataset)} examples, fewer than one batch of "
@@ -245,7 +250,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
                 if not attached:
                     attach_adapters(model, config)
                     attached = True
-                model.load_weights(str(path), strict=False)
+                model.load_weights(str(confine_file(path, run_file_roots(ctx.settings))), strict=False)
                 measured = evaluator.measure(iteration, position)
             except (JobStopped, JobInputError):
                 raise

@@ -1,5 +1,10 @@
 """Loading a run's model and data, and fitting its adapters, as mlx_lm's trainer does (training and evaluation
 share these). Imports mlx: only in a worker process, after worker.blas.route_blas.
+
+mlx-lm and transformers open the model's and the data's files by path, so just before each is handed over its
+files are confined (app/paths.confine_model_files, confine_data_files): a file linking out of the folders
+loraboard reads fails the run with a sentence naming it, before anything is read. A link swapped in after that
+check and before their own open is still followed (the window app/confinement.py describes).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load
 
+from app.paths import confine_data_files, confine_model_files
 from app.runs.config import FEATURE_KEYS, RunConfig
+from app.settings import Settings
 
 
 def floating_dtype(model: nn.Module) -> str:
@@ -28,8 +35,10 @@ def floating_dtype(model: nn.Module) -> str:
     return max(counts, key=lambda name: counts[name]) if counts else "unknown"
 
 
-def load_model(config: RunConfig) -> tuple[nn.Module, Any, str]:
-    """The model, its tokenizer, and the dtype it trains in (said the way the run page shows it)."""
+def load_model(config: RunConfig, settings: Settings | None = None) -> tuple[nn.Module, Any, str]:
+    """The model, its tokenizer, and the dtype it trains in (said the way the run page shows it). `settings`
+    (default: the worker's environment) say which folders its files may lie in."""
+    confine_model_files(config.model, settings or Settings())
     trust = config.trust_remote_code
     model, tokenizer = load(config.model, tokenizer_config={"trust_remote_code": trust}, trust_remote_code=trust)
     stored = floating_dtype(model)
@@ -46,8 +55,10 @@ class Datasets:
     test: CacheDataset | None
 
 
-def load_data(config: RunConfig, tokenizer: Any) -> Datasets:
-    """The run's splits as mlx_lm reads them (its feature keys, prompt masking; test.jsonl only for `test`)."""
+def load_data(config: RunConfig, tokenizer: Any, settings: Settings | None = None) -> Datasets:
+    """The run's splits as mlx_lm reads them (its feature keys, prompt masking; test.jsonl only for `test`);
+    `settings` (default: the worker's environment) say which folders the split files may lie in."""
+    confine_data_files(config.data, settings or Settings())
     features = {key: getattr(config, key) for key in FEATURE_KEYS if getattr(config, key) is not None}
     args = SimpleNamespace(data=config.data, train=True, test=config.test, mask_prompt=config.mask_prompt, **features)
     train_set, valid_set, test_set = load_dataset(args, tokenizer)

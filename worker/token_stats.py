@@ -13,13 +13,17 @@ distinct length with its count.
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from app.confinement import PathNotAllowed, open_confined
+from app.paths import confine_model_files, data_roots
+from app.settings import Settings
 from worker.job import JobContext, JobInputError
 
 SPLITS = ("train", "valid", "test")
@@ -36,10 +40,11 @@ class TokenizerError(JobInputError, RuntimeError):
     """The model's tokenizer cannot be loaded."""
 
 
-def read_split(path: Path) -> list[dict[str, Any]]:
-    """Every line of a JSONL split as mlx-lm reads it (each line one JSON object), with line-exact errors."""
+def read_split(path: Path, roots: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+    """Every line of a JSONL split as mlx-lm reads it (each line one JSON object), with line-exact errors; the file
+    opened once within `roots` (the data folders; None: its own folder), a link out of them refused unread."""
     examples = []
-    with path.open(encoding="utf-8") as handle:
+    with io.TextIOWrapper(open_confined(path, [path.parent] if roots is None else roots), encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 example = json.loads(line)
@@ -67,12 +72,14 @@ def model_folder(model: str) -> Path:
     return Path(snapshot_download(model, allow_patterns=TOKENIZER_FILES))
 
 
-def load_tokenizer(model: str) -> Any:
-    """The TokenizerWrapper mlx_lm.utils.load would return for this model."""
+def load_tokenizer(model: str, settings: Settings | None = None) -> Any:
+    """The TokenizerWrapper mlx_lm.utils.load would return for this model (a local folder's files confined to the
+    model folders first)."""
     from mlx_lm.utils import load_config
     from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
 
     folder = model_folder(model)
+    confine_model_files(folder, settings or Settings())
     return mlx_load_tokenizer(folder, eos_token_ids=load_config(folder).get("eos_token_id"))
 
 
@@ -113,13 +120,14 @@ def compute(dataset_dir: Path, model: str, ctx: JobContext) -> dict[str, Any]:
     """The job's result: per split, the number of examples and their length counts."""
     if not (dataset_dir / "train.jsonl").is_file():
         raise FileNotFoundError(f"data folder {dataset_dir} has no train.jsonl")
-    splits = {name: read_split(dataset_dir / f"{name}.jsonl") for name in SPLITS
-              if (dataset_dir / f"{name}.jsonl").is_file()}
+    roots = data_roots(ctx.settings)
+    splits = {name: read_split(dataset_dir / f"{name}.jsonl", roots) for name in SPLITS
+              if (dataset_dir / f"{name}.jsonl").is_file() or (dataset_dir / f"{name}.jsonl").is_symlink()}
     ctx.set_total(sum(len(examples) for examples in splits.values()), "examples")
     ctx.check_stop()
     try:
-        tokenizer = load_tokenizer(model)
-    except FileNotFoundError:
+        tokenizer = load_tokenizer(model, ctx.settings)
+    except (FileNotFoundError, PathNotAllowed):
         raise
     except Exception as exc:
         raise TokenizerError(f"cannot load the tokenizer of {model}: {type(exc).__name__}: {exc}") from exc

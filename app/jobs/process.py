@@ -60,6 +60,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
             "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
             "LORABOARD_DB_UNWRITABLE_LIMIT_S": str(settings.db_unwritable_limit_s),
+            # the folders a worker may read from (app/paths.data_roots, model_roots), as the app judges them
+            "LORABOARD_MODELS_DIR": str(settings.local_models_dir),
+            "LORABOARD_DATASETS_DIR": str(settings.local_datasets_dir),
+            "LORABOARD_ALLOWED_DIRS": settings.allowed_dirs,
+            "LORABOARD_ALLOWED_DATA_DIRS": settings.allowed_data_dirs,
+            "LORABOARD_ALLOWED_MODEL_DIRS": settings.allowed_model_dirs,
             "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
