@@ -22,6 +22,7 @@ from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.body_limit import BodyLimitMiddleware
 from app.db import make_engine
 from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_filters(templates)
     app.state.templates = templates
     app.state.csrf_token = secrets.token_urlsafe(32)  # per server start; pages carry it (templates/base.html)
+    app.add_middleware(BodyLimitMiddleware)  # inside the security checks: a refused request's body is never read
     app.add_middleware(SecurityMiddleware, guard=Guard(
         bind_host=settings.host, port=settings.port, allowed_hosts=parse_hosts(settings.allowed_hosts),
         token=settings.token or None, csrf_token=app.state.csrf_token))
