@@ -6,8 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.body_limit import MAX_BODY_BYTES
 from app.deps import SessionDep, SettingsDep, TemplatesDep
 from app.routes.new_run import check_values, fresh_values, render_form
 from app.routes.new_run import form_context as new_run_context
@@ -39,10 +41,10 @@ def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: RunId) -
 @router.post("/api/configs/parse", tags=["configs"], responses=problems(422), openapi_extra=YAML_BODY)
 async def parse_config(request: Request) -> JSONResponse:
     """YAML text in (the request body) -> {"config": RunConfig, "ignored": [...], "keys": [...]}, or a 422 whose
-    detail lists each problem with its key path, line and column."""
+    detail lists each problem with its key path, line and column. The body is at most MAX_BODY_BYTES (413)."""
     raw = await request.body()
     try:
-        parsed = parse_yaml_config(raw.decode("utf-8"))
+        parsed = await run_in_threadpool(parse_yaml_config, raw.decode("utf-8"))  # parsing is CPU work
     except UnicodeDecodeError as exc:
         problem = YamlProblem("", f"the body is not UTF-8 text (byte {exc.start})")
         return JSONResponse({"detail": [problem.as_json()]}, status_code=422)
@@ -79,7 +81,24 @@ async def import_yaml_into_form(
     current = {k: v for k, v in form.items() if isinstance(v, str) and k != "yaml_text"}
     text, source = "", ""
     try:
-        text, source = await _yaml_from_form(form, settings.max_upload_mb * 1024 * 1024)
+        text, source = await _yaml_from_form(form, MAX_BODY_BYTES)
+    except YamlConfigError as exc:
+        problems: list[YamlProblem] | None = exc.problems
+    else:
+        problems = None
+    # parsing, checking the values (files, perhaps ssh) and rendering are blocking work: off the event loop
+    return await run_in_threadpool(_yaml_into_form, request, session, settings, templates, current, text, source,
+                                   problems)
+
+
+def _yaml_into_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, current: dict[str, Any],
+    text: str, source: str, problems: list[YamlProblem] | None,
+) -> Response:
+    """The form filled from `text`, or as it was with the problems listed."""
+    try:
+        if problems:
+            raise YamlConfigError(problems)
         if not text.strip():
             raise YamlConfigError([YamlProblem("", "paste a YAML config or choose a .yaml file first")])
         parsed = parse_yaml_config(text)

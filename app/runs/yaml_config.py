@@ -25,6 +25,9 @@ MLX_KEYS: tuple[str, ...] = (
     "save_every", "val_batches", "test", "test_batches", "seed", "trust_remote_code", "prompt_feature",
     "completion_feature", "chat_feature", "text_feature",
 )
+MAX_YAML_DEPTH = 20  # mappings and lists inside one another; a run config has at most four or five
+MAX_YAML_NODES = 10_000  # keys, values and list items; a run config has about a hundred
+MAX_PROBLEMS = 50  # listed one by one; past these, one line counts the rest
 OPTIONAL_MLX_KEYS = {"lr_schedule", *FEATURE_KEYS}
 # mlx_lm keys that loraboard decides itself: accepted in a file and reported as ignored.
 IGNORED_KEYS: dict[str, str] = {
@@ -64,6 +67,31 @@ class ConfigLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0  # of the node being composed
+        self.nodes = 0  # composed so far
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """One node, refusing aliases (their expansion is unbounded: a few hundred bytes can stand for billions of
+        values), nesting deeper than MAX_YAML_DEPTH and more than MAX_YAML_NODES nodes, before any is built."""
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            raise YamlConfigError([_at(event.start_mark, f"YAML aliases (*{event.anchor}) are not accepted in a "
+                                       "run config: write the value out in full")])
+        if self.depth >= MAX_YAML_DEPTH:
+            raise YamlConfigError([_at(event.start_mark, f"the YAML is nested too deeply (more than "
+                                       f"{MAX_YAML_DEPTH} levels); a run config needs a few")])
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise YamlConfigError([_at(event.start_mark, f"the YAML has too many values (more than "
+                                       f"{MAX_YAML_NODES:,} keys, values and list items) for a run config")])
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self.depth -= 1
+
 
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _MLX_FLOAT, list("-+0123456789."))
 
@@ -89,6 +117,11 @@ class YamlConfigError(ValueError):
     def __init__(self, problems: list[YamlProblem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+
+
+def _at(mark: yaml.Mark, message: str) -> YamlProblem:
+    """A problem of the whole file at a parser mark (0-based) as a 1-based line and column."""
+    return YamlProblem("", message, mark.line + 1, mark.column + 1)
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,15 @@ def _message(err: Any) -> str:
     return str(err["msg"])
 
 
+def first_problems(problems: list[YamlProblem], limit: int = MAX_PROBLEMS) -> list[YamlProblem]:
+    """At most `limit` problems, then one that counts the rest (a long list item by item helps nobody)."""
+    if len(problems) <= limit:
+        return problems
+    rest = len(problems) - limit
+    return [*problems[:limit], YamlProblem("", f"and {rest:,} more problem{'s' if rest != 1 else ''} "
+                                               "(the first are listed)")]
+
+
 def parse_yaml_config(text: str) -> ParsedConfig:
     """A RunConfig from mlx_lm YAML (loraboard's own keys under `loraboard:`); every problem at once."""
     data, lines = load_yaml(text)
@@ -211,7 +253,7 @@ def parse_yaml_config(text: str) -> ParsedConfig:
         for err in exc.errors(include_url=False):
             problems.append(_problem(_yaml_path(tuple(err["loc"])), _message(err), lines))
     if problems or config is None:
-        raise YamlConfigError(sorted(problems, key=lambda p: p.line or 0))  # in the order of the file
+        raise YamlConfigError(first_problems(sorted(problems, key=lambda p: p.line or 0)))  # in the file's order
     return ParsedConfig(config, ignored, list(payload))
 
 
