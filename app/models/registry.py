@@ -21,7 +21,7 @@ from app.jobs.process import pid_alive
 from app.settings import Settings
 from app.tables import RegisteredModel
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: "$" would let a final newline in
 TEMP = re.compile(r"^\..+\.tmp(?P<pid>\d+)$")  # a fuse or quantize job's folder before its rename
 NAME_RULE = "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
 

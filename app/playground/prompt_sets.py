@@ -21,6 +21,7 @@ from app.playground.requests import (
     write_generations,
 )
 from app.playground.stream import is_ended
+from app.safe_text import check_text
 from app.settings import Settings
 from app.tables import Generation, GenerationColumn, GenerationToken, PromptSet, Run
 
@@ -63,7 +64,7 @@ class PromptSetCreate(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("name is empty: give the prompt set a name")
-        return value
+        return check_text(value, "name")
 
 
 class PromptSetRun(Sampling):

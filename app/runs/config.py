@@ -11,11 +11,12 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.runs.distributed import Distributed
+from app.safe_text import text_problem
 from app.settings import Settings
 
 OptimizerName = Literal["adam", "adamw", "sgd", "adafactor", "muon"]
@@ -299,6 +300,14 @@ class RunConfig(BaseModel):
     distributed: Distributed | None = Field(
         None, description="Train with several processes, on this machine or several hosts, through mlx.launch "
         "(loraboard's own key). Blank: one process.")
+
+    @field_validator("name")
+    @classmethod
+    def _one_line_name(cls, value: str) -> str:
+        problem = text_problem(value, "name")
+        if problem is not None:
+            raise PydanticCustomError("value_error", problem)
+        return value
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:

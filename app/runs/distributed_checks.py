@@ -25,9 +25,9 @@ from app.runs.distributed import Distributed, is_loopback, world_size
 CONNECT_TIMEOUT_S = 5
 CALL_TIMEOUT_S = 20.0
 HOSTFILE_EXAMPLE = '[{"ssh": "mac1.local", "ips": ["192.168.1.10"]}, {"ssh": "mac2.local", "ips": ["192.168.1.11"]}]'
-_HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+@)?[A-Za-z0-9_.:%\[\]-]+$")
-_USER = re.compile(r"^[A-Za-z0-9_.-]+$")
-_PYTHON = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+_HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+@)?[A-Za-z0-9_.:%\[\]-]+\Z")  # \Z: "$" would let a final newline in
+_USER = re.compile(r"^[A-Za-z0-9_.-]+\Z")
+_PYTHON = re.compile(r"^/[A-Za-z0-9_./+-]+\Z")
 
 
 @dataclass(frozen=True)

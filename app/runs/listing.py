@@ -16,6 +16,7 @@ from sqlmodel import Session, SQLModel, col, select
 from app.paths import run_dir
 from app.runs.policy import format_duration
 from app.runs.summary import TrainFigures, ValFigures, improvement, train_figures, val_figures, wall_seconds
+from app.safe_text import text_problem
 from app.settings import Settings
 from app.tables import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
@@ -144,6 +145,9 @@ def clean_name(name: str) -> str:
         raise RunListError("name must not be blank")
     if len(name) > NAME_MAX:
         raise RunListError(f"name is {len(name):,} characters long; at most {NAME_MAX} are allowed")
+    problem = text_problem(name, "name")
+    if problem is not None:
+        raise RunListError(problem)
     return name
 
 
@@ -151,6 +155,9 @@ def clean_notes(notes: str) -> str:
     notes = notes.strip()
     if len(notes) > NOTES_MAX:
         raise RunListError(f"notes are {len(notes):,} characters long; at most {NOTES_MAX:,} are allowed")
+    problem = text_problem(notes, "notes", multiline=True)
+    if problem is not None:
+        raise RunListError(problem)
     return notes
 
 

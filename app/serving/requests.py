@@ -28,7 +28,7 @@ HOST = "127.0.0.1"
 # mlx_lm's server maps this name to the model and adapter it was started with; the model's own path would load
 # the model WITHOUT the adapter (mlx_lm/server.py ModelProvider.load), so this is the name a client must send.
 CLIENT_MODEL = "default_model"
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class ServeParams(BaseModel):
