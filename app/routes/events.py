@@ -1,18 +1,17 @@
-"""Pushed updates for open pages: server-sent events through FastAPI's own `EventSourceResponse`."""
+"""Pushed updates for open pages: server-sent events (app/sse.py frames them and keeps the stream alive)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.routes.params import MAX_ID, RunId, stream_problems
 from app.runs.live import Cursor, CursorError, Segment, StreamTiming, read_segments, resume_cursor, run_event_stream
+from app.sse import EventStream, event_stream
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -44,17 +43,16 @@ async def stream_start(
     return StreamStart(cursor, segments)
 
 
-@router.get("/runs/{run_id}/events", response_class=EventSourceResponse, responses=stream_problems(400, 404, 422))
+@router.get("/runs/{run_id}/events", response_class=EventStream, responses=stream_problems(400, 404, 422))
 async def run_events(
     request: Request,
     run_id: RunId,
     start: Annotated[StreamStart, Depends(stream_start)],
     max_s: float | None = Query(None, gt=0, le=86_400, description="end the stream after so many seconds"),
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """`text/event-stream` of a run: `status` (state, iteration, latest train loss) on every change,
     `metrics` (new train/val points, as in /metrics), then `end` (final state, best checkpoint) once the
     run has ended and every point was sent. Each event's id is the cursor `<train iter>:<val iter>`."""
     stopping: threading.Event | None = getattr(request.app.state, "stopping", None)
-    async for event in run_event_stream(request.app.state.engine, run_id, start.segments, start.cursor,
-                                        StreamTiming(max_s=max_s), stopping):
-        yield event
+    return event_stream(run_event_stream(request.app.state.engine, run_id, start.segments, start.cursor,
+                                         StreamTiming(max_s=max_s), stopping))

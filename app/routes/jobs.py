@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -24,6 +24,7 @@ from app.jobs.jobs import LIVE, check_job, job_json, list_jobs, progress_view
 from app.jobs.kinds import KINDS, describe
 from app.routes.params import JobId, bounded_query, problems, stream_problems
 from app.settings import Settings
+from app.sse import EventStream, event_stream
 from app.status import RunStatus
 from app.tables import Job
 
@@ -112,19 +113,24 @@ def _read(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | N
         return job_json(check_job(session, settings, job)) if job is not None else None
 
 
-@router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=EventSourceResponse,
+@router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=EventStream,
             responses=stream_problems(404, 422))
 async def job_events(
     request: Request, job: JobDep, settings: SettingsDep,
     max_s: Annotated[float | None, Query(gt=0, le=86_400, description="end the stream after so many seconds")]
     = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """`text/event-stream` of one job: `progress` (the job, as in GET /api/jobs/{id}) whenever its status,
     progress or waiting reason changes, then `end` (the job, with its result or error) once it has ended."""
+    assert job.id is not None
+    return event_stream(_job_events(request, settings, job.id, max_s))
+
+
+async def _job_events(
+    request: Request, settings: Settings, job_id: int, max_s: float | None,
+) -> AsyncGenerator[ServerSentEvent, None]:
     engine: Engine = request.app.state.engine
     stopping: threading.Event | None = getattr(request.app.state, "stopping", None)
-    job_id = job.id
-    assert job_id is not None
     deadline = time.monotonic() + max_s if max_s is not None else None
     last: tuple[Any, ...] | None = None
     while True:

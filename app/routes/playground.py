@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, HTTPException, Path, Query, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from fastapi.sse import EventSourceResponse, ServerSentEvent, format_sse_event
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -36,6 +34,7 @@ from app.playground.requests import (
 from app.playground.stream import column_json, columns_of, generation_events, outputs, settle, wait_for_end
 from app.playground.view import EXAMPLE_SPLITS, Example, base_models, column_choices, job_view, read_example, runs_on
 from app.routes.params import MAX_ID, bounded_query, problems, stream_problems
+from app.sse import EventStream, event_stream
 from app.tables import Generation, PromptSet, Run
 
 router = APIRouter()
@@ -76,11 +75,6 @@ def _stopping(request: Request) -> threading.Event | None:
     return getattr(request.app.state, "stopping", None)
 
 
-async def _encoded(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield format_sse_event(data_str=json.dumps(event.data, ensure_ascii=False), event=event.event, id=event.id)
-
-
 # JSON API -------------------------------------------------------------------------------------------------
 
 
@@ -99,8 +93,7 @@ def generate(body: GenerateRequest, request: Request, session: SessionDep, setti
     if body.stream:
         events = generation_events(engine, settings, generation.id, stopping=_stopping(request),
                                    disconnected=request.is_disconnected)
-        return StreamingResponse(_encoded(events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(events)
     ended, columns = wait_for_end(engine, settings, generation.id, _stopping(request))
     if ended.status == "failed":
         raise HTTPException(422, detail=f"generation {ended.id} failed: {ended.error}")
@@ -165,20 +158,19 @@ async def stream_after(
     return after
 
 
-@router.get("/api/generations/{generation_id}/events", tags=["playground"], response_class=EventSourceResponse,
+@router.get("/api/generations/{generation_id}/events", tags=["playground"], response_class=EventStream,
             responses=stream_problems(400, 404, 422))
 async def generation_stream(
     request: Request, generation_id: GenerationId, settings: SettingsDep,
     after: Annotated[int, Depends(stream_after)],
     max_s: Annotated[float | None, Query(gt=0, le=86_400, description="end the stream after so many seconds")]
     = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """`text/event-stream` of one generation: `token`, `column`, `waiting` and `done` events as POST
     /api/generate streams them."""
-    async for event in generation_events(request.app.state.engine, settings, generation_id, after_token=after,
-                                         stopping=_stopping(request), disconnected=request.is_disconnected,
-                                         max_s=max_s):
-        yield event
+    return event_stream(generation_events(request.app.state.engine, settings, generation_id, after_token=after,
+                                          stopping=_stopping(request), disconnected=request.is_disconnected,
+                                          max_s=max_s))
 
 
 @router.post("/api/prompt-sets", tags=["playground"], status_code=201, responses=problems(400, 409, 422))

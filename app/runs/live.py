@@ -2,8 +2,8 @@
 
 Every event carries an `id:` that is the stream's cursor, `<last train iteration sent>:<last val iteration
 sent>` (-1: none yet), so a browser reconnecting with `Last-Event-ID` resumes exactly where it stopped.
-The stream yields `fastapi.sse.ServerSentEvent`s; FastAPI frames them (JSON data, NaN as null) and adds
-its `: ping` keep-alive comments while the stream is idle. The cursor and segment logic is pure; the
+The stream yields `fastapi.sse.ServerSentEvent`s; app/sse.py frames them (JSON data, NaN as null) and adds
+`: ping` keep-alive comments while the stream is idle. The cursor and segment logic is pure; the
 reads open one short session each, off the event loop.
 """
 
