@@ -170,7 +170,7 @@ def model_layer_count(config: RunConfig, settings: Settings) -> tuple[int, Path]
         folder, source, _ = locate_model(config.model, settings)
         if source == "local":
             folder = confine(folder, model_roots(settings), "model folder", MODEL_DIRS_SETTING)
-        model_config = read_model_config(folder)
+        model_config = read_model_config(folder, model_roots(settings))  # a hub snapshot links into blobs/
     except (ModelInfoError, PathNotAllowed, OSError):
         return None
     text = model_config.get("text_config")

@@ -266,7 +266,8 @@ def import_run(session: Session, settings: Settings, adapter_dir: str, log: str 
         raise ImportProblem(f"{exc.filename or folder}: {exc.strerror or exc}") from None
     run_name = (name or "").strip() or folder.name
     config, dropped = config_from_adapter(adapters.config, folder, run_name)
-    check_adapters(adapters, config, settings)  # every file's header and tensors, before anything is written
+    roots = import_roots(settings)  # every file's header and tensors, before anything is written, opened confined
+    check_adapters(adapters, config, settings, lambda path: open_file(path, roots))
     logged = [p.iteration for p in (parsed.train + parsed.val)] if parsed else []
     last_logged = max(logged) if logged else None
     planned = plan_checkpoints(adapters, last_logged)
