@@ -3,14 +3,18 @@ text-direction characters. Each is refused at once, with a sentence that says wh
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import InProcess
 from sqlmodel import Session
 
+from app import json_text
 from app.body_limit import MAX_BODY_BYTES, MAX_JSON_DEPTH, is_json, json_depth
+from app.datasets.validation import validate_dataset
 from app.models.registry import NAME
 from app.runs.distributed_checks import _HOST
 from app.runs.listing import RunListError, clean_name, clean_notes
@@ -169,3 +173,21 @@ def test_names_with_hidden_characters_are_refused_everywhere(shared_app_client: 
                                                        "prompts": [{"prompt": "hello"}]})
     assert prompt_set.status_code == 422 and "name contains a left-to-right embedding character" in prompt_set.text
     assert shared_app_client.get(f"/api/runs/{run_id}")["name"] == "plain"
+
+
+# JSON inside fields and files ---------------------------------------------------------------------------------
+
+
+def test_json_too_deep_in_a_field_or_a_dataset_line_is_an_error_naming_it(
+    shared_app_client: InProcess, tmp_path: Path,
+) -> None:
+    deep = '{"a":' * 5000 + "1" + "}" * 5000  # under 1 MiB, past what Python's JSON reader recurses through
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        json_text.loads(deep)
+    checked = shared_app_client.client.post("/runs/new/check", data={"iters": "10", "optimizer": "adamw",
+                                                                     "optimizer_config": deep})
+    assert checked.status_code == 200 and "not a valid JSON object: nested too deeply" in checked.text  # was a 500
+    (tmp_path / "train.jsonl").write_text(deep + "\n" + '{"text": "hi"}\n')
+    (tmp_path / "valid.jsonl").write_text('{"text": "hi"}\n')
+    report = validate_dataset(tmp_path)
+    assert report.summary().startswith("train.jsonl line 1: is not valid JSON: nested too deeply")

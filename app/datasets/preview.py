@@ -24,6 +24,7 @@ from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from app import json_text
 from app.confinement import PathNotAllowed, open_confined, read_confined_text
 from app.datasets.validation import SPLITS, line_format
 
@@ -263,7 +264,7 @@ def first_examples(path: Path, count: int, roots: Sequence[Path] | None = None) 
     with handle:
         for number, raw in enumerate(handle, 1):
             try:
-                example = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                example = json_text.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except (UnicodeDecodeError, ValueError):
                 continue
             if isinstance(example, dict):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from app import json_text
 from app.confinement import PathNotAllowed, open_confined
 
 SPLITS = ("train", "valid", "test")
@@ -339,7 +340,7 @@ def validate_split(source: Path | IO[bytes], split: SplitSummary, errors: IssueL
         if text is None:
             continue
         try:
-            example = json.loads(text.rstrip("\r\n"))
+            example = json_text.loads(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             errors.add(Issue(file, number, None, f"is not valid JSON: {exc.msg} (column {exc.colno})"))
             continue

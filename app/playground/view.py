@@ -3,13 +3,13 @@ playground job's state, and an example of a run's data to fill the prompt from."
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from app import json_text
 from app.catalog.info import model_choices
 from app.datasets.validation import FeatureKeys
 from app.evaluation.answers import split_example
@@ -108,7 +108,7 @@ def read_example(run: Run, split: str, line: int) -> Example:
     if raw is None:
         return Example("", "", "", f"{path} has only {number} lines, not {line}")
     try:
-        example = json.loads(raw)
+        example = json_text.loads(raw)
     except ValueError:
         return Example("", "", "", f"{path} line {line} is not JSON")
     keys = FeatureKeys.from_config(config)

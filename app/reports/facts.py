@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlmodel import Session, select
 
+from app import json_text
 from app.datasets.token_stats import (
     LengthSummary,
     job_or_start,
@@ -115,7 +116,7 @@ def _first_format(path: Path, keys: FeatureKeys) -> str | None:
         for line in handle:
             if line.strip():
                 try:
-                    example = json.loads(line)
+                    example = json_text.loads(line)
                 except ValueError:
                     return None
                 return line_format(example, keys) if isinstance(example, dict) else None

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app import json_text
 from app.catalog.info import ModelInfoError, model_info
 from app.runs.config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
 from app.settings import Settings
@@ -196,7 +196,7 @@ def read_model_facts(model: str, settings: Settings) -> ModelFacts:
 def _first_format(path: Path) -> str | None:
     try:
         with path.open() as handle:
-            sample = json.loads(handle.readline())
+            sample = json_text.loads(handle.readline())
     except (OSError, ValueError):
         return None
     if not isinstance(sample, dict):

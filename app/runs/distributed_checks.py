@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import json_text
 from app.runs.config import RunConfig, looks_like_path
 from app.runs.distributed import Distributed, is_loopback, world_size
 
@@ -74,7 +75,7 @@ def parse_hostfile(text: str, name: str = "the hostfile") -> tuple[list[str], st
     (or, as mlx.distributed_config writes it, an object whose "hosts" key holds that list)."""
     expected = f"expected mlx.launch's format, a JSON list such as {HOSTFILE_EXAMPLE}"
     try:
-        entries: Any = json.loads(text)
+        entries: Any = json_text.loads(text)
     except json.JSONDecodeError as exc:
         return [], f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); {expected}"
     if isinstance(entries, dict) and "hosts" in entries:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from app import json_text
 from app.runs.config import (
     OPTIMIZER_ARGS,
     EarlyStopping,
@@ -249,7 +250,7 @@ def parse_options(text: str) -> dict[str, Any]:
     text = text.strip()
     if text.startswith("{"):
         try:
-            parsed = json.loads(text)
+            parsed = json_text.loads(text)
         except json.JSONDecodeError as exc:
             raise FormProblem("optimizer_config", f"not a valid JSON object: {exc.msg} at column {exc.colno}") from None
         if not isinstance(parsed, dict):
@@ -269,7 +270,7 @@ def parse_options(text: str) -> dict[str, Any]:
         if raw == "":
             raise FormProblem("optimizer_config", f"{key} has no value")
         try:
-            options[key] = json.loads(raw)
+            options[key] = json_text.loads(raw)
         except json.JSONDecodeError:
             options[key] = raw  # left to validation, which names what was expected
         position = match.end()
