@@ -192,7 +192,7 @@ async def check_run_form(
     """Errors, warnings and the iterations note for the form as typed so far (htmx, out-of-band swaps)."""
     form = await submitted_form(request)
     check = await run_in_threadpool(check_form, form, session, settings)  # may wait on ssh
-    context = form_context(session, settings, form, check)
+    context = await run_in_threadpool(form_context, session, settings, form, check)  # reads model folders
     return templates.TemplateResponse(request, "_new_run_check.html", context)
 
 
@@ -204,7 +204,7 @@ async def submit_run_form(
     form = await submitted_form(request)
     check = await run_in_threadpool(check_form, form, session, settings)  # may wait on ssh
     if check.config is None:
-        context = form_context(session, settings, form, check, submitted=True)
+        context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
     run = await run_in_threadpool(queue_run, session, supervisor, check.config)  # may wait for the supervisor
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
