@@ -6,15 +6,19 @@ Imports neither mlx nor the app, so a benchmark's own process stays small.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import math
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -113,17 +117,97 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
+def results_path(name: str, smoke: bool = False) -> Path:
+    """bench/results/<name>.json; a smoke run's figures go to <name>-smoke.json, never over real measurements."""
+    return RESULTS_DIR / f"{name}{'-smoke' if smoke else ''}.json"
+
+
+def write_results(name: str, payload: dict[str, Any], smoke: bool = False) -> Path:
+    path = results_path(name, smoke)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
     return path
 
 
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+
+
+def shown_on(line: str, value: float) -> bool:
+    """Whether `line` prints `value`: one of its numbers is `value` rounded to the decimals it is printed with."""
+    for match in NUMBER.finditer(line):
+        text = match.group().replace(",", "")
+        decimals = len(text.split(".", 1)[1]) if "." in text else 0
+        if abs(float(text) - value) <= 0.5 * 10.0 ** -decimals * (1 + 1e-9) + 1e-12:
+            return True
+    return False
+
+
+def check_figures(figures: Iterable[tuple[str, float | None]], table: str) -> None:
+    """A smoke run's check of its own figures: each exists, is a finite positive number, and the table printed shows it.
+
+    figures: (label, value) pairs; the label is a piece of the table line that shows the value (a row's name),
+    the value in the unit and scale that line prints it in. Exits naming every figure that fails the check.
+    """
+    problems: list[str] = []
+    count = 0
+    for label, value in figures:
+        count += 1
+        lines = [line for line in table.splitlines() if label in line]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{label}: no figure ({value!r})")
+        elif not math.isfinite(value) or value <= 0:
+            problems.append(f"{label}: {value!r} is not a finite positive number")
+        elif not lines:
+            problems.append(f"{label}: no line of the table names it")
+        elif not any(shown_on(line, value) for line in lines):
+            problems.append(f"{label}: {value!r} is not on its line: {lines[0].strip()}")
+    if not count:
+        problems.append("no figures to check")
+    if problems:
+        raise SystemExit("bench smoke: figures missing or not sane:\n  " + "\n  ".join(problems))
+    print(f"smoke: {count} figures present, finite and positive", file=sys.stderr, flush=True)
+
+
+def ensure_defaults() -> None:
+    """The embedded model and sample data in data/, created on first use as `loraboard defaults` creates them (a
+    fresh clone has neither; building the model takes minutes, once). A lock file makes parallel callers build once."""
+    if (DEFAULT_MODEL / "config.json").is_file() and (DEFAULT_DATA / "train.jsonl").is_file():
+        return
+    print("bench: creating the embedded default model and sample data (first use only, a few minutes)...",
+          file=sys.stderr, flush=True)
+    DEFAULT_DATA.parent.mkdir(parents=True, exist_ok=True)
+    with (DEFAULT_DATA.parent / ".defaults.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        env = base_env(LORABOARD_DATA_DIR=str(DEFAULT_DATA.parent))
+        subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=env, check=True)
+
+
+def ensure_model_20m(source: Path = DEFAULT_MODEL, timeout_s: float = 1800) -> Path:
+    """The ~20M-parameter bench model in data/.cache/bench-20m with `source`'s tokenizer, built by bench/model_20m.py
+    in its own process (mlx stays out of this one) when absent or built from another tokenizer."""
+    from bench import model_20m
+
+    if source.resolve() == DEFAULT_MODEL.resolve():
+        ensure_defaults()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / "bench-20m.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not model_20m.is_built(MODEL_20M, source):
+            log = CACHE_DIR / "bench-20m.log"
+            cmd = [sys.executable, str(PROJECT_DIR / "bench" / "model_20m.py"), "--source", str(source), "--out",
+                   str(MODEL_20M)]
+            child = run_child(cmd, base_env(), log, timeout_s)
+            if child.returncode != 0:
+                raise SystemExit(f"bench: building the 20M model failed:\n{log_tail(log)}")
+    return MODEL_20M
+
+
 def check_inputs(model: Path, data: Path) -> None:
-    """Exit with a readable line when the model or the dataset folder is missing."""
+    """Exit with a readable line when the model or the dataset folder is missing (the embedded ones are created)."""
+    if model.resolve() == DEFAULT_MODEL.resolve() or data.resolve() == DEFAULT_DATA.resolve():
+        ensure_defaults()
     if not (model / "config.json").is_file():
         hint = " (create it with `python -m worker defaults`)" if model == DEFAULT_MODEL else ""
         raise SystemExit(f"bench: {model} is not a model folder{hint}")
@@ -136,6 +220,14 @@ def base_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "LORABOARD_HF_OFFLINE": "true", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
+    return env
+
+
+def own_env(**settings: str) -> dict[str, str]:
+    """base_env without the LORABOARD_ settings of the caller's environment, plus `settings`: a server or worker
+    the benchmark configures entirely itself (a user's LORABOARD_TOKEN or data folder changes nothing)."""
+    env = {k: v for k, v in base_env().items() if not k.startswith("LORABOARD_")}
+    env.update({"LORABOARD_HF_OFFLINE": "true", **settings})
     return env
 
 
