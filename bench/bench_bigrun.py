@@ -5,9 +5,11 @@ Fills a database directly (no training), starts a real server on it, and measure
     (`?max_points=2000`, LTTB on the server), the annotations, and a full-detail zoom window;
   * time until the chart is drawn in headless Chromium (navigation start to the chart's
     `data-drawn` attribute), and the same for the undownsampled request as the A side.
-Medians of --repeats. Targets: < 1 s each.
+Medians of --repeats. Targets: < 1 s each. The server is set up as bench/bench_service.py sets it up
+(its own folders, an access token that every request and Chromium's first visit carry).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bigrun.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_bigrun.py --smoke    # 2,000 reports, 1 repeat: checks its figures
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_service import start_server
+from bench.bench_service import CHROMIUM_ARGS, Service, chromium_default, start_server
 from bench.common import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
+    check_figures,
     fmt,
     machine_info,
     machine_line,
@@ -74,24 +77,25 @@ def fill(db_path: Path, train_reports: int, val_reports: int) -> int:
     return run_id
 
 
-def timed_get(url: str) -> tuple[float, int]:
+def timed_get(service: Service, path: str) -> tuple[float, int]:
+    request = service.request("GET", path)
     tic = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=120) as resp:
+    with urllib.request.urlopen(request, timeout=120) as resp:
         size = len(resp.read())
     return time.perf_counter() - tic, size
 
 
-def chart_draw_seconds(page_url: str, chromium: str, repeats: int) -> list[float]:
+def chart_draw_seconds(service: Service, path: str, chromium: str, repeats: int) -> list[float]:
     from playwright.sync_api import sync_playwright
 
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"]
     times = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=args)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.new_page().goto(service.first_visit())  # the token cookie, outside the measured navigations
         for _ in range(repeats):
-            page = browser.new_page()
-            page.goto(page_url)
+            page = context.new_page()
+            page.goto(service.base + path)
             page.wait_for_function("document.querySelector('#loss-chart')?.dataset.drawn === 'true'", timeout=120_000)
             # navigation start to the first draw, measured by the page's own clock
             times.append(page.evaluate("performance.now()") / 1000)
@@ -105,49 +109,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-reports", type=int, default=200_000)
     parser.add_argument("--val-reports", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=chromium_default())
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--supervisor-interval", type=float, default=None)
+    parser.add_argument("--smoke", action="store_true", help="2,000 train and 20 val reports, 1 repeat, figures "
+                        "checked; results to bench_bigrun-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.train_reports, args.val_reports, args.repeats = 2_000, 20, 1
+    args.model, args.data = args.model.resolve(), args.data.resolve()
     info = machine_info()
+    zoom_start = args.train_reports * 10 // 2  # a window of 1% of the run's iterations, in its middle
+    zoom_end = zoom_start + args.train_reports * 10 // 100
     with tempfile.TemporaryDirectory(prefix="lb-bigrun-") as tmp:
         root = Path(tmp)
         tic = time.perf_counter()
         run_id = fill(root / "loraboard.db", args.train_reports, args.val_reports)
         fill_s = time.perf_counter() - tic
-        server, base = start_server(root, args)
+        service = start_server(root, args)
         try:
-            timed_get(f"{base}/runs/{run_id}")  # warm
+            timed_get(service, f"/runs/{run_id}")  # warm
             paths = {
                 "run page (HTML, with summary cards)": f"/runs/{run_id}",
                 "runs list (HTML, with per-run figures)": "/",
                 "compare page (HTML, settings that differ)": f"/compare?ids={run_id}",
                 "metrics, downsampled (max_points=2000)": f"/api/runs/{run_id}/metrics?max_points=2000",
-                "metrics, zoom window of 20,000 iterations": f"/api/runs/{run_id}/metrics?start=1000000"
-                                                              f"&end=1020000&max_points=2000",
+                f"metrics, zoom window of {zoom_end - zoom_start:,} iterations": f"/api/runs/{run_id}/metrics?"
+                f"start={zoom_start}&end={zoom_end}&max_points=2000",
                 "annotations": f"/api/runs/{run_id}/annotations",
                 "metrics, everything (no downsampling)": f"/api/runs/{run_id}/metrics",
             }
             server_times: dict[str, Any] = {}
             for name, path in paths.items():
-                samples = [timed_get(base + path) for _ in range(args.repeats)]
+                samples = [timed_get(service, path) for _ in range(args.repeats)]
                 server_times[name] = {"median_s": median([s for s, _ in samples]), "bytes": samples[0][1]}
-            draw = chart_draw_seconds(f"{base}/runs/{run_id}", args.chromium, args.repeats)
+            draw = chart_draw_seconds(service, f"/runs/{run_id}", args.chromium, args.repeats)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            service.process.terminate()
+            service.process.wait(timeout=30)
     result = {"train_reports": args.train_reports, "val_reports": args.val_reports, "fill_s": fill_s,
               "server": server_times, "chart_draw_s": draw, "chart_draw_median_s": median(draw), "machine": info}
-    write_results("bench_bigrun", result)
     rows = [[name, fmt(v["median_s"], 3, " s"), f"{v['bytes'] / 1e6:.2f} MB",
              verdict(v["median_s"], 1.0, higher_is_better=False) if "everything" not in name else "(reference)"]
             for name, v in server_times.items()]
-    rows.append(["chart drawn in Chromium (navigation → first draw)", fmt(median(draw), 3, " s"), "",
-                 verdict(median(draw), 1.0, higher_is_better=False)])
-    print(f"Big run: {args.train_reports:,} train reports, {args.val_reports:,} val reports\n")
-    print(markdown_table(["what", "median", "size", "target < 1 s"], rows))
-    print(f"\n{machine_line(info)}")
+    draw_line = "chart drawn in Chromium (navigation → first draw)"
+    rows.append([draw_line, fmt(median(draw), 3, " s"), "", verdict(median(draw), 1.0, higher_is_better=False)])
+    table = "\n\n".join([f"Big run: {args.train_reports:,} train reports, {args.val_reports:,} val reports",
+                          markdown_table(["what", "median", "size", "target < 1 s"], rows), machine_line(info)])
+    print(table, flush=True)
+    if args.smoke:
+        figures = [(f"| {name} |", v["median_s"]) for name, v in server_times.items()]
+        check_figures([*figures, (draw_line, median(draw))], table)
+    write_results("bench_bigrun", result, smoke=args.smoke)
     return 0
 
 

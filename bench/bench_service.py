@@ -1,6 +1,7 @@
 """Service numbers of a real `python -m app serve`: start latency, server memory, live-chart latency.
 
     .venv/bin/python bench/bench_service.py [--start-runs 5] [--live-seconds 60]
+    .venv/bin/python bench/bench_service.py --smoke     # 1 start, a short live watch: checks its figures
 
 1. Start latency: seconds from POST /api/runs to the first train report visible through
    GET /api/runs/{id}/metrics (polled every 20 ms); each run is stopped after its first
@@ -13,8 +14,11 @@
    recorded_at in the database, stamped by the worker as it queues the report, just before
    its commit). Both clocks are this machine's. p50/p95 over --live-seconds of training.
 
-The server gets a temporary database, adapters folder and data folder (whose default model
-and dataset are links to --model and --data). Prints Markdown, writes bench/results/bench_service.json.
+The server is configured by this script alone (none of the caller's LORABOARD_ settings): a temporary
+database, adapters folder and data folder (holding a copy of the embedded model and sample data, its
+defaults), an access token (LORABOARD_TOKEN; requests send it as a Bearer header, Chromium's first visit
+as ?token=), and LORABOARD_ALLOWED_DIRS naming that folder, --model and --data, so the runs may read them.
+Prints Markdown, writes bench/results/bench_service.json.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -42,14 +48,16 @@ from bench.common import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
     PROJECT_DIR,
-    base_env,
+    check_figures,
     check_inputs,
+    ensure_defaults,
     fmt,
     log_tail,
     machine_info,
     machine_line,
     markdown_table,
     median,
+    own_env,
     percentile,
     verdict,
     write_results,
@@ -74,6 +82,8 @@ new MutationObserver(function (records) {
   });
 }).observe(document, { subtree: true, attributes: true, attributeFilter: ["data-train-points"] });
 """
+# True once the chart has drawn a point after its first draw (what a latency is measured on).
+NEW_POINT_DRAWN_JS = "(s => s.length >= 2 && s[s.length - 1][0] > s[0][0])(window.__trainSeen || [])"
 
 
 def free_port() -> int:
@@ -82,32 +92,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def call(base: str, method: str, path: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+@dataclass
+class Service:
+    """A running `python -m app serve` of this benchmark: its process, address and access token."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    token: str
+
+    def request(self, method: str, path: str, body: Any = None) -> urllib.request.Request:
+        """A request to the server carrying its token (as a script sends it: a Bearer header)."""
+        data = json.dumps(body).encode() if body is not None else None
+        return urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.token}"})
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; its JSON answer. A refusal exits with the server's own sentence (a 422 names the field)."""
+        try:
+            with urllib.request.urlopen(self.request(method, path, body), timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            raise SystemExit(f"bench: {method} {path} answered {err.code}: {err.read().decode(errors='replace')}"
+                             ) from None
+
+    def first_visit(self, path: str = "/") -> str:
+        """The address a browser opens first: ?token= makes the server set its cookie (and redirect to `path`)."""
+        return f"{self.base}{path}{'&' if '?' in path else '?'}token={self.token}"
 
 
-def start_server(root: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
-    data_dir = root / "data"
-    (data_dir / "models").mkdir(parents=True)
-    (data_dir / "models" / "tiny-mistral").symlink_to(args.model)  # the server's default model is --model
-    (data_dir / "contact-center").symlink_to(args.data)
-    extra = {"LORABOARD_DATA_DIR": str(data_dir), "LORABOARD_DB_PATH": str(root / "loraboard.db"),
-             "LORABOARD_ADAPTERS_DIR": str(root / "adapters"), "LORABOARD_CACHE_DIR": str(CACHE_DIR)}
+def server_env(root: Path, args: argparse.Namespace, token: str) -> dict[str, str]:
+    """The server's whole configuration: temporary folders, the token, and the folders its runs may read."""
+    allowed = [root, args.model, args.data]
+    settings = {"LORABOARD_DATA_DIR": str(root / "data"), "LORABOARD_DB_PATH": str(root / "loraboard.db"),
+                "LORABOARD_ADAPTERS_DIR": str(root / "adapters"), "LORABOARD_CACHE_DIR": str(CACHE_DIR),
+                "LORABOARD_TOKEN": token, "LORABOARD_ALLOWED_DIRS": os.pathsep.join(str(p) for p in allowed)}
     if args.supervisor_interval is not None:
-        extra["LORABOARD_SUPERVISOR_INTERVAL_S"] = str(args.supervisor_interval)
+        settings["LORABOARD_SUPERVISOR_INTERVAL_S"] = str(args.supervisor_interval)
+    return own_env(**settings)
+
+
+def start_server(root: Path, args: argparse.Namespace) -> Service:
+    """`python -m app serve` on a free port, configured by server_env; returns once it answers."""
+    ensure_defaults()
+    data_dir = root / "data"
+    # the server's own defaults, copied (a few MB): absent, it would build them; linked, they would lead out of its
+    # folders, which the server refuses
+    shutil.copytree(DEFAULT_MODEL, data_dir / "models" / DEFAULT_MODEL.name)
+    shutil.copytree(DEFAULT_DATA, data_dir / DEFAULT_DATA.name)
+    token = secrets.token_urlsafe(24)
     port = free_port()
     log = (root / "server.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=PROJECT_DIR,
-                               env=base_env(**extra), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+                               env=server_env(root, args, token), stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT)
+    service = Service(process, f"http://127.0.0.1:{port}", token)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            call(base, "GET", "/api/runs")
-            return process, base
+            with urllib.request.urlopen(service.request("GET", "/api/runs"), timeout=30):
+                return service
+        except urllib.error.HTTPError as err:
+            process.kill()
+            raise SystemExit(f"bench: the server refused GET /api/runs ({err.code}): {err.read().decode()}") from None
         except (urllib.error.URLError, ConnectionError):
             if process.poll() is not None:
                 raise SystemExit(f"bench: the server exited:\n{log_tail(root / 'server.log')}") from None
@@ -172,49 +218,49 @@ def live_children(pid: int) -> list[int]:
     return alive
 
 
-def stop_and_wait(base: str, server_pid: int, run_id: int, timeout: float = 120) -> str:
+def stop_and_wait(service: Service, run_id: int, timeout: float = 120) -> str:
     """Request a stop, wait for the run's end and for its worker process to be gone."""
-    call(base, "POST", f"/api/runs/{run_id}/stop", {})
+    service.call("POST", f"/api/runs/{run_id}/stop", {})
     deadline = time.monotonic() + timeout
     status = ""
     while time.monotonic() < deadline:
-        status = call(base, "GET", f"/api/runs/{run_id}")["status"]
-        if status in TERMINAL and not live_children(server_pid):
+        status = service.call("GET", f"/api/runs/{run_id}")["status"]
+        if status in TERMINAL and not live_children(service.process.pid):
             return status
         time.sleep(0.1)
     raise SystemExit(f"bench: run {run_id} did not end within {timeout:.0f} s (status {status})")
 
 
-def stop_all(base: str) -> None:
+def stop_all(service: Service) -> None:
     """Best effort: leave no worker training (workers outlive the server)."""
     try:
-        for run in call(base, "GET", "/api/runs"):
+        for run in service.call("GET", "/api/runs"):
             if run["status"] not in TERMINAL:
-                call(base, "POST", f"/api/runs/{run['id']}/stop", {})
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+                service.call("POST", f"/api/runs/{run['id']}/stop", {})
+    except (urllib.error.URLError, ConnectionError, TimeoutError, SystemExit):
         pass
 
 
-def measure_start(base: str, server_pid: int, config: dict[str, Any], timeout: float) -> float:
+def measure_start(service: Service, config: dict[str, Any], timeout: float) -> float:
     """Seconds from POST /api/runs to the first train report in /metrics; the run is then stopped."""
     started = time.perf_counter()
-    run = call(base, "POST", "/api/runs", config)
+    run = service.call("POST", "/api/runs", config)
     run_id = run["id"]
     deadline = time.monotonic() + timeout
     polls = 0
     while True:
-        if call(base, "GET", f"/api/runs/{run_id}/metrics")["train"]:
+        if service.call("GET", f"/api/runs/{run_id}/metrics")["train"]:
             latency = time.perf_counter() - started
             break
         polls += 1
-        if polls % 25 == 0 and (run := call(base, "GET", f"/api/runs/{run_id}"))["status"] in TERMINAL:
+        if polls % 25 == 0 and (run := service.call("GET", f"/api/runs/{run_id}"))["status"] in TERMINAL:
             raise SystemExit(f"bench: run {run_id} ended {run['status']} before its first report: {run['error']}")
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: no train report {timeout:.0f} s after starting run {run_id}")
         time.sleep(0.02)
-    status = stop_and_wait(base, server_pid, run_id)
+    status = stop_and_wait(service, run_id)
     if status == "failed":
-        raise SystemExit(f"bench: run {run_id} failed: {call(base, 'GET', f'/api/runs/{run_id}')['error']}")
+        raise SystemExit(f"bench: run {run_id} failed: {service.call('GET', f'/api/runs/{run_id}')['error']}")
     return latency
 
 
@@ -250,22 +296,32 @@ def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]
     return latencies
 
 
-def measure_live(base: str, server_pid: int, db_path: Path, config: dict[str, Any],
-                 args: argparse.Namespace) -> dict[str, Any]:
+def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.goto(service.first_visit())  # the token cookie, set before the measured page
             page.add_init_script(OBSERVER_JS)
-            run_id = call(base, "POST", "/api/runs", {**config, "iters": 1_000_000})["id"]
-            page.goto(f"{base}/runs/{run_id}")
+            run_id = service.call("POST", "/api/runs", {**config, "iters": 1_000_000})["id"]
+            page.goto(f"{service.base}/runs/{run_id}")
             page.wait_for_timeout(args.live_seconds * 1000)
+            # a short watch (--smoke, a slow start) waits on for a point drawn after the first draw
+            try:
+                page.wait_for_function(NEW_POINT_DRAWN_JS, timeout=args.start_timeout * 1000)
+            except PlaywrightTimeout:
+                run = service.call("GET", f"/api/runs/{run_id}")
+                reports = len(service.call("GET", f"/api/runs/{run_id}/metrics")["train"])
+                raise SystemExit(f"bench: the chart drew no new point within {args.start_timeout:.0f} s of the live "
+                                 f"watch (run {run_id} {run['status']}, {reports} train reports, error "
+                                 f"{run['error']}; draws seen {page.evaluate('window.__trainSeen')})") from None
             seen: list[list[int]] = page.evaluate("window.__trainSeen")
         finally:
             browser.close()
-    status = stop_and_wait(base, server_pid, run_id)
+    status = stop_and_wait(service, run_id)
     recorded = report_times(db_path, run_id)
     latencies = point_latencies(seen, recorded)
     return {"run_id": run_id, "status": status, "reports": len(recorded),
@@ -321,7 +377,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--supervisor-interval", type=float, default=None,
                         help="LORABOARD_SUPERVISOR_INTERVAL_S for the server (default: the app's own)")
     parser.add_argument("--chromium", default=chromium_default(), help="Chromium executable (default: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help="the whole script on the least work (1 start, 1 s of "
+                        "live chart or until a point is drawn, 0.5 s idle; rows of 64 tokens, a report each step), "
+                        "its figures checked; results to bench_service-smoke.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.start_runs, args.live_seconds, args.idle_seconds = 1, 1.0, 0.5
+    return args
+
+
+def smoke_figures(result: dict[str, Any]) -> list[tuple[str, float | None]]:
+    """The figures a smoke run checks (check_figures): each a line of the report."""
+    rss, live = result["server_rss_mb"], result["live"]
+    return [("start latency (median)", result["start_latency"]["median_s"]), ("server RSS idle", rss["idle"]),
+            ("server RSS max while training", rss["max_training"]), ("live latency p50", live["p50_s"]),
+            ("live latency p95", live["p95_s"])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args.model, args.data)
     info = machine_info()
     config = {**RUN_CONFIG, "model": str(args.model), "data": str(args.data)}
+    if args.smoke:  # rows of 64 tokens, one validation batch, a report each step: the least work before a report
+        config.update(max_seq_length=64, val_batches=1, steps_per_report=1)
     with tempfile.TemporaryDirectory(prefix="loraboard-bench-service-") as scratch:
         root = Path(scratch)
-        process, base = start_server(root, args)
+        service = start_server(root, args)
+        process = service.process
         sampler = RssSampler(process.pid).start()
         try:
             time.sleep(args.idle_seconds)
@@ -340,16 +413,16 @@ def main(argv: list[str] | None = None) -> int:
             sampler.phase = "start"
             starts = []
             for n in range(args.start_runs):
-                starts.append(measure_start(base, process.pid, config, args.start_timeout))
+                starts.append(measure_start(service, config, args.start_timeout))
                 print(f"  start latency {n + 1}/{args.start_runs}: {starts[-1]:.2f} s", file=sys.stderr, flush=True)
             sampler.phase = "live"
-            live = measure_live(base, process.pid, root / "loraboard.db", config, args)
+            live = measure_live(service, root / "loraboard.db", config, args)
             print(f"  live: {len(live['latencies_s'])} points, p95 {fmt(live['p95_s'], 3)} s", file=sys.stderr)
             hwm_kb = proc_status_kb(process.pid, "VmHWM") or 0
             mapped = mlx_mappings(process.pid)
         finally:
             sampler.stop()
-            stop_all(base)
+            stop_all(service)
             process.terminate()
             process.wait(timeout=30)
     training_kb = max(sampler.max_kb.get("start", 0), sampler.max_kb.get("live", 0))
@@ -360,9 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         "mlx_mappings": mapped,
         "live": live,
     }
-    print(report(result, info), flush=True)
+    table = report(result, info)
+    print(table, flush=True)
+    if args.smoke:
+        check_figures(smoke_figures(result), table)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    path = write_results("bench_service", {"settings": settings, "run_config": config, "machine": info, **result})
+    path = write_results("bench_service", {"settings": settings, "run_config": config, "machine": info, **result},
+                         smoke=args.smoke)
     print(f"\nwrote {path.relative_to(PROJECT_DIR)}", flush=True)
     return 0
 
