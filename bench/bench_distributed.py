@@ -1,6 +1,7 @@
 """A run of 2 processes over loopback (mlx.launch, ring) against 1 process, through loraboard's worker.
 
     .venv/bin/python bench/bench_distributed.py [--iters 60] [--repeats 2]
+    .venv/bin/python bench/bench_distributed.py --smoke    # 2 iterations, 1 round: checks its figures
 
 Modes, on the same model, data, seed and global batch (so both see the same examples and the same
 tokens at every step), run round-robin in one process (A/B, the order rotating each round):
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +45,7 @@ from bench.common import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
     base_env,
+    check_figures,
     check_inputs,
     fmt,
     log_tail,
@@ -61,13 +64,13 @@ TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
 
 def run_mode(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
     settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=CACHE_DIR,
-                        hf_offline=True)
+                        hf_offline=True, allowed_dirs=os.pathsep.join((str(args.model), str(args.data))))
     distributed = Distributed.model_validate(TWO_RANKS) if mode == "2-ranks" else None
     config = RunConfig(
         name=f"bench {mode}", model=str(args.model), data=str(args.data), seed=args.seed,
         batch_size=args.batch_size, iters=args.iters, num_layers=4, learning_rate=args.learning_rate,
         steps_per_report=args.steps_per_report, steps_per_eval=args.iters, save_every=args.iters,
-        val_batches=args.val_batches, max_seq_length=512, distributed=distributed,
+        val_batches=args.val_batches, max_seq_length=args.max_seq_length, distributed=distributed,
     ).resolved(settings)
     engine = make_engine(settings.database_path)
     try:
@@ -114,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--steps-per-report", type=int, default=10)
     parser.add_argument("--val-batches", type=int, default=4)
+    parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--smoke", action="store_true", help="2 iterations (a report each), 1 round, 1 validation "
+                        "batch, 64 tokens a row, figures checked; results to bench_distributed-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.iters, args.repeats, args.steps_per_report, args.val_batches, args.max_seq_length = 2, 1, 1, 1, 64
     args.model, args.data = args.model.resolve(), args.data.resolve()
     check_inputs(args.model, args.data)
     info = machine_info()
@@ -146,17 +154,22 @@ def main(argv: list[str] | None = None) -> int:
              fmt(s["final_val_loss"], 4), str(s["per_rank_tokens_per_second"] or "-"), fmt(s["median_wall_s"], 1)]
             for mode, s in summary.items()]
     speed = ratio(summary["2-ranks"]["median_tokens_per_second"], summary["1-rank"]["median_tokens_per_second"])
-    print("\n\n".join([
+    table = "\n\n".join([
         f"## 1 rank vs 2 ranks over loopback (ring): {args.iters} iters, global batch {args.batch_size}, "
         f"{args.repeats} rounds",
         markdown_table(["mode", "tokens/s (median)", "trained tokens", "train loss (end)", "val loss (end)",
                         "per-rank tokens/s", "wall (s)"], rows),
         f"2 ranks / 1 rank tokens/s: {fmt(speed, 3, 'x')}",
         machine_line(info),
-    ]), flush=True)
+    ])
+    print(table, flush=True)
+    if args.smoke:
+        check_figures([(f"| {mode} |", s[key]) for mode, s in summary.items() for key in (
+            "median_tokens_per_second", "trained_tokens", "final_train_loss", "final_val_loss", "median_wall_s")]
+                      + [("2 ranks / 1 rank tokens/s", speed)], table)
     path = write_results("bench_distributed", {"settings": {k: str(v) for k, v in vars(args).items()},
                                                "machine": info, "summary": summary, "speed_ratio": speed,
-                                               "runs": results})
+                                               "runs": results}, smoke=args.smoke)
     print(f"\nwrote {path}", flush=True)
     return 0
 

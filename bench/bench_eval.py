@@ -1,6 +1,7 @@
 """Evaluation speed: batched task answers, and N checkpoints in one job against N `mlx_lm lora --test` processes.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_eval.py [--prompts 16] [--max-tokens 64] [--checkpoints 4]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_eval.py --smoke   # 2 prompts, 4 tokens, 1 checkpoint, 1 round
 
 1. Generation, A/B in this process (OpenBLAS routed first, as in the worker): loraboard's task generation
    (`worker.task_answers.generate_answers`, mlx-lm's BatchGenerator, greedy) on --prompts chat-template prompts of
@@ -13,6 +14,8 @@
    (loads the model once, swaps the adapters; its rows go to a temporary database), B: one
    `python -m mlx_lm lora --test` process per checkpoint. Both get loraboard's OpenBLAS shim (B through
    LD_PRELOAD) and one BLAS thread, so the difference is the work each way repeats. Wall time, median of --rounds.
+   The job's settings allow the temporary folder, --model and --data (LORABOARD_ALLOWED_DIRS): the checkpoints lie
+   outside the adapters folder.
 
 Prints Markdown, writes bench/results/bench_eval.json.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +42,7 @@ from bench.common import (
     DEFAULT_MODEL,
     PROJECT_DIR,
     base_env,
+    check_figures,
     check_inputs,
     fmt,
     log_tail,
@@ -197,7 +202,9 @@ def bench_checkpoints(args: argparse.Namespace, work: Path, shim: Path | None) -
         root = work / f"job-{round_index}"
         root.mkdir()
         db_path, job_id = job_database(root, folder, iterations, args)
-        job_env = dict(env, LORABOARD_DB_PATH=str(db_path), LORABOARD_ADAPTERS_DIR=str(root / "adapters"))
+        allowed = os.pathsep.join(str(path) for path in (work, args.model, args.data))
+        job_env = dict(env, LORABOARD_DB_PATH=str(db_path), LORABOARD_ADAPTERS_DIR=str(root / "adapters"),
+                       LORABOARD_ALLOWED_DIRS=allowed)
         child = run_child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], job_env,
                           root / "job.log", 600)
         with sqlite3.connect(db_path) as conn:
@@ -248,51 +255,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=int, default=4)
     parser.add_argument("--test-batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="2 prompts at batch 2, 4 new tokens, 1 checkpoint on 1 "
+                        "test batch, 1 round, figures checked; results to bench_eval-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.prompts, args.batch_size, args.max_tokens, args.checkpoints, args.test_batches, args.rounds = \
+            2, 2, 4, 1, 1, 1
+    args.model, args.data = args.model.resolve(), args.data.resolve()
     check_inputs(args.model, args.data)
     info = machine_info()
     shim = shim_path()
     with tempfile.TemporaryDirectory(prefix="lb-eval-") as tmp:
         checkpoints = bench_checkpoints(args, Path(tmp), shim)  # child processes first: this one imports mlx next
         generation = bench_generation(args)
-    write_results("bench_eval", {"generation": generation, "checkpoints": checkpoints, "machine": info,
-                                 "args": {k: str(v) for k, v in vars(args).items()}})
-
     gen_t = {name: median(values) for name, values in generation["timings_s"].items()}
     tps = {name: generation["generated_tokens"][name] / gen_t[name] for name in gen_t if gen_t[name]}
     speedup = ratio(tps.get("batched"), tps.get("single"))
     n = generation["prompts"]
-    print(f"### Task answers: {n} prompts, at most {args.max_tokens} new tokens, greedy "
-          f"({generation['backend']})\n")
-    print(markdown_table(["way", "wall s (median)", "tokens", "tokens/s"], [
-        [f"loraboard, batch {args.batch_size}", fmt(gen_t["batched"], 2),
-         str(generation["generated_tokens"]["batched"]), fmt(tps.get("batched"), 0)],
-        ["one at a time (stream_generate)", fmt(gen_t["single"], 2), str(generation["generated_tokens"]["single"]),
-         fmt(tps.get("single"), 0)],
-        ["ratio batched / single", "", "", f"{fmt(speedup, 1, 'x')} ({verdict(speedup, 4.0)} >= 4x)"],
-
-        ["identical answers (token for token)", "", "", f"{generation['identical']} of {n}"],
-    ]))
     decode = generation["decode_tokens_per_s"]
-    print("\nWhere the time goes:\n")
-    print(markdown_table(["part", "batched", "one at a time", "ratio"], [
-        ["prompts + first token (s)", fmt(gen_t["batched_first"], 2), fmt(gen_t["single_first"], 2),
-         fmt(ratio(gen_t["single_first"], gen_t["batched_first"]), 1, "x")],
-        ["decoding the rest (tokens/s)", fmt(decode["batched"], 0), fmt(decode["single"], 0),
-         fmt(ratio(decode["batched"], decode["single"]), 1, "x")],
-    ]))
     ck_t = {name: median(values) for name, values in checkpoints["timings_s"].items()}
     count = len(checkpoints["checkpoints"])
-    print(f"\n### {count} checkpoints, {args.test_batches} test batches each\n")
-    print(markdown_table(["way", "wall s (median)"], [
-        ["one evaluate job (load once, swap adapters)", fmt(ck_t["job"], 1)],
-        [f"{count} x `mlx_lm lora --test` ({checkpoints['cli_blas']})", fmt(ck_t["processes"], 1)],
-        ["ratio processes / job", fmt(ratio(ck_t["processes"], ck_t["job"]), 1, "x")],
-    ]))
     found = checkpoints["losses"]
-    print(f"\nLosses: job {found.get('job')}; processes {found.get('processes')}; seconds per checkpoint in the "
-          f"job {found.get('job_seconds')}")
-    print(f"\n{machine_line(info)}")
+    table = "\n\n".join([
+        f"### Task answers: {n} prompts, at most {args.max_tokens} new tokens, greedy ({generation['backend']})",
+        markdown_table(["way", "wall s (median)", "tokens", "tokens/s"], [
+            [f"loraboard, batch {args.batch_size}", fmt(gen_t["batched"], 2),
+             str(generation["generated_tokens"]["batched"]), fmt(tps.get("batched"), 0)],
+            ["one at a time (stream_generate)", fmt(gen_t["single"], 2),
+             str(generation["generated_tokens"]["single"]), fmt(tps.get("single"), 0)],
+            ["ratio batched / single", "", "", f"{fmt(speedup, 1, 'x')} ({verdict(speedup, 4.0)} >= 4x)"],
+            ["identical answers (token for token)", "", "", f"{generation['identical']} of {n}"],
+        ]),
+        "Where the time goes:",
+        markdown_table(["part", "batched", "one at a time", "ratio"], [
+            ["prompts + first token (s)", fmt(gen_t["batched_first"], 2), fmt(gen_t["single_first"], 2),
+             fmt(ratio(gen_t["single_first"], gen_t["batched_first"]), 1, "x")],
+            ["decoding the rest (tokens/s)", fmt(decode["batched"], 0), fmt(decode["single"], 0),
+             fmt(ratio(decode["batched"], decode["single"]), 1, "x")],
+        ]),
+        f"### {count} checkpoints, {args.test_batches} test batches each",
+        markdown_table(["way", "wall s (median)"], [
+            ["one evaluate job (load once, swap adapters)", fmt(ck_t["job"], 1)],
+            [f"{count} x `mlx_lm lora --test` ({checkpoints['cli_blas']})", fmt(ck_t["processes"], 1)],
+            ["ratio processes / job", fmt(ratio(ck_t["processes"], ck_t["job"]), 1, "x")],
+        ]),
+        f"Losses: job {found.get('job')}; processes {found.get('processes')}; seconds per checkpoint in the "
+        f"job {found.get('job_seconds')}",
+        machine_line(info),
+    ])
+    print(table, flush=True)
+    if args.smoke:  # decoding rates are differences of two timings: on a few tokens, noise; not checked here
+        check_figures([("loraboard, batch", gen_t["batched"]), ("loraboard, batch", tps.get("batched")),
+                       ("one at a time (stream_generate)", gen_t["single"]),
+                       ("one at a time (stream_generate)", tps.get("single")), ("ratio batched / single", speedup),
+                       ("prompts + first token", gen_t["batched_first"]),
+                       ("prompts + first token", gen_t["single_first"]), ("one evaluate job", ck_t["job"]),
+                       ("mlx_lm lora --test", ck_t["processes"]),
+                       ("ratio processes / job", ratio(ck_t["processes"], ck_t["job"]))], table)
+    write_results("bench_eval", {"generation": generation, "checkpoints": checkpoints, "machine": info,
+                                 "args": {k: str(v) for k, v in vars(args).items()}}, smoke=args.smoke)
     return 0
 
 

@@ -2,13 +2,14 @@
 bf16 weights against its 4-bit quantized copy (QLoRA).
 
     python bench/bench_fuse.py [--train-iters 6]
+    python bench/bench_fuse.py --smoke     # the tiny model alone (its own bf16 and 4-bit copies), 2 steps: checks
 
 Fuse: loraboard's own `fuse` job (`python -m worker job`, a throwaway database, a LoRA adapter of rank 8 on every
 layer with random non-zero weights), against `python -m mlx_lm fuse` on the same adapter folder. Quantize: the
 `quantize` job makes the 4-bit copy (group size 64) of the bf16 copy (`mlx_lm convert --dtype bfloat16`).
 Training: `python -m mlx_lm lora --train` on the sample data, batch 4, all 6 layers, a few steps; peak memory is
 MLX's own figure (mlx_lm's "Peak mem", from mx.get_peak_memory) and the process's peak RSS (wait4).
-Prints a table; JSON in bench/results/bench_fuse.json.
+The 20M model is built on first use (bench/model_20m.py). Prints a table; JSON in bench/results/bench_fuse.json.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import re
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,9 +30,10 @@ from bench.common import (
     CACHE_DIR,
     DEFAULT_DATA,
     DEFAULT_MODEL,
-    MODEL_20M,
-    PROJECT_DIR,
     base_env,
+    check_figures,
+    ensure_defaults,
+    ensure_model_20m,
     log_tail,
     machine_info,
     machine_line,
@@ -148,9 +149,10 @@ TRAIN_ROW = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s", re.M)  # mlx_lm's table: iter
 
 
 def train_figures(root: Path, label: str, model: Path, iters: int, batch: int, seq: int) -> dict[str, Any]:
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]  # all of them (6 of the 20M's)
     wall, rss, log = child([sys.executable, "-c", TRAIN_SCRIPT, "--train", "--model", str(model), "--data",
                             str(DEFAULT_DATA), "--iters", str(iters), "--batch-size", str(batch), "--num-layers",
-                            "6", "--steps-per-report", "1", "--steps-per-eval", "100000", "--val-batches", "1",
+                            str(layers), "--steps-per-report", "1", "--steps-per-eval", "100000", "--val-batches", "1",
                             "--max-seq-length", str(seq), "--adapter-path", str(root / f"{label}-train-adapter")],
                            root, f"{label}-train")
     peaks = [int(m) / 1e9 for m in PEAK.findall(log)]
@@ -168,24 +170,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=64,
                         help="training sequence cap (MLX's CPU quantized product with bf16 scales is slow: keep small)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (models, logs)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model alone (fuse, and the QLoRA training on "
+                        "its own bf16 and 4-bit copies, group size 32), 2 steps, figures checked; results to "
+                        "bench_fuse-smoke.json")
     args = parser.parse_args(argv)
-    if not (DEFAULT_MODEL / "config.json").is_file():
-        raise SystemExit("bench: create the embedded model first: python -m worker defaults")
-    subprocess.run([sys.executable, str(PROJECT_DIR / "bench" / "model_20m.py"), "--source", str(DEFAULT_MODEL),
-                    "--out", str(MODEL_20M)], check=True, env=base_env())
+    if args.smoke:
+        args.train_iters = 2
+    ensure_defaults()
+    models = {"tiny": DEFAULT_MODEL} if args.smoke else {"tiny": DEFAULT_MODEL, "20m": ensure_model_20m()}
+    qlora_key = "tiny" if args.smoke else "20m"  # the model whose bf16 and 4-bit copies train
+    group_size = 32 if args.smoke else 64  # the tiny model's intermediate size (352) is no multiple of 64
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-fuse-", dir=CACHE_DIR))
     try:
-        fuse = {"tiny": fuse_figures(root, "tiny", DEFAULT_MODEL), "20m": fuse_figures(root, "20m", MODEL_20M)}
-        bf16 = root / "bench-20m-bf16"
-        child([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(MODEL_20M), "--mlx-path", str(bf16),
-               "--dtype", "bfloat16"], root, "20m-bf16")
+        fuse = {label: fuse_figures(root, label, model) for label, model in models.items()}
+        bf16 = root / f"bench-{qlora_key}-bf16"
+        child([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(models[qlora_key]), "--mlx-path",
+               str(bf16), "--dtype", "bfloat16"], root, f"{qlora_key}-bf16")
         config = json.loads((bf16 / "config.json").read_text())  # convert keeps the source's torch_dtype, which
         (bf16 / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))  # quantize reapplies
-        quant = worker_job(root, "quantize", {"model": str(bf16), "source": str(bf16), "name": "bench-20m-q4",
-                                              "dest": str(root / "models" / "bench-20m-q4"), "bits": 4,
-                                              "group_size": 64}, None, bf16, "20m-quantize-job")
-        q4 = root / "models" / "bench-20m-q4"
+        q4 = root / "models" / f"bench-{qlora_key}-q4"
+        quant = worker_job(root, "quantize", {"model": str(bf16), "source": str(bf16), "name": q4.name,
+                                              "dest": str(q4), "bits": 4, "group_size": group_size}, None, bf16,
+                           f"{qlora_key}-quantize-job")
         train = {label: train_figures(root, label, folder, args.train_iters, args.batch_size, args.max_seq_length)
                  for label, folder in (("bf16", bf16), ("q4", q4))}
     finally:
@@ -197,17 +204,34 @@ def main(argv: list[str] | None = None) -> int:
         "train": train}
     rows = [[label, f"{f['job_wall_s']:.2f}", f"{f['cli_wall_s']:.2f}", f"{f['job_peak_rss_mb']:.0f}",
              f"{f['size_bytes'] / 1e6:.1f}"] for label, f in fuse.items()]
-    print(machine_line(info))
-    print(markdown_table(["model", "fuse job wall s", "mlx_lm fuse wall s", "job peak RSS MB", "fused MB"], rows))
-    print()
-    print(markdown_table(
-        ["20M LoRA training", "weights MB", "MLX peak MB", "peak RSS MB", "last train loss"],
-        [[label, f"{t['weights_bytes'] / 1e6:.1f}", f"{t['mlx_peak_gb'] * 1e3:.1f}", f"{t['peak_rss_mb']:.0f}",
-          f"{t['last_train_loss']}"] for label, t in train.items()]))
-    print(f"quantize job (20M bf16 -> 4-bit, group 64): {quant['wall_s']:.2f} s, "
-          f"{quant['result']['size_bytes'] / 1e6:.1f} MB")
-    print(f"results: {write_results('bench_fuse', payload)}")
+    name = "tiny" if args.smoke else "20M"
+    table = "\n\n".join([
+        machine_line(info),
+        markdown_table(["model", "fuse job wall s", "mlx_lm fuse wall s", "job peak RSS MB", "fused MB"], rows),
+        markdown_table([f"{name} LoRA training", "weights MB", "MLX peak MB", "peak RSS MB", "last train loss"],
+                       [[label, f"{t['weights_bytes'] / 1e6:.1f}", fmt_mb(t["mlx_peak_gb"]), f"{t['peak_rss_mb']:.0f}",
+                         f"{t['last_train_loss']}"] for label, t in train.items()]),
+        f"quantize job ({name} bf16 -> 4-bit, group {group_size}): {quant['wall_s']:.2f} s, "
+        f"{quant['result']['size_bytes'] / 1e6:.1f} MB",
+    ])
+    print(table, flush=True)
+    if args.smoke:
+        figures: list[tuple[str, float | None]] = []
+        for label, f in fuse.items():
+            figures += [(f"| {label} |", f["job_wall_s"]), (f"| {label} |", f["cli_wall_s"]),
+                        (f"| {label} |", f["job_peak_rss_mb"]), (f"| {label} |", f["size_bytes"] / 1e6)]
+        for label, t in train.items():
+            peak = t["mlx_peak_gb"] * 1e3 if t["mlx_peak_gb"] is not None else None
+            figures += [(f"| {label} |", t["weights_bytes"] / 1e6), (f"| {label} |", peak),
+                        (f"| {label} |", t["peak_rss_mb"]), (f"| {label} |", t["last_train_loss"])]
+        figures += [("quantize job", quant["wall_s"]), ("quantize job", quant["result"]["size_bytes"] / 1e6)]
+        check_figures(figures, table)
+    print(f"results: {write_results('bench_fuse', payload, smoke=args.smoke)}")
     return 0
+
+
+def fmt_mb(gigabytes: float | None) -> str:
+    return "n/a" if gigabytes is None else f"{gigabytes * 1e3:.1f}"
 
 
 if __name__ == "__main__":

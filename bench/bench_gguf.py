@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py                  # tiny model and the 20M model
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py --models tiny --rounds 1
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py --smoke     # tiny, f16 only, 1 round, 4 tokens: checks
 
 For each model (the embedded tiny model; the ~20M bench model, built by bench/model_20m.py on first use) and each
 type (f16, q8_0, and q4_k_m when llama-cpp-python is installed: `pip install 'loraboard[gguf-quant]'`), the export
@@ -21,7 +22,6 @@ import json
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     DEFAULT_MODEL,
-    MODEL_20M,
     base_env,
+    check_figures,
+    ensure_defaults,
+    ensure_model_20m,
     log_tail,
     machine_info,
     machine_line,
@@ -51,12 +53,6 @@ def has_llama_cpp() -> bool:
     except ImportError:
         return False
     return True
-
-
-def ensure_20m() -> Path:
-    subprocess.run([sys.executable, str(Path(__file__).parent / "model_20m.py"), "--source", str(DEFAULT_MODEL),
-                    "--out", str(MODEL_20M)], check=True, env=base_env())
-    return MODEL_20M
 
 
 def export(model: Path, out_type: str, exports: Path) -> tuple[float, dict[str, Any]]:
@@ -139,16 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="tiny,20m", help="comma-separated: tiny, 20m")
     parser.add_argument("--rounds", type=int, default=3, help="exports per model and type (median reported)")
     parser.add_argument("--tokens", type=int, default=24, help="greedy tokens to compare")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model's f16 export alone, 1 round, 4 tokens, "
+                        "figures checked; results to bench_gguf-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.rounds, args.tokens = "tiny", 1, 4
+    ensure_defaults()
     quant = has_llama_cpp()
-    types = ["f16", "q8_0"] + (["q4_k_m"] if quant else [])
+    types = ["f16"] if args.smoke else ["f16", "q8_0"] + (["q4_k_m"] if quant else [])
     info = machine_info()
     rows: list[list[str]] = []
     raw: list[dict[str, Any]] = []
     exports = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     try:
         for key in args.models.split(","):
-            model = DEFAULT_MODEL if key == "tiny" else ensure_20m()
+            model = DEFAULT_MODEL if key == "tiny" else ensure_model_20m()
             text, ids = prompt_ids(model)
             reference = mlx_greedy(model, ids, args.tokens)
             for out_type in types:
@@ -177,11 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(exports, ignore_errors=True)
     headers = ["model", "type", "export job s", "of which export", "MB", "llama.cpp load s", "greedy tokens = mlx_lm",
                "same prompt ids", "llama.cpp tok/s"]
-    print(markdown_table(headers, rows))
-    print(machine_line(info))
+    table = f"{markdown_table(headers, rows)}\n{machine_line(info)}"
     if not quant:
-        print("llama-cpp-python is not installed: no q4_k_m, no llama.cpp load (pip install 'loraboard[gguf-quant]')")
-    path = write_results("bench_gguf", {"machine": info, "rows": raw, "tokens": args.tokens, "prompt": PROMPT})
+        table += ("\nllama-cpp-python is not installed: no q4_k_m, no llama.cpp load "
+                  "(pip install 'loraboard[gguf-quant]')")
+    print(table, flush=True)
+    if args.smoke:
+        figures: list[tuple[str, float | None]] = []
+        for entry in raw:
+            line = f"| {entry['model']} | {entry['type']} |"
+            figures += [(line, entry["export_median_s"]), (line, statistics.median(entry["inside_s"])),
+                        (line, entry["gguf_bytes"] / 1e6)]
+            if "llama" in entry:
+                figures += [(line, entry["llama"]["load_s"]), (line, entry["llama"]["tokens_per_s"])]
+        check_figures(figures, table)
+    path = write_results("bench_gguf", {"machine": info, "rows": raw, "tokens": args.tokens, "prompt": PROMPT},
+                         smoke=args.smoke)
     print(f"results: {path}")
     return 0
 

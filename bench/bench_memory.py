@@ -2,11 +2,13 @@
 
     python bench/bench_memory.py            # the settings below, each in its own process
     python bench/bench_memory.py --one '{"model": ..., "batch_size": 4, ...}'   # one measurement (JSON out)
+    python bench/bench_memory.py --smoke    # one small tiny-model setting: checks its figures
 
 Each measurement trains 3 steps with mlx-lm's trainer (as the worker does: LoRA attached by
 mlx-lm, OpenBLAS routing, float32 on CPU) on synthetic text long enough that every batch is
 exactly max_seq_length tokens, and reads mx.get_peak_memory(): the worker's peak_memory figure.
 The estimate is computed from the model's files alone (no mlx), as the new-run form computes it.
+The 20M model is built on first use (bench/model_20m.py). Prints a Markdown table; writes no file.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CACHE_DIR, DEFAULT_MODEL, MODEL_20M, PROJECT_DIR
+from bench.common import (
+    CACHE_DIR,
+    DEFAULT_MODEL,
+    MODEL_20M,
+    PROJECT_DIR,
+    check_figures,
+    ensure_defaults,
+    ensure_model_20m,
+)
 
 SETTINGS: list[dict[str, Any]] = [
     {"model": str(DEFAULT_MODEL), "batch_size": 4, "max_seq_length": 256, "num_layers": 4, "rank": 8},
@@ -38,6 +48,7 @@ SETTINGS: list[dict[str, Any]] = [
 # Given figures (not measurable here): Mistral-7B's shape, bf16, LoRA rank 8 on the seven linears of 16 blocks.
 MISTRAL_7B = {"weight_bytes": 7_248_023_552 * 2, "num_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
               "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "vocab_size": 32768, "act_bytes": 2}
+SMOKE = [{"model": str(DEFAULT_MODEL), "batch_size": 1, "max_seq_length": 32, "num_layers": 2, "rank": 4}]
 GIVEN = [("Mistral-7B, mlx-lm on an H200 (CUDA)", 4, 1159, False, 42.0e9),
          ("Mistral-7B, mlx-lm on an H200 (CUDA)", 4, 1159, True, 35.4e9),
          ("Mistral-7B, reference run on a Mac (Metal)", 4, 2048, False, 67.7e9)]
@@ -86,12 +97,21 @@ def measure(setting: dict[str, Any]) -> dict[str, Any]:
     return {**setting, "train_dtype": dtype, "peak_bytes": int(mx.get_peak_memory())}
 
 
+def measure_in_child(setting: dict[str, Any]) -> dict[str, Any]:
+    """measure() in its own process (`--one`), so each peak is that setting's alone."""
+    child = subprocess.run([sys.executable, __file__, "--one", json.dumps(setting)], cwd=PROJECT_DIR,
+                           capture_output=True, text=True, check=False)
+    if child.returncode != 0:
+        raise SystemExit(f"bench: measuring {setting} failed:\n{child.stderr[-3000:]}")
+    return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+
+
 def estimate(setting: dict[str, Any]) -> int:
     from app.catalog.info import model_info, trainable_params
     from app.runs.memory_estimate import estimate_peak, model_shape
     from app.settings import Settings
 
-    info = model_info(setting["model"], Settings())
+    info = model_info(setting["model"], Settings(allowed_model_dirs=setting["model"]))
     trainable = trainable_params(info, "lora", setting["num_layers"], setting["rank"])
     return estimate_peak(model_shape(info, cpu_training=True), trainable.trainable, trainable.layers_trained,
                          setting["batch_size"], setting["max_seq_length"],
@@ -114,27 +134,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help="measure one setting (JSON) and print the result as JSON")
     parser.add_argument("--measured", type=Path, help="JSON lines of earlier --one results: estimate only")
+    parser.add_argument("--smoke", action="store_true", help="one small setting of the tiny model (batch 1, 32 "
+                        "tokens, 2 layers, rank 4) instead of the list, its figures checked")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(measure(json.loads(args.one))), flush=True)
         return 0
-    print("| model | batch | tokens | layers | rank | grad ckpt | measured GB | estimate GB | error |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in given_rows():
-        print(row, flush=True)
+    lines = ["| model | batch | tokens | layers | rank | grad ckpt | measured GB | estimate GB | error |",
+             "|---|---|---|---|---|---|---|---|---|", *given_rows()]
+    print("\n".join(lines), flush=True)
     if args.measured:
         results = [json.loads(line) for line in args.measured.read_text().splitlines() if line.strip()]
     else:
-        results = [json.loads(subprocess.run([sys.executable, __file__, "--one", json.dumps(setting)],
-                                             cwd=PROJECT_DIR, capture_output=True, text=True,
-                                             check=True).stdout.strip().splitlines()[-1]) for setting in SETTINGS]
+        ensure_defaults()
+        if not args.smoke:
+            ensure_model_20m()
+        settings = SMOKE if args.smoke else SETTINGS
+        results = [measure_in_child(setting) for setting in settings]
+    figures: list[tuple[str, float | None]] = []
     for result in results:
         guess = estimate(result)
         error = (guess - result["peak_bytes"]) / result["peak_bytes"]
-        print(f"| {Path(result['model']).name} ({result['train_dtype']}, CPU) | {result['batch_size']} | "
-              f"{result['max_seq_length']} | {result['num_layers']} | {result['rank']} | "
-              f"{'on' if result.get('grad_checkpoint') else 'off'} | {result['peak_bytes'] / 1e9:.3f} | "
-              f"{guess / 1e9:.3f} | {error:+.1%} |", flush=True)
+        label = f"| {Path(result['model']).name} ({result['train_dtype']}, CPU) | {result['batch_size']} | " \
+                f"{result['max_seq_length']} | {result['num_layers']} | {result['rank']} | "
+        lines.append(f"{label}{'on' if result.get('grad_checkpoint') else 'off'} | {result['peak_bytes'] / 1e9:.3f} | "
+                     f"{guess / 1e9:.3f} | {error:+.1%} |")
+        print(lines[-1], flush=True)
+        figures += [(label, result["peak_bytes"] / 1e9), (label, guess / 1e9)]
+    if args.smoke:
+        check_figures(figures, "\n".join(lines))
     return 0
 
 

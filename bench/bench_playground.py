@@ -2,6 +2,7 @@
 against `mlx_lm.generate.stream_generate` in a plain process, same model, prompt and max_tokens, greedy.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_playground.py [--rounds 7] [--max-tokens 64] [--models tiny 20m]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_playground.py --smoke    # tiny, 1 round, 8 tokens: checks
 
 A: one real `python -m worker job` of kind playground on a temporary database. The bench queues one single-column
    generation (the base model) at a time and waits for it; the figures are the worker's own, from its
@@ -16,7 +17,8 @@ The rounds alternate A and B (the other one waits idle), medians of --rounds. Al
 queueing the row to seeing it completed (the worker's polling and commits included). Both sides must give the
 same text. Overhead = B/A - 1 for tokens/s and A/B - 1 for the first token; the target is at most 5%.
 
-Prints Markdown, writes bench/results/bench_playground.json.
+The 20M model is built on first use (bench/model_20m.py). Prints Markdown, writes
+bench/results/bench_playground.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from bench.common import (
     DEFAULT_MODEL,
     PROJECT_DIR,
     base_env,
+    check_figures,
+    ensure_defaults,
+    ensure_model_20m,
     fmt,
     machine_info,
     machine_line,
@@ -205,16 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="measured generations each way (median of these)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["tiny", "20m"], choices=sorted(MODELS))
+    parser.add_argument("--smoke", action="store_true", help="the tiny model, 1 round each way, 8 tokens, figures "
+                        "checked; results to bench_playground-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.rounds, args.max_tokens = ["tiny"], 1, 8
     info = machine_info()
     results = []
     for name in args.models:
-        model = MODELS[name]
-        if not (model / "config.json").is_file():
-            hint = "python -m worker defaults" if name == "tiny" else \
-                f"python bench/model_20m.py --source {DEFAULT_MODEL} --out {model}"
-            print(f"skipping {name}: {model} is not built (make it with `{hint}`)")
-            continue
+        model = ensure_model_20m() if name == "20m" else MODELS[name]
+        ensure_defaults()
         results.append(bench_model(name, model, args.rounds, args.max_tokens))
     rows = []
     for result in results:
@@ -231,13 +236,25 @@ def main(argv: list[str] | None = None) -> int:
                          "yes" if result["same_text"] else "NO",
                          verdict(worst, TARGET_OVERHEAD, higher_is_better=False)])
             result.setdefault("overhead", {})[label] = {"first_token": first_over, "tokens_per_second": speed_over}
-    print(markdown_table(["model", "of rounds", "tokens", "first token ms (playground)",
-                          "first token ms (stream_generate)", "overhead", "tokens/s (playground)",
-                          "tokens/s (stream_generate)", "overhead", "queued→completed ms", "same text", "≤5%"], rows))
-    print(f"\n{args.rounds} rounds each way, A/B alternating, max_tokens {args.max_tokens}, greedy; median and best"
-          " round (lowest first token, highest tokens/s) of each side.")
-    print(machine_line(info))
-    path = write_results("bench_playground", {"machine": info, "results": results, "target": TARGET_OVERHEAD})
+    table = "\n".join([
+        markdown_table(["model", "of rounds", "tokens", "first token ms (playground)",
+                        "first token ms (stream_generate)", "overhead", "tokens/s (playground)",
+                        "tokens/s (stream_generate)", "overhead", "queued→completed ms", "same text", "≤5%"], rows),
+        f"\n{args.rounds} rounds each way, A/B alternating, max_tokens {args.max_tokens}, greedy; median and best"
+        " round (lowest first token, highest tokens/s) of each side.",
+        machine_line(info),
+    ])
+    print(table, flush=True)
+    if args.smoke:
+        figures: list[tuple[str, float | None]] = []
+        for result in results:
+            line = f"| {result['model']} | median |"
+            a, b = result["playground"], result["stream_generate"]
+            figures += [(line, a["first_token_s"] * 1000), (line, b["first_token_s"] * 1000),
+                        (line, a["tokens_per_second"]), (line, b["tokens_per_second"]), (line, a["wall_s"] * 1000)]
+        check_figures(figures, table)
+    path = write_results("bench_playground", {"machine": info, "results": results, "target": TARGET_OVERHEAD},
+                         smoke=args.smoke)
     print(f"written {path.relative_to(PROJECT_DIR)}")
     return 0
 

@@ -1,6 +1,7 @@
 """Training throughput and memory: loraboard's worker against plain mlx-lm, interleaved in one run.
 
     .venv/bin/python bench/bench_train.py [--iters 100] [--repeats 3] [--model-size tiny 20m]
+    .venv/bin/python bench/bench_train.py --smoke    # tiny, 3 iterations at batch 2, 1 round: checks its figures
 
 Modes, all on the same model, data, seed and settings, run round-robin (the order
 rotates each round so no mode always runs first):
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,7 +44,9 @@ from bench.common import (
     DEFAULT_MODEL,
     PROJECT_DIR,
     base_env,
+    check_figures,
     check_inputs,
+    ensure_model_20m,
     fmt,
     log_tail,
     machine_info,
@@ -112,7 +116,7 @@ def run_plain(args: argparse.Namespace, work: Path, shim: Path | None) -> dict[s
 def run_worker(args: argparse.Namespace, work: Path, openblas: bool) -> dict[str, Any]:
     settings = Settings(
         adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=CACHE_DIR,
-        openblas=openblas, hf_offline=True,
+        openblas=openblas, hf_offline=True, allowed_dirs=os.pathsep.join((str(args.model), str(args.data))),
     )
     config = RunConfig(
         name="bench", model=str(args.model), data=str(args.data), seed=args.seed, batch_size=args.batch_size,
@@ -228,15 +232,9 @@ def model_for(size: str, args: argparse.Namespace) -> Path:
     if size == "tiny":
         return Path(args.model).resolve()
     source = Path(args.model).resolve()
-    out = CACHE_DIR / "bench-20m"
     expected = model_20m.count_parameters(model_20m.model_config(source))
-    print(f"bench: 20M model at {out}: {expected:,} parameters ({expected / 1e6:.2f}M)", file=sys.stderr)
-    if not model_20m.is_built(out, source):
-        child = run_child([sys.executable, str(Path(model_20m.__file__)), "--source", str(source), "--out", str(out)],
-                          base_env(), CACHE_DIR / "bench-20m.log", args.timeout)
-        if child.returncode != 0:
-            raise SystemExit(f"bench: building the 20M model failed:\n{log_tail(CACHE_DIR / 'bench-20m.log')}")
-    return out
+    print(f"bench: 20M model: {expected:,} parameters ({expected / 1e6:.2f}M)", file=sys.stderr)
+    return ensure_model_20m(source, args.timeout)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -257,7 +255,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-seq-length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one training process may take")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help="the tiny model alone, every mode once: 3 iterations "
+                        "at batch 2 of 64 tokens (a report each), 1 validation batch, figures checked; results to "
+                        "bench_train-smoke.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model_size, args.repeats, args.iters, args.batch_size = ["tiny"], 1, 3, 2
+        args.steps_per_report, args.val_batches, args.max_seq_length = 1, 1, 64
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,12 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         rss = comparisons(summary, "median_peak_rss_mb", RSS_RATIOS)
         title = (f"Training throughput: {size} model ({size_args.model.name}), {args.iters} iters, "
                  f"batch {args.batch_size}, {args.repeats} rounds")
-        print(report(title, summary, speed, rss, info), flush=True)
+        table = report(title, summary, speed, rss, info)
+        print(table, flush=True)
+        if args.smoke:
+            check_figures([(f"| {mode} |", s[key]) for mode, s in summary.items()
+                           for key in ("median_tokens_per_second", "median_peak_rss_mb", "median_wall_s")]
+                          + [(f"tokens/s {r['name']} |", r["value"]) for r in speed]
+                          + [(f"peak RSS {r['name']} |", r["value"]) for r in rss], table)
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(size_args).items()}
         path = write_results("bench_train" if size == "tiny" else f"bench_train-{size}", {
             "settings": settings, "machine": info, "summary": summary, "speed_ratios": speed,
             "rss_ratios": rss, "runs": results,
-        })
+        }, smoke=args.smoke)
         print(f"\nwrote {path.relative_to(PROJECT_DIR)}\n", flush=True)
     return 0
 
