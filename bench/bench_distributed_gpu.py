@@ -26,6 +26,13 @@ come up, the error is recorded and nothing else runs.
 Prints a Markdown table; writes JSON to $OUT/bench_distributed_gpu.json (or --json),
 rewritten after every step. See bench/README.md, "GPU: 2 GPUs over NCCL", for the
 device calls (the wheels travel as in bench/bench_gpu.py's docstring).
+
+`--smoke` tries the whole script anywhere, CPU included: the small model of the same
+architecture (gpu_build.py --smoke, the embedded model's tokenizer), rows of 32 tokens,
+2 iterations, the probe on 65,536 values, one round of 1gpu-b4 and 2gpu-b4, in a temporary
+--work folder; results to bench_distributed_gpu-smoke.json, its figures checked. Where MLX
+sees no GPU, NCCL cannot run: the probe and the 2-process runs go over MLX's ring backend
+on this machine's CPU instead, and the run says so.
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,11 +55,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROJECT_DIR, RESULTS_DIR, ChildResult, base_env, log_tail
+from bench.common import (
+    DEFAULT_MODEL,
+    PROJECT_DIR,
+    RESULTS_DIR,
+    ChildResult,
+    base_env,
+    check_figures,
+    ensure_defaults,
+    log_tail,
+)
 
 BENCH = PROJECT_DIR / "bench"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()", "--backend", "nccl"]
+LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
 MODES = {  # name: (GPUs, global batch)
     "1gpu-b4": (1, 4), "2gpu-b8": (2, 8), "2gpu-b4": (2, 4), "1gpu-b2": (1, 2),
 }
@@ -96,10 +115,37 @@ def gpu_info() -> dict[str, Any]:
     return info
 
 
+def launch(args: argparse.Namespace, ranks: int) -> list[str]:
+    """mlx.launch of `ranks` processes on this host, over args.backend, on a fresh rendezvous port."""
+    args.port += 1
+    if args.backend == "nccl":
+        return [*LAUNCH, "--backend", "nccl", "-n", str(ranks), "--nccl-port", str(args.port), "--"]
+    return [*LAUNCH, "--backend", args.backend, "-n", str(ranks), "--starting-port", str(free_port_pair()), "--"]
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too (the ring backend listens on one port per rank)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def num_layers(model: Path) -> int:
+    """LoRA on the last 16 blocks (all of them on the smoke model's 4)."""
+    return min(16, int(json.loads((model / "config.json").read_text())["num_hidden_layers"]))
+
+
 def lora_cli(args: argparse.Namespace, batch: int, work: Path) -> list[str]:
     return [
-        "--model", str(args.work / "model"), "--train", "--data", str(args.work / "data"), "--seed", "0",
-        "--batch-size", str(batch), "--iters", str(args.iters), "--num-layers", "16",
+        "--model", str(args.model), "--train", "--data", str(args.data), "--seed", "0",
+        "--batch-size", str(batch), "--iters", str(args.iters), "--num-layers", str(num_layers(args.model)),
         "--learning-rate", "1e-5", "--steps-per-report", str(args.steps_per_report),
         "--steps-per-eval", str(args.iters + 1), "--save-every", str(args.iters + 1),
         "--val-batches", "1", "--max-seq-length", "2048", "--adapter-path", str(work / "adapters"),
@@ -110,8 +156,10 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     out, log = args.work / "allsum.json", args.work / "allsum.log"
     out.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
-    cmd = [*LAUNCH, "-n", "2", "--nccl-port", str(args.port), "--",
-           sys.executable, str(BENCH / "dist_allsum.py"), "--out", str(out)]
+    cmd = [*launch(args, 2), sys.executable, str(BENCH / "dist_allsum.py"), "--backend", args.backend, "--out",
+           str(out)]
+    if args.smoke:
+        cmd += ["--values", "65536", "--warmup", "1", "--repeats", "3"]
     child = run_child(cmd, env(), log, args.probe_timeout)
     result: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     result.update({"exit": child.returncode, "wall_s": child.wall_s, "log_tail": log_tail(log, 40)})
@@ -130,10 +178,9 @@ def run_training(args: argparse.Namespace, mode: str, cpu_stream_ok: bool) -> di
         child = run_child(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout)
         reports = out
     else:
-        args.port += 1  # a fresh rendezvous port for every launch
         flags = [] if cpu_stream_ok else ["--gpu-stream-reports"]
-        cmd = [*LAUNCH, "-n", str(gpus), "--nccl-port", str(args.port), "--", sys.executable,
-               str(BENCH / "dist_plain.py"), *flags, "--out", str(out), "--", *cli]
+        cmd = [*launch(args, gpus), sys.executable, str(BENCH / "dist_plain.py"), "--backend", args.backend, *flags,
+               "--out", str(out), "--", *cli]
         child = run_child(cmd, env(), log, args.timeout)
         reports = out.with_name("reports.rank0.json")
     if child.returncode != 0 or not reports.exists():
@@ -181,8 +228,10 @@ def report(summary: dict[str, Any], probe: dict[str, Any]) -> str:
         eff = f"{s['efficiency']:.1%}" if "efficiency" in s else ""
         lines.append(f"| {mode} | {s['gpus']} | {s['global_batch']} | {s['tokens_per_second']:,.0f} | {medians} "
                      f"| {s['step_ms']:.0f} ms | {speed} | {eff} | {s['peak_memory_gb']:.2f} GB |")
-    lines += ["", "| all_sum of 10,485,760 values, 2 GPUs (NCCL) | median of 20 | min - max | bus bandwidth |",
-              "|---|---|---|---|"]
+    values, backend = probe.get("values", 10_485_760), probe.get("backend", "nccl")
+    repeats = len(probe.get("float32", {}).get("times_ms", [])) or 20
+    lines += ["", f"| all_sum of {values:,} values, 2 ranks ({backend}) | median of {repeats} | min - max "
+              "| bus bandwidth |", "|---|---|---|---|"]
     for name in ("float32", "bfloat16"):
         p = probe.get(name)
         if p:
@@ -195,8 +244,10 @@ def report(summary: dict[str, Any], probe: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/lb"), help="model, data, runs")
-    parser.add_argument("--tokenizer", type=Path, default=PROJECT_DIR / ".whl2" / "tok")
+    parser.add_argument("--work", type=Path, default=None, help="model, data, runs (default: /tmp/lb; --smoke: a "
+                        "temporary folder, removed after)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer folder (default: .whl2/tok; --smoke: the embedded model's)")
     parser.add_argument("--iters", type=int, default=35)
     parser.add_argument("--steps-per-report", type=int, default=5)
     parser.add_argument("--seq-tokens", type=int, default=1159)
@@ -207,15 +258,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-timeout", type=float, default=180)
     parser.add_argument("--port", type=int, default=12400, help="first NCCL rendezvous port")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="the small model, 2 iterations of 32-token rows, "
+                        "1gpu-b4 and 2gpu-b4 once, figures checked; without a GPU over the ring backend on the CPU")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.iters, args.steps_per_report, args.seq_tokens, args.modes = 2, 1, 32, ["1gpu-b4", "2gpu-b4"]
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="bench-dist-gpu-smoke-")) if args.smoke else Path("/tmp/lb")
+    if args.tokenizer is None:
+        args.tokenizer = DEFAULT_MODEL if args.smoke else PROJECT_DIR / ".whl2" / "tok"
+    suffix = "-smoke" if args.smoke else ""
+    args.model, args.data = args.work / f"model{suffix}", args.work / f"data{suffix}"
     if args.json is None:
         out = os.environ.get("OUT")
-        args.json = Path(out) / "bench_distributed_gpu.json" if out else RESULTS_DIR / "bench_distributed_gpu.json"
+        name = f"bench_distributed_gpu{suffix}.json"
+        args.json = Path(out) / name if out else RESULTS_DIR / name
     return args
+
+
+def has_cuda() -> bool:
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return False
+    return bool(mx.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.smoke and args.work.name.startswith("bench-dist-gpu-smoke-"):
+        try:
+            return run(args)
+        finally:
+            shutil.rmtree(args.work, ignore_errors=True)
+    return run(args)
+
+
+def smoke_figures(summary: dict[str, Any], probe: dict[str, Any]) -> list[tuple[str, float | None]]:
+    """What a smoke run checks (check_figures): each mode's tokens/s, step and peak memory, the 2-rank speedup
+    and efficiency, the probe's all_sum times and bandwidths."""
+    figures: list[tuple[str, float | None]] = []
+    for mode, s in summary.items():
+        figures += [(f"| {mode} |", s["tokens_per_second"]), (f"| {mode} |", s["step_ms"]),
+                    (f"| {mode} |", s["peak_memory_gb"])]
+        if "speedup" in s:
+            figures += [(f"| {mode} |", s["speedup"]), (f"| {mode} |", s["efficiency"] * 100)]
+    for name in ("float32", "bfloat16"):
+        p = probe.get(name, {})
+        figures += [(f"| {name} (", p.get("median_ms")), (f"| {name} (", p.get("bus_gb_s"))]
+    return figures
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole benchmark on args (parse_args)."""
     started = time.perf_counter()
     os.environ.update(NO_MULTICAST)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -223,14 +318,23 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"gpu": gpu_info(), "env": NO_MULTICAST, "iters": args.iters, "runs": [],
                               "failures": []}
     print(result["gpu"]["gpus"], "\n", result["gpu"]["topology"], "\nmlx", result["gpu"]["mlx"], flush=True)
+    args.backend = "nccl"
+    if args.smoke and not has_cuda():
+        args.backend = "ring"
+        print("smoke: MLX sees no GPU, so NCCL cannot run here: the probe and the 2-process runs go over the ring "
+              "backend on the CPU", flush=True)
+    result["backend"] = args.backend
 
     def save() -> None:
         args.json.write_text(json.dumps(result, indent=2))
 
-    if not (args.work / "model" / "config.json").exists() or not (args.work / "data").exists():
+    if args.tokenizer.resolve() == DEFAULT_MODEL.resolve():
+        ensure_defaults()
+    if not (args.model / "config.json").exists() or not args.data.exists() or args.smoke:
         log = args.work / "build.log"
         cmd = [sys.executable, str(BENCH / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
-               "--model-out", str(args.work / "model"), "--data-out", str(args.work / "data")]
+               "--model-out", str(args.model), "--data-out", str(args.data), "--seq-tokens", str(args.seq_tokens),
+               *(["--smoke"] if args.smoke else [])]
         if run_child(cmd, env(), log, 900).returncode != 0:
             raise SystemExit(f"building the model or data failed:\n{log_tail(log, 30)}")
 
@@ -267,12 +371,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{[round(t) for t in run['tokens_per_second']]}", flush=True)
         result["summary"] = summarize(result["runs"], probe, args.seq_tokens)
         save()
-        if not queue:
+        if not queue and not args.smoke:
             queue = ["1gpu-b4", "2gpu-b8"]
     result["summary"] = summarize(result["runs"], probe, args.seq_tokens)
     result["table"] = report(result["summary"], probe)
     save()
     print("\n" + result["table"], flush=True)
+    if args.smoke:
+        if result["failures"]:
+            raise SystemExit(f"smoke: {len(result['failures'])} run(s) failed: "
+                             + ", ".join(f["mode"] for f in result["failures"]))
+        check_figures(smoke_figures(result["summary"], probe), result["table"])
     return 0
 
 

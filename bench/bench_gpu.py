@@ -57,17 +57,23 @@ rounds and the experiments not run yet, added to the same results:
     python3 bench/bench_gpu.py --work /tmp/lb --tokenizer .whl2/tok --continue --rounds 5 --budget-s 520
 
 `--list` names the experiments; `--experiments NAME ...` picks some; `--smoke` tries
-the whole script on a small model of the same architecture (CPU included).
+the whole script on a small model of the same architecture (CPU included): 2 iterations
+of 2 rows of 32 tokens, 1 round, in a temporary --work folder (removed after), results to
+bench_gpu-smoke.json, its figures checked. Without CUDA it leaves out the CUDA-only
+experiments, and PEFT where PyTorch or PEFT is not installed, each with a line saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +92,7 @@ from bench.common import (
     PROJECT_DIR,
     RESULTS_DIR,
     base_env,
+    check_figures,
     fmt,
     log_tail,
     machine_info,
@@ -127,6 +134,7 @@ for _ in range(3):
     best.append(20 * 2 * n**3 / (time.perf_counter() - tic) / 1e12)
     del outs
 info["bf16_matmul_tflops"] = max(best)
+info["size"] = n
 print("PROBE " + json.dumps(info))
 """
 
@@ -143,7 +151,8 @@ def probe(work: Path, size: int = 8192) -> dict[str, Any]:
 
 
 def build_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    model, data = args.work / ("model-smoke" if args.smoke else "model"), args.work / "data"
+    suffix = "-smoke" if args.smoke else ""
+    model, data = args.work / f"model{suffix}", args.work / f"data{suffix}"
     cmd = [sys.executable, str(PROJECT_DIR / "bench" / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
            "--model-out", str(model), "--data-out", str(data), "--seq-tokens", str(args.seq_tokens),
            *(["--smoke"] if args.smoke else [])]
@@ -253,7 +262,9 @@ class Bench:
         self.started = time.perf_counter()
         self.runs: list[dict[str, Any]] = []
         self.skipped: list[str] = []
+        self.unavailable: dict[str, str] = {}  # label: why this machine cannot run it
         self.failed: list[dict[str, str]] = []
+        self.cuda = True  # set from the probe
         self.payload: dict[str, Any] = {}
 
     def time_left(self) -> float:
@@ -263,7 +274,20 @@ class Bench:
         walls = [r["wall_s"] for r in self.runs]
         return (median(walls) or 90.0) if walls else 90.0  # the first run on a machine compiles kernels: slower
 
+    def missing(self, name: str, variant: Variant | None) -> str | None:
+        """Why this machine cannot run a mode or experiment (None: it can). PEFT missing fails a real run."""
+        if variant is not None and variant.cuda_only and not self.cuda:
+            return "a setting of MLX's CUDA backend; MLX sees no GPU here"
+        if name == "peft" and self.args.smoke and not all(importlib.util.find_spec(m) for m in ("torch", "peft")):
+            return "PyTorch and PEFT are not installed here"
+        return None
+
     def one(self, name: str, variant: Variant | None, label: str) -> None:
+        reason = self.missing(name, variant)
+        if reason is not None:
+            self.unavailable[label] = reason
+            print(f"  not run {label}: {reason}", file=sys.stderr, flush=True)
+            return
         if self.time_left() < self.estimate() * 1.15:
             self.skipped.append(label)
             print(f"  skip {label}: {self.time_left():.0f} s left, a run takes ~{self.estimate():.0f} s",
@@ -300,8 +324,8 @@ class Bench:
                 out.write(f"\n===== {label} =====\n{log_tail(log, 40)}\n")
 
     def write(self) -> None:
-        self.payload.update({"runs": self.runs, "skipped": self.skipped, "failed": self.failed,
-                             "summary": summarize(self.runs)})
+        self.payload.update({"runs": self.runs, "skipped": self.skipped, "unavailable": self.unavailable,
+                             "failed": self.failed, "summary": summarize(self.runs)})
         text = json.dumps(self.payload, indent=2, sort_keys=True, default=str)
         for path in (self.args.json, self.args.work / "results.json"):  # the second for --continue
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,8 +336,8 @@ class Bench:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/lb"),
-                        help="model, data and runs (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="model, data and runs (default: /tmp/lb; --smoke: a temporary folder)")
     parser.add_argument("--tokenizer", type=Path, default=PROJECT_DIR / "data" / "models" / "tiny-mistral",
                         help="folder of the tokenizer files to use (default: the embedded model's)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each: every mode once)")
@@ -336,11 +360,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and the experiments it has not run")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--smoke", action="store_true",
-                        help="a small model of the same architecture (tries the script anywhere, e.g. on CPU)")
+                        help="a small model of the same architecture, 2 iterations of 2 x 32 tokens, 1 round, figures "
+                        "checked (tries the script anywhere, e.g. on CPU); results to bench_gpu-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.iters, args.steps_per_report, args.batch_size, args.seq_tokens = 1, 2, 1, 2, 32
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="bench-gpu-smoke-")) if args.smoke else Path("/tmp/lb")
     out = os.environ.get("OUT")
+    name = "bench_gpu-smoke.json" if args.smoke else "bench_gpu.json"
     if args.json is None:
-        args.json = Path(out) / "bench_gpu.json" if out else RESULTS_DIR / "bench_gpu.json"
+        args.json = Path(out) / name if out else RESULTS_DIR / name
     if args.log is None and out:
         args.log = Path(out) / "bench_gpu_runs.log"
     return args
@@ -352,6 +382,24 @@ def main(argv: list[str] | None = None) -> int:
         for v in EXPERIMENTS:
             print(f"{v.name:<18} {v.what}")
         return 0
+    if args.smoke and args.work.name.startswith("bench-gpu-smoke-"):
+        try:
+            return run(args)
+        finally:
+            shutil.rmtree(args.work, ignore_errors=True)
+    return run(args)
+
+
+def smoke_figures(bench: Bench) -> list[tuple[str, float | None]]:
+    """What a smoke run checks (check_figures): each mode's and experiment's tokens/s and peak memory."""
+    figures: list[tuple[str, float | None]] = []
+    for name, s in summarize(bench.runs).items():
+        figures += [(f"| {name} |", s["median_tokens_per_second"]), (f"| {name} |", s["median_peak_memory_gb"])]
+    return figures
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole benchmark on args (parse_args)."""
     args.work = args.work.resolve()
     args.tokenizer = args.tokenizer.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -365,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     args.model, args.data = build_inputs(args)
     print(f"bench_gpu: inputs ready in {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
-    probe_info = probe(args.work, 1024 if args.smoke else 8192)
+    probe_info = probe(args.work, 256 if args.smoke else 8192)
     print(f"bench_gpu: probe {probe_info}", file=sys.stderr, flush=True)
+    bench.cuda = bool(probe_info.get("cuda"))
     bench.payload = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": info, "gpu": gpu, "probe": probe_info, "expected_trainable": expected,
@@ -395,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         if r.get("blas_warning"):
             print("bench_gpu: WARNING the worker printed the OpenBLAS fallback warning", file=sys.stderr)
-    print(report(bench, info, gpu, probe_info), flush=True)
+    table = report(bench, info, gpu, probe_info)
+    print(table, flush=True)
     print(f"\nwrote {args.json}", flush=True)
+    if args.smoke and not bench.failed:
+        check_figures(smoke_figures(bench), table)
     return 1 if bench.failed else 0
 
 

@@ -47,11 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--values", type=int, default=LORA_GRAD_VALUES)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backend", default="nccl", help="MLX distributed backend (ring: a CPU try of the script)")
     args = parser.parse_args(argv)
 
-    group = mx.distributed.init(backend="nccl", strict=True)
+    group = mx.distributed.init(backend=args.backend, strict=True)
     rank, size = group.rank(), group.size()
-    result: dict[str, Any] = {"rank": rank, "size": size, "values": args.values, "device": str(mx.default_device())}
+    result: dict[str, Any] = {"rank": rank, "size": size, "values": args.values, "device": str(mx.default_device()),
+                              "backend": args.backend}
     check = mx.distributed.all_sum(mx.full((4,), rank + 1.0), group=group)
     mx.eval(check)
     result["check_sum"] = float(check[0].item())

@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="reports JSON; each rank adds .rank<N>")
     parser.add_argument("--gpu-stream-reports", action="store_true",
                         help="run mlx-lm's CPU-stream all_sums on the default stream")
+    parser.add_argument("--backend", default="nccl", help="MLX distributed backend (ring: a CPU try of the script)")
     own = parser.parse_args(argv[:split])
 
-    group = mx.distributed.init(backend="nccl", strict=True)
+    group = mx.distributed.init(backend=own.backend, strict=True)
     all_sum = mx.distributed.all_sum
     calls = {"all_sum": 0}
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     mx.distributed.all_sum = group_all_sum
     rank = group.rank()
     out = own.out.with_name(f"{own.out.stem}.rank{rank}{own.out.suffix}")
-    print(f"dist_plain: rank {rank} of {group.size()} (nccl), device {mx.default_device()}", flush=True)
+    print(f"dist_plain: rank {rank} of {group.size()} ({own.backend}), device {mx.default_device()}", flush=True)
     code = plain_mlx_lm.main(["--out", str(out), *argv[split:]])
     data = json.loads(out.read_text())
     data.update({"rank": rank, "world_size": group.size(), "all_sum_calls_traced": calls["all_sum"]})

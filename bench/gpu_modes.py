@@ -29,21 +29,23 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     wrapper: list[str] = field(default_factory=list)  # bench/gpu_plain.py flags
     cli: list[str] = field(default_factory=list)  # extra `mlx_lm lora` flags
+    cuda_only: bool = False  # a setting of MLX's CUDA backend alone: nothing to measure without a GPU
 
 
 EXPERIMENTS = [
     Variant("graphs-100ops", "CUDA graphs of up to 100 ops, 1,000 cached (MLX_MAX_OPS_PER_BUFFER=100, "
             "MLX_CUDA_GRAPH_CACHE_SIZE=1000)",
-            env={"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_CUDA_GRAPH_CACHE_SIZE": "1000"}),
+            env={"MLX_MAX_OPS_PER_BUFFER": "100", "MLX_CUDA_GRAPH_CACHE_SIZE": "1000"}, cuda_only=True),
     Variant("no-cudnn-sdpa", "attention without cuDNN's fused kernels (MLX_CUDA_USE_CUDNN_SDPA=0)",
-            env={"MLX_CUDA_USE_CUDNN_SDPA": "0"}),
+            env={"MLX_CUDA_USE_CUDNN_SDPA": "0"}, cuda_only=True),
     Variant("no-compile", "the training step not compiled (MLX_DISABLE_COMPILE=1)",
             env={"MLX_DISABLE_COMPILE": "1"}),
     Variant("clear-cache-1gb", "clear MLX's allocator cache after a step when over 1 GB (clear_cache_threshold)",
             wrapper=["--clear-cache-threshold-gb", "1"]),
     Variant("cache-limit-4gb", "allocator cache capped at 4 GB (mx.set_cache_limit)",
             wrapper=["--cache-limit-gb", "4"]),
-    Variant("no-cuda-graphs", "no CUDA graphs (MLX_USE_CUDA_GRAPHS=0)", env={"MLX_USE_CUDA_GRAPHS": "0"}),
+    Variant("no-cuda-graphs", "no CUDA graphs (MLX_USE_CUDA_GRAPHS=0)", env={"MLX_USE_CUDA_GRAPHS": "0"},
+            cuda_only=True),
     Variant("grad-checkpoint", "gradient checkpointing on (--grad-checkpoint)", cli=["--grad-checkpoint"]),
 ]
 PLAIN = Variant("plain", "mlx-lm as `mlx_lm lora --train` runs it")
@@ -71,7 +73,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def report(bench: Any, info: dict[str, Any], gpu: dict[str, Any], probe_info: dict[str, Any]) -> str:
-    """The Markdown tables of a bench (bench_gpu.Bench: its args, runs, skipped and failed)."""
+    """The Markdown tables of a bench (bench_gpu.Bench: its args, runs, skipped, unavailable and failed)."""
     summary = summarize(bench.runs)
     args = bench.args
     rows = [[mode, fmt(s["median_tokens_per_second"], 0), " / ".join(fmt(x, 0) for x in s["run_medians"]),
@@ -115,9 +117,12 @@ def report(bench: Any, info: dict[str, Any], gpu: dict[str, Any], probe_info: di
                                     exp_rows))
     if bench.skipped:
         parts.append("Skipped (time budget): " + ", ".join(bench.skipped))
+    if bench.unavailable:
+        parts.append("Not run on this machine: " + "; ".join(f"{k} ({v})" for k, v in bench.unavailable.items()))
     if bench.failed:
         parts.append("Failed: " + ", ".join(f["run"] for f in bench.failed))
+    tflops = fmt(probe_info.get("bf16_matmul_tflops"), 0)
     parts.append(f"GPU: {gpu['nvidia_smi']}; mlx-cuda-13 {gpu['mlx_cuda_13']}; MLX sees CUDA: {probe_info.get('cuda')}"
-                 f"; bf16 8192³ matmul in MLX: {fmt(probe_info.get('bf16_matmul_tflops'), 0)} TFLOP/s")
+                 f"; bf16 {probe_info.get('size', 8192)}³ matmul in MLX: {tflops} TFLOP/s")
     parts.append(machine_line(info))
     return "\n\n".join(parts)
