@@ -23,6 +23,10 @@ from starlette.responses import StreamingResponse
 PING_S = 15.0  # seconds of silence before a keep-alive comment (as FastAPI's own streams)
 PING = b": ping\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering either
+EVENT_SCHEMA = {"type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                                                 "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}
+# A stream route's `responses=`: its 200 as the API describes an event stream, one schema per event.
+STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}}}}
 
 
 def finite(data: Any) -> Any:
@@ -78,11 +82,11 @@ async def with_pings(events: AsyncIterator[ServerSentEvent], ping_s: float = PIN
 
 
 class EventStream(StreamingResponse):
-    """A text/event-stream response (routes name it as their response_class, for the API's description)."""
-
-    media_type = "text/event-stream"
+    """A text/event-stream response. Routes name it as their response_class with STREAM_DOC in `responses=`;
+    its media type is set per response, so the API describes each event (STREAM_DOC), not a string body."""
 
 
 def event_stream(events: AsyncIterator[ServerSentEvent], ping_s: float | None = None) -> EventStream:
     """A text/event-stream response of these events (a keep-alive comment every PING_S seconds of silence)."""
-    return EventStream(with_pings(events, PING_S if ping_s is None else ping_s), headers=HEADERS)
+    return EventStream(with_pings(events, PING_S if ping_s is None else ping_s), media_type="text/event-stream",
+                       headers=HEADERS)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, s
 
 from app.routes.params import MAX_ID, RunId, stream_problems
 from app.runs.live import Cursor, CursorError, Segment, StreamTiming, read_segments, resume_cursor, run_event_stream
-from app.sse import EventStream, event_stream
+from app.sse import STREAM_DOC, EventStream, event_stream
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -43,7 +43,8 @@ async def stream_start(
     return StreamStart(cursor, segments)
 
 
-@router.get("/runs/{run_id}/events", response_class=EventStream, responses=stream_problems(400, 404, 422))
+@router.get("/runs/{run_id}/events", response_class=EventStream,
+            responses={**STREAM_DOC, **stream_problems(400, 404, 422)})
 async def run_events(
     request: Request,
     run_id: RunId,

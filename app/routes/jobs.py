@@ -24,7 +24,7 @@ from app.jobs.jobs import LIVE, check_job, job_json, list_jobs, progress_view
 from app.jobs.kinds import KINDS, describe
 from app.routes.params import JobId, bounded_query, problems, stream_problems
 from app.settings import Settings
-from app.sse import EventStream, event_stream
+from app.sse import STREAM_DOC, EventStream, event_stream
 from app.status import RunStatus
 from app.tables import Job
 
@@ -114,7 +114,7 @@ def _read(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | N
 
 
 @router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=EventStream,
-            responses=stream_problems(404, 422))
+            responses={**STREAM_DOC, **stream_problems(404, 422)})
 async def job_events(
     request: Request, job: JobDep, settings: SettingsDep,
     max_s: Annotated[float | None, Query(gt=0, le=86_400, description="end the stream after so many seconds")]

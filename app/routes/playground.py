@@ -34,7 +34,7 @@ from app.playground.requests import (
 from app.playground.stream import column_json, columns_of, generation_events, outputs, settle, wait_for_end
 from app.playground.view import EXAMPLE_SPLITS, Example, base_models, column_choices, job_view, read_example, runs_on
 from app.routes.params import MAX_ID, bounded_query, problems, stream_problems
-from app.sse import EventStream, event_stream
+from app.sse import STREAM_DOC, EventStream, event_stream
 from app.tables import Generation, PromptSet, Run
 
 router = APIRouter()
@@ -159,7 +159,7 @@ async def stream_after(
 
 
 @router.get("/api/generations/{generation_id}/events", tags=["playground"], response_class=EventStream,
-            responses=stream_problems(400, 404, 422))
+            responses={**STREAM_DOC, **stream_problems(400, 404, 422)})
 async def generation_stream(
     request: Request, generation_id: GenerationId, settings: SettingsDep,
     after: Annotated[int, Depends(stream_after)],
