@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -92,7 +93,8 @@ def worker_job(root: Path, kind: str, params: dict[str, Any], adapter: Path | No
     db = root / f"{label}.sqlite"
     adapters = root / f"{label}-adapters"
     env = base_env(LORABOARD_DB_PATH=str(db), LORABOARD_ADAPTERS_DIR=str(adapters),
-                   LORABOARD_MODELS_DIR=str(root / "models"))
+                   LORABOARD_MODELS_DIR=str(root / "models"),
+                   LORABOARD_ALLOWED_DIRS=os.pathsep.join((str(root), str(model))))  # the job's model, wherever it is
     engine = make_engine(db)
     with Session(engine) as session:
         run_id = None

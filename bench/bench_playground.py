@@ -128,8 +128,10 @@ def playground_round(db: Path, model: str, max_tokens: int, timeout_s: float = 6
     return {"first_token_s": first, "tokens_per_second": speed, "tokens": tokens, "text": text, "wall_s": wall}
 
 
-def start_playground(root: Path) -> tuple[Path, subprocess.Popen[bytes]]:
-    env = base_env(LORABOARD_DB_PATH=str(root / "loraboard.db"), LORABOARD_ADAPTERS_DIR=str(root / "adapters"))
+def start_playground(root: Path, model: Path) -> tuple[Path, subprocess.Popen[bytes]]:
+    """The playground worker on a temporary database; its settings allow `model`, wherever it lies."""
+    env = base_env(LORABOARD_DB_PATH=str(root / "loraboard.db"), LORABOARD_ADAPTERS_DIR=str(root / "adapters"),
+                   LORABOARD_ALLOWED_MODEL_DIRS=str(model))
     subprocess.run([sys.executable, "-c", "from app.db import make_engine; from app.settings import Settings;"
                     " make_engine(Settings().database_path)"], cwd=PROJECT_DIR, env=env, check=True)
     db = root / "loraboard.db"
@@ -147,7 +149,7 @@ def start_playground(root: Path) -> tuple[Path, subprocess.Popen[bytes]]:
 
 def bench_model(name: str, model: Path, rounds: int, max_tokens: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-playground-") as tmp:
-        db, worker = start_playground(Path(tmp))
+        db, worker = start_playground(Path(tmp), model)
         plain = subprocess.Popen([sys.executable, "-c", PLAIN, str(model), str(max_tokens), PROMPT], cwd=PROJECT_DIR,
                                  env=base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert plain.stdin is not None and plain.stdout is not None
