@@ -14,7 +14,9 @@ from sqlmodel import Session
 
 from app import json_text
 from app.body_limit import MAX_BODY_BYTES, MAX_JSON_DEPTH, is_json, json_depth
+from app.catalog.info import HUB_ID
 from app.datasets.validation import validate_dataset
+from app.imports.adapter_folder import NUMBERED
 from app.models.registry import NAME
 from app.runs.distributed_checks import _HOST
 from app.runs.listing import RunListError, clean_name, clean_notes
@@ -142,6 +144,8 @@ def test_rename_and_notes_refuse_hidden_characters() -> None:
 def test_model_host_names_refuse_a_final_newline() -> None:
     assert NAME.match("fused-1") and not NAME.match("fused-1\n")
     assert _HOST.match("user@mac1.local") and not _HOST.match("mac1.local\n")
+    assert HUB_ID.match("org/model") and not HUB_ID.match("org/model\n")
+    assert NUMBERED.match("0000040_adapters.safetensors") and not NUMBERED.match("0000040_adapters.safetensors\n")
 
 
 @pytest.fixture

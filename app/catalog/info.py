@@ -37,7 +37,7 @@ from app.settings import Settings
 __all__ = ["ModelInfo", "ModelInfoError", "Trainable", "format_millions", "model_choices", "model_info",
            "trainable_params"]
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?\Z")
 LAYER_TENSOR = re.compile(r"^(?P<prefix>(?:[\w.]*?\.)?(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 

@@ -22,7 +22,7 @@ from app.confinement import PathNotAllowed, open_confined
 CONFIG_FILE = "adapter_config.json"
 IMPORTED_BACKEND = "mlx_lm CLI (imported)"  # the backend an imported run names
 FINAL_FILE = "adapters.safetensors"
-NUMBERED = re.compile(r"^(\d{7,})_adapters\.safetensors$")
+NUMBERED = re.compile(r"^(\d{7,})_adapters\.safetensors\Z")
 
 
 class ImportProblem(ValueError):
