@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from app.runs.live import (
     CursorError,
     Segment,
     StreamTiming,
+    commit_stamp,
     plan_segments,
     read_segments,
     read_update,
@@ -150,6 +153,46 @@ def test_stream_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
     assert len(quiet) == 3 and (quiet[-1].comment or "").startswith("stream time limit reached")
     stopped = asyncio.run(collect(StreamTiming(poll_s=30.0, max_s=60.0), threading.Event()))
     assert len(stopped) == 3 and (stopped[-1].comment or "").startswith("server shutting down")  # not the limit
+    engine.dispose()
+
+
+def test_a_commit_is_streamed_at_the_next_wake_not_the_next_poll(tmp_path: Path) -> None:
+    """With a 30 s poll, a report committed by another connection (as a worker commits) is sent within a few
+    wakes: the stream saw the write-ahead log change."""
+    engine = make_engine(tmp_path / "loraboard.db")
+    with Session(engine) as session:
+        run = Run(name="live", status="running", config_json="{}", total_iters=10)
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    assert run_id is not None
+    assert commit_stamp(str(tmp_path / "loraboard.db")) is not None
+    assert commit_stamp(str(tmp_path / "absent.db")) is None and commit_stamp(None) is None
+
+    def worker_commits() -> None:
+        time.sleep(0.5)
+        conn = sqlite3.connect(tmp_path / "loraboard.db")
+        conn.execute("INSERT INTO trainreport (run_id, iteration, train_loss, learning_rate, iterations_per_second,"
+                     " tokens_per_second, trained_tokens, peak_memory, recorded_at)"
+                     " VALUES (?, 5, 1.0, 0.001, 1.0, 1.0, 10, 0.1, '2026-01-01 00:00:00')", (run_id,))
+        conn.commit()
+        conn.close()
+
+    async def first_metrics() -> float:
+        committer = threading.Thread(target=worker_commits)
+        started = time.monotonic()
+        committer.start()
+        try:
+            async for part in run_event_stream(engine, run_id, [Segment(run_id)], Cursor(),
+                                               StreamTiming(poll_s=30.0, wake_s=0.05, max_s=20.0)):
+                if part.event == "metrics":
+                    return time.monotonic() - started
+        finally:
+            committer.join()
+        raise AssertionError("no metrics event")
+
+    waited = asyncio.run(first_metrics())
+    assert waited < 10, waited  # the 30 s poll would have been the first chance without the wake
     engine.dispose()
 
 

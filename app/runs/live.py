@@ -5,12 +5,17 @@ sent>` (-1: none yet), so a browser reconnecting with `Last-Event-ID` resumes ex
 The stream yields `fastapi.sse.ServerSentEvent`s; app/sse.py frames them (JSON data, NaN as null) and adds
 `: ping` keep-alive comments while the stream is idle. The cursor and segment logic is pure; the
 reads open one short session each, off the event loop.
+
+Between reads the stream watches the database's write-ahead log (`<db>-wal`): every commit of any process
+changes its size or modification time, so a worker's new report is read within one wake (`wake_s`) of its
+commit instead of at the next full poll (`poll_s`), which stays as the fallback. A wake costs one stat().
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -218,9 +223,22 @@ def read_update(engine: Engine, run_id: int, segments: Sequence[Segment], cursor
 # ---- the stream -----------------------------------------------------------------------------------
 
 
+def commit_stamp(database: str | None) -> tuple[int, int] | None:
+    """(modification time, size) of a SQLite database's write-ahead log, which every commit changes; None
+    when there is none to watch (no file, or an in-memory database)."""
+    if not database:
+        return None
+    try:
+        stat = os.stat(database + "-wal")
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 @dataclass(frozen=True)
 class StreamTiming:
-    poll_s: float = 0.5        # how often SQLite is read for new points
+    poll_s: float = 0.5        # how often SQLite is read for new points when no commit was seen
+    wake_s: float = 0.1        # how often the write-ahead log is looked at for a commit (and shutdown checked)
     max_s: float | None = None  # end the stream after this long (the browser reconnects and resumes)
     retry_ms: int = 1000       # the browser's reconnection delay
     batch: int = 2000          # points per series in one event
@@ -234,7 +252,9 @@ async def run_event_stream(
     yield ServerSentEvent(retry=timing.retry_ms)
     started = time.monotonic()
     state: tuple[str, int, float | None] | None = None
+    database = engine.url.database
     while True:
+        seen = commit_stamp(database)  # before the read: a commit during it is read again, never missed
         update = await asyncio.to_thread(read_update, engine, run_id, segments, cursor, timing.batch)
         if update is None:
             yield ServerSentEvent(event="gone", data={"detail": f"run {run_id} no longer exists"}, id=cursor.encode())
@@ -254,7 +274,9 @@ async def run_event_stream(
         if update.complete:
             deadline = time.monotonic() + timing.poll_s
             while time.monotonic() < deadline and not (stopping and stopping.is_set()):
-                await asyncio.sleep(min(0.1, timing.poll_s))
+                await asyncio.sleep(min(timing.wake_s, timing.poll_s))
+                if seen is not None and commit_stamp(database) != seen:
+                    break
         if stopping is not None and stopping.is_set():
             yield ServerSentEvent(comment="server shutting down; reconnect to resume")
             return
