@@ -407,7 +407,31 @@ def in_process(root: Path, **overrides: Any) -> Iterator[InProcess]:
     app = create_app(in_process_settings(root, **overrides))
     # Requests come from the dashboard's own origin, as its pages' do; a test of refusals sets its own headers.
     with TestClient(app, base_url=IN_PROCESS_URL, headers={"Origin": IN_PROCESS_URL}) as client:
-        yield InProcess(root, client, app)
+        try:
+            yield InProcess(root, client, app)
+        finally:
+            end_workers(app.state.engine)
+
+
+def end_workers(engine: Any) -> None:
+    """Never leave a worker running after a test: SIGTERM (the worker saves and ends) every live worker of a run or
+    job of this database that has not ended, as a server's stop does through its API."""
+    import signal
+
+    from sqlmodel import Session, select
+
+    from app.jobs.process import is_worker
+    from app.tables import Job, Run
+
+    with Session(engine) as session:
+        workers = [("train", run.id, run.pid) for run in session.exec(select(Run)).all()
+                   if run.status not in TERMINAL and run.pid] + [
+                  ("job", job.id, job.pid) for job in session.exec(select(Job)).all()
+                   if job.status not in TERMINAL and job.pid]
+    for kind, key, pid in workers:
+        if is_worker(pid, kind, key):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture
