@@ -301,6 +301,7 @@ def masked(md: str, server: Server) -> str:
     md = re.sub(r"^- \*\*(CPU|GPU|Memory|OS|Software|Precision|Backend)\*\*: .*$", r"- **\1**: <machine>", md,
                 flags=re.M)
     md = re.sub(r"\d+(?:[.,]\d+)*", "N", md)
+    md = re.sub(r"\bN[hms](?: N[ms])*\b", "<duration>", md)  # "Ns", or "Nm Ns" on a slower machine
     md = re.sub(r"(\|---.*\n)(\|.*\n)+", r"\1| <rows> |\n", md)  # table bodies: as many rows as the run made
     # all of the training reports, or some of them evenly spread: as many as the run made
     md = re.sub(r"All N reports\.|N of N reports, evenly spread \(the first and the last kept\)\.", "<reports shown>.",
