@@ -271,6 +271,28 @@ def test_a_job_end_waits_for_the_database(run_db: Path) -> None:
         assert check.execute("SELECT status FROM run WHERE id = 1").fetchone() == ("completed",)
 
 
+def test_an_evaluation_result_waits_for_the_database(run_db: Path) -> None:
+    """An evaluation's figures and answers (worker/evaluate.write_measurement) are written once the database takes
+    them again, in one piece: a short spell of refused writes loses no result."""
+    import threading
+
+    from worker.evaluate import Loss, Measurement, write_measurement
+
+    measured = Measurement(iteration=40, loss=Loss(loss=1.25, tokens=320, batches=2),
+                           examples=[(1, "prompt", "reference", "output", 0.5, "{}")])
+    write = threading.Thread(target=write_measurement, args=(run_db, 7, 1, "test", True, measured, 30.0))
+    with unwritable(run_db):
+        write.start()
+        time.sleep(1.0)
+        with sqlite3.connect(run_db) as check:
+            assert check.execute("SELECT COUNT(*) FROM evaluation").fetchone() == (0,)
+    write.join(15)
+    assert not write.is_alive()
+    with sqlite3.connect(run_db) as check:
+        assert check.execute("SELECT iteration, loss, tokens FROM evaluation").fetchall() == [(40, 1.25, 320)]
+        assert check.execute("SELECT line, output FROM evaluationexample").fetchall() == [(1, "output")]
+
+
 # --- real dashboards ---------------------------------------------------------------------------------------
 
 

@@ -14,8 +14,10 @@ ends the job with a message naming that checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from app.evaluation.answers import task_result
 from app.paths import data_roots, run_file_roots
 from app.runs.config import FEATURE_KEYS, RunConfig
 from worker.job import JobContext, JobInputError, JobStopped
-from worker.reporting import connect, now_text
+from worker.reporting import now_text, write_until
 from worker.task_answers import References, TaskExample, decode, generate_answers, read_references, task_examples
 from worker.token_stats import DatasetFileError, read_split
 
@@ -102,10 +104,11 @@ class Measurement:
 
 
 def write_measurement(db_path: Path, job_id: int, run_id: int, split: str, mask_prompt: bool,
-                      measured: Measurement) -> None:
-    """The model's Evaluation row and its EvaluationExample rows, in one transaction."""
-    conn = connect(db_path)
-    try:
+                      measured: Measurement, limit_s: float) -> None:
+    """The model's Evaluation row and its EvaluationExample rows, in one transaction; tried again while the
+    database refuses writes, for up to limit_s (Settings.db_unwritable_limit_s), so a short spell loses nothing."""
+
+    def write(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
@@ -119,11 +122,12 @@ def write_measurement(db_path: Path, job_id: int, run_id: int, split: str, mask_
                 " score, outcome_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, job_id, measured.iteration, split, *row) for row in measured.examples])
         except BaseException:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-    finally:
-        conn.close()
+
+    write_until(db_path, write, limit_s)
 
 
 def load_split(path: Path, tokenizer: Any, config: RunConfig,
@@ -198,7 +202,7 @@ class Evaluator:
     def record(self, measured: Measurement) -> None:
         params = self.ctx.params
         write_measurement(self.ctx.settings.database_path, self.ctx.job_id, int(params["run_id"]), params["split"],
-                          self.config.mask_prompt, measured)
+                          self.config.mask_prompt, measured, self.ctx.settings.db_unwritable_limit_s)
         key = str(measured.iteration)
         self.result["evaluated"].append(measured.iteration)
         self.result["losses"][key] = measured.loss.loss
