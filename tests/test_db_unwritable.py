@@ -293,6 +293,32 @@ def test_an_evaluation_result_waits_for_the_database(run_db: Path) -> None:
         assert check.execute("SELECT line, output FROM evaluationexample").fetchall() == [(1, "output")]
 
 
+def test_a_fused_model_is_registered_once_the_database_takes_it(run_db: Path, tmp_path: Path) -> None:
+    """A fuse or quantize job's RegisteredModel row (worker/model_output.register) waits out refused writes; the
+    folder it names is kept, and a name already taken still removes it and says so."""
+    import threading
+
+    from worker.job import JobInputError
+    from worker.model_output import register
+
+    folder = tmp_path / "fused-1"
+    folder.mkdir()
+    fields = {"name": "fused-1", "path": str(folder), "origin": "fused", "source_model": "base", "size_bytes": 1}
+    write = threading.Thread(target=register, args=(run_db, fields, 30.0))
+    with unwritable(run_db):
+        write.start()
+        time.sleep(1.0)
+    write.join(15)
+    assert not write.is_alive() and folder.is_dir()
+    with sqlite3.connect(run_db) as check:
+        assert check.execute("SELECT name, path FROM registered_model").fetchall() == [("fused-1", str(folder))]
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(JobInputError, match="already named 'fused-1'"):
+        register(run_db, {**fields, "path": str(again)}, 30.0)
+    assert not again.exists()
+
+
 # --- real dashboards ---------------------------------------------------------------------------------------
 
 

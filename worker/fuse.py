@@ -55,7 +55,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
     size = folder_bytes(dest)
     register(db_path, {"name": dest.name, "path": str(dest.resolve()), "origin": "fused", "source_model": base,
                        "run_id": run_id, "iteration": iteration, "job_id": ctx.job_id, "bits": quant.get("bits"),
-                       "group_size": quant.get("group_size"), "dequantized": dequantize, "size_bytes": size})
+                       "group_size": quant.get("group_size"), "dequantized": dequantize, "size_bytes": size},
+             ctx.settings.db_unwritable_limit_s)
     ctx.detail = f"fused into {dest.name}"
     return {"name": dest.name, "path": str(dest.resolve()), "size_bytes": size, "fused_layers": len(fused),
             "adapter_path": str(adapter_dir), **peak_memory()}

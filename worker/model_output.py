@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.job import JobInputError
-from worker.reporting import connect, now_text
+from worker.reporting import connect, now_text, write_until
 
 
 def temp_folder(dest: Path) -> Path:
@@ -59,23 +59,29 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def register(db_path: Path, fields: dict[str, Any]) -> int:
-    """Insert the RegisteredModel row; the folder is removed again when the row cannot be written."""
+def register(db_path: Path, fields: dict[str, Any], limit_s: float) -> int:
+    """Insert the RegisteredModel row, tried again while the database refuses writes for up to limit_s
+    (Settings.db_unwritable_limit_s); the folder is removed again when the name is taken."""
     columns = ["name", "path", "origin", "source_model", "run_id", "iteration", "job_id", "bits", "group_size",
                "dequantized", "size_bytes", "created_at"]
     values = {**{column: None for column in columns}, "dequantized": False, "created_at": now_text(), **fields}
-    conn = connect(db_path)
-    try:
+    inserted: list[int] = []
+
+    def insert(conn: sqlite3.Connection) -> None:
         cursor = conn.execute(
             "INSERT INTO registered_model (name, path, origin, source_model, run_id, iteration, job_id, bits,"
             " group_size, dequantized, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [values[column] for column in columns])
-        return int(cursor.lastrowid or 0)
-    except sqlite3.IntegrityError:
+        inserted.append(int(cursor.lastrowid or 0))
+
+    try:
+        write_until(db_path, insert, limit_s)
+    except sqlite3.IntegrityError as exc:
+        if "registered_model.name" not in str(exc):  # not the name taken: a fault of this job, said as it is
+            raise
         shutil.rmtree(str(values["path"]), ignore_errors=True)
         raise JobInputError(f"a registered model is already named {values['name']!r}; choose another name") from None
-    finally:
-        conn.close()
+    return inserted[-1]
 
 
 def peak_memory() -> dict[str, int]:

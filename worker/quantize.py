@@ -30,7 +30,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     size = folder_bytes(dest)
     register(db_path, {"name": dest.name, "path": str(dest.resolve()), "origin": "quantized",
                        "source_model": str(params.get("source") or source), "job_id": ctx.job_id, "bits": bits,
-                       "group_size": group_size, "size_bytes": size})
+                       "group_size": group_size, "size_bytes": size}, ctx.settings.db_unwritable_limit_s)
     ctx.advance()
     ctx.detail = f"quantized into {dest.name}"
     return {"name": dest.name, "path": str(dest.resolve()), "size_bytes": size, "bits": bits,
