@@ -195,3 +195,28 @@ def test_json_too_deep_in_a_field_or_a_dataset_line_is_an_error_naming_it(
     (tmp_path / "valid.jsonl").write_text('{"text": "hi"}\n')
     report = validate_dataset(tmp_path)
     assert report.summary().startswith("train.jsonl line 1: is not valid JSON: nested too deeply")
+
+
+def test_json_too_deep_in_a_model_or_adapter_folder_is_an_error_naming_the_file(
+    shared_app_client: InProcess, tmp_path: Path,
+) -> None:
+    """config.json of a model folder, adapter_config.json and a safetensors header nested past what Python's JSON
+    reader recurses through: each answer names the file as unreadable JSON (before, a RecursionError: a 500)."""
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(deep)
+    info = shared_app_client.client.get("/api/models/info", params={"model": str(model)})
+    assert info.status_code == 422 and "config.json is not valid JSON: nested too deeply" in info.text, info.text
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text(deep)
+    (adapters / "adapters.safetensors").write_bytes(len(deep).to_bytes(8, "little") + deep.encode())
+    imported = shared_app_client.client.post("/api/imports", json={"adapter_dir": str(adapters)})
+    assert imported.status_code == 422 and "adapter_config.json" in imported.text, imported.text
+    assert "nested too deeply" in imported.text, imported.text
+    (adapters / "adapter_config.json").write_text('{"fine_tune_type": "lora", "num_layers": 2, '
+                                                  '"lora_parameters": {"rank": 8, "scale": 20.0, "dropout": 0.0}}')
+    imported = shared_app_client.client.post("/api/imports", json={"adapter_dir": str(adapters)})
+    assert imported.status_code == 422 and "adapters.safetensors" in imported.text, imported.text
+    assert "nested too deeply" in imported.text, imported.text

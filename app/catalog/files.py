@@ -9,7 +9,6 @@ read from, and the model folder itself): a file linking out of them is refused w
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import struct
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app import json_text
 from app.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -104,7 +104,7 @@ def read_safetensors_header(path: Path, roots: Sequence[Path] | None = None) -> 
     except OSError as exc:
         raise ModelInfoError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        header = json.loads(raw)
+        header = json_text.loads(raw)
     except ValueError as exc:
         raise ModelInfoError(f"{path}: the safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -129,7 +129,7 @@ def read_config(folder: Path, roots: Sequence[Path] | None = None) -> dict[str, 
     path = folder / "config.json"
     try:
         with _confined(path, [folder] if roots is None else roots) as handle:
-            config = json.loads(handle.read())
+            config = json_text.loads(handle.read())
     except ModelInfoError:
         raise
     except OSError:
@@ -150,7 +150,7 @@ def read_weights(folder: Path, roots: Sequence[Path] | None = None) -> tuple[dic
     if index.is_file() or index.is_symlink():
         try:
             with _confined(index, allowed) as handle:
-                weight_map = json.loads(handle.read()).get("weight_map", {})
+                weight_map = json_text.loads(handle.read()).get("weight_map", {})
         except ModelInfoError:
             raise
         except (ValueError, AttributeError) as exc:

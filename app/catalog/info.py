@@ -11,13 +11,13 @@ itself: a file linking out of them is refused, and nothing of it is described.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import json_text
 from app.catalog.files import (
     FLOATING,
     ModelInfoError,
@@ -54,7 +54,7 @@ def _choice(name: str, model: str, source: str, folder: Path, roots: list[Path],
             origin: str | None = None) -> dict[str, Any]:
     """One picker entry; its files read within `roots` (a file linking out of them says nothing)."""
     try:
-        model_type = json.loads(read_confined_bytes(folder / "config.json", roots)).get("model_type", "")
+        model_type = json_text.loads(read_confined_bytes(folder / "config.json", roots)).get("model_type", "")
     except (OSError, ValueError, AttributeError):  # PathNotAllowed is a ValueError: a link out says nothing
         model_type = ""
     return {"name": name, "model": model, "source": source, "path": str(folder), "revision": revision,

@@ -137,9 +137,10 @@ def load_chat_template(model: str, roots: Sequence[Path] | None = None) -> ChatT
     config_path = folder / "tokenizer_config.json"
     try:
         if _present(config_path):
-            config = json.loads(read_confined_text(config_path, allowed))
+            config = json_text.loads(read_confined_text(config_path, allowed))
         special_map_path = folder / "special_tokens_map.json"
-        special_map = json.loads(read_confined_text(special_map_path, allowed)) if _present(special_map_path) else {}
+        special_map = (json_text.loads(read_confined_text(special_map_path, allowed))
+                       if _present(special_map_path) else {})
         for key in SPECIAL_TOKEN_KEYS:
             token = _token_text(config.get(key)) or _token_text(special_map.get(key))
             if token is not None:
@@ -167,7 +168,7 @@ def _pick_source(template: ChatTemplate, folder: Path, configured: Any, roots: S
         template.tool_source = named.get("tool_use")
         template.origin = "tokenizer_config.json"
     elif _present(json_file):
-        loaded = json.loads(read_confined_text(json_file, roots))
+        loaded = json_text.loads(read_confined_text(json_file, roots))
         template.source, template.origin = loaded.get("chat_template"), json_file.name
     if template.source is None:
         template.problem = (f"the tokenizer of {folder} has no chat template: only text-format data can be "

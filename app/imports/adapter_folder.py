@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app import json_text
 from app.confinement import PathNotAllowed, open_confined
 
 CONFIG_FILE = "adapter_config.json"
@@ -76,7 +77,7 @@ def read_config(folder: Path, roots: Sequence[Path] | None = None) -> dict[str, 
         raise ImportProblem(f"{path} does not exist: an mlx_lm adapter folder holds {CONFIG_FILE} "
                             "(mlx_lm lora --train writes it first)") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json_text.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ImportProblem(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from app import json_text
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 DTYPE_BYTES: dict[str, int] = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2,
                                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -78,7 +80,7 @@ def _entry(name: str, raw: Any) -> TensorEntry:
 def parse_header(raw: bytes, data_bytes: int) -> dict[str, TensorEntry]:
     """Tensors of a header's JSON text, given how many bytes follow the header; HeaderProblem otherwise."""
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json_text.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
         raise HeaderProblem(f"not a safetensors file (its header is not UTF-8 text: byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
+from app import json_text
 from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
 from app.models.registry import NAME, NAME_RULE
 from app.settings import Settings
@@ -84,7 +85,7 @@ def model_folder(settings: Settings, name: str) -> Path:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_text.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GgufRefused(422, ("path", "name"), f"{path} cannot be read: {exc}") from None
     if not isinstance(data, dict):
@@ -144,7 +145,7 @@ def weight_count(folder: Path) -> int:
         try:
             with path.open("rb") as handle:
                 (size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(size))
+                header = json_text.loads(handle.read(size))
         except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise GgufRefused(422, ("path", "name"), f"{path} is not a readable safetensors file: {exc}") from None
         for key, info in header.items():
