@@ -77,7 +77,7 @@ def post_run(
     payload: dict[str, Any] = Body(default_factory=dict),
 ) -> dict[str, Any]:
     config = validate_config(payload, settings, session)
-    return run_json(session, queue_run(session, supervisor, config))
+    return run_json(session, queue_run(session, config, supervisor.tick))
 
 
 @router.get("/runs")

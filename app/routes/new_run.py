@@ -206,5 +206,5 @@ async def submit_run_form(
     if check.config is None:
         context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
-    run = await run_in_threadpool(queue_run, session, supervisor, check.config)  # may wait for the supervisor
+    run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick)  # may wait for the supervisor
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)

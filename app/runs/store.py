@@ -9,9 +9,10 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
@@ -23,9 +24,6 @@ from app.runs.downsample import lttb
 from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
-
-if TYPE_CHECKING:
-    from app.jobs.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +68,9 @@ def create_run(session: Session, config: RunConfig) -> Run:
     return run
 
 
-def queue_run(session: Session, supervisor: Supervisor, config: RunConfig) -> Run:
-    """Create a queued run, then let the supervisor start it at once if its capacity rule allows.
+def queue_run(session: Session, config: RunConfig, start_queued: Callable[[], None]) -> Run:
+    """Create a queued run, then let the supervisor start it at once if its capacity rule allows
+    (`start_queued`: Supervisor.tick).
 
     The row is committed first: the run exists whatever follows. Starting it may fail (a database error, a
     worker that cannot be spawned); the run then stays queued for the supervisor's next tick and the request
@@ -81,7 +80,7 @@ def queue_run(session: Session, supervisor: Supervisor, config: RunConfig) -> Ru
     run_id = run.id
     session.commit()
     try:
-        supervisor.tick()
+        start_queued()
     except (SQLAlchemyError, OSError):
         log.exception("run %s is queued; starting it now failed, the supervisor's next tick tries again", run_id)
     session.refresh(run)
