@@ -131,14 +131,19 @@ def test_reads_resume_in_small_batches_across_a_continued_run(tmp_path: Path) ->
     engine.dispose()
 
 
-def test_stream_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
-    engine = make_engine(tmp_path / "loraboard.db")
+def running_run(db: Path, name: str) -> tuple[Any, int]:
+    """A real loraboard database holding one running run (no worker): its engine and the run's id."""
+    engine = make_engine(db)
     with Session(engine) as session:
-        run = Run(name="waiting", status="running", config_json="{}", total_iters=10)
+        run = Run(name=name, status="running", config_json="{}", total_iters=10)
         session.add(run)
         session.commit()
-        run_id = run.id
-    assert run_id is not None
+        assert run.id is not None
+        return engine, run.id
+
+
+def test_stream_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
+    engine, run_id = running_run(tmp_path / "loraboard.db", "waiting")
 
     async def collect(timing: StreamTiming, stopping: threading.Event | None = None) -> list[ServerSentEvent]:
         parts = []
@@ -159,13 +164,7 @@ def test_stream_ends_on_its_time_limit_or_at_shutdown(tmp_path: Path) -> None:
 def test_a_commit_is_streamed_at_the_next_wake_not_the_next_poll(tmp_path: Path) -> None:
     """With a 30 s poll, a report committed by another connection (as a worker commits) is sent within a few
     wakes: the stream saw the write-ahead log change."""
-    engine = make_engine(tmp_path / "loraboard.db")
-    with Session(engine) as session:
-        run = Run(name="live", status="running", config_json="{}", total_iters=10)
-        session.add(run)
-        session.commit()
-        run_id = run.id
-    assert run_id is not None
+    engine, run_id = running_run(tmp_path / "loraboard.db", "live")
     assert commit_stamp(str(tmp_path / "loraboard.db")) is not None
     assert commit_stamp(str(tmp_path / "absent.db")) is None and commit_stamp(None) is None
 
