@@ -1,4 +1,4 @@
-"""SQLite engine: WAL, busy timeout, foreign keys. Imported by the app and by workers (no FastAPI here)."""
+"""SQLite engine of the app: each connection set up by app/contract/sqlite.py, as the workers' are (no FastAPI here)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import tables  # noqa: F401  (registers the tables)
+from app.contract.sqlite import BUSY_TIMEOUT_S, apply_pragmas
 from app.db_writes import failure_kind
 from app.id_upgrade import upgrade_ids
 from app.jobs.upgrade import upgrade_token_stats_jobs
@@ -19,17 +20,12 @@ from app.jobs.upgrade import upgrade_token_stats_jobs
 def make_engine(db_path: Path) -> Engine:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        f"sqlite:///{db_path}", connect_args={"check_same_thread": False, "timeout": 30}
+        f"sqlite:///{db_path}", connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}
     )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        apply_pragmas(dbapi_connection)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: Any) -> None:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contract.sqlite import BUSY_TIMEOUT_S, apply_pragmas
 from app.db_writes import Outage, failure_key, failure_kind, write_failure
 from app.paths import file_sha256
 from app.runs.config import EarlyStopping
@@ -69,12 +70,9 @@ def now_text() -> str:
 
 
 def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, with a busy timeout."""
-    conn = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA foreign_keys=ON")
+    """A connection in autocommit mode (transactions are explicit), set up as the app's (app/contract/sqlite.py)."""
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    apply_pragmas(conn)
     return conn
 
 
