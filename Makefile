@@ -1,6 +1,7 @@
-# The two commands of the quick start: `make serve` and `make test`.
+# The two commands of the quick start: `make serve` and `make test` (everything); `make test-fast` is the in-process
+# tier alone (no real server, worker, browser or other program: tests marked `real` are left out).
 # Recipes are not echoed: a run prints loraboard's own lines (and pip's or the tools' errors) only.
-.PHONY: serve test lint
+.PHONY: serve test test-fast lint
 # The suite runs in this many processes (a test module, or modules sharing a trained run, stay in one).
 TEST_PROCESSES ?= 2
 
@@ -14,6 +15,12 @@ test:
 	@.venv/bin/loraboard defaults
 	@.venv/bin/ruff check --quiet .
 	@.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+
+test-fast:
+	@scripts/setup.sh dev
+	@.venv/bin/loraboard defaults
+	@.venv/bin/ruff check --quiet .
+	@.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not real"
 
 lint:
 	@.venv/bin/ruff check .

@@ -39,22 +39,86 @@ def default_model() -> Path:
     """The embedded tiny model and sample data (built on first use, then cached in data/).
 
     A lock file makes parallel test processes build it once: the others wait, then find it built."""
+    from worker.defaults import SPLITS, default_paths
+
     (PROJECT_DIR / "data").mkdir(exist_ok=True)
+    model, sample = default_paths(PROJECT_DIR / "data")
     with (PROJECT_DIR / "data" / ".defaults.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=base_env(), check=True)
-    model = PROJECT_DIR / "data" / "models" / "tiny-mistral"
+        if not (model.exists() and all((sample / split).is_file() for split in SPLITS)):  # what it would build
+            subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR, env=base_env(), check=True)
     assert (model / "config.json").exists()
     return model
+
+
+# The fixtures that start a real server, a trained run or Chromium; a fixture whose return type names a server, a
+# browser or a page is one too (a module's own `srv`). Tests using any of them are `real`: `make test-fast` leaves
+# them out.
+REAL_FIXTURES = frozenset({"server", "shared_server", "evaluation_server", "checkpoint_server", "trained_run",
+                           "lora_run", "browser", "page"})
+REAL_RETURN = re.compile(r"\b\w*(Server|Browser|BrowserContext|Page)\b")
+
+
+def uses_real_fixture(item: pytest.Item) -> bool:
+    """Whether the test needs, directly or through its fixtures, a real server, a trained run or a browser."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & REAL_FIXTURES:
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs if info is not None else {}
+    return any(REAL_RETURN.search(str(getattr(definition.func, "__annotations__", {}).get("return", "")))
+               for name in names for definition in definitions.get(name, ()))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """In parallel runs (pytest-xdist, --dist loadgroup) a module's tests stay in one process, so its
-    module-scoped servers and runs are made once; modules that share a session fixture name one group."""
+    module-scoped servers and runs are made once; modules that share a session fixture name one group.
+    Tests of a real server, trained run or browser are marked `real` (tests that start workers or other
+    programs otherwise say so themselves)."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+        if item.get_closest_marker("real") is None and (item.get_closest_marker("browser") or uses_real_fixture(item)):
+            item.add_marker(pytest.mark.real)
+
+
+# The fast tier's guard: every program a test process starts is noted (an audit hook sees each Popen), and a test
+# not marked `real` that started a server or worker fails, naming the command.
+SPAWNED = pytest.StashKey[list[list[str]]]()
+
+
+def is_server_or_worker(argv: list[str]) -> bool:
+    """`python -m app ...` (the dashboard, serving by default), `python -m worker ...` or the `loraboard` command."""
+    words = [os.path.basename(str(word)) for word in argv]
+    modules = {words[n + 1] for n, word in enumerate(words[:-1]) if word == "-m"}
+    return bool(modules & {"app", "worker"}) or (bool(words) and words[0] == "loraboard")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    spawned: list[list[str]] = []
+    config.stash[SPAWNED] = spawned
+
+    def note_popen(event: str, args: tuple[Any, ...]) -> None:
+        if event == "subprocess.Popen":
+            spawned.append([str(word) for word in args[1]])
+
+    sys.addaudithook(note_popen)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.config.stash[SPAWNED].clear()  # what an earlier test's teardown started is not this test's
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    result = yield
+    started = [argv for argv in item.config.stash[SPAWNED] if is_server_or_worker(argv)]
+    if started and item.get_closest_marker("real") is None:
+        pytest.fail("a test of the fast tier started a server or worker (mark it `real`): "
+                    + "; ".join(" ".join(argv) for argv in started), pytrace=False)
+    return result
 
 
 def free_port() -> int:
@@ -371,6 +435,15 @@ class InProcess:
     def engine(self) -> Any:
         return self.app.state.engine
 
+    @property
+    def url(self) -> str:
+        """The dashboard's own origin, as its requests name it (Host and Origin)."""
+        return IN_PROCESS_URL
+
+    @property
+    def port(self) -> int:
+        return int(self.app.state.settings.port)
+
     def get(self, path: str) -> Any:
         response = self.client.get(path)
         assert response.status_code == 200, (path, response.status_code, response.text[:500])
@@ -380,6 +453,17 @@ class InProcess:
         response = self.client.post(path, json=body if body is not None else {})
         is_json = "json" in response.headers.get("content-type", "")
         return response.status_code, response.json() if is_json else response.text
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
+        """As Server.request: the status, the JSON answer (None for another type) and the body."""
+        response = self.client.request(method, path, json=body)
+        is_json = "json" in response.headers.get("content-type", "")
+        return response.status_code, response.json() if is_json else None, response.content
+
+    # Waiting for what a worker writes, as a server's tests do (they only call get).
+    poll = Server.poll
+    wait_for = Server.wait_for
+    wait_terminal = Server.wait_terminal
 
 
 def in_process_settings(root: Path, **overrides: Any) -> Any:
@@ -411,6 +495,22 @@ def in_process(root: Path, **overrides: Any) -> Iterator[InProcess]:
             yield InProcess(root, client, app)
         finally:
             end_workers(app.state.engine)
+
+
+def occupy_training_slot(inproc: InProcess) -> int:
+    """Write a run that trains, as far as the dashboard can tell (this test process stands for its worker), so
+    the runs a test starts wait queued and no worker is started. Its heartbeat is fresh: the dashboard's
+    heartbeat_timeout_s must outlast the test (in_process(..., heartbeat_timeout_s=3600) for a module's)."""
+    from sqlmodel import Session
+
+    from app.tables import Run, utcnow
+
+    with Session(inproc.engine) as session:
+        run = Run(name="training", status="running", config_json="{}", pid=os.getpid(), heartbeat_at=utcnow())
+        session.add(run)
+        session.commit()
+        assert run.id is not None
+        return run.id
 
 
 def end_workers(engine: Any) -> None:

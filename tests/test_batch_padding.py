@@ -51,6 +51,7 @@ def test_the_option_round_trips_and_defaults_to_tight() -> None:
     assert parse_yaml_config(text).config.batch_padding == "mlx_lm"
 
 
+@pytest.mark.real  # mlx_lm's batches, computed
 @pytest.mark.parametrize("batch_size", [4, 3])
 def test_mlx_lm_batches_of_the_sample_set_are_cut_to_their_need_and_the_loss_is_the_same(
     default_model: Path, batch_size: int

@@ -19,7 +19,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300  # a smoke takes seconds; the limit is for a loaded machine
 CHECKED = "smoke: "  # the line check_figures prints when every figure passed
 
-pytestmark = pytest.mark.xdist_group("bench_smoke")
+pytestmark = [pytest.mark.real, pytest.mark.xdist_group("bench_smoke")]  # the benchmarks' scripts
 
 SCRIPTS = [
     "bench_datasets",

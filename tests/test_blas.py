@@ -42,6 +42,7 @@ def probe(tmp_path: Path, name: str, **env: str) -> tuple[dict[str, object], np.
     return json.loads(result.stdout.strip().splitlines()[-1]), np.load(out)
 
 
+@pytest.mark.real  # MLX in other processes
 def test_routing_is_active_much_faster_and_numerically_equal(tmp_path: Path) -> None:
     routed, routed_result = probe(tmp_path, "routed")
     reference, reference_result = probe(tmp_path, "reference", LORABOARD_OPENBLAS="0")
@@ -52,6 +53,7 @@ def test_routing_is_active_much_faster_and_numerically_equal(tmp_path: Path) -> 
     np.testing.assert_allclose(routed_result, reference_result, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.real  # MLX in other processes
 def test_switch_off_and_fallback_say_why(tmp_path: Path) -> None:
     off, _ = probe(tmp_path, "off", LORABOARD_OPENBLAS="off")
     assert off["active"] is False

@@ -17,6 +17,7 @@ from conftest import PROJECT_DIR, Server, base_env
 
 from app.cli.client import ApiError, Client
 
+pytestmark = pytest.mark.real  # the command, as a subprocess, against a real server
 LORABOARD = [str(PROJECT_DIR / ".venv" / "bin" / "loraboard")]
 PYTHON_M_APP = [sys.executable, "-m", "app"]
 TINY_YAML = """# a tiny run of the embedded model

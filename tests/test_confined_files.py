@@ -334,6 +334,7 @@ def test_model_info_and_the_preview_refuse_model_files_linking_out(
 # The worker -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.real  # a real worker
 def test_a_run_whose_training_file_links_out_fails_before_training(
     shared_app_client: InProcess, tmp_path: Path, outside: Outside,
 ) -> None:

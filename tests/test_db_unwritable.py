@@ -383,6 +383,7 @@ def run_status(inproc: InProcess, run_id: int) -> dict[str, Any]:
     return answer
 
 
+@pytest.mark.real  # a real server and worker
 def test_writes_answer_503_the_supervisor_goes_on_and_a_worker_gives_up(tmp_path: Path, default_model: Path) -> None:
     """In-process dashboard, workers giving up after 3 s: while the database refuses writes a request that writes
     answers 503 (JSON for the API, the error page for a browser) and every page shows the banner; afterwards the

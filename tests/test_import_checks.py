@@ -232,6 +232,7 @@ def test_a_malformed_folder_is_422_naming_the_file_and_leaves_nothing(
     assert counts(shared_app_client) == before
 
 
+@pytest.mark.real  # mlx_lm builds the adapters
 def test_mlx_lm_adapters_of_each_kind_import_and_a_mismatch_is_refused(
     shared_app_client: InProcess, mlx_adapters: dict[str, Path], default_model: Path, tmp_path: Path,
 ) -> None:

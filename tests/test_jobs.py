@@ -143,6 +143,7 @@ def wait_row(engine: Any, job_id: int, statuses: tuple[str, ...], timeout: float
         time.sleep(0.2)
 
 
+@pytest.mark.real  # the supervisor starts a real worker
 def test_a_memory_job_waits_for_training_then_starts(engine_settings: tuple[Any, Settings]) -> None:
     engine, settings = engine_settings
     supervisor = Supervisor(settings, engine)
@@ -374,6 +375,7 @@ CREATE TABLE tokenstatsjob (
 )"""
 
 
+@pytest.mark.real  # a real server
 def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_model: Path) -> None:
     from app.datasets.registry import files_signature
 

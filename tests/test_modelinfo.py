@@ -162,6 +162,7 @@ SETTINGS_TO_CHECK = [("lora", 4, None), ("lora", 2, ["self_attn.q_proj", "self_a
                      ("dora", -1, None)]
 
 
+@pytest.mark.real  # mlx_lm loads the model
 @pytest.mark.parametrize("which", ["float32", "q4", "mixed"])
 def test_trainable_equals_mlx_lm_on_the_loaded_model(which: str, default_model: Path,
                                                      quantized_models: dict[str, Path]) -> None:

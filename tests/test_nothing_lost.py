@@ -90,6 +90,7 @@ def test_server_start_cleanup_leaves_a_folder_whose_worker_may_be_writing(tmp_pa
     engine.dispose()
 
 
+@pytest.mark.real  # a real server and worker
 def test_worker_killed_while_saving_loses_nothing_and_resumes(tmp_path: Path, default_model: Path) -> None:
     server = Server(tmp_path, extra_env={SLOW_SAVE_ENV: "2"}).start()
     try:
@@ -149,6 +150,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.mark.real  # a real server and worker
 def test_disk_full_while_saving_fails_readably_and_keeps_what_was_saved(
     tmp_path: Path, default_model: Path, small_disk: Path
 ) -> None:

@@ -45,6 +45,7 @@ def test_defaults_follow_mlx_lm_lora() -> None:
     assert config.model_dump()["optimizer_config"] == {}
 
 
+@pytest.mark.real  # imports mlx_lm
 def test_every_mlx_lm_lora_option_is_a_field() -> None:
     from mlx_lm.lora import CONFIG_DEFAULTS
 

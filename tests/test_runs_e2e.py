@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run, small_valid_data
 
 
@@ -351,6 +352,7 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
     assert speed(runs["bfloat16"]) > 0.5 * speed(runs["float32"])
 
 
+@pytest.mark.real  # a real server and worker
 def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, tmp_path: Path) -> None:
     """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache."""
 
