@@ -1,27 +1,25 @@
-"""The malformed-input corpus (tests/bad_inputs.py) against a real server: every bad dataset, config and YAML file
-is refused before any worker starts, with an error naming the file, line and field, and leaves no row or file behind."""
+"""The malformed-input corpus (tests/bad_inputs.py) against the dashboard (in-process, on a real SQLite file): every
+bad dataset, config and YAML file is refused before any worker starts, with an error naming the file, line and field,
+and leaves no row or file behind."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bad_inputs import CONFIGS, DATASETS, YAMLS, BadConfig, BadDataset, BadYaml
-from conftest import Server
+from conftest import InProcess, in_process
 from test_datasets_api import upload
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("bad-inputs-srv")).start()
-    yield server
-    server.stop()
+def srv(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("bad-inputs-app")) as inproc:
+        yield inproc
 
 
 def write_dataset(root: Path, case: BadDataset) -> Path:
@@ -38,7 +36,7 @@ COUNTS = {  # rows of every table that a refused input must not add to
 }
 
 
-def row_counts(server: Server) -> dict[str, int]:
+def row_counts(server: InProcess) -> dict[str, int]:
     with sqlite3.connect(server.root / "loraboard.db") as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         return {table: conn.execute(query).fetchone()[0] for table, query in COUNTS.items() if table in tables}
@@ -53,13 +51,13 @@ def message(detail: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def before(srv: Server) -> dict[str, Any]:
+def before(srv: InProcess) -> dict[str, Any]:
     srv.get("/api/datasets")  # the sample's registration happens on first listing: count after it
     return {"rows": row_counts(srv), "adapters": files_under(srv.root / "adapters"),
             "datasets": files_under(srv.root / "datasets")}
 
 
-def assert_nothing_left(srv: Server, before: dict[str, Any]) -> None:
+def assert_nothing_left(srv: InProcess, before: dict[str, Any]) -> None:
     assert row_counts(srv) == before["rows"]
     assert files_under(srv.root / "adapters") == before["adapters"]
     assert files_under(srv.root / "datasets") == before["datasets"]
@@ -72,7 +70,7 @@ def test_the_corpus_is_large_enough() -> None:
 
 @pytest.mark.parametrize("case", DATASETS, ids=lambda c: c.name)
 def test_a_bad_dataset_is_refused_everywhere_naming_file_line_and_field(
-    srv: Server, before: dict[str, Any], tmp_path: Path, case: BadDataset
+    srv: InProcess, before: dict[str, Any], tmp_path: Path, case: BadDataset
 ) -> None:
     folder = write_dataset(tmp_path, case)
     status, body = srv.post("/api/runs", {"data": str(folder), "iters": 10, "batch_size": 1})
@@ -96,7 +94,7 @@ def test_a_bad_dataset_is_refused_everywhere_naming_file_line_and_field(
 
 
 @pytest.mark.parametrize("case", CONFIGS, ids=lambda c: c.name)
-def test_a_bad_config_is_refused_naming_the_field(srv: Server, before: dict[str, Any], case: BadConfig) -> None:
+def test_a_bad_config_is_refused_naming_the_field(srv: InProcess, before: dict[str, Any], case: BadConfig) -> None:
     status, body = srv.post("/api/runs", {"iters": 10, **case.config})
     assert status == 422, body
     problems = body["detail"]
@@ -107,14 +105,12 @@ def test_a_bad_config_is_refused_naming_the_field(srv: Server, before: dict[str,
 
 
 @pytest.mark.parametrize("case", YAMLS, ids=lambda c: c.name)
-def test_a_bad_yaml_config_is_refused_naming_key_and_line(srv: Server, before: dict[str, Any], case: BadYaml) -> None:
-    request = urllib.request.Request(srv.url + "/api/configs/parse", data=case.text.encode(), method="POST",
-                                     headers={"Content-Type": "application/yaml"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, body = response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        status, body = err.code, json.loads(err.read())
+def test_a_bad_yaml_config_is_refused_naming_key_and_line(
+    srv: InProcess, before: dict[str, Any], case: BadYaml
+) -> None:
+    response = srv.client.post("/api/configs/parse", content=case.text.encode(),
+                               headers={"Content-Type": "application/yaml"})
+    status, body = response.status_code, response.json()
     assert status == 422, body
     problem = body["detail"][0]
     assert ".".join(str(part) for part in problem["loc"]) == case.key

@@ -1,28 +1,27 @@
-"""The dataset registry and upload through a real server: register, upload, size limit, atomicity, run refusal."""
+"""The dataset registry and upload, in-process on a real SQLite file: register, upload, size limit, atomicity, run
+refusal (the run that trains on an upload gets a real worker)."""
 
 from __future__ import annotations
 
 import json
 import secrets
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, Server
+from conftest import PROJECT_DIR, QUICK_RUN, InProcess, in_process
 
 SAMPLE = (PROJECT_DIR / "data" / "contact-center").resolve()
 BAD_ROLE = {"messages": [{"role": "user", "content": "Hi"}, {"role": "agent", "content": "Hello"}]}
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    """One server for the module, with a 1 MB upload limit."""
-    server = Server(tmp_path_factory.mktemp("datasets-srv"), extra_env={"LORABOARD_MAX_UPLOAD_MB": "1"}).start()
-    yield server
-    server.stop()
+def srv(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    """One in-process dashboard for the module, with a 1 MB upload limit."""
+    with in_process(tmp_path_factory.mktemp("datasets-app"), max_upload_mb=1) as inproc:
+        yield inproc
 
 
 def sample_lines(split: str, count: int) -> str:
@@ -36,7 +35,7 @@ def small_dataset(folder: Path, valid: str | None = None) -> Path:
     return folder
 
 
-def upload(server: Server, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[int, Any]:
+def upload(server: InProcess, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[int, Any]:
     """POST a multipart form to /api/datasets/upload."""
     boundary = "----loraboard" + secrets.token_hex(8)
     body = bytearray()
@@ -46,25 +45,21 @@ def upload(server: Server, fields: dict[str, str], files: dict[str, tuple[str, b
         body += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                  "Content-Type: application/octet-stream\r\n\r\n").encode() + content + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(server.url + "/api/datasets/upload", data=bytes(body), method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+    response = server.client.post("/api/datasets/upload", content=bytes(body),
+                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return response.status_code, response.json()
 
 
-def datasets_dir(server: Server) -> Path:
+def datasets_dir(server: InProcess) -> Path:
     return server.root / "datasets"
 
 
-def leftovers(server: Server) -> list[str]:
+def leftovers(server: InProcess) -> list[str]:
     root = datasets_dir(server)
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
-def test_the_sample_is_listed_and_a_folder_registers(srv: Server, tmp_path: Path) -> None:
+def test_the_sample_is_listed_and_a_folder_registers(srv: InProcess, tmp_path: Path) -> None:
     listed = srv.get("/api/datasets")
     assert listed[0]["path"] == str(SAMPLE) and listed[0]["source"] == "sample" and listed[0]["ok"]
     assert listed[0]["counts"] == {"train": 1200, "valid": 150, "test": 150}
@@ -91,7 +86,7 @@ def test_the_sample_is_listed_and_a_folder_registers(srv: Server, tmp_path: Path
     assert srv.request("GET", "/api/datasets/9999")[0] == 404
 
 
-def test_a_bad_folder_is_refused_with_file_line_errors(srv: Server, tmp_path: Path) -> None:
+def test_a_bad_folder_is_refused_with_file_line_errors(srv: InProcess, tmp_path: Path) -> None:
     bad_valid = sample_lines("valid", 1) + json.dumps(BAD_ROLE) + "\n"
     folder = small_dataset(tmp_path / "bad", valid=bad_valid)
     expected = "valid.jsonl line 2: 'messages'[1].role must be one of system/user/assistant/tool, got 'agent'"
@@ -103,14 +98,14 @@ def test_a_bad_folder_is_refused_with_file_line_errors(srv: Server, tmp_path: Pa
     assert body["detail"]["error_count"] == 2
     assert "bad" not in [d["name"] for d in srv.get("/api/datasets")]
 
-    report = srv.get("/api/datasets/validate?path=" + urllib.request.quote(str(folder)))
+    report = srv.get("/api/datasets/validate?path=" + urllib.parse.quote(str(folder)))
     assert not report["ok"] and report["error_count"] == 2 and report["errors"][0]["text"] == expected
     assert report["splits"]["valid"]["examples"] == 2
     status, body, _ = srv.request("GET", "/api/datasets/validate?path=relative/folder")
     assert status == 422
 
 
-def test_a_run_on_a_bad_dataset_is_refused_with_the_file_line_message(srv: Server, tmp_path: Path) -> None:
+def test_a_run_on_a_bad_dataset_is_refused_with_the_file_line_message(srv: InProcess, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in sample_lines("train", 30).splitlines()]
     rows[26] = {"prompt": "p", "completion": "c"}
     folder = tmp_path / "mixed"
@@ -125,7 +120,8 @@ def test_a_run_on_a_bad_dataset_is_refused_with_the_file_line_message(srv: Serve
     assert srv.get("/api/runs") == []
 
 
-def test_upload_stores_registers_and_a_run_trains_on_it(srv: Server) -> None:
+@pytest.mark.real  # the run trains: a real worker
+def test_upload_stores_registers_and_a_run_trains_on_it(srv: InProcess) -> None:
     status, created = upload(srv, {"name": "uploaded-calls"}, {
         "train": ("my-train.jsonl", sample_lines("train", 32).encode()),
         "valid": ("my-valid.jsonl", sample_lines("valid", 8).encode()),
@@ -152,7 +148,7 @@ def test_upload_stores_registers_and_a_run_trains_on_it(srv: Server) -> None:
     assert leftovers(srv) == ["uploaded-calls"]
 
 
-def test_a_bad_upload_leaves_nothing_behind(srv: Server) -> None:
+def test_a_bad_upload_leaves_nothing_behind(srv: InProcess) -> None:
     before = leftovers(srv)
     bad_valid = (sample_lines("valid", 1) + json.dumps(BAD_ROLE) + "\n" + "{oops\n").encode()
     status, body = upload(srv, {"name": "bad-upload"}, {
@@ -177,7 +173,7 @@ def test_a_bad_upload_leaves_nothing_behind(srv: Server) -> None:
     assert not (datasets_dir(srv).parent / "escape").exists()
 
 
-def test_the_size_limit_is_enforced_per_file(srv: Server) -> None:
+def test_the_size_limit_is_enforced_per_file(srv: InProcess) -> None:
     before = leftovers(srv)
     line = sample_lines("train", 1).encode()
     big = line * (int(1.5 * 1024 * 1024) // len(line) + 1)  # 1.5 MB of valid lines, over the 1 MB limit
