@@ -1,24 +1,26 @@
 """The dashboard is as closed as Jupyter: cross-site requests, foreign Host names, a missing access token and
-paths out of the allowed folders are refused before anything changes (real servers on loopback ports)."""
+paths out of the allowed folders are refused before anything changes. The requests are sent in-process, exactly as
+given (on a real SQLite file); what the serve command itself prints or refuses is checked on a real one."""
 
 from __future__ import annotations
 
 import html
-import http.client
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, Server, free_port
+from conftest import PROJECT_DIR, InProcess, Server, free_port, in_process, occupy_training_slot
 
 from app.paths import PathNotAllowed, confine
 from app.security import (
@@ -53,10 +55,10 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(server: Server, method: str, path: str, headers: dict[str, str] | None = None,
+def call(server: InProcess, method: str, path: str, headers: dict[str, str] | None = None,
          form: dict[str, str] | None = None, body: Any = None, raw: bytes | None = None) -> Answer:
-    """One request exactly as given (http.client: no redirects followed, no headers added but Host)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    """One request exactly as given: no redirects followed, no cookies kept, no headers added but Host and
+    Content-Length (the client's own Accept, Origin and User-Agent are taken off, as http.client sends none)."""
     sent = dict(headers or {})
     data: bytes | None = raw
     if form is not None:
@@ -65,27 +67,26 @@ def call(server: Server, method: str, path: str, headers: dict[str, str] | None 
     elif body is not None:
         data = json.dumps(body).encode()
         sent.setdefault("Content-Type", "application/json")
-    skip_host = any(k.lower() == "host" for k in sent)
-    conn.putrequest(method, path, skip_host=skip_host, skip_accept_encoding=True)
-    for key, value in sent.items():
-        conn.putheader(key, value)
-    if data is not None:
-        conn.putheader("Content-Length", str(len(data)))
-    conn.endheaders(data)
-    resp = conn.getresponse()
-    answer = Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    conn.close()
-    return answer
+    request = server.client.build_request(method, path, content=data, headers=sent)
+    kept = {key.lower() for key in sent} | {"host", "content-length"}
+    for key in [key for key in request.headers if key.lower() not in kept]:
+        del request.headers[key]
+    response = server.client.send(request, follow_redirects=False)
+    server.client.cookies.clear()
+    return Answer(response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content)
 
 
-def run_ids(server: Server) -> set[int]:
+def run_ids(server: InProcess) -> set[int]:
     return {run["id"] for run in server.get("/api/runs")}
 
 
-def wait_gone(server: Server, before: set[int]) -> None:
-    """Let every run created since `before` end (they fail at once: their model folder does not exist)."""
-    for run_id in run_ids(server) - before:
-        server.wait_terminal(run_id, timeout=60)
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    """The dashboard in-process, its training slot taken: the runs the tests start (whose model folder does not
+    exist) wait queued, and no worker is started."""
+    with in_process(tmp_path_factory.mktemp("app"), heartbeat_timeout_s=3600) as inproc:
+        occupy_training_slot(inproc)
+        yield inproc
 
 
 # Pure rules -----------------------------------------------------------------------------------------------
@@ -162,35 +163,33 @@ def test_binding_off_loopback_needs_a_token() -> None:
     assert without_param("token=abc&status=failed&ids=1&ids=2", "token") == "status=failed&ids=1&ids=2"
 
 
-# A real server: cross-site requests -----------------------------------------------------------------------
+# Cross-site requests -----------------------------------------------------------------------
 
 
-def test_a_cross_origin_form_post_starts_no_run(shared_server: Server) -> None:
-    before = run_ids(shared_server)
+def test_a_cross_origin_form_post_starts_no_run(dashboard: InProcess) -> None:
+    before = run_ids(dashboard)
     for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}, {"Referer": f"{EVIL}/trap.html"},
-                    {"Origin": "null"}, {"Origin": f"http://127.0.0.1:{shared_server.port + 1}"}):
-        answer = call(shared_server, "POST", "/runs/new", headers, form=RUN_FORM)
+                    {"Origin": "null"}, {"Origin": f"http://127.0.0.1:{dashboard.port + 1}"}):
+        answer = call(dashboard, "POST", "/runs/new", headers, form=RUN_FORM)
         assert answer.status == 403, (headers, answer.status, answer.text)
         assert "loraboard refused this cross-site request" in answer.text and "nothing was changed" in answer.text
-    assert run_ids(shared_server) == before
+    assert run_ids(dashboard) == before
     # the same form from the dashboard's own page (or from a script) starts the run
-    same = call(shared_server, "POST", "/runs/new", {"Origin": shared_server.url}, form=RUN_FORM)
+    same = call(dashboard, "POST", "/runs/new", {"Origin": dashboard.url}, form=RUN_FORM)
     assert same.status == 303 and same.headers["location"].startswith("/runs/")
-    script = call(shared_server, "POST", "/runs/new", form=RUN_FORM)
+    script = call(dashboard, "POST", "/runs/new", form=RUN_FORM)
     assert script.status == 303
-    assert len(run_ids(shared_server) - before) == 2
-    wait_gone(shared_server, before)
+    assert len(run_ids(dashboard) - before) == 2
 
 
-def test_every_state_changing_route_refuses_another_origin(shared_server: Server, tmp_path: Path) -> None:
-    before = run_ids(shared_server)
-    status, run = shared_server.post("/api/runs", {"model": "/nonexistent/model", "name": "keep me", "iters": 10})
+def test_every_state_changing_route_refuses_another_origin(dashboard: InProcess, tmp_path: Path) -> None:
+    before = run_ids(dashboard)
+    status, run = dashboard.post("/api/runs", {"model": "/nonexistent/model", "name": "keep me", "iters": 10})
     assert status == 201
-    run = shared_server.wait_terminal(run["id"], timeout=60)
     rid = run["id"]
     folder = tmp_path / "probe-data"
     shutil.copytree(SAMPLE, folder)
-    datasets = len(shared_server.get("/api/datasets"))
+    datasets = len(dashboard.get("/api/datasets"))
     routes: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/runs/new", {"form": RUN_FORM}),
         ("POST", f"/runs/{rid}/stop", {}),
@@ -248,55 +247,53 @@ def test_every_state_changing_route_refuses_another_origin(shared_server: Server
     ]
     for method, path, payload in routes:
         for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
-            answer = call(shared_server, method, path, headers, **payload)
+            answer = call(dashboard, method, path, headers, **payload)
             assert answer.status == 403, (method, path, headers, answer.status, answer.text)
             assert "cross-site request" in answer.json["detail"]
-    after = shared_server.get(f"/api/runs/{rid}")
-    assert after["name"] == "keep me" and run_ids(shared_server) == before | {rid}
-    assert len(shared_server.get("/api/datasets")) == datasets
+    after = dashboard.get(f"/api/runs/{rid}")
+    assert after["name"] == "keep me" and run_ids(dashboard) == before | {rid}
+    assert len(dashboard.get("/api/datasets")) == datasets
 
 
-def test_a_browser_with_cookies_but_no_origin_needs_the_csrf_token(shared_server: Server) -> None:
-    page = call(shared_server, "GET", "/runs/new", {"Accept": "text/html"})
+def test_a_browser_with_cookies_but_no_origin_needs_the_csrf_token(dashboard: InProcess) -> None:
+    page = call(dashboard, "GET", "/runs/new", {"Accept": "text/html"})
     token = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
     assert f'name="csrf_token" value="{token}"' in page.text  # the form's hidden field
-    assert f"loraboard_csrf_{shared_server.port}={token}" in page.headers["set-cookie"]
+    assert f"loraboard_csrf_{dashboard.port}={token}" in page.headers["set-cookie"]
     assert "SameSite=Strict" in page.headers["set-cookie"]
-    cookie = {"Cookie": f"loraboard_csrf_{shared_server.port}={token}"}
-    before = run_ids(shared_server)
-    refused = call(shared_server, "POST", "/runs/new", cookie, form=RUN_FORM)
+    cookie = {"Cookie": f"loraboard_csrf_{dashboard.port}={token}"}
+    before = run_ids(dashboard)
+    refused = call(dashboard, "POST", "/runs/new", cookie, form=RUN_FORM)
     assert refused.status == 403 and "no CSRF token" in refused.text
-    wrong = call(shared_server, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": "x" * 43})
+    wrong = call(dashboard, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": "x" * 43})
     assert wrong.status == 403
-    assert run_ids(shared_server) == before
-    assert call(shared_server, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": token}).status == 303
-    with_header = call(shared_server, "POST", "/runs/new", {**cookie, "X-CSRF-Token": token}, form=RUN_FORM)
+    assert run_ids(dashboard) == before
+    assert call(dashboard, "POST", "/runs/new", cookie, form={**RUN_FORM, "csrf_token": token}).status == 303
+    with_header = call(dashboard, "POST", "/runs/new", {**cookie, "X-CSRF-Token": token}, form=RUN_FORM)
     assert with_header.status == 303
-    assert len(run_ids(shared_server) - before) == 2
-    wait_gone(shared_server, before)
+    assert len(run_ids(dashboard) - before) == 2
 
 
-# A real server: Host names -----------------------------------------------------------------------------
+# Host names -----------------------------------------------------------------------------
 
 
-def test_a_foreign_host_name_is_refused_with_the_setting_named(shared_server: Server) -> None:
+def test_a_foreign_host_name_is_refused_with_the_setting_named(dashboard: InProcess) -> None:
     for path in ("/api/runs", "/", "/runs/1/events"):
-        answer = call(shared_server, "GET", path, {"Host": f"evil.example:{shared_server.port}"})
+        answer = call(dashboard, "GET", path, {"Host": f"evil.example:{dashboard.port}"})
         assert answer.status == 403, path
         assert "'evil.example'" in answer.text and "LORABOARD_ALLOWED_HOSTS=evil.example" in answer.text
-    for host in (f"localhost:{shared_server.port}", f"127.0.0.1:{shared_server.port}", f"[::1]:{shared_server.port}"):
-        assert call(shared_server, "GET", "/api/runs", {"Host": host}).status == 200, host
+    for host in (f"localhost:{dashboard.port}", f"127.0.0.1:{dashboard.port}", f"[::1]:{dashboard.port}"):
+        assert call(dashboard, "GET", "/api/runs", {"Host": host}).status == 200, host
 
 
 @pytest.fixture(scope="module")
-def named_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("named"), extra_env={"LORABOARD_ALLOWED_HOSTS": "dash.example, other.lan",
-                                                               "LORABOARD_MAX_UPLOAD_MB": "1"})
-    yield srv.start()
-    srv.stop()
+def named_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("named"), allowed_hosts="dash.example, other.lan",
+                    max_upload_mb=1) as inproc:
+        yield inproc
 
 
-def test_a_host_name_in_the_setting_is_served(named_server: Server) -> None:
+def test_a_host_name_in_the_setting_is_served(named_server: InProcess) -> None:
     host = f"dash.example:{named_server.port}"
     assert call(named_server, "GET", "/api/runs", {"Host": host}).status == 200
     assert call(named_server, "GET", "/api/runs", {"Host": "other.lan"}).status == 200
@@ -306,29 +303,43 @@ def test_a_host_name_in_the_setting_is_served(named_server: Server) -> None:
     assert call(named_server, "POST", "/api/runs/99999/stop", {"Host": host, "Origin": named_server.url}).status == 403
 
 
-# A real server with an access token -----------------------------------------------------------------------
+# An access token -----------------------------------------------------------------------
 
 
 @dataclass
 class TokenServer(Server):
-    """A server started with LORABOARD_TOKEN; the fixture's own calls send it as a bearer token."""
+    """A server started with LORABOARD_TOKEN; its own calls (the wait for its start) send it as a bearer token."""
+
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
-        answer = call(self, method, path, {"Authorization": f"Bearer {TOKEN}"}, body=body)
-        parsed = answer.json if "json" in answer.headers.get("content-type", "") else None
-        return answer.status, parsed, answer.body
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            raw, status, ctype = err.read(), err.code, err.headers.get("Content-Type", "")
+        return status, json.loads(raw) if "json" in ctype else None, raw
 
 
 @pytest.fixture(scope="module")
-def token_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    srv = TokenServer(tmp_path_factory.mktemp("token"), extra_env={"LORABOARD_TOKEN": TOKEN})
-    yield srv.start()
-    srv.stop()
+def token_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    with in_process(tmp_path_factory.mktemp("token"), token=TOKEN) as inproc:
+        yield inproc
 
 
-def test_pages_api_and_event_stream_need_the_token(token_server: Server) -> None:
-    log = (token_server.root / "server.log").read_text()
-    assert f"{token_server.url}/?token={TOKEN}" in log  # the ready-to-click address
+@pytest.mark.real  # the serve command's own output
+def test_a_server_with_a_token_prints_the_address_with_it(tmp_path: Path, default_model: Path) -> None:
+    srv = TokenServer(tmp_path, extra_env={"LORABOARD_TOKEN": TOKEN}).start()
+    try:
+        log = (srv.root / "server.log").read_text()
+        assert f"{srv.url}/?token={TOKEN}" in log  # the ready-to-click address
+    finally:
+        srv.stop()
+
+
+def test_pages_api_and_event_stream_need_the_token(token_server: InProcess) -> None:
     paths = ("/", "/runs/new", "/datasets", "/api/runs", "/api/datasets", "/api/runs/99999/events",
              "/static/app.css")
     for path in paths:
@@ -345,7 +356,7 @@ def test_pages_api_and_event_stream_need_the_token(token_server: Server) -> None
     assert call(token_server, "GET", f"/api/runs?token={TOKEN}").status == 200
 
 
-def test_the_first_visit_with_the_token_sets_a_cookie(token_server: Server) -> None:
+def test_the_first_visit_with_the_token_sets_a_cookie(token_server: InProcess) -> None:
     first = call(token_server, "GET", f"/datasets?token={TOKEN}&added=1", {"Accept": "text/html"})
     assert first.status == 303 and first.headers["location"] == "/datasets?added=1"  # the token leaves the URL
     cookie = first.headers["set-cookie"]
@@ -357,6 +368,7 @@ def test_the_first_visit_with_the_token_sets_a_cookie(token_server: Server) -> N
     assert call(token_server, "GET", "/api/runs/99999/events", jar).status == 404
 
 
+@pytest.mark.real  # the serve command, started and refused
 def test_binding_everywhere_without_a_token_is_refused(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LORABOARD_TOKEN"}
     env.update(LORABOARD_DB_PATH=str(tmp_path / "db.sqlite"), LORABOARD_ADAPTERS_DIR=str(tmp_path / "adapters"),
@@ -372,86 +384,86 @@ def test_binding_everywhere_without_a_token_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "db.sqlite").exists()  # it stopped before opening anything
 
 
-# A real server: paths ---------------------------------------------------------------------------------------
+# Paths ---------------------------------------------------------------------------------------
 
 
-def test_folders_outside_the_allowed_ones_are_refused(shared_server: Server, tmp_path: Path) -> None:
-    before = len(shared_server.get("/api/datasets"))
-    status, body = shared_server.post("/api/datasets", {"name": "etc", "path": "/etc"})
+def test_folders_outside_the_allowed_ones_are_refused(dashboard: InProcess, tmp_path: Path) -> None:
+    before = len(dashboard.get("/api/datasets"))
+    status, body = dashboard.post("/api/datasets", {"name": "etc", "path": "/etc"})
     assert status == 422
     assert "/etc is outside the folders loraboard reads" in body["detail"]["msg"]
     assert "LORABOARD_ALLOWED_DATA_DIRS" in body["detail"]["msg"]
-    page = call(shared_server, "POST", "/datasets/register", form={"name": "etc", "path": "/etc"})
+    page = call(dashboard, "POST", "/datasets/register", form={"name": "etc", "path": "/etc"})
     assert page.status == 422 and "outside the folders loraboard reads" in html.unescape(page.text)
     link = tmp_path / "etc-link"
     link.symlink_to("/etc")
-    status, body = shared_server.post("/api/datasets", {"name": "linked", "path": str(link)})
+    status, body = dashboard.post("/api/datasets", {"name": "linked", "path": str(link)})
     assert status == 422 and "is a link to /etc, outside the folders" in body["detail"]["msg"]
-    status, body = shared_server.request("GET", "/api/datasets/validate?path=/etc")[:2]
+    status, body = dashboard.request("GET", "/api/datasets/validate?path=/etc")[:2]
     assert status == 422 and "outside the folders" in body["detail"][0]["msg"]
-    assert len(shared_server.get("/api/datasets")) == before
+    assert len(dashboard.get("/api/datasets")) == before
 
 
-def test_dot_dot_in_any_path_parameter_is_refused(shared_server: Server, tmp_path: Path) -> None:
+def test_dot_dot_in_any_path_parameter_is_refused(dashboard: InProcess, tmp_path: Path) -> None:
     escape = f"{tmp_path}/../../../../etc"
     rule = "must not contain '..'"
-    before = run_ids(shared_server)
-    status, body = shared_server.post("/api/datasets", {"name": "dots", "path": escape})
+    before = run_ids(dashboard)
+    status, body = dashboard.post("/api/datasets", {"name": "dots", "path": escape})
     assert status == 422 and rule in body["detail"]["msg"]
-    status, body = shared_server.request("GET", f"/api/datasets/validate?path={urllib.parse.quote(escape)}")[:2]
+    status, body = dashboard.request("GET", f"/api/datasets/validate?path={urllib.parse.quote(escape)}")[:2]
     assert status == 422 and rule in body["detail"][0]["msg"]
     for key in ("data", "model"):
-        status, body = shared_server.post("/api/runs", {key: escape})
+        status, body = dashboard.post("/api/runs", {key: escape})
         assert status == 422 and body["detail"][0]["loc"] == ["body", key] and rule in body["detail"][0]["msg"]
-    status, body = shared_server.post("/api/token-stats", {"data": escape})
+    status, body = dashboard.post("/api/token-stats", {"data": escape})
     assert status == 422 and body["detail"][0]["loc"] == ["body", "data"] and rule in body["detail"][0]["msg"]
-    status, body = shared_server.post("/api/datasets/subset", {"source": escape, "name": "dots", "n": 5})
+    status, body = dashboard.post("/api/datasets/subset", {"source": escape, "name": "dots", "n": 5})
     assert status == 422 and body["detail"][0]["loc"][-1] == "source" and rule in body["detail"][0]["msg"]
-    status, body = shared_server.request("GET", f"/api/models/info?model={urllib.parse.quote(escape)}")[:2]
+    status, body = dashboard.request("GET", f"/api/models/info?model={urllib.parse.quote(escape)}")[:2]
     assert status == 422 and rule in body["detail"][0]["msg"]
-    panel = call(shared_server, "GET", f"/models/info?model={urllib.parse.quote(escape)}")
+    panel = call(dashboard, "GET", f"/models/info?model={urllib.parse.quote(escape)}")
     assert rule in html.unescape(panel.text)
-    sample = shared_server.get("/api/datasets")[0]["id"]  # the sample is registered when first listed
-    preview = call(shared_server, "GET", f"/datasets/{sample}/preview?model={urllib.parse.quote(escape)}")
+    sample = dashboard.get("/api/datasets")[0]["id"]  # the sample is registered when first listed
+    preview = call(dashboard, "GET", f"/datasets/{sample}/preview?model={urllib.parse.quote(escape)}")
     assert preview.status == 422 and rule in html.unescape(preview.text)
-    assert run_ids(shared_server) == before
+    assert run_ids(dashboard) == before
 
 
-def test_a_model_folder_outside_the_allowed_ones_is_refused(shared_server: Server, tmp_path: Path) -> None:
-    status, body = shared_server.post("/api/runs", {"model": "/usr/share"})
+def test_a_model_folder_outside_the_allowed_ones_is_refused(dashboard: InProcess, tmp_path: Path) -> None:
+    status, body = dashboard.post("/api/runs", {"model": "/usr/share"})
     assert status == 422 and body["detail"][0]["loc"] == ["body", "model"]
     assert "LORABOARD_ALLOWED_MODEL_DIRS" in body["detail"][0]["msg"]
     link = tmp_path / "model-link"
     link.symlink_to("/usr/share")
-    status, body = shared_server.request("GET", f"/api/models/info?model={link}")[:2]
+    status, body = dashboard.request("GET", f"/api/models/info?model={link}")[:2]
     assert status == 422 and "is a link to /usr/share" in body["detail"][0]["msg"]
-    status, body = shared_server.post("/api/token-stats", {"model": "/usr/share"})
+    status, body = dashboard.post("/api/token-stats", {"model": "/usr/share"})
     assert status == 422 and body["detail"][0]["loc"] == ["body", "model"]
-    assert shared_server.request("GET", "/api/models/info")[0] == 200  # the embedded model, inside data_dir
+    assert dashboard.request("GET", "/api/models/info")[0] == 200  # the embedded model, inside data_dir
 
 
 # Other inputs --------------------------------------------------------------------------------------------
 
 
-def test_yaml_is_safe_loaded_and_trust_remote_code_is_off_unless_set(shared_server: Server, tmp_path: Path) -> None:
+def test_yaml_is_safe_loaded_and_trust_remote_code_is_off_unless_set(dashboard: InProcess, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = f"iters: 10\nname: !!python/object/apply:os.system ['touch {marker}']\n"
-    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"}, raw=evil.encode())
+    answer = call(dashboard, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"}, raw=evil.encode())
     assert answer.status == 422, answer.text
     assert not marker.exists()
-    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
+    answer = call(dashboard, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
                   raw=b"iters: 10\n")
     assert answer.status == 200 and answer.json["config"]["trust_remote_code"] is False  # off unless set
-    answer = call(shared_server, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
+    answer = call(dashboard, "POST", "/api/configs/parse", {"Content-Type": "application/yaml"},
                   raw=b"iters: 10\ntrust_remote_code: true\n")
     assert answer.status == 200 and answer.json["config"]["trust_remote_code"] is True  # per run, when set
-    checked = call(shared_server, "POST", "/runs/new/check", form={"iters": "10", "trust_remote_code": "on"})
+    checked = call(dashboard, "POST", "/runs/new/check", form={"iters": "10", "trust_remote_code": "on"})
     assert checked.status == 200 and "run its own Python code" in checked.text  # and the form warns
-    quiet = call(shared_server, "POST", "/runs/new/check", form={"iters": "10"})
+    quiet = call(dashboard, "POST", "/runs/new/check", form={"iters": "10"})
     assert quiet.status == 200 and "run its own Python code" not in quiet.text
 
 
-def test_a_yaml_file_over_the_upload_limit_is_refused(named_server: Server) -> None:
+def test_a_yaml_file_over_the_upload_limit_is_refused(named_server: InProcess) -> None:
     boundary = "----loraboard-test"
     big = b"iters: 10\n" + b"#" * (1024 * 1024) + b"\n"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"yaml_file\"; filename=\"big.yaml\"\r\n"
