@@ -26,7 +26,7 @@ from app.runs.distributed_view import distributed_view
 from app.runs.form import changed_advanced, form_to_payload, form_values
 from app.runs.yaml_config import export_yaml, parse_yaml_config
 from app.tables import Run
-from tests.conftest import Server, shot
+from tests.conftest import InProcess, Server, shot
 
 UNEVEN = ("batch_size 4 is not divisible by the 3 processes (hosts × processes_per_host): mlx-lm splits each "  # noqa: RUF001
           "batch evenly across them")
@@ -227,29 +227,29 @@ def test_the_run_page_view_lists_each_rank() -> None:
     assert distributed_view(RunConfig().model_dump(mode="json"), recorded) is None
 
 
-# Through a real server --------------------------------------------------------------------------
+# The API (in-process, on a real SQLite file); the form and the run page in a browser, on a real server -------
 
 
-def no_runs(server: Server) -> None:
+def no_runs(server: Server | InProcess) -> None:
     assert server.get("/api/runs") == []
 
 
-def test_api_refuses_an_uneven_batch_and_creates_nothing(shared_server: Server) -> None:
-    status, body = shared_server.post("/api/runs", {"batch_size": 4, "iters": 5,
-                                                    "distributed": {"hosts": ["127.0.0.1"], "processes_per_host": 3}})
+def test_api_refuses_an_uneven_batch_and_creates_nothing(shared_app_client: InProcess) -> None:
+    status, body = shared_app_client.post("/api/runs", {"batch_size": 4, "iters": 5, "distributed": {
+        "hosts": ["127.0.0.1"], "processes_per_host": 3}})
     assert status == 422, body
     assert body["detail"] == [{"loc": ["body", "batch_size"], "type": "value_error", "msg": UNEVEN}]
-    no_runs(shared_server)
+    no_runs(shared_app_client)
 
 
-def test_api_names_an_unreachable_host_and_creates_nothing(shared_server: Server) -> None:
-    status, body = shared_server.post("/api/runs", {"batch_size": 4, "iters": 5, "distributed": {
+def test_api_names_an_unreachable_host_and_creates_nothing(shared_app_client: InProcess) -> None:
+    status, body = shared_app_client.post("/api/runs", {"batch_size": 4, "iters": 5, "distributed": {
         "hosts": ["127.0.0.1", "no-such-host.invalid"]}})
     assert status == 422, body
     (problem,) = body["detail"]
     assert problem["loc"] == ["body", "distributed", "hosts"]
     assert problem["msg"].startswith("cannot reach no-such-host.invalid over ssh without a password (")
-    no_runs(shared_server)
+    no_runs(shared_app_client)
 
 
 def fill(page: Page, key: str, value: str) -> None:
