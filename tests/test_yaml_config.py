@@ -1,5 +1,5 @@
-"""YAML import/export of run configs: parsing with line numbers, export, and mlx-lm's own CLI training from an
-exported file."""
+"""YAML import/export of run configs: parsing with line numbers, export (the API in-process), and mlx-lm's own CLI
+training from a file a real server's run exported."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
+from conftest import PROJECT_DIR, QUICK_RUN, InProcess, Server, base_env
 
 from app.runs.config import RunConfig
 from app.runs.yaml_config import YamlConfigError, export_data, export_yaml, parse_yaml_config
@@ -141,27 +139,22 @@ def test_every_problem_is_reported_at_once() -> None:
     assert [p.line for p in info.value.problems] == [1, 2, 3]
 
 
-def _post_text(server: Server, path: str, text: str) -> tuple[int, Any]:
-    request = urllib.request.Request(server.url + path, data=text.encode(), method="POST",
-                                     headers={"Content-Type": "application/yaml"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+def _post_text(server: InProcess, path: str, text: str) -> tuple[int, Any]:
+    response = server.client.post(path, content=text.encode(), headers={"Content-Type": "application/yaml"})
+    return response.status_code, response.json()
 
 
-def test_parse_api_and_export_api(shared_server: Server) -> None:
-    status, body = _post_text(shared_server, "/api/configs/parse", MLX_EXAMPLE)
+def test_parse_api_and_export_api(shared_app_client: InProcess) -> None:
+    status, body = _post_text(shared_app_client, "/api/configs/parse", MLX_EXAMPLE)
     assert status == 200 and body["config"]["optimizer_config"] == {"adamw": {"weight_decay": 0.05,
                                                                               "betas": [0.9, 0.98]}}
     assert {"key": "train", "reason": "loraboard sets this (a run always trains)"} in body["ignored"]
-    status, body = _post_text(shared_server, "/api/configs/parse", "iters: 0\nfoo: 1\n")
+    status, body = _post_text(shared_app_client, "/api/configs/parse", "iters: 0\nfoo: 1\n")
     assert status == 422
     assert body["detail"] == [
         {"loc": ["iters"], "line": 1, "column": 1, "msg": "Input should be greater than or equal to 1"},
         {"loc": ["foo"], "line": 2, "column": 1, "msg": "unknown key: not an option of mlx_lm lora"}]
-    status, _, _ = shared_server.request("GET", "/api/runs/9999/config.yaml")
+    status, _, _ = shared_app_client.request("GET", "/api/runs/9999/config.yaml")
     assert status == 404
 
 
