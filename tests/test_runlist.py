@@ -1,4 +1,6 @@
-"""Runs list, rename, notes, delete, compare and summary figures against a real server and real short runs."""
+"""Runs list, rename, notes, delete, compare and summary figures. The list, filters, text, compare and summary
+pages are rendered in-process from the rows of runs created through the API (their reports written as a worker
+writes them); deleting what a real short run left and a live run's refusal use a real server and worker."""
 
 from __future__ import annotations
 
@@ -9,21 +11,35 @@ import statistics
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_RUN, Server
+from conftest import QUICK_RUN, InProcess, Server, in_process, occupy_training_slot
+from sqlmodel import Session
+
+from app.tables import Checkpoint, Run, TrainReport, ValReport, utcnow
 
 SHORT_RUN = {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_every": 10}  # validations at 0, 10, 20
 
 
-def page(server: Server, path: str, htmx: bool = False) -> str:
-    request = urllib.request.Request(server.url + path, headers={"HX-Request": "true"} if htmx else {})
+def page(server: Server | InProcess, path: str, htmx: bool = False) -> str:
+    headers = {"HX-Request": "true"} if htmx else {}
+    if isinstance(server, InProcess):
+        response = server.client.get(path, headers=headers)
+        response.raise_for_status()  # as urlopen raises
+        return response.text
+    request = urllib.request.Request(server.url + path, headers=headers)
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode()
 
 
-def post_form(server: Server, path: str, fields: dict[str, str]) -> str:
+def post_form(server: Server | InProcess, path: str, fields: dict[str, str]) -> str:
+    if isinstance(server, InProcess):
+        response = server.client.post(path, data=fields, headers={"HX-Request": "true"})
+        response.raise_for_status()
+        return response.text
     data = urllib.parse.urlencode(fields).encode()
     request = urllib.request.Request(server.url + path, data=data, method="POST",
                                      headers={"HX-Request": "true"})
@@ -65,21 +81,72 @@ def db_count(server: Server, table: str, run_id: int) -> int:
         return int(conn.execute(COUNT_ROWS[table], (run_id,)).fetchone()[0])
 
 
+def write_end(inproc: InProcess, run_id: int, status: str, seed: float = 0.0) -> None:
+    """End a queued run as its worker would have: `completed` with the reports of SHORT_RUN (training every 5
+    steps, validation at 0, 10 and 20, checkpoints at 10 and 20), or `failed` before any report."""
+    with Session(inproc.engine) as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.status == "queued", run
+        run.started_at = utcnow() - timedelta(seconds=42)
+        run.finished_at = utcnow()
+        run.status = status
+        if status == "failed":
+            run.error = "the model folder /nonexistent/model does not exist"
+        else:
+            run.iteration = 20
+            for n, iteration in enumerate((5, 10, 15, 20)):
+                session.add(TrainReport(run_id=run_id, iteration=iteration, train_loss=2.5 - 0.3 * n - seed,
+                                        learning_rate=1e-3, iterations_per_second=1.5 + 0.1 * n + seed,
+                                        tokens_per_second=610.0 + 7 * n + 50 * seed, trained_tokens=980 * (n + 1),
+                                        peak_memory=0.21 + 0.01 * n))
+            for iteration, loss in ((0, 2.9), (10, 2.1 - seed), (20, 2.2 - seed)):
+                session.add(ValReport(run_id=run_id, iteration=iteration, val_loss=loss, val_time=0.4, batches=5))
+            for iteration in (10, 20):
+                session.add(Checkpoint(run_id=run_id, iteration=iteration, filename=f"{iteration:07d}_adapters"
+                                       ".safetensors", size_bytes=1024, sha256="0" * 64))
+        session.add(run)
+        session.commit()
+
+
 @pytest.fixture(scope="module")
-def two_runs(shared_server: Server) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def listing(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    """The dashboard in-process; no worker is started (runs made through the API are ended by the tests)."""
+    with in_process(tmp_path_factory.mktemp("runlist"), heartbeat_timeout_s=3600) as inproc:
+        yield inproc
+
+
+def made_runs(inproc: InProcess, *payloads: dict[str, Any]) -> list[int]:
+    """Runs created through the API, left queued: a run holds the training slot meanwhile, then is removed."""
+    holder = occupy_training_slot(inproc)
+    made = []
+    for payload in payloads:
+        status, run = inproc.post("/api/runs", payload)
+        assert status == 201 and run["status"] == "queued", run
+        made.append(run["id"])
+    with Session(inproc.engine) as session:
+        held = session.get(Run, holder)
+        assert held is not None
+        held.status, held.finished_at = "completed", utcnow()  # the slot is free again: nothing is queued
+        session.add(held)
+        session.commit()
+    return made
+
+
+@pytest.fixture(scope="module")
+def two_runs(listing: InProcess) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Two finished quick runs that differ in learning rate only."""
-    status, alpha = shared_server.post("/api/runs", {**SHORT_RUN, "name": "alpha sweep"})
-    assert status == 201, alpha
-    status, beta = shared_server.post("/api/runs", {**SHORT_RUN, "name": "beta", "learning_rate": 2e-4})
-    assert status == 201, beta
-    yield shared_server.wait_terminal(alpha["id"]), shared_server.wait_terminal(beta["id"])
+    alpha, beta = made_runs(listing, {**SHORT_RUN, "name": "alpha sweep"},
+                            {**SHORT_RUN, "name": "beta", "learning_rate": 2e-4})
+    write_end(listing, alpha, "completed")
+    write_end(listing, beta, "completed", seed=0.1)
+    yield listing.get(f"/api/runs/{alpha}"), listing.get(f"/api/runs/{beta}")
 
 
-def test_list_and_summary_figures_equal_what_the_metrics_give(shared_server: Server, two_runs: Any) -> None:
-    table = page(shared_server, "/")
+def test_list_and_summary_figures_equal_what_the_metrics_give(listing: InProcess, two_runs: Any) -> None:
+    table = page(listing, "/")
     for run in two_runs:
         assert run["status"] == "completed", run
-        metrics = shared_server.get(f"/api/runs/{run['id']}/metrics")
+        metrics = listing.get(f"/api/runs/{run['id']}/metrics")
         train, val = metrics["train"], metrics["val"]
         best = min(p["val_loss"] for p in val)
         best_iteration = max(p["iteration"] for p in val if p["val_loss"] == best)
@@ -95,7 +162,7 @@ def test_list_and_summary_figures_equal_what_the_metrics_give(shared_server: Ser
         assert texts[7] == "20 / 20"
         assert texts[9] == f"{tps:,.0f}"
 
-        status_card = page(shared_server, f"/runs/{run['id']}/status")
+        status_card = page(listing, f"/runs/{run['id']}/status")
         assert float(summary_value(status_card, "best-val")) == best
         assert f"at iteration {best_iteration}" in status_card
         assert float(summary_value(status_card, "improvement")) == pytest.approx(100 * (first - best) / first)
@@ -108,50 +175,50 @@ def test_list_and_summary_figures_equal_what_the_metrics_give(shared_server: Ser
         assert 'id="summary-test-loss"' not in status_card  # no test set was evaluated
 
 
-def test_filter_by_status_and_text(shared_server: Server, two_runs: Any) -> None:
+def test_filter_by_status_and_text(listing: InProcess, two_runs: Any) -> None:
     alpha, beta = two_runs
-    assert {alpha["id"], beta["id"]} <= set(listed(page(shared_server, "/?status=completed")))
-    assert {alpha["id"], beta["id"]} <= set(listed(page(shared_server, "/?status=ended")))
-    assert not set(listed(page(shared_server, "/?status=failed"))) & {alpha["id"], beta["id"]}
-    assert listed(page(shared_server, "/?q=ALPHA")) == [alpha["id"]]  # any case
-    assert listed(page(shared_server, "/?status=completed&q=beta")) == [beta["id"]]
-    assert {alpha["id"], beta["id"]} <= set(listed(page(shared_server, "/?q=contact-cent")))  # the dataset
-    assert {alpha["id"], beta["id"]} <= set(listed(page(shared_server, "/?q=tiny-mis")))  # the model
-    none = page(shared_server, "/?q=100%25_nothing")  # LIKE wildcards are taken literally
+    assert {alpha["id"], beta["id"]} <= set(listed(page(listing, "/?status=completed")))
+    assert {alpha["id"], beta["id"]} <= set(listed(page(listing, "/?status=ended")))
+    assert not set(listed(page(listing, "/?status=failed"))) & {alpha["id"], beta["id"]}
+    assert listed(page(listing, "/?q=ALPHA")) == [alpha["id"]]  # any case
+    assert listed(page(listing, "/?status=completed&q=beta")) == [beta["id"]]
+    assert {alpha["id"], beta["id"]} <= set(listed(page(listing, "/?q=contact-cent")))  # the dataset
+    assert {alpha["id"], beta["id"]} <= set(listed(page(listing, "/?q=tiny-mis")))  # the model
+    none = page(listing, "/?q=100%25_nothing")  # LIKE wildcards are taken literally
     assert listed(none) == [] and "No runs match" in none
 
-    partial = page(shared_server, "/?q=beta", htmx=True)  # htmx gets the table alone
+    partial = page(listing, "/?q=beta", htmx=True)  # htmx gets the table alone
     assert "<html" not in partial
     assert listed(partial) == [beta["id"]]
-    full = page(shared_server, "/?q=beta")
+    full = page(listing, "/?q=beta")
     assert "<html" in full and 'value="beta"' in full  # the filter is kept in the URL and the form
 
-    bad = page(shared_server, "/?status=done")
+    bad = page(listing, "/?status=done")
     assert "unknown status filter &#39;done&#39;: expected one of active, ended" in bad
     assert {alpha["id"], beta["id"]} <= set(listed(bad))
 
 
-def test_rename_and_notes(shared_server: Server, two_runs: Any) -> None:
+def test_rename_and_notes(listing: InProcess, two_runs: Any) -> None:
     alpha, _ = two_runs
     path = f"/api/runs/{alpha['id']}"
-    status, body, _ = shared_server.request("PATCH", path, {"name": "  alpha   renamed ", "notes": "rank 8, lr 1e-3"})
+    status, body, _ = listing.request("PATCH", path, {"name": "  alpha   renamed ", "notes": "rank 8, lr 1e-3"})
     assert status == 200, body
     assert body["name"] == "alpha renamed" and body["notes"] == "rank 8, lr 1e-3"
-    assert listed(page(shared_server, "/?q=lr%201e-3")) == [alpha["id"]]  # notes are searched
+    assert listed(page(listing, "/?q=lr%201e-3")) == [alpha["id"]]  # notes are searched
 
     for patch, field in (({"name": "  "}, "name"), ({"name": None}, "name"), ({"notes": "x" * 5001}, "notes"),
                          ({"name": "ok", "color": "red"}, "color")):
-        status, body, _ = shared_server.request("PATCH", path, patch)
+        status, body, _ = listing.request("PATCH", path, patch)
         assert status == 422, (patch, body)
         assert body["detail"][0]["loc"][-1] == field
-    assert shared_server.get(path)["name"] == "alpha renamed"  # nothing was written
+    assert listing.get(path)["name"] == "alpha renamed"  # nothing was written
 
-    row = post_form(shared_server, f"/runs/{alpha['id']}/text", {"name": "alpha sweep", "notes": "from the row"})
+    row = post_form(listing, f"/runs/{alpha['id']}/text", {"name": "alpha sweep", "notes": "from the row"})
     texts = cells(row)
     assert texts[2].startswith(f"alpha sweep #{alpha['id']} from the row")
-    row = post_form(shared_server, f"/runs/{alpha['id']}/text", {"name": " ", "notes": "kept?"})
+    row = post_form(listing, f"/runs/{alpha['id']}/text", {"name": " ", "notes": "kept?"})
     assert "name must not be blank" in row and "<details class=\"runs-edit\" open>" in row
-    run = shared_server.get(path)
+    run = listing.get(path)
     assert run["name"] == "alpha sweep" and run["notes"] == "from the row"
 
 
@@ -220,25 +287,26 @@ def test_a_live_run_is_not_deleted(shared_server: Server) -> None:
     assert "every 3s" not in page(shared_server, "/")  # nothing live is listed: no polling
 
 
-def test_compare_page_lists_the_differing_settings(shared_server: Server, two_runs: Any) -> None:
+def test_compare_page_lists_the_differing_settings(listing: InProcess, two_runs: Any) -> None:
     alpha, beta = two_runs
-    answer = page(shared_server, f"/compare?ids={alpha['id']},{beta['id']}")
+    answer = page(listing, f"/compare?ids={alpha['id']},{beta['id']}")
     diff = re.search(r'<table id="compare-diff">.*?</table>', answer, re.S)
     assert diff, answer
     keys = re.findall(r'<tr data-key="([^"]+)">', diff.group(0))
     assert "learning_rate" in keys and "batch_size" not in keys and "name" not in keys
-    assert page(shared_server, f"/compare?ids={alpha['id']}&ids={beta['id']}").count('data-run-id="') == 2
+    assert page(listing, f"/compare?ids={alpha['id']}&ids={beta['id']}").count('data-run-id="') == 2
     for query, code, message in (("ids=1,x", 400, "&#39;x&#39; is not a run id"), ("", 400, "pick at least one run"),
                                  ("ids=99999", 404, "there is no run 99999")):
-        status, _, raw = shared_server.request("GET", f"/compare?{query}")
+        status, _, raw = listing.request("GET", f"/compare?{query}")
         assert status == code and message in raw.decode(), (query, status)
 
 
-def test_a_run_without_reports_shows_dashes(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {"model": "/nonexistent/model", "name": "broken"})
-    assert status == 201
-    assert shared_server.wait_terminal(run["id"])["status"] == "failed"
-    card = page(shared_server, f"/runs/{run['id']}/status")
+def test_a_run_without_reports_shows_dashes(listing: InProcess) -> None:
+    [run_id] = made_runs(listing, {"model": "/nonexistent/model", "name": "broken"})
+    write_end(listing, run_id, "failed")  # as its worker ends it: no report
+    run = listing.get(f"/api/runs/{run_id}")
+    assert run["status"] == "failed"
+    card = page(listing, f"/runs/{run['id']}/status")
     assert summary_value(card, "best-val") == "" and summary_value(card, "tokens-per-second") == ""
-    texts = cells(row_of(page(shared_server, "/?status=failed"), run["id"]))
+    texts = cells(row_of(page(listing, "/?status=failed"), run["id"]))
     assert texts[5] == "—" and texts[6] == "—" and texts[9] == "—"
