@@ -1,6 +1,6 @@
 """Jobs: the pure rules, the database side with real SQLite and real processes, real token-statistics jobs
-through a real server (finished, cancelled, killed) and the upgrade of an older database. The pages are in
-test_jobs_browser.py."""
+through a real server (finished, cancelled, killed); bad job requests and the upgrade of an older database
+in-process. The pages are in test_jobs_browser.py."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, Server
+from conftest import PROJECT_DIR, InProcess, Server, in_process
 from pydantic import BaseModel
 from sqlmodel import Session
 
@@ -37,7 +36,7 @@ from app.jobs.jobs import (
 from app.jobs.process import is_job_process
 from app.jobs.supervisor import Supervisor
 from app.settings import Settings
-from app.tables import Job, Run
+from app.tables import Job, Run, utcnow
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 ENDED = ("completed", "stopped", "failed", "interrupted")
@@ -270,7 +269,19 @@ def test_a_token_stats_job_runs_to_the_end(jobs_server: Server, default_model: P
     assert jobs_server.request("POST", f"/api/jobs/{job_id}/cancel")[0] == 409  # it has ended
 
 
-def test_bad_job_requests_are_named(jobs_server: Server, default_model: Path) -> None:
+def ended_job(inproc: InProcess, data: Path, model: Path) -> int:
+    """A token-statistics job that has ended, as its worker leaves it."""
+    with Session(inproc.engine) as session:
+        job = Job(kind="token_stats", status="completed", params_json=json.dumps({"data": str(data), "model": str(
+            model)}), done=1500, total=1500, unit="examples", started_at=utcnow(), finished_at=utcnow())
+        session.add(job)
+        session.commit()
+        assert job.id is not None
+        return job.id
+
+
+def test_bad_job_requests_are_named(app_client: InProcess, default_model: Path) -> None:
+    jobs_server = app_client
     code, answer, _ = jobs_server.request("GET", "/api/jobs?kind=nope")
     assert code == 422 and answer["detail"][0]["loc"] == ["query", "kind"]
     assert "token_stats" in answer["detail"][0]["msg"]
@@ -283,21 +294,16 @@ def test_bad_job_requests_are_named(jobs_server: Server, default_model: Path) ->
     assert jobs_server.request("POST", "/api/jobs/999999/cancel")[0] == 404
     assert jobs_server.request("GET", "/api/jobs/999999/events")[0] == 404
     assert jobs_server.request("PATCH", "/api/jobs/999999", {"allow_while_training": True})[0] == 404
-    folder = big_dataset(jobs_server.root, "small", times=1)
-    ended = jobs_server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})[1]["id"]
-    wait_job(jobs_server, ended, lambda j: j["status"] in ENDED)
+    ended = ended_job(jobs_server, big_dataset(jobs_server.root, "small", times=1), default_model)
     code, answer, _ = jobs_server.request("PATCH", f"/api/jobs/{ended}", {"allow_while_training": True})
     assert code == 409 and "has already started" in answer["detail"]
     code, answer, _ = jobs_server.request("PATCH", f"/api/jobs/{ended}", {"allow_while_training": "sometimes"})
     assert code == 422 and answer["detail"][0]["loc"] == ["body", "allow_while_training"]
     for method, path in (("POST", f"/api/jobs/{ended}/cancel"), ("PATCH", f"/api/jobs/{ended}"),
                          ("POST", f"/jobs/{ended}/cancel"), ("POST", f"/jobs/{ended}/allow-while-training")):
-        request = urllib.request.Request(jobs_server.url + path, data=b'{"allow_while_training": true}',
-                                         method=method, headers={"Content-Type": "application/json",
-                                                                 "Origin": "https://evil.example"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
-        assert refused.value.code == 403, (method, path)
+        refused = jobs_server.client.request(method, path, content=b'{"allow_while_training": true}', headers={
+            "Content-Type": "application/json", "Origin": "https://evil.example"})
+        assert refused.status_code == 403, (method, path)
 
 
 def test_cancelling_a_running_job_stops_it(jobs_server: Server, default_model: Path) -> None:
@@ -375,7 +381,6 @@ CREATE TABLE tokenstatsjob (
 )"""
 
 
-@pytest.mark.real  # a real server
 def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_model: Path) -> None:
     from app.datasets.registry import files_signature
 
@@ -399,8 +404,7 @@ def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_mo
                      " '2026-11-20 09:00:00.000000')", (str(folder), str(default_model)))
     conn.close()
 
-    server = Server(tmp_path).start()
-    try:
+    with in_process(tmp_path) as server:  # the dashboard upgrades the database as it starts
         jobs = server.get("/api/jobs?kind=token_stats")
         assert [(j["status"], j["error"]) for j in jobs] == [
             ("failed", "train.jsonl line 3: not valid JSON"), ("completed", None)]
@@ -411,8 +415,6 @@ def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_mo
         assert summary["all"]["examples"] == 4 and summary["all"]["over_max_seq_length"] == 2
         code, again = server.post("/api/token-stats", {"data": str(folder), "model": str(default_model)})
         assert (code, again["id"], again["status"]) == (200, kept["id"], "completed")  # reused, not recounted
-    finally:
-        server.stop()
     conn = sqlite3.connect(tmp_path / "loraboard.db")
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
