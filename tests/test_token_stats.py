@@ -1,4 +1,5 @@
-"""Token statistics: the pure numbers, a real worker job through a real server, and the pages in Chromium."""
+"""Token statistics: the pure numbers, refusals and a dead worker's job in-process, a real worker job through a
+real server, and the pages in Chromium."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, Server, shot
+from conftest import PROJECT_DIR, InProcess, Server, shot
 from playwright.sync_api import Locator, Page, expect
 
 from app.datasets.token_stats import (
@@ -182,15 +183,17 @@ def test_a_finished_result_is_reused_until_the_files_change(shared_server: Serve
     assert done["summary"]["splits"]["valid"]["examples"] == 151
 
 
-def test_bad_inputs_and_bad_lines_are_named(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
-    code, answer = shared_server.post("/api/token-stats", {"data": str(tmp_path / "none")})
+def test_bad_inputs_are_named(shared_app_client: InProcess, tmp_path: Path) -> None:
+    code, answer = shared_app_client.post("/api/token-stats", {"data": str(tmp_path / "none")})
     assert code == 422 and answer["detail"][0]["loc"] == ["body", "data"]
     assert "does not exist" in answer["detail"][0]["msg"]
-    code, answer = shared_server.post("/api/token-stats", {"model": str(tmp_path)})
+    code, answer = shared_app_client.post("/api/token-stats", {"model": str(tmp_path)})
     assert code == 422 and answer["detail"][0]["loc"] == ["body", "model"]
     assert "has no config.json" in answer["detail"][0]["msg"]
-    assert shared_server.request("GET", "/api/token-stats/99999")[0] == 404
+    assert shared_app_client.request("GET", "/api/token-stats/99999")[0] == 404
 
+
+def test_bad_lines_are_named(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.jsonl").write_text('{"text": "fine"}\n{"text": "fine"}\n{"text": broken}\n')
@@ -201,17 +204,17 @@ def test_bad_inputs_and_bad_lines_are_named(shared_server: Server, default_model
     assert failed["error"].startswith("train.jsonl line 3: not valid JSON"), failed["error"]
 
 
-def test_a_job_whose_worker_died_is_marked_interrupted(shared_server: Server, tmp_path: Path) -> None:
+def test_a_job_whose_worker_died_is_marked_interrupted(shared_app_client: InProcess, tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs
-    conn = sqlite3.connect(shared_server.root / "loraboard.db")
+    conn = sqlite3.connect(shared_app_client.root / "loraboard.db")
     with conn:
         cursor = conn.execute(
             "INSERT INTO job (kind, key, params_json, status, done, total, unit, pid, heartbeat_at,"
             " allow_while_training, created_at) VALUES ('token_stats', '', ?, 'running', 3, 10, 'examples', ?,"
             " datetime('now'), 0, datetime('now'))", (json.dumps({"data": str(tmp_path), "model": "m"}), gone.pid))
     conn.close()
-    job = shared_server.get(f"/api/token-stats/{cursor.lastrowid}")
+    job = shared_app_client.get(f"/api/token-stats/{cursor.lastrowid}")
     assert job["status"] == "interrupted"
     assert job["error"] == "the worker process ended without reporting"
 
