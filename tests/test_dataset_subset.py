@@ -1,4 +1,5 @@
-"""Subset and split: the pure drawing (seeded, sized, disjoint, ratio errors) and the real API, page and a run."""
+"""Subset and split: the pure drawing (seeded, sized, disjoint, ratio errors), the API in-process, the page in
+Chromium and a run that trains on a subset."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, Server, shot
+from conftest import PROJECT_DIR, QUICK_RUN, InProcess, Server, shot
 from playwright.sync_api import Page, expect
 
 from app.datasets.subset import draw_subset, split_sizes, validate_ratios
@@ -67,15 +68,18 @@ def test_n_larger_than_the_pool_or_too_small_for_the_splits_is_refused() -> None
         draw_subset(list(range(10)), 2, seed=0, ratios=(0.8, 0.1, 0.1))
 
 
-# Real: the API writes, registers, and a run trains on it ------------------------------------------
+# The API writes and registers (in-process), and a run trains on a subset (a real server and worker) ---------
 
 
 def lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def test_api_creates_a_registered_subset_that_a_run_trains_on(server: Server) -> None:
-    body = {"source": str(SAMPLE), "name": "cc-120", "n": 120, "seed": 3, "ratios": [0.75, 0.125, 0.125]}
+CC_120 = {"source": str(SAMPLE), "name": "cc-120", "n": 120, "seed": 3, "ratios": [0.75, 0.125, 0.125]}
+
+
+def test_api_creates_a_registered_subset(app_client: InProcess) -> None:
+    server, body = app_client, CC_120
     code, answer = server.post("/api/datasets/subset", body)
     assert code == 201, answer
     folder = server.root / "datasets" / "cc-120"
@@ -100,6 +104,11 @@ def test_api_creates_a_registered_subset_that_a_run_trains_on(server: Server) ->
     assert code == 422 and refused["detail"][0]["loc"] == ["body", "name"]
     assert "already exists" in refused["detail"][0]["msg"]
 
+
+def test_a_run_trains_on_a_subset(server: Server) -> None:
+    code, answer = server.post("/api/datasets/subset", CC_120)
+    assert code == 201, answer
+    folder = server.root / "datasets" / "cc-120"
     code, run = server.post("/api/runs", {**QUICK_RUN, "data": str(folder), "iters": 20, "steps_per_eval": 10,
                                           "save_every": 10})
     assert code == 201, run
@@ -109,7 +118,8 @@ def test_api_creates_a_registered_subset_that_a_run_trains_on(server: Server) ->
     assert server.get(f"/api/runs/{run['id']}/metrics")["val"], "validation ran on the subset's valid split"
 
 
-def test_api_refuses_bad_requests_and_leaves_nothing_behind(server: Server, tmp_path: Path) -> None:
+def test_api_refuses_bad_requests_and_leaves_nothing_behind(app_client: InProcess, tmp_path: Path) -> None:
+    server = app_client
     base = {"source": str(SAMPLE), "name": "cc-bad", "n": 50, "seed": 0, "ratios": [0.8, 0.1, 0.1]}
     cases = [
         ({"ratios": [0.8, 0.3, 0.1]}, "ratios", "ratios must add up to 1"),
