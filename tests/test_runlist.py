@@ -115,13 +115,15 @@ def listing(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> It
         yield inproc
 
 
-def made_runs(inproc: InProcess, *payloads: dict[str, Any]) -> list[int]:
-    """Runs created through the API, left queued: a run holds the training slot meanwhile, then is removed."""
+def ended_runs(inproc: InProcess, *runs: tuple[dict[str, Any], str, float]) -> list[int]:
+    """Runs created through the API (payload), then ended as their workers would (status, seed of the figures).
+    A run holds the training slot meanwhile, so none is started; it ends once they have."""
     holder = occupy_training_slot(inproc)
     made = []
-    for payload in payloads:
-        status, run = inproc.post("/api/runs", payload)
-        assert status == 201 and run["status"] == "queued", run
+    for payload, status, seed in runs:
+        code, run = inproc.post("/api/runs", payload)
+        assert code == 201 and run["status"] == "queued", run
+        write_end(inproc, run["id"], status, seed)
         made.append(run["id"])
     with Session(inproc.engine) as session:
         held = session.get(Run, holder)
@@ -135,10 +137,8 @@ def made_runs(inproc: InProcess, *payloads: dict[str, Any]) -> list[int]:
 @pytest.fixture(scope="module")
 def two_runs(listing: InProcess) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Two finished quick runs that differ in learning rate only."""
-    alpha, beta = made_runs(listing, {**SHORT_RUN, "name": "alpha sweep"},
-                            {**SHORT_RUN, "name": "beta", "learning_rate": 2e-4})
-    write_end(listing, alpha, "completed")
-    write_end(listing, beta, "completed", seed=0.1)
+    alpha, beta = ended_runs(listing, ({**SHORT_RUN, "name": "alpha sweep"}, "completed", 0.0),
+                             ({**SHORT_RUN, "name": "beta", "learning_rate": 2e-4}, "completed", 0.1))
     yield listing.get(f"/api/runs/{alpha}"), listing.get(f"/api/runs/{beta}")
 
 
@@ -302,8 +302,7 @@ def test_compare_page_lists_the_differing_settings(listing: InProcess, two_runs:
 
 
 def test_a_run_without_reports_shows_dashes(listing: InProcess) -> None:
-    [run_id] = made_runs(listing, {"model": "/nonexistent/model", "name": "broken"})
-    write_end(listing, run_id, "failed")  # as its worker ends it: no report
+    [run_id] = ended_runs(listing, ({"model": "/nonexistent/model", "name": "broken"}, "failed", 0.0))  # no report
     run = listing.get(f"/api/runs/{run_id}")
     assert run["status"] == "failed"
     card = page(listing, f"/runs/{run['id']}/status")
