@@ -4,6 +4,9 @@
 .PHONY: serve test test-fast lint
 # The suite runs in this many processes (a test module, or modules sharing a trained run, stay in one).
 TEST_PROCESSES ?= 2
+# pytest keeps the test modules it rewrote (for its assertion messages) under __pycache__, where Python may write
+# bytecode; where PYTHONDONTWRITEBYTECODE is set, every test process would rewrite every module again (seconds each).
+PYTEST = PYTHONDONTWRITEBYTECODE= .venv/bin/python -m pytest
 
 serve:
 	@scripts/setup.sh
@@ -14,13 +17,13 @@ test:
 	@scripts/ensure-chromium.sh
 	@.venv/bin/loraboard defaults
 	@.venv/bin/ruff check --quiet .
-	@.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup
+	@$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup
 
 test-fast:
 	@scripts/setup.sh dev
 	@.venv/bin/loraboard defaults
 	@.venv/bin/ruff check --quiet .
-	@.venv/bin/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup -m "not real"
+	@$(PYTEST) -n $(TEST_PROCESSES) --dist loadgroup -m "not real"
 
 lint:
 	@.venv/bin/ruff check .
