@@ -150,7 +150,8 @@ class Server:
         return Path(self.extra_env.get("LORABOARD_EXPORTS_DIR", PROJECT_DIR / "data" / "exports"))
 
     def env(self) -> dict[str, str]:
-        return base_env(
+        """The server's environment: its folders and quick supervision, then extra_env (which may replace them)."""
+        return {**base_env(
             LORABOARD_DB_PATH=str(self.root / "loraboard.db"),
             LORABOARD_ADAPTERS_DIR=str(self.root / "adapters"),
             LORABOARD_DATASETS_DIR=str(self.root / "datasets"),
@@ -159,8 +160,7 @@ class Server:
             # datasets and models the tests make live in pytest's temporary folders; the tests of missing
             # folders name /nonexistent/... and /nowhere/... (allowed, and absent: "does not exist" is the answer)
             LORABOARD_ALLOWED_DIRS=os.pathsep.join((str(self.root.parent), "/nonexistent", "/nowhere")),
-            **self.extra_env,
-        )
+        ), **self.extra_env}
 
     def start(self) -> Server:
         log = (self.root / "server.log").open("ab")
@@ -278,16 +278,53 @@ def small_valid_data(folder: Path, valid: int = 16) -> Path:
     return folder
 
 
-def overfitting_run(tmp_path: Path) -> dict[str, Any]:
+def overfitting_run(tmp_path: Path, short: bool = False) -> dict[str, Any]:
     """A run that overfits fast: 8 training examples are memorised within ~40 steps, after which
-    validation loss (on 16 examples, all of them at every evaluation) rises; early stopping on."""
+    validation loss (on 16 examples, all of them at every evaluation) rises; early stopping on.
+
+    short: the examples cut short (short_examples), validated every 5 steps: validation loss stops improving twice
+    in a row after ~55 steps, each a third of the work of a step on the whole examples."""
     data = tmp_path / "tiny-data"
+    rule = {"iters": 2000, "learning_rate": 1e-3, "save_every": 1000, "val_batches": -1,
+            "early_stopping": {"patience": 2, "min_delta": 0.0}}
+    if short:
+        short_examples(data, train=8, valid=16)
+        return {**QUICK_RUN, **rule, "data": str(data), "steps_per_eval": 5}
     data.mkdir()
     source = PROJECT_DIR / "data" / "contact-center"
     (data / "train.jsonl").write_text("".join((source / "train.jsonl").read_text().splitlines(True)[:8]))
     (data / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:16]))
-    return {**QUICK_RUN, "data": str(data), "iters": 2000, "learning_rate": 1e-3, "steps_per_eval": 10,
-            "save_every": 1000, "val_batches": -1, "early_stopping": {"patience": 2, "min_delta": 0.0}}
+    return {**QUICK_RUN, **rule, "data": str(data), "steps_per_eval": 10}
+
+
+def short_example(example: dict[str, Any]) -> dict[str, Any]:
+    """A sample example cut short: no system prompt, the question's first line and the conversation's first
+    customer line, the whole answer (~75 tokens instead of ~220)."""
+    _system, question, answer = example["messages"]
+    header, *conversation = question["content"].split("\n")
+    customer = next(line for line in conversation if line.startswith("Customer:"))
+    return {"messages": [{"role": "user", "content": f"{header}\n{customer}"}, answer]}
+
+
+def short_examples(folder: Path, train: int = 200, valid: int = 16, test: int = 0) -> Path:
+    """The sample's first examples of each split, cut short (short_example); a split of 0 is left out. A training
+    step of the tiny model on them costs a third of one on the whole examples, and a run on them still reports,
+    validates, checkpoints and learns the answer format: for tests of how runs go, not of what the sample holds."""
+    folder.mkdir(parents=True)
+    source = PROJECT_DIR / "data" / "contact-center"
+    for split, count in (("train", train), ("valid", valid), ("test", test)):
+        lines = (source / f"{split}.jsonl").read_text().splitlines()[:count]
+        if lines:
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps(short_example(json.loads(line))) + "\n"
+                                                           for line in lines))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def short_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """short_examples (200 training, 16 validation, 16 test), made once per test process; every test server may read
+    it (it lies beside their folders)."""
+    return short_examples(tmp_path_factory.mktemp("short") / "data", test=16)
 
 
 # Headless Chromium (Debian's system package) driven by Playwright, for the page tests.
@@ -368,10 +405,9 @@ def evaluation_server(tmp_path_factory: pytest.TempPathFactory, default_model: P
 @pytest.fixture(scope="session")
 def trained_run(evaluation_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A completed run whose best checkpoint beats the base model on test loss and on the task: the sample's
-    training set, 16 validation examples (validated whole), 32 test examples; checkpoints at 40, 80 and 120."""
-    data = small_valid_data(tmp_path_factory.mktemp("eval-data") / "data")
-    source = PROJECT_DIR / "data" / "contact-center" / "test.jsonl"
-    (data / "test.jsonl").write_text("".join(source.read_text().splitlines(True)[:EVAL_TEST_EXAMPLES]))
+    examples cut short (short_examples: every training one, 16 validation ones validated whole, 32 test ones);
+    checkpoints at 40, 80 and 120."""
+    data = short_examples(tmp_path_factory.mktemp("eval-data") / "data", train=1199, test=EVAL_TEST_EXAMPLES)
     status, run = evaluation_server.post("/api/runs", {**TRAINED_RUN, "data": str(data)})
     assert status == 201, run
     done = evaluation_server.wait_terminal(run["id"], timeout=600)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, Server, base_env, small_valid_data
+from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, Server, base_env, short_examples, small_valid_data
 
 from app.evaluation.verdict import checkpoint_verdict
 from worker.blas import build_shim
@@ -163,9 +163,9 @@ def test_examples_worst_and_best_with_base_answers_and_field_outcomes(evaluated:
 
 @pytest.fixture(scope="module")
 def throwaway(evaluated: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A short run on data without test.jsonl, checkpoints at 10, 20 and 30."""
+    """A short run on short examples without test.jsonl, checkpoints at 10, 20 and 30."""
     srv: Server = evaluated["server"]
-    data = small_valid_data(tmp_path_factory.mktemp("throwaway") / "data")
+    data = short_examples(tmp_path_factory.mktemp("throwaway") / "data")
     status, run = srv.post("/api/runs", {**QUICK_RUN, "name": "throwaway", "data": str(data), "iters": 30,
                                          "save_every": 10, "steps_per_eval": 10, "val_batches": 1})
     assert status == 201, run
@@ -259,8 +259,8 @@ def test_a_run_whose_base_model_beats_every_checkpoint_gets_no_plain_best(evalua
                                                                           tmp_path: Path) -> None:
     data = small_valid_data(tmp_path / "data")
     status, run = evaluation_server.post("/api/runs", {
-        **QUICK_RUN, "name": "too hot", "data": str(data), "iters": 20, "learning_rate": 5e-3,
-        "steps_per_eval": 10, "save_every": 10, "val_batches": -1})
+        **QUICK_RUN, "name": "too hot", "data": str(data), "iters": 10, "learning_rate": 5e-3,
+        "steps_per_eval": 5, "save_every": 5, "val_batches": -1})  # validation loss 4.5 at 0, 10.5 at 5, 6.6 at 10
     assert status == 201, run
     assert evaluation_server.wait_terminal(run["id"])["status"] == "completed"
     checkpoints = evaluation_server.get(f"/api/runs/{run['id']}/checkpoints")
