@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run, small_valid_data
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run, short_examples
 
 
 def unzip_adapter(server: Server, run_id: int, iteration: int, dest: Path) -> Path:
@@ -38,9 +38,9 @@ def generate_with_adapter(model: Path, adapter_dir: Path) -> str:
 
 
 def test_full_run_reports_checkpoints_and_download(
-    shared_server: Server, default_model: Path, tmp_path: Path
+    shared_server: Server, default_model: Path, short_data: Path, tmp_path: Path
 ) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "quick"})
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "quick", "data": str(short_data)})
     assert status == 201, run
     assert run["config"]["model"] == str(default_model)  # resolved: absolute default model path
     run = shared_server.wait_terminal(run["id"])
@@ -78,10 +78,10 @@ def test_full_run_reports_checkpoints_and_download(
     assert generate_with_adapter(default_model, adapter).strip()
 
 
-def test_stop_saves_a_loadable_adapter(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
-    status, run = shared_server.post(
-        "/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000, "steps_per_eval": 100_000}
-    )
+def test_stop_saves_a_loadable_adapter(shared_server: Server, default_model: Path, short_data: Path,
+                                      tmp_path: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                                   "save_every": 100_000, "steps_per_eval": 100_000})
     assert status == 201
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 10, what="past iteration 10")
     status, _ = shared_server.post(f"/api/runs/{run['id']}/stop")
@@ -119,8 +119,10 @@ def test_bad_config_is_422_naming_each_field_and_creates_nothing(shared_server: 
     assert len(shared_server.get("/api/runs")) == before
 
 
-def test_runs_survive_a_server_restart(server: Server) -> None:
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_every": 10})
+def test_runs_survive_a_server_restart(shared_server: Server, short_data: Path) -> None:
+    server = shared_server
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 20, "steps_per_eval": 10,
+                                            "save_every": 10})
     assert status == 201
     run = server.wait_terminal(run["id"])
     metrics = server.get(f"/api/runs/{run['id']}/metrics")
@@ -132,8 +134,9 @@ def test_runs_survive_a_server_restart(server: Server) -> None:
     assert server.get(f"/api/runs/{run['id']}/checkpoints") == checkpoints
 
 
-def test_worker_killed_is_marked_interrupted(server: Server) -> None:
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 100_000})
+def test_worker_killed_is_marked_interrupted(shared_server: Server, short_data: Path) -> None:
+    server = shared_server
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000})
     assert status == 201
     server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
     pid = _worker_pid(server, run)
@@ -154,7 +157,7 @@ def _worker_pid(server: Server, run: dict[str, Any]) -> int:
 def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
     shared_server: Server, default_model: Path, tmp_path: Path
 ) -> None:
-    config = overfitting_run(tmp_path)
+    config = overfitting_run(tmp_path, short=True)
     status, run = shared_server.post("/api/runs", config)
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])
@@ -176,7 +179,7 @@ def test_overfitting_run_stops_early_and_keeps_the_best_adapter(
 
 
 def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server, tmp_path: Path) -> None:
-    data = small_valid_data(tmp_path / "small-valid")
+    data = short_examples(tmp_path / "short")
     status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(data), "iters": 30, "save_every": 10,
                                                    "steps_per_eval": 5, "val_batches": 1,
                                                    "full_val_at_checkpoints": True})
@@ -216,10 +219,9 @@ def test_deployment_marker_notes_and_guarded_deletion(shared_server: Server, tmp
     assert status == 404
 
 
-def test_stop_and_keep_best_marks_the_best_checkpoint_as_deployment(shared_server: Server) -> None:
-    status, run = shared_server.post(
-        "/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_eval": 10, "save_every": 100_000}
-    )
+def test_stop_and_keep_best_marks_the_best_checkpoint_as_deployment(shared_server: Server, short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                                   "steps_per_eval": 10, "save_every": 100_000})
     assert status == 201
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 25, what="past iteration 25")
     status, _ = shared_server.post(f"/api/runs/{run['id']}/stop?keep_best=true")
@@ -232,10 +234,9 @@ def test_stop_and_keep_best_marks_the_best_checkpoint_as_deployment(shared_serve
     assert deployment[0]["iteration"] == run["best_checkpoint"]["iteration"]
 
 
-def test_early_stopping_switched_on_while_training_takes_effect(shared_server: Server) -> None:
-    status, run = shared_server.post(
-        "/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_eval": 5, "save_every": 100_000}
-    )
+def test_early_stopping_switched_on_while_training_takes_effect(shared_server: Server, short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                                   "steps_per_eval": 5, "save_every": 100_000})
     assert status == 201 and run["early_stopping"] is None
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 10, what="past iteration 10")
     # min_delta this large: no evaluation after the first counts as an improvement, so it stops at the next one
@@ -252,8 +253,8 @@ def test_early_stopping_switched_on_while_training_takes_effect(shared_server: S
     assert status == 422
 
 
-def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server, tmp_path: Path) -> None:
-    data = small_valid_data(tmp_path / "small-valid")
+def test_resume_continues_iterations_schedule_and_optimizer(shared_server: Server, short_data: Path) -> None:
+    data = short_data
     config = {**QUICK_RUN, "data": str(data), "iters": 40, "steps_per_eval": 10, "save_every": 10,
               "val_batches": -1, "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 40]}}
     status, straight = shared_server.post("/api/runs", config)  # the uninterrupted reference
@@ -293,11 +294,13 @@ def test_resume_refuses_what_cannot_continue(shared_server: Server) -> None:
     assert status == 422 and "must be above" in str(body["detail"])
 
 
-def test_training_goes_on_while_the_database_is_locked(server: Server) -> None:
+def test_training_goes_on_while_the_database_is_locked(shared_server: Server, short_data: Path) -> None:
     import sqlite3
     import time
 
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 60, "save_every": 5, "steps_per_eval": 1000})
+    server = shared_server
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 60, "save_every": 5,
+                                            "steps_per_eval": 1000})
     assert status == 201
     server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
     run_dir = server.root / "adapters" / f"run-{run['id']:04d}"
@@ -332,12 +335,14 @@ config["torch_dtype"] = "bfloat16"
 """
 
 
-def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_model: Path, tmp_path: Path) -> None:
+def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_model: Path, short_data: Path,
+                                              tmp_path: Path) -> None:
     bf16 = tmp_path / "tiny-bf16"
     subprocess.run([sys.executable, "-c", BF16_COPY, str(default_model), str(bf16)], check=True, env=base_env())
     runs = {}
     for name, model in (("float32", default_model), ("bfloat16", bf16)):
-        status, run = shared_server.post("/api/runs", {**QUICK_RUN, "model": str(model), "iters": 20})
+        status, run = shared_server.post("/api/runs", {**QUICK_RUN, "model": str(model), "data": str(short_data),
+                                                       "iters": 20})
         assert status == 201
         runs[name] = shared_server.wait_terminal(run["id"])
         assert runs[name]["status"] == "completed", runs[name]
@@ -353,7 +358,7 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
 
 
 @pytest.mark.real  # a real server and worker
-def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, tmp_path: Path) -> None:
+def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, short_data: Path, tmp_path: Path) -> None:
     """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache."""
 
     snapshot = tmp_path / "hf" / "hub" / "models--loraboard--tiny-mistral" / "snapshots" / "0123456789abcdef"
@@ -370,11 +375,13 @@ def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, tmp_pat
     server.env = env_with_cache  # type: ignore[method-assign]
     server.start()
     try:
-        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/tiny-mistral", "iters": 10})
+        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/tiny-mistral", "iters": 10,
+                                                "data": str(short_data)})
         assert status == 201 and run["config"]["model"] == "loraboard/tiny-mistral"  # kept as a hub id
         run = server.wait_terminal(run["id"])
         assert run["status"] == "completed", run
-        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/not-in-the-cache", "iters": 10})
+        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/not-in-the-cache", "iters": 10,
+                                                "data": str(short_data)})
         run = server.wait_terminal(run["id"])
         assert run["status"] == "failed" and run["error"]
     finally:
