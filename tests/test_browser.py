@@ -13,7 +13,8 @@ from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 
-def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, tmp_path: Path) -> None:
+def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, short_data: Path,
+                                                    tmp_path: Path) -> None:
     page.goto(server.url + "/")
     expect(page.get_by_text("No runs yet")).to_be_visible()
     shot(page, "01-runs-empty")
@@ -21,6 +22,7 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     page.goto(server.url + "/runs/new")
     expect(page.locator("#f-model")).to_have_value(str(Path(__file__).parent.parent / "data/models/tiny-mistral"))
     page.fill("#f-iters", "100000")  # long enough to stop by hand
+    page.fill("#f-data", str(short_data))  # short examples: points come at a third of the work
     page.click("#advanced summary")  # reporting and checkpoint settings live under Advanced
     page.fill("#f-steps_per_report", "5")
     page.fill("#f-save_every", "100000")
@@ -67,7 +69,8 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     shot(page, "05-runs-list")
 
 
-def test_failed_run_shows_its_error(server: Server, page: Page) -> None:
+def test_failed_run_shows_its_error(shared_server: Server, page: Page) -> None:
+    server = shared_server
     page.goto(server.url + "/runs/new")
     page.fill("#f-model", "/nonexistent/model-folder")
     click_start(page)
@@ -78,7 +81,9 @@ def test_failed_run_shows_its_error(server: Server, page: Page) -> None:
     shot(page, "06-run-failed")
 
 
-def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: Page) -> None:
+def test_invalid_form_names_the_field_and_creates_nothing(shared_server: Server, page: Page) -> None:
+    server = shared_server
+    before = server.get("/api/runs")
     page.goto(server.url + "/runs/new")
     page.fill("#f-iters", "0")
     page.fill("#f-learning_rate", "fast")
@@ -86,11 +91,14 @@ def test_invalid_form_names_the_field_and_creates_nothing(server: Server, page: 
     expect(page.locator(".error-box")).to_contain_text("iters")
     expect(page.locator(".error-box")).to_contain_text("learning_rate")
     shot(page, "07-form-errors")
-    assert server.get("/api/runs") == []
+    assert server.get("/api/runs") == before
 
 
-def test_deployment_marker_and_download_from_the_checkpoint_table(server: Server, page: Page, tmp_path: Path) -> None:
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 30, "steps_per_eval": 10, "save_every": 10})
+def test_deployment_marker_and_download_from_the_checkpoint_table(shared_server: Server, page: Page, short_data: Path,
+                                                                   tmp_path: Path) -> None:
+    server = shared_server
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 30, "steps_per_eval": 10,
+                                            "save_every": 10})
     assert status == 201
     server.wait_terminal(run["id"])
     page.goto(f"{server.url}/runs/{run['id']}")
@@ -119,8 +127,9 @@ def test_deployment_marker_and_download_from_the_checkpoint_table(server: Server
     expect(page.locator("#checkpoint-table tr[data-iteration='20'] .badge", has_text="deployment")).to_be_visible()
 
 
-def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: Path) -> None:
-    status, run = server.post("/api/runs", overfitting_run(tmp_path))
+def test_chart_marks_an_early_stopped_run(shared_server: Server, page: Page, tmp_path: Path) -> None:
+    server = shared_server
+    status, run = server.post("/api/runs", overfitting_run(tmp_path, short=True))
     assert status == 201
     page.goto(f"{server.url}/runs/{run['id']}")
     expect(page.locator("#run-status-badge")).to_have_text("early stopped", timeout=120_000)
@@ -160,7 +169,8 @@ def test_chart_marks_an_early_stopped_run(server: Server, page: Page, tmp_path: 
     shot(page, "10-smoothing-log-y")
 
 
-def test_a_missing_page_says_what_is_missing_and_the_api_stays_json(server: Server, page: Page) -> None:
+def test_a_missing_page_says_what_is_missing_and_the_api_stays_json(shared_server: Server, page: Page) -> None:
+    server = shared_server
     response = page.goto(f"{server.url}/runs/9999")
     assert response is not None and response.status == 404
     expect(page.locator("h1")).to_have_text("Not Found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +16,12 @@ SHORT_RUN = {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_every": 10}  
 
 
 @pytest.fixture(scope="module")
-def two_runs(shared_server: Server) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """Two finished quick runs with different learning rates (and the same batch size)."""
-    status, fast = shared_server.post("/api/runs", {**SHORT_RUN, "name": "lr 1e-3"})
+def two_runs(shared_server: Server, short_data: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Two finished quick runs on short examples with different learning rates (and the same batch size)."""
+    status, fast = shared_server.post("/api/runs", {**SHORT_RUN, "name": "lr 1e-3", "data": str(short_data)})
     assert status == 201, fast
-    status, slow = shared_server.post("/api/runs", {**SHORT_RUN, "name": "lr 2e-4", "learning_rate": 2e-4})
+    status, slow = shared_server.post("/api/runs", {**SHORT_RUN, "name": "lr 2e-4", "learning_rate": 2e-4,
+                                                    "data": str(short_data)})
     assert status == 201, slow
     yield shared_server.wait_terminal(fast["id"]), shared_server.wait_terminal(slow["id"])
 
@@ -155,11 +157,11 @@ def test_runs_list_filter_rename_notes_and_delete(shared_server: Server, two_run
 
 
 def test_ticks_survive_the_live_refresh_and_compare_polls_a_live_run(
-    shared_server: Server, two_runs: Any, page: Page
+    shared_server: Server, two_runs: Any, page: Page, short_data: Path
 ) -> None:
     fast, _ = two_runs
     status, live = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000,
-                                                    "name": "still training"})
+                                                    "name": "still training", "data": str(short_data)})
     assert status == 201
     try:
         shared_server.wait_for(live["id"], lambda r: r["iteration"] >= 5, what="training")
