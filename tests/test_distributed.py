@@ -12,14 +12,14 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import QUICK_RUN, Server, small_valid_data
+from conftest import QUICK_RUN, Server
 from test_runs_e2e import generate_with_adapter, unzip_adapter
 
 from app.jobs.process import is_worker, launch_args
 from app.runs.distributed import Distributed
 
 TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
-# 20 steps of batch 4 (2 examples per rank), reports every 5, validation at 0, 10, 20 on all 16 examples
+# 20 steps of batch 4 (2 examples per rank), reports every 5, validation at 0, 10, 20 on all 16 examples (short ones)
 RUN: dict[str, Any] = {**QUICK_RUN, "iters": 20, "steps_per_eval": 10, "save_every": 10, "val_batches": -1,
                        "distributed": TWO_RANKS}
 # runs until stopped; validates once (at 0) on one batch
@@ -83,9 +83,8 @@ def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
 
 
 @pytest.fixture(scope="module")
-def completed(shared_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    data = small_valid_data(tmp_path_factory.mktemp("dist") / "data")
-    status, run = shared_server.post("/api/runs", {**RUN, "data": str(data), "name": "two ranks"})
+def completed(shared_server: Server, short_data: Path) -> dict[str, Any]:
+    status, run = shared_server.post("/api/runs", {**RUN, "data": str(short_data), "name": "two ranks"})
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["status"] != "queued", what="started")
     launcher = column(shared_server, run["id"], "pid")
@@ -138,8 +137,8 @@ def test_a_distributed_checkpoint_continues_on_two_ranks_and_on_one(
         assert not wait_gone(shared_server, run["id"])
 
 
-def test_stop_reaches_every_rank_and_leaves_no_process(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", ENDLESS)
+def test_stop_reaches_every_rank_and_leaves_no_process(shared_server: Server, short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**ENDLESS, "data": str(short_data)})
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="past iteration 5")
     assert len(processes_of(shared_server, run["id"])) >= 3  # the launcher and two ranks
@@ -152,8 +151,8 @@ def test_stop_reaches_every_rank_and_leaves_no_process(shared_server: Server) ->
     assert not wait_gone(shared_server, run["id"])
 
 
-def test_killed_rank_ends_the_group_in_one_terminal_state(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", ENDLESS)
+def test_killed_rank_ends_the_group_in_one_terminal_state(shared_server: Server, short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**ENDLESS, "data": str(short_data)})
     assert status == 201, run
     shared_server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="past iteration 5")
     ranks = rank_processes(shared_server, run["id"])

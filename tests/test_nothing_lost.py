@@ -91,10 +91,11 @@ def test_server_start_cleanup_leaves_a_folder_whose_worker_may_be_writing(tmp_pa
 
 
 @pytest.mark.real  # a real server and worker
-def test_worker_killed_while_saving_loses_nothing_and_resumes(tmp_path: Path, default_model: Path) -> None:
+def test_worker_killed_while_saving_loses_nothing_and_resumes(tmp_path: Path, default_model: Path,
+                                                             short_data: Path) -> None:
     server = Server(tmp_path, extra_env={SLOW_SAVE_ENV: "2"}).start()
     try:
-        config = {**QUICK_RUN, "iters": 60, "steps_per_eval": 10, "save_every": 10}
+        config = {**QUICK_RUN, "data": str(short_data), "iters": 60, "steps_per_eval": 10, "save_every": 10}
         status, run = server.post("/api/runs", config)
         assert status == 201, run
         run_id, folder = run["id"], run_folder(server, run["id"])
@@ -152,11 +153,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.real  # a real server and worker
 def test_disk_full_while_saving_fails_readably_and_keeps_what_was_saved(
-    tmp_path: Path, default_model: Path, small_disk: Path
+    tmp_path: Path, default_model: Path, short_data: Path, small_disk: Path
 ) -> None:
     server = Server(tmp_path).start()
     try:
-        status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 200, "steps_per_eval": 10, "save_every": 10})
+        status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 200,
+                                                "steps_per_eval": 10, "save_every": 10})
         assert status == 201, run
         run = server.wait_terminal(run["id"], timeout=300)
         folder = run_folder(server, run["id"])
