@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_RUN, TERMINAL, InProcess, Server, in_process, small_valid_data
+from conftest import QUICK_RUN, TERMINAL, InProcess, Server, in_process, short_examples
 
 from app.db_writes import (
     EXIT_DB_UNWRITABLE,
@@ -329,12 +329,25 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_an_unwritable_database_loses_no_report(server: Server) -> None:
-    """A run trains on through 20 s of a database that refuses every write (longer than the heartbeat timeout):
+QUICK_HEARTBEAT_TIMEOUT_S = 4
+OUTAGE_S = 7  # longer than the heartbeat timeout by more than a supervisor tick
+
+
+@pytest.fixture
+def quick_heartbeat_server(tmp_path: Path, default_model: Path) -> Iterator[Server]:
+    """A server that takes a silent worker for dead after 4 s without a heartbeat (the other tests' servers: 15 s)."""
+    server = Server(tmp_path, extra_env={"LORABOARD_HEARTBEAT_TIMEOUT_S": str(QUICK_HEARTBEAT_TIMEOUT_S)}).start()
+    yield server
+    server.stop()
+
+
+def test_an_unwritable_database_loses_no_report(quick_heartbeat_server: Server, short_data: Path) -> None:
+    """A run trains on through 7 s of a database that refuses every write (longer than the heartbeat timeout):
     requests that write answer 503, the pages say why, and afterwards every report is there, in order."""
+    server = quick_heartbeat_server
     db = server.root / "loraboard.db"
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_report": 2,
-                                            "steps_per_eval": 100_000, "save_every": 100_000})
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                            "steps_per_report": 2, "steps_per_eval": 100_000, "save_every": 100_000})
     assert status == 201, run
     run_id = run["id"]
     server.wait_for(run_id, lambda r: r["status"] == "running" and r["iteration"] >= 4, timeout=120)
@@ -346,7 +359,7 @@ def test_an_unwritable_database_loses_no_report(server: Server) -> None:
         assert answer["detail"].startswith(f"the database {db} cannot be written ("), answer
         _, _, page = server.request("GET", "/")
         assert b'id="database-unwritable"' in page and b"runs keep training" in page
-        while time.monotonic() - started < 20:
+        while time.monotonic() - started < OUTAGE_S:
             assert server.get(f"/api/runs/{run_id}")["status"] == "running"  # not taken for dead
             time.sleep(1)
         assert server.get(f"/api/runs/{run_id}")["iteration"] == frozen_at
@@ -363,7 +376,8 @@ def test_an_unwritable_database_loses_no_report(server: Server) -> None:
         (kept,) = conn.execute("SELECT COUNT(*) FROM trainreport WHERE run_id = ? AND recorded_at BETWEEN ? AND ?",
                                (run_id, *window)).fetchone()
     assert kept >= 2, (kept, window, train_iterations_of(db, run_id, "recorded_at"))
-    print(f"{kept} reports made during the 20 s outage were kept; {len(iterations)} reports in all, none missing")
+    print(f"{kept} reports made during the {OUTAGE_S} s outage were kept; {len(iterations)} reports in all, "
+          "none missing")
     worker_log = (server.root / "adapters" / f"run-{run_id:04d}" / "worker.log").read_text()
     assert worker_log.count("writes kept, retrying") == 1, worker_log  # told once, not at every try
     server_log = (server.root / "server.log").read_text()
@@ -392,8 +406,8 @@ def test_writes_answer_503_the_supervisor_goes_on_and_a_worker_gives_up(tmp_path
     why."""
     with in_process(tmp_path / "app", db_unwritable_limit_s=3.0) as inproc:
         db = inproc.root / "loraboard.db"
-        data = small_valid_data(tmp_path / "data")
-        config = {**QUICK_RUN, "iters": 100_000, "steps_per_report": 5, "steps_per_eval": 100_000,
+        data = short_examples(tmp_path / "data")
+        config = {**QUICK_RUN, "data": str(data), "iters": 100_000, "steps_per_report": 5, "steps_per_eval": 100_000,
                   "save_every": 100_000}
         with unwritable(db):
             status, answer = inproc.post("/api/runs", config)
