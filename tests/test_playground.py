@@ -1,6 +1,7 @@
 """The playground API against a real server, real playground worker and the trained LoRA run: greedy answers equal
-`mlx_lm generate`, the event stream interleaves the columns, bad requests write nothing, a prompt waits for a
-training run (409 without streaming), and prompt sets are answered by two checkpoints side by side."""
+`mlx_lm generate`, the event stream interleaves the columns, a prompt waits for a training run (409 without
+streaming), and prompt sets are answered by two checkpoints side by side. Bad requests write nothing: checked
+in-process, on a run written as its worker leaves it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, Server, base_env
+from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, InProcess, Server, base_env, in_process
 from markupsafe import escape
 from sqlmodel import Session
 
@@ -25,7 +26,7 @@ from app.playground.requests import GenerateRequest, same_model
 from app.playground.stream import settle
 from app.playground.view import column_choices
 from app.settings import Settings
-from app.tables import Generation, Job, Run, utcnow
+from app.tables import Checkpoint, Generation, Job, Run, utcnow
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")
 
@@ -52,7 +53,7 @@ def events(server: Server, body: dict[str, Any], path: str = "/api/generate", me
     return found
 
 
-def count_rows(server: Server) -> tuple[int, int, int]:
+def count_rows(server: Server | InProcess) -> tuple[int, int, int]:
     with sqlite3.connect(f"file:{server.root / 'loraboard.db'}?mode=ro", uri=True) as db:
         return tuple(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[return-value]
                      for table in ("generation", "generationcolumn", "promptset"))
@@ -123,11 +124,35 @@ def test_stream_interleaves_both_columns_and_ends_with_done(playground: dict[str
     assert playground["answer"]["outputs"][0]["text"].startswith(ends[0]["text"][:8])  # greedy: same start
 
 
-def test_bad_requests_are_refused_and_write_nothing(playground: dict[str, Any], tmp_path_factory: Any) -> None:
-    server: Server = playground["server"]
-    run_id, final = playground["run_id"], playground["final"]
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[dict[str, Any]]:
+    """The dashboard in-process with a completed LoRA run of the embedded model as its worker leaves it for the
+    playground's checks: checkpoint rows at 20 and 40, their weights files and adapter_config.json (no worker)."""
+    with in_process(tmp_path_factory.mktemp("playground")) as inproc:
+        model = str(default_model.resolve())
+        with Session(inproc.engine) as session:
+            run = Run(name="lora for use", status="completed", config_json=json.dumps({**QUICK_RUN, "model": model}),
+                      total_iters=40, iteration=40, started_at=utcnow(), finished_at=utcnow())
+            session.add(run)
+            session.commit()
+            assert run.id is not None
+            folder = inproc.root / "adapters" / f"run-{run.id:04d}"
+            folder.mkdir(parents=True)
+            (folder / "adapter_config.json").write_text(json.dumps({"model": model, "fine_tune_type": "lora"}))
+            for iteration in (20, 40):
+                (folder / f"{iteration:07d}_adapters.safetensors").write_bytes(b"weights")
+                session.add(Checkpoint(run_id=run.id, iteration=iteration,
+                                       filename=f"{iteration:07d}_adapters.safetensors", size_bytes=7, sha256=""))
+            session.commit()
+            run_id = run.id
+        yield {"server": inproc, "run_id": run_id, "final": 40, "model": model}
+
+
+def test_bad_requests_are_refused_and_write_nothing(checkpointed: dict[str, Any], tmp_path_factory: Any) -> None:
+    server: InProcess = checkpointed["server"]
+    run_id, final = checkpointed["run_id"], checkpointed["final"]
     other = tmp_path_factory.mktemp("other-model")
-    (other / "config.json").write_text((Path(playground["model"]) / "config.json").read_text())
+    (other / "config.json").write_text((Path(checkpointed["model"]) / "config.json").read_text())
     ckpt = {"run_id": run_id, "iteration": final}
     cases: list[tuple[dict[str, Any], str]] = [
         ({"prompt": "x", "adapters": [None] * 5}, "at most 4"),
