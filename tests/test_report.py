@@ -1,4 +1,5 @@
-"""The run report (Markdown, HTML, SVG chart) and the metrics export, on one real early-stopped tiny-model run."""
+"""The run report (Markdown, HTML, SVG chart) and the metrics export, on one real early-stopped tiny-model run
+(the answers for a run that does not exist in-process)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ARTIFACTS, PROJECT_DIR, Server, overfitting_run, shot
+from conftest import ARTIFACTS, PROJECT_DIR, InProcess, Server, overfitting_run, shot
 from playwright.sync_api import Page, Route
 
 from app.evaluation.view import Figures, table_truth
@@ -323,15 +324,18 @@ def test_markdown_snapshot(shared_server: Server, report_run: dict[str, Any]) ->
     assert md == SNAPSHOT.read_text()
 
 
-def test_markdown_download_and_errors(shared_server: Server, report_run: dict[str, Any]) -> None:
+def test_markdown_download(shared_server: Server, report_run: dict[str, Any]) -> None:
     req = __import__("urllib.request").request
     with req.urlopen(f"{shared_server.url}/api/runs/{report_run['id']}/report.md?download=1") as resp:
         assert resp.headers["Content-Disposition"] == f'attachment; filename="run-{report_run["id"]}-report.md"'
         assert resp.headers["Content-Type"].startswith("text/markdown")
+
+
+def test_reports_of_no_run_are_404(shared_app_client: InProcess) -> None:
     for path in ("report.md", "report.svg", "metrics.csv", "metrics.json"):
-        status, body, _ = shared_server.request("GET", f"/api/runs/999999/{path}")
+        status, body, _ = shared_app_client.request("GET", f"/api/runs/999999/{path}")
         assert status == 404 and body == {"detail": "no run with id 999999"}
-    status, _, _ = shared_server.request("GET", "/runs/999999/report")
+    status, _, _ = shared_app_client.request("GET", "/runs/999999/report")
     assert status == 404
 
 
