@@ -1,6 +1,7 @@
 """Serving a checkpoint through mlx-lm's OpenAI-compatible server: one real server (a `serve` job of the trained
 LoRA run's final checkpoint) for the module, called with the official openai client, refused a second time, kept
-across a dashboard restart, shown on the pages, and stopped with no process left."""
+across a dashboard restart, shown on the pages, and stopped with no process left; serving what does not exist is
+refused in-process."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import PROJECT_DIR, TERMINAL, Server, base_env, shot
+from conftest import PROJECT_DIR, TERMINAL, InProcess, Server, base_env, shot
 from fastapi.templating import Jinja2Templates
 from openai import OpenAI
 from playwright.sync_api import Page, expect
+from sqlmodel import Session
 
 from app.serving.requests import Target
 from app.serving.view import panel, state_of
-from app.tables import Job
+from app.tables import Job, Run
 from app.templating import register_filters
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")
@@ -116,12 +118,20 @@ def test_a_second_server_of_the_same_checkpoint_is_refused(served: dict[str, Any
     status, answer = srv.post(f"/api/runs/{served['run_id']}/checkpoints/{served['iteration']}/serve")
     assert status == 409, answer
     assert f"job {served['job_id']}" in answer["detail"] and served["base_url"] in answer["detail"]
-    status, answer = srv.post(f"/api/runs/{served['run_id']}/checkpoints/999999/serve")
-    assert status == 404 and "no checkpoint at iteration 999,999" in answer["detail"], answer
-    status, answer = srv.post("/api/models/no-such-model/serve")
-    assert status == 404 and "no model folder no-such-model" in answer["detail"], answer
     live = [j for j in srv.get("/api/jobs?kind=serve") if j["status"] not in TERMINAL]
     assert [j["id"] for j in live] == [served["job_id"]]
+
+
+def test_serving_a_checkpoint_or_model_that_does_not_exist_is_404(app_client: InProcess) -> None:
+    with Session(app_client.engine) as session:  # a run that ended without a checkpoint at 999,999
+        run = Run(name="lora for use", status="completed", config_json="{}", total_iters=40, iteration=40)
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    status, answer = app_client.post(f"/api/runs/{run_id}/checkpoints/999999/serve")
+    assert status == 404 and "no checkpoint at iteration 999,999" in answer["detail"], answer
+    status, answer = app_client.post("/api/models/no-such-model/serve")
+    assert status == 404 and "no model folder no-such-model" in answer["detail"], answer
 
 
 def test_the_server_survives_a_dashboard_restart(served: dict[str, Any]) -> None:
