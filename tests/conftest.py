@@ -1,4 +1,6 @@
-"""Shared fixtures: the embedded default built once, and real uvicorn servers on loopback ports."""
+"""Shared fixtures: the embedded default built once, real uvicorn servers on loopback ports and in-process
+dashboards; the tiers (tests of real servers, workers, browsers and programs are marked `real`, and
+`make test-fast` runs the others)."""
 
 from __future__ import annotations
 
