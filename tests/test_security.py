@@ -310,7 +310,6 @@ def test_a_host_name_in_the_setting_is_served(named_server: InProcess) -> None:
 class TokenServer(Server):
     """A server started with LORABOARD_TOKEN; its own calls (the wait for its start) send it as a bearer token."""
 
-
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
