@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Index
 from sqlmodel import Field, SQLModel
 
-from app.status import TERMINAL, RunStatus
+from app.contract.status import TERMINAL, RunStatus
 
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 # Ids people see (pages, links, the API, exported reports) are never handed out again once deleted: SQLite's

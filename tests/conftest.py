@@ -383,7 +383,7 @@ class InProcess:
 
 
 def in_process_settings(root: Path, **overrides: Any) -> Any:
-    from app.settings import Settings
+    from app.contract.settings import Settings
 
     values: dict[str, Any] = {
         "db_path": root / "loraboard.db", "adapters_dir": root / "adapters", "datasets_dir": root / "datasets",

@@ -23,10 +23,10 @@ from gguf.quants import dequantize
 from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL
 from app.db import make_engine
 from app.models.gguf import GgufRefused, GgufRequest, prepare
-from app.settings import Settings
-from app.status import TERMINAL
 from worker.gguf_modelfile import build_modelfile, chat_shape, go_template
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")

@@ -22,6 +22,7 @@ from conftest import PROJECT_DIR, Server
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.jobs import (
     Candidate,
@@ -36,7 +37,6 @@ from app.jobs.jobs import (
 )
 from app.jobs.process import is_job_process
 from app.jobs.supervisor import Supervisor
-from app.settings import Settings
 from app.tables import Job, Run
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"

@@ -15,7 +15,7 @@ from conftest import QUICK_RUN, Server
 
 from app.catalog.files import hf_hub_cache_dir, read_safetensors_header
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
-from app.settings import Settings
+from app.contract.settings import Settings
 
 BYTES = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}
 MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,

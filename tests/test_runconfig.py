@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app.contract.settings import Settings
 from app.runs.config import (
     OPTIMIZER_ARGS,
     RunConfig,
@@ -31,7 +32,6 @@ from app.runs.form import (
     iterations_note,
     parse_options,
 )
-from app.settings import Settings
 
 
 def test_defaults_follow_mlx_lm_lora() -> None:

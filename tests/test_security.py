@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import PROJECT_DIR, Server, free_port
 
-from app.paths import PathNotAllowed, confine
+from app.contract.paths import PathNotAllowed, confine
 from app.security import (
     BindRefused,
     cross_site_problem,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.settings import Settings
-from app.status import TERMINAL, RunStatus
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL, RunStatus
 from worker.reporting import close_quietly, connect, now_text, on_stop_signal, write_until
 
 REPORT_EVERY_S = 0.5

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.paths import checkpoint_files, run_dir
+from app.contract.paths import checkpoint_files, run_dir
+from app.contract.status import RunStatus
 from app.runs.config import looks_like_path
-from app.status import RunStatus
 from worker.job import JobContext, JobInputError, JobStopped, one_line
 from worker.reporting import connect, now_text
 

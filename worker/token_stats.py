@@ -21,9 +21,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from app.confinement import PathNotAllowed, open_confined
-from app.paths import confine_model_files, data_roots
-from app.settings import Settings
+from app.contract.confinement import PathNotAllowed, open_confined
+from app.contract.paths import confine_model_files, data_roots
+from app.contract.settings import Settings
 from worker.job import JobContext, JobInputError
 
 SPLITS = ("train", "valid", "test")

@@ -3,7 +3,7 @@
 A safetensors file starts with an 8-byte little-endian header length, then a JSON
 header naming every tensor's dtype, shape and byte range; only that header is read.
 
-Every file is opened once through app/confinement.open_confined, within `roots` (the folders models may be
+Every file is opened once through app/contract/confinement.open_confined, within `roots` (the folders models may be
 read from, and the model folder itself): a file linking out of them is refused with a sentence naming it.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app import json_text
-from app.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
+from app.contract.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",

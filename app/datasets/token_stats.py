@@ -18,10 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
-from app.datasets.registry import files_signature
-from app.datasets.validation import SPLITS
-from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
-from app.paths import (
+from app.contract.paths import (
     DATA_DIRS_SETTING,
     MODEL_DIRS_SETTING,
     PathNotAllowed,
@@ -30,9 +27,12 @@ from app.paths import (
     data_roots,
     model_roots,
 )
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
+from app.datasets.registry import files_signature
+from app.datasets.validation import SPLITS
+from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
 from app.runs.config import looks_like_path
-from app.settings import Settings
-from app.status import RunStatus
 from app.tables import Dataset, Job
 
 if TYPE_CHECKING:

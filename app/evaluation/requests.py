@@ -16,11 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session
 
+from app.contract.paths import run_dir
+from app.contract.settings import Settings
 from app.datasets.validation import FeatureKeys, IssueLog, SplitSummary, validate_split
 from app.jobs.jobs import create_job
-from app.paths import run_dir
 from app.runs.store import checkpoints_of
-from app.settings import Settings
 from app.tables import Job, Run
 
 KIND = "evaluate"

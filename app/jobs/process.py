@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.contract.settings import PROJECT_DIR, Settings
 from app.runs.distributed import Distributed
-from app.settings import PROJECT_DIR, Settings
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -60,7 +60,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
             "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
             "LORABOARD_DB_UNWRITABLE_LIMIT_S": str(settings.db_unwritable_limit_s),
-            # the folders a worker may read from (app/paths.data_roots, model_roots), as the app judges them
+            # the folders a worker may read from (app/contract/paths.data_roots, model_roots), as the app judges them
             "LORABOARD_MODELS_DIR": str(settings.local_models_dir),
             "LORABOARD_DATASETS_DIR": str(settings.local_datasets_dir),
             "LORABOARD_ALLOWED_DIRS": settings.allowed_dirs,

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from app import json_text
+from app.contract.settings import Settings
 from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
 from app.models.registry import NAME, NAME_RULE
-from app.settings import Settings
 from app.tables import Job
 
 KIND = "gguf"

@@ -17,9 +17,7 @@ from sqlmodel import Session
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import ModelInfo, locate_model, model_info
-from app.jobs.jobs import JobRefused, create_job
-from app.models.registry import NAME, NAME_RULE, name_taken, short_model
-from app.paths import (
+from app.contract.paths import (
     MODEL_DIRS_SETTING,
     PathNotAllowed,
     checkpoint_adapter_dir,
@@ -28,8 +26,10 @@ from app.paths import (
     model_roots,
     run_dir,
 )
+from app.contract.settings import Settings
+from app.jobs.jobs import JobRefused, create_job
+from app.models.registry import NAME, NAME_RULE, name_taken, short_model
 from app.runs.config import looks_like_path
-from app.settings import Settings
 from app.tables import Job, Run
 
 FUSE_KIND = "fuse"

@@ -8,9 +8,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.contract.paths import PathNotAllowed, data_roots
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
-from app.paths import PathNotAllowed, data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
+from app.contract.paths import checkpoint_files
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.evaluation.view import read_table_truth
-from app.paths import checkpoint_files
 from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
 from app.runs.checkpoints import (

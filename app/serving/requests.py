@@ -18,9 +18,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
+from app.contract.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
+from app.contract.settings import Settings
 from app.jobs.jobs import LIVE, JobRefused, check_job, create_job, lookup_key
-from app.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
-from app.settings import Settings
 from app.tables import Checkpoint, Job, Run
 
 KIND = "serve"

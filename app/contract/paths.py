@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from app.catalog.files import hf_hub_cache_dir
-from app.confinement import PathNotAllowed, confine_file, confine_tree
-from app.settings import Settings
+from app.contract.confinement import PathNotAllowed, confine_file, confine_tree
+from app.contract.settings import Settings
 
 
 def run_dir(settings: Settings, run_id: int) -> Path:
@@ -129,7 +129,7 @@ def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting
 
 # Files handed to mlx-lm and transformers by path (worker) ------------------------------------------------
 # They open the files themselves, so the check comes just before the path is handed over; a link swapped in
-# between the check and their own open is followed (the window app/confinement.py describes).
+# between the check and their own open is followed (the window app/contract/confinement.py describes).
 
 SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 
