@@ -179,7 +179,7 @@ class Evaluation(SQLModel, table=True):
     perplexity: float  # exp(loss)
     tokens: int  # tokens that counted (with mask_prompt: the completions' only)
     mask_prompt: bool = False
-    task_json: str | None = None  # app/evaluation/answers.task_result, when the task was run
+    task_json: str | None = None  # app/contract/answers.task_result, when the task was run
     created_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -202,7 +202,7 @@ class EvaluationExample(SQLModel, table=True):
     reference: str
     output: str
     score: float  # 0..1: the mean of its fields' scores
-    outcome_json: str  # app/evaluation/answers.ExampleOutcome.as_json()
+    outcome_json: str  # app/contract/answers.ExampleOutcome.as_json()
 
     @property
     def outcome(self) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def measure(setting: dict[str, Any]) -> dict[str, Any]:
     from mlx_lm.tuner import trainer
     from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from worker.loading import attach_adapters, load_model
     from worker.train import SilentUI
 

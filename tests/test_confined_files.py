@@ -272,7 +272,7 @@ def test_a_checkpoint_download_refuses_a_file_that_became_a_link_out(
     from sqlmodel import Session
 
     from app.contract.paths import run_dir
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from app.tables import Checkpoint, Run
 
     with Session(shared_app_client.engine) as session:
@@ -340,7 +340,7 @@ def test_a_run_whose_training_file_links_out_fails_before_training(
     """The row is written as the app would after its own checks; the file changed after them is the worker's."""
     from sqlmodel import Session
 
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from app.runs.store import create_run
 
     folder = tmp_path / "data"

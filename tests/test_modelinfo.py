@@ -168,7 +168,7 @@ def test_trainable_equals_mlx_lm_on_the_loaded_model(which: str, default_model: 
     """The count from headers equals what the worker's own attach_adapters leaves trainable, with mlx-lm's total."""
     from mlx_lm.utils import get_total_parameters, load
 
-    from app.runs.config import LoraParameters, RunConfig
+    from app.contract.run_config import LoraParameters, RunConfig
     from worker.loading import attach_adapters, count_parameters
 
     folder = default_model if which == "float32" else quantized_models[which]

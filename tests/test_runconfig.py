@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.contract.settings import Settings
-from app.runs.config import (
+from app.contract.run_config import (
     OPTIMIZER_ARGS,
     RunConfig,
     count_examples,
@@ -19,6 +18,7 @@ from app.runs.config import (
     looks_like_path,
     resolve_model,
 )
+from app.contract.settings import Settings
 from app.runs.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
 from app.runs.form import (
     FORM_FIELDS,

@@ -31,10 +31,10 @@ import numpy as np
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 
+from app.contract.answers import task_result
 from app.contract.confinement import confine_file
 from app.contract.paths import data_roots, run_file_roots
-from app.evaluation.answers import task_result
-from app.runs.config import FEATURE_KEYS, RunConfig
+from app.contract.run_config import FEATURE_KEYS, RunConfig
 from worker.job import JobContext, JobInputError, JobStopped
 from worker.reporting import now_text, write_until
 from worker.task_answers import References, TaskExample, decode, generate_answers, read_references, task_examples

@@ -21,8 +21,8 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load
 
 from app.contract.paths import confine_data_files, confine_model_files
+from app.contract.run_config import FEATURE_KEYS, RunConfig
 from app.contract.settings import Settings
-from app.runs.config import FEATURE_KEYS, RunConfig
 
 
 def floating_dtype(model: nn.Module) -> str:

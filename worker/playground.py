@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from app.contract.paths import checkpoint_files, run_dir
+from app.contract.run_config import looks_like_path
 from app.contract.status import RunStatus
-from app.runs.config import looks_like_path
 from worker.job import JobContext, JobInputError, JobStopped, one_line
 from worker.reporting import connect, now_text
 

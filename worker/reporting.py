@@ -33,9 +33,9 @@ from typing import Any
 
 from app.contract.db_writes import Outage, failure_key, failure_kind, write_failure
 from app.contract.paths import file_sha256
+from app.contract.policy import best_checkpoint
+from app.contract.run_config import EarlyStopping
 from app.contract.status import TERMINAL, RunStatus
-from app.runs.config import EarlyStopping
-from app.runs.policy import best_checkpoint
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 

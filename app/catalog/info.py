@@ -31,8 +31,8 @@ from app.catalog.files import (
 )
 from app.contract.confinement import PathNotAllowed, confine_tree, read_confined_bytes, unlinked_folder
 from app.contract.paths import model_roots
+from app.contract.run_config import looks_like_path, resolve_model
 from app.contract.settings import Settings
-from app.runs.config import looks_like_path, resolve_model
 
 __all__ = ["ModelInfo", "ModelInfoError", "Trainable", "format_millions", "model_choices", "model_info",
            "trainable_params"]

@@ -27,12 +27,12 @@ from app.contract.paths import (
     data_roots,
     model_roots,
 )
+from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
 from app.contract.status import RunStatus
 from app.datasets.registry import files_signature
 from app.datasets.validation import SPLITS
 from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
-from app.runs.config import looks_like_path
 from app.tables import Dataset, Job
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from app.evaluation.answers import rank_examples
+from app.contract.answers import rank_examples
 from app.tables import Evaluation, EvaluationExample
 
 BASE = 0  # the base model's iteration

@@ -26,6 +26,7 @@ from sqlmodel import Session
 
 from app.contract.confinement import confine_file
 from app.contract.paths import ALL_DIRS_SETTING, PathNotAllowed, confine, run_dir, split_dirs
+from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
 from app.imports.adapter_folder import (
     CONFIG_FILE,
@@ -41,7 +42,6 @@ from app.imports.adapter_folder import (
 )
 from app.imports.checks import check_adapters, config_sentence, drop_unused
 from app.imports.log_parse import ParsedLog, TrainPoint, fill_rates, parse_log
-from app.runs.config import RunConfig
 from app.runs.yaml_config import IGNORED_KEYS
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app.contract.distributed import Distributed
 from app.contract.settings import PROJECT_DIR, Settings
-from app.runs.distributed import Distributed
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 

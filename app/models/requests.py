@@ -26,10 +26,10 @@ from app.contract.paths import (
     model_roots,
     run_dir,
 )
+from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
 from app.jobs.jobs import JobRefused, create_job
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
-from app.runs.config import looks_like_path
 from app.tables import Job, Run
 
 FUSE_KIND = "fuse"

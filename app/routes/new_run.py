@@ -14,12 +14,12 @@ from sqlmodel import Session
 
 from app.catalog.info import model_choices
 from app.contract.paths import data_roots
+from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
 from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
 from app.routes.params import bounded_query
-from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
 from app.runs.distributed_checks import distributed_problems
 from app.runs.form import (

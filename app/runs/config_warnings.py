@@ -13,8 +13,8 @@ from pathlib import Path
 
 from app import json_text
 from app.catalog.info import ModelInfoError, model_info
+from app.contract.run_config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
 from app.contract.settings import Settings
-from app.runs.config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
 
 CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
 

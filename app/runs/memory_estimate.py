@@ -52,7 +52,7 @@ from typing import Any
 
 import psutil
 
-from app.runs.config import RunConfig
+from app.contract.run_config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from sqlmodel import Session, col, func, select
 
 from app.contract.confinement import open_confined
 from app.contract.paths import checkpoint_files, run_dir, run_file_roots
+from app.contract.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
+from app.contract.run_config import EarlyStopping, RunConfig
 from app.contract.settings import Settings
-from app.runs.config import EarlyStopping, RunConfig
 from app.runs.downsample import lttb
-from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 log = logging.getLogger(__name__)
