@@ -420,7 +420,7 @@ def end_workers(engine: Any) -> None:
 
     from sqlmodel import Session, select
 
-    from app.jobs.process import is_worker
+    from app.contract.pids import is_worker
     from app.tables import Job, Run
 
     with Session(engine) as session:

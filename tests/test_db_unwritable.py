@@ -30,8 +30,8 @@ from app.contract.db_writes import (
     gone_worker_end,
     write_failure,
 )
+from app.contract.pids import is_worker
 from app.contract.status import RunStatus
-from app.jobs.process import is_worker
 from worker.reporting import now_text
 
 # --- the fault ---------------------------------------------------------------------------------------------

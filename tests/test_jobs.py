@@ -22,6 +22,7 @@ from conftest import PROJECT_DIR, Server
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from app.contract.pids import is_job_process
 from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.jobs import (
@@ -35,7 +36,6 @@ from app.jobs.jobs import (
     request_cancel,
     waiting_reason,
 )
-from app.jobs.process import is_job_process
 from app.jobs.supervisor import Supervisor
 from app.tables import Job, Run
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from conftest import QUICK_RUN, Server
 
-from app.catalog.files import hf_hub_cache_dir, read_safetensors_header
+from app.catalog.files import read_safetensors_header
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
+from app.contract.paths import hf_hub_cache_dir
 from app.contract.settings import Settings
 
 BYTES = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.jobs.process import pid_alive
+from app.contract.pids import pid_alive
 from worker.gguf_modelfile import build_modelfile
 from worker.job import JobContext, JobInputError
 from worker.model_output import writing

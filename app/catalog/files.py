@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,6 @@ class ModelInfoError(ValueError):
     def __init__(self, message: str, field: str = "model") -> None:
         super().__init__(message)
         self.field = field
-
-
-def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
-    env = os.environ if environ is None else environ
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(name):
-            return Path(env[name]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return cache / "huggingface" / "hub"
 
 
 def folder_size(folder: Path, roots: Sequence[Path] | None = None) -> int:

@@ -24,13 +24,12 @@ from app.catalog.files import (
     Module,
     Tensor,
     folder_size,
-    hf_hub_cache_dir,
     quant_params,
     read_config,
     read_weights,
 )
 from app.contract.confinement import PathNotAllowed, confine_tree, read_confined_bytes, unlinked_folder
-from app.contract.paths import model_roots
+from app.contract.paths import hf_hub_cache_dir, model_roots
 from app.contract.run_config import looks_like_path, resolve_model
 from app.contract.settings import Settings
 

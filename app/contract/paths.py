@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from app.catalog.files import hf_hub_cache_dir
 from app.contract.confinement import PathNotAllowed, confine_file, confine_tree
 from app.contract.settings import Settings
 
@@ -84,6 +83,18 @@ def data_roots(settings: Settings) -> list[Path]:
     """Folders a dataset may live in: data_dir, the datasets folder, and the allow-listed ones."""
     return [settings.data_dir, settings.local_datasets_dir, *split_dirs(settings.allowed_data_dirs),
             *split_dirs(settings.allowed_dirs)]
+
+
+def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "huggingface" / "hub"
 
 
 def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Path]:

@@ -1,8 +1,8 @@
-"""Worker processes seen from the app: is a pid still our worker, its environment, its log's last lines."""
+"""Worker processes seen from the app: how one is started, its environment, its log's last lines (whether a pid is
+still our worker: app/contract/pids.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -13,40 +13,6 @@ from app.contract.distributed import Distributed
 from app.contract.settings import PROJECT_DIR, Settings
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_worker(pid: int, job: str, job_id: int) -> bool:
-    """Whether pid is still the `python -m worker <job> ... <job_id>` process: not ended (a zombie), not a
-    reused pid. Where there is no /proc, whether the pid is alive."""
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
-        return False
-    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
-        return True
-    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
-
-
-def is_job_process(pid: int, job_id: int) -> bool:
-    """Whether pid is still the `python -m worker job --job-id job_id` process (an ended child is reaped)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    return is_worker(pid, "job", job_id)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -102,7 +68,7 @@ def spawn_worker(args: list[str], settings: Settings, log_path: Path,
 
     launch: the run is trained by several processes: start `python -m worker launch <launch> -- -m worker
     <args>` instead, which starts every rank through mlx.launch (worker/distributed.py); its command line names
-    the worker's arguments too, so app/jobs/process.is_worker recognises it.
+    the worker's arguments too, so app/contract/pids.is_worker recognises it.
 
     The worker starts with SIGTERM and SIGINT blocked (a child inherits the spawning thread's signal mask), so
     a stop that arrives while it is still importing waits until its handler is in place

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 from app.contract.db_writes import WriteFailure, gone_worker_end
 from app.contract.distributed import Distributed
 from app.contract.paths import run_dir
+from app.contract.pids import is_job_process, is_worker, pid_alive
 from app.contract.settings import Settings
 from app.jobs.jobs import (
     WORKING,
@@ -40,7 +41,7 @@ from app.jobs.jobs import (
     waiting_reason,
 )
 from app.jobs.kinds import is_resident, needs_memory
-from app.jobs.process import is_job_process, is_worker, launch_args, log_tail, pid_alive, spawn_worker, worker_env
+from app.jobs.process import launch_args, log_tail, spawn_worker, worker_env
 from app.runs.queue import cancel_queued, queued_runs
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 

@@ -17,8 +17,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.catalog.files import folder_size
+from app.contract.pids import pid_alive
 from app.contract.settings import Settings
-from app.jobs.process import pid_alive
 from app.tables import RegisteredModel
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: "$" would let a final newline in
