@@ -28,6 +28,7 @@ from app.contract.distributed import Distributed
 from app.contract.paths import run_dir
 from app.contract.pids import is_job_process, is_worker, pid_alive
 from app.contract.settings import Settings
+from app.contract.status import ACTIVE
 from app.jobs.jobs import (
     WORKING,
     Candidate,
@@ -45,10 +46,9 @@ from app.jobs.process import launch_args, log_tail, spawn_worker, worker_env
 from app.runs.queue import cancel_queued, queued_runs
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
-__all__ = ["ACTIVE", "Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
+__all__ = ["Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
            "worker_env"]
 
-ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)
 PROBE_EVERY_S = 5.0  # while workers write, the supervisor checks it can write too (check_writable)
 
 

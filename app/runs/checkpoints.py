@@ -18,7 +18,7 @@ from app.contract.paths import (
     run_dir,
 )
 from app.contract.settings import Settings
-from app.jobs.supervisor import ACTIVE
+from app.contract.status import ACTIVE
 from app.runs.store import checkpoints_of
 from app.tables import Checkpoint, Run
 
