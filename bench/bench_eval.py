@@ -165,8 +165,8 @@ def job_database(root: Path, folder: Path, iterations: list[int], args: argparse
     """A temporary database holding a run and its queued evaluate job (no base model, loss only)."""
     from sqlmodel import Session
 
+    from app.contract.kinds import EvaluateParams
     from app.db import make_engine
-    from app.evaluation.requests import EvaluateParams
     from app.jobs.jobs import create_job
     from app.tables import Run
 

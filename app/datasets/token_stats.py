@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
+from app.contract.kinds import TokenStatsParams
 from app.contract.paths import (
     DATA_DIRS_SETTING,
     MODEL_DIRS_SETTING,
@@ -185,14 +185,6 @@ def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str
 
 
 # The job kind ------------------------------------------------------------------------------------------
-
-
-class TokenStatsParams(BaseModel):
-    """What a token-statistics job counts."""
-
-    data: str = Field(description="Absolute dataset folder holding train/valid/test.jsonl.")
-    model: str = Field(description="Absolute model folder or hub id: whose tokenizer counts.")
-    files_signature: str = Field("", description="JSON {file name: [size, mtime_ns]} of the split files.")
 
 
 def job_key(folder: Path, model: str, signature: str) -> str:

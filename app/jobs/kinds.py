@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from app.contract.kinds import (
+    EvaluateParams,
+    FuseParams,
+    GgufParams,
+    PlaygroundParams,
+    QuantizeParams,
+    ServeParams,
+    TokenStatsParams,
+)
 from app.datasets import token_stats
 from app.evaluation import requests as evaluation
 from app.evaluation.results import result_summary as evaluation_summary
@@ -47,19 +56,19 @@ def run_subject(_session: Session, job: Job) -> tuple[str, str | None]:
 KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
-        JobKind(token_stats.KIND, "token statistics", token_stats.TokenStatsParams, needs_model_memory=False,
+        JobKind(token_stats.KIND, "token statistics", TokenStatsParams, needs_model_memory=False,
                 summary=token_stats.result_summary, subject=token_stats.subject),
-        JobKind(evaluation.KIND, "evaluation", evaluation.EvaluateParams, needs_model_memory=True,
+        JobKind(evaluation.KIND, "evaluation", EvaluateParams, needs_model_memory=True,
                 summary=evaluation_summary, subject=run_subject),
-        JobKind(playground.KIND, "playground", playground.PlaygroundParams, needs_model_memory=True,
+        JobKind(playground.KIND, "playground", PlaygroundParams, needs_model_memory=True,
                 summary=playground.result_summary, subject=playground.subject, resident=True),
-        JobKind(serving.KIND, "server", serving.ServeParams, needs_model_memory=True, resident=True,
+        JobKind(serving.KIND, "server", ServeParams, needs_model_memory=True, resident=True,
                 summary=serving.result_summary, subject=serving.subject),
-        JobKind(model_jobs.FUSE_KIND, "fuse", model_jobs.FuseParams, needs_model_memory=True,
+        JobKind(model_jobs.FUSE_KIND, "fuse", FuseParams, needs_model_memory=True,
                 summary=model_jobs.result_summary, subject=model_jobs.subject),
-        JobKind(model_jobs.QUANTIZE_KIND, "quantize", model_jobs.QuantizeParams, needs_model_memory=True,
+        JobKind(model_jobs.QUANTIZE_KIND, "quantize", QuantizeParams, needs_model_memory=True,
                 summary=model_jobs.result_summary, subject=model_jobs.subject),
-        JobKind(gguf.KIND, "GGUF export", gguf.GgufParams, needs_model_memory=True,
+        JobKind(gguf.KIND, "GGUF export", GgufParams, needs_model_memory=True,
                 summary=gguf.result_summary, subject=gguf.subject),
     )
 }

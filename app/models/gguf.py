@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from app import json_text
+from app.contract.kinds import GgufParams
 from app.contract.settings import Settings
 from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
 from app.models.registry import NAME, NAME_RULE
@@ -48,19 +49,6 @@ class GgufRequest(BaseModel):
                                                                       "blocks) or q4_k_m (llama.cpp's quantizer).")
     name: str | None = Field(None, description="The export's folder and file name under the exports folder "
                                                "(default <model>-<type>).")
-
-
-class GgufParams(BaseModel):
-    """What a `gguf` job's worker is given."""
-
-    model: str = Field(description="The source model folder (resolved).")
-    name: str = Field(description="The model's folder name (the file's general.name).")
-    type: str
-    export: str = Field(description="The export's name: its folder under the exports folder.")
-    dest: str = Field(description="The export folder to write.")
-    file: str = Field(description="The .gguf file's name inside it.")
-    tokenizer_model: str = Field(description="tokenizer.ggml.model: gpt2 (byte-level BPE) or llama.")
-    tokenizer_pre: str = Field(description="tokenizer.ggml.pre: the pre-tokenizer llama.cpp applies.")
 
 
 class GgufRefused(JobRefused):

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import ModelInfo, locate_model, model_info
+from app.contract.kinds import FuseParams, QuantizeParams
 from app.contract.paths import (
     MODEL_DIRS_SETTING,
     PathNotAllowed,
@@ -62,29 +63,6 @@ class QuantizeRequest(BaseModel):
     group_size: Literal[32, 64, 128] = Field(64, description="Weights sharing one scale (--q-group-size); every "
                                                              "quantized layer's input width must be a multiple.")
     name: str | None = Field(None, description="Folder name under the models folder (default <source>-<bits>bit).")
-
-
-class FuseParams(BaseModel):
-    """What a `fuse` job's worker is given."""
-
-    run_id: int
-    iteration: int
-    model: str = Field(description="The run's base model (folder or hub id).")
-    name: str
-    dest: str = Field(description="The folder to write (under the models folder).")
-    dequantize: bool = False
-    fine_tune_type: str = "lora"
-
-
-class QuantizeParams(BaseModel):
-    """What a `quantize` job's worker is given."""
-
-    model: str = Field(description="The source model folder (resolved).")
-    source: str = Field(description="The model as it was asked for (a folder, a name or a hub id).")
-    name: str
-    dest: str
-    bits: int
-    group_size: int
 
 
 class ModelJobRefused(JobRefused):

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from app.tables import Job
 
 KIND = "playground"
 UNIT = "prompts"
-
-
-class PlaygroundParams(BaseModel):
-    """What the playground worker is given."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    idle_s: float = Field(600.0, gt=0, description="Release the model after this many seconds without a prompt.")
 
 
 def result_summary(job: Job) -> str:
