@@ -115,7 +115,7 @@ class Checkpoint(SQLModel, table=True):
 
 class Job(SQLModel, table=True):
     """A worker task that is not a training run (`python -m worker job --job-id N`): token statistics, evaluation,
-    generation, fuse, serve... Its kind (app/jobs/kinds.py) says what params_json and result_json hold.
+    generation, fuse, serve... Its kind (app/contract/kinds.py) says what params_json and result_json hold.
 
     status: the runs' statuses (queued, starting, running, stopping, then completed, stopped, failed or
     interrupted). A queued job that waits for memory says why in waiting_reason.

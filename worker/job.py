@@ -7,8 +7,9 @@ function checks between units of work. The job ends completed (with its result),
 partial result only when the kind gives one that is complete in itself), or failed (one readable
 line and the traceback).
 
-A kind is registered in WORKERS: the module whose `run(ctx) -> dict` does the work, and whether it
-computes with MLX (then OpenBLAS is routed first, as for training).
+A kind is declared once, in app/contract/kinds.py: its params model (the row's params are checked against it
+first), the module whose `run(ctx) -> dict` does the work, and whether it computes with MLX (then OpenBLAS is
+routed first, as for training).
 """
 
 from __future__ import annotations
@@ -26,28 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from app.contract.kinds import KINDS, JobKind
 from app.contract.settings import Settings
 from app.contract.status import TERMINAL, RunStatus
 from worker.reporting import close_quietly, connect, now_text, on_stop_signal, write_until
 
 REPORT_EVERY_S = 0.5
-
-
-@dataclass(frozen=True)
-class WorkerKind:
-    module: str  # exports run(ctx: JobContext) -> dict
-    computes: bool  # runs MLX computations (route OpenBLAS before mlx.core is imported)
-
-
-WORKERS: dict[str, WorkerKind] = {
-    "token_stats": WorkerKind("worker.token_stats", computes=False),
-    "evaluate": WorkerKind("worker.evaluate", computes=True),
-    "playground": WorkerKind("worker.playground", computes=True),
-    "serve": WorkerKind("worker.serve", computes=True),
-    "fuse": WorkerKind("worker.fuse", computes=True),
-    "quantize": WorkerKind("worker.quantize", computes=True),
-    "gguf": WorkerKind("worker.gguf_export", computes=True),
-}
 
 
 class JobInputError(Exception):
@@ -144,33 +131,32 @@ def end(conn: sqlite3.Connection, job_id: int, status: RunStatus, ctx: JobContex
         ctx.settings.db_unwritable_limit_s, conn)
 
 
-def load_function(kind: str, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:
-    worker = WORKERS.get(kind)
-    if worker is None:
-        raise JobInputError(f"this worker has no job kind {kind!r} (known: {', '.join(sorted(WORKERS))})")
-    if worker.computes:
+def kind_named(kind: str) -> JobKind:
+    """The contract's kind of this name; JobInputError naming the known ones when there is none."""
+    known = KINDS.get(kind)
+    if known is None:
+        raise JobInputError(f"this worker has no job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    return known
+
+
+def load_function(kind: JobKind, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:
+    """The kind's `run` function, its module imported (OpenBLAS routed first when it computes)."""
+    if kind.computes:
         from worker.blas import route_blas
 
         route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
-    function: Callable[[JobContext], dict[str, Any]] = importlib.import_module(worker.module).run
+    function: Callable[[JobContext], dict[str, Any]] = importlib.import_module(kind.module).run
     return function
 
 
-def check_params(kind: str, params: dict[str, Any]) -> None:
-    """The job's params against its kind's model (app/jobs/kinds.py): a mismatch is one readable line."""
-    from pydantic import ValidationError
-
-    from app.jobs.kinds import KINDS
-
-    known = KINDS.get(kind)
-    if known is None:
-        return  # load_function says the kind is unknown
+def check_params(kind: JobKind, params: dict[str, Any]) -> None:
+    """The job's params against its kind's model: a mismatch is one readable line."""
     try:
-        known.params.model_validate(params)
+        kind.params.model_validate(params)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}"
                              for e in exc.errors(include_url=False))
-        raise JobInputError(f"this {kind} job's parameters are not valid: {problems}") from None
+        raise JobInputError(f"this {kind.name} job's parameters are not valid: {problems}") from None
 
 
 def take(conn: sqlite3.Connection, job_id: int) -> bool:
@@ -205,8 +191,9 @@ def run_job(settings: Settings, job_id: int) -> int:
         on_stop_signal(ctx.stop)
         try:
             with reporting(db_path, ctx):
-                check_params(kind, ctx.params)
-                result = load_function(kind, settings)(ctx)
+                job_kind = kind_named(kind)
+                check_params(job_kind, ctx.params)
+                result = load_function(job_kind, settings)(ctx)
         except JobStopped as stopped:
             partial = json.dumps(stopped.partial) if stopped.partial is not None else None
             end(conn, job_id, RunStatus.stopped, ctx, result_json=partial)

@@ -1,15 +1,36 @@
-"""What each kind of job's worker is given: its parameters, one pydantic model a kind (the job row's params_json).
+"""The kinds of job, each declared once: its name, its label, what its worker is given (a pydantic model of the job
+row's params_json), the worker module that runs it, and what it asks of the machine.
 
-The app builds them before a job row exists (its checks are app-side: app/evaluation/requests.py,
-app/datasets/token_stats.py, app/serving/requests.py, app/models/requests.py, app/models/gguf.py, app/playground);
-the worker reads them back.
+The app builds a kind's params before a job row exists (its checks are app-side: app/evaluation/requests.py,
+app/datasets/token_stats.py, app/serving/requests.py, app/models/requests.py, app/models/gguf.py, app/playground)
+and shows its jobs through the kind's JobView (app/jobs/views.py); `python -m worker job` (worker/job.py) validates
+the row's params into the kind's model and calls its module's `run(ctx)`.
+
+needs_model_memory: the job loads the model (evaluate, generate, fuse, serve do); it waits while a run trains or
+another such job runs (app/jobs/jobs.waiting_reason). token_stats only tokenizes.
+resident: the job keeps a model loaded until it is released (the playground, a server): it waits for a training
+run like any memory job, a run waits for it, but other jobs neither wait for it nor make it wait.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of job, as the app creates it and the worker runs it."""
+
+    name: str  # the job table's `kind`
+    label: str  # in words, for pages
+    params: type[BaseModel]  # what its worker is given (the row's params_json)
+    module: str  # the worker module whose `run(ctx) -> dict` does the work
+    computes: bool  # runs MLX computations (OpenBLAS is routed before mlx.core is imported)
+    needs_model_memory: bool  # loads a model: waits while a run trains or another such job runs
+    resident: bool = False  # keeps its model loaded until released (playground, serve)
 
 # token_stats: token statistics of a dataset --------------------------------------------------------------------
 
@@ -20,6 +41,10 @@ class TokenStatsParams(BaseModel):
     data: str = Field(description="Absolute dataset folder holding train/valid/test.jsonl.")
     model: str = Field(description="Absolute model folder or hub id: whose tokenizer counts.")
     files_signature: str = Field("", description="JSON {file name: [size, mtime_ns]} of the split files.")
+
+
+TOKEN_STATS = JobKind("token_stats", "token statistics", TokenStatsParams, "worker.token_stats", computes=False,
+                      needs_model_memory=False)
 
 
 # evaluate: checkpoints measured on a split ---------------------------------------------------------------------
@@ -60,6 +85,10 @@ class EvaluateParams(BaseModel):
     task: TaskRequest | None = None
 
 
+EVALUATE = JobKind("evaluate", "evaluation", EvaluateParams, "worker.evaluate", computes=True,
+                   needs_model_memory=True)
+
+
 # playground: prompts answered side by side ---------------------------------------------------------------------
 
 
@@ -69,6 +98,10 @@ class PlaygroundParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     idle_s: float = Field(600.0, gt=0, description="Release the model after this many seconds without a prompt.")
+
+
+PLAYGROUND = JobKind("playground", "playground", PlaygroundParams, "worker.playground", computes=True,
+                     needs_model_memory=True, resident=True)
 
 
 # serve: an OpenAI-compatible server ----------------------------------------------------------------------------
@@ -92,6 +125,9 @@ class ServeParams(BaseModel):
     base_url: str = Field(description="The server's root URL: clients call {base_url}/v1/chat/completions.")
     client_model: str = Field(CLIENT_MODEL, description="The name a client sends as `model`.")
     start_timeout_s: float = Field(300.0, gt=0, description="Fail when the server has not answered after so long.")
+
+
+SERVE = JobKind("serve", "server", ServeParams, "worker.serve", computes=True, needs_model_memory=True, resident=True)
 
 
 # fuse and quantize: models written into the models folder ------------------------------------------------------
@@ -120,6 +156,10 @@ class QuantizeParams(BaseModel):
     group_size: int
 
 
+FUSE = JobKind("fuse", "fuse", FuseParams, "worker.fuse", computes=True, needs_model_memory=True)
+QUANTIZE = JobKind("quantize", "quantize", QuantizeParams, "worker.quantize", computes=True, needs_model_memory=True)
+
+
 # gguf: a model folder as a GGUF file ---------------------------------------------------------------------------
 
 
@@ -134,3 +174,24 @@ class GgufParams(BaseModel):
     file: str = Field(description="The .gguf file's name inside it.")
     tokenizer_model: str = Field(description="tokenizer.ggml.model: gpt2 (byte-level BPE) or llama.")
     tokenizer_pre: str = Field(description="tokenizer.ggml.pre: the pre-tokenizer llama.cpp applies.")
+
+
+GGUF = JobKind("gguf", "GGUF export", GgufParams, "worker.gguf_export", computes=True, needs_model_memory=True)
+
+
+# The registry --------------------------------------------------------------------------------------------------
+
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (TOKEN_STATS, EVALUATE, PLAYGROUND, SERVE, FUSE, QUANTIZE,
+                                                          GGUF)}
+
+
+def needs_model_memory(kind: str) -> bool:
+    """Whether a job of this kind loads the model; one of an unknown kind is taken to (the safe side)."""
+    known = KINDS.get(kind)
+    return known.needs_model_memory if known is not None else True
+
+
+def is_resident(kind: str) -> bool:
+    """Whether a job of this kind keeps its model loaded until released; an unknown kind does not."""
+    known = KINDS.get(kind)
+    return known.resident if known is not None else False

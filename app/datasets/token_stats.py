@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, select
 
-from app.contract.kinds import TokenStatsParams
+from app.contract.kinds import TOKEN_STATS, TokenStatsParams
 from app.contract.paths import (
     DATA_DIRS_SETTING,
     MODEL_DIRS_SETTING,
@@ -32,13 +32,14 @@ from app.contract.settings import Settings
 from app.contract.status import RunStatus
 from app.datasets.registry import files_signature
 from app.datasets.validation import SPLITS
+from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
 from app.tables import Dataset, Job
 
 if TYPE_CHECKING:
     from app.jobs.supervisor import Supervisor
 
-KIND = "token_stats"
+KIND = TOKEN_STATS.name
 UNIT = "examples"
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
 NO_RESULT = (RunStatus.failed.value, RunStatus.stopped.value, RunStatus.interrupted.value)  # try again
@@ -236,6 +237,9 @@ def subject(session: Session, job: Job) -> tuple[str, str | None]:
     if dataset is not None:
         return f"dataset {dataset.name}", f"/datasets/{dataset.id}"
     return folder, None
+
+
+JOB_VIEW = JobView(TOKEN_STATS, summary=result_summary, subject=subject)
 
 
 # What pages and the API show -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session
 
-from app.contract.kinds import EvaluateParams, Split, TaskRequest
+from app.contract.kinds import EVALUATE, EvaluateParams, Split, TaskRequest
 from app.contract.paths import run_dir
 from app.contract.settings import Settings
 from app.datasets.validation import FeatureKeys, IssueLog, SplitSummary, validate_split
@@ -24,7 +24,7 @@ from app.jobs.jobs import create_job
 from app.runs.store import checkpoints_of
 from app.tables import Job, Run
 
-KIND = "evaluate"
+KIND = EVALUATE.name
 UNIT = "steps"  # a loss batch, or one generated answer
 
 

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import ModelInfo, locate_model, model_info
-from app.contract.kinds import FuseParams, QuantizeParams
+from app.contract.kinds import FUSE, QUANTIZE, FuseParams, QuantizeParams
 from app.contract.paths import (
     MODEL_DIRS_SETTING,
     PathNotAllowed,
@@ -29,12 +29,13 @@ from app.contract.paths import (
 )
 from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
+from app.jobs.job_view import JobView
 from app.jobs.jobs import JobRefused, create_job
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
 from app.tables import Job, Run
 
-FUSE_KIND = "fuse"
-QUANTIZE_KIND = "quantize"
+FUSE_KIND = FUSE.name
+QUANTIZE_KIND = QUANTIZE.name
 QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what mlx's affine quantization packs
 GROUP_SIZES = (32, 64, 128)
 QUANT_OVERHEAD = 1.1  # scales and biases of every group, the files beside the weights
@@ -211,7 +212,7 @@ def start_quantize(session: Session, settings: Settings, request: QuantizeReques
     return create_job(session, QUANTIZE_KIND, params, key=params.name, unit="steps")
 
 
-# The job kinds' view (app/jobs/kinds.py) ---------------------------------------------------------------
+# The job kinds' views (app/jobs/views.py lists them) ---------------------------------------------------
 
 def result_summary(job: Job) -> str:
     from app.templating import human_bytes
@@ -229,3 +230,7 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     if job.kind == FUSE_KIND and job.run_id is not None and job.iteration is not None:
         return f"run {job.run_id}, checkpoint {job.iteration:,}", f"/runs/{job.run_id}/checkpoints/{job.iteration}"
     return f"model {params.get('name', '')}", "/models"
+
+
+FUSE_VIEW = JobView(FUSE, summary=result_summary, subject=subject)
+QUANTIZE_VIEW = JobView(QUANTIZE, summary=result_summary, subject=subject)

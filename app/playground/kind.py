@@ -1,12 +1,15 @@
-"""The `playground` job kind: its parameters and its view (app/jobs/kinds.py registers it)."""
+"""The `playground` job kind as the pages show it: its result in one line and its page (app/jobs/views.py lists it;
+the kind itself is declared in app/contract/kinds.py)."""
 
 from __future__ import annotations
 
 from sqlmodel import Session
 
+from app.contract.kinds import PLAYGROUND
+from app.jobs.job_view import JobView
 from app.tables import Job
 
-KIND = "playground"
+KIND = PLAYGROUND.name
 UNIT = "prompts"
 
 
@@ -18,3 +21,6 @@ def result_summary(job: Job) -> str:
 
 def subject(_session: Session, _job: Job) -> tuple[str, str | None]:
     return "the playground", "/playground"
+
+
+JOB_VIEW = JobView(PLAYGROUND, summary=result_summary, subject=subject)

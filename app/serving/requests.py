@@ -17,13 +17,14 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from app.contract.kinds import CLIENT_MODEL, ServeParams
+from app.contract.kinds import CLIENT_MODEL, SERVE, ServeParams
 from app.contract.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
 from app.contract.settings import Settings
+from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, JobRefused, check_job, create_job, lookup_key
 from app.tables import Checkpoint, Job, Run
 
-KIND = "serve"
+KIND = SERVE.name
 HOST = "127.0.0.1"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -182,3 +183,6 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     if target.run_id is None or target.iteration is None:
         return "", None
     return target.label, f"/runs/{target.run_id}/checkpoints/{target.iteration}"
+
+
+JOB_VIEW = JobView(SERVE, summary=result_summary, subject=subject)
