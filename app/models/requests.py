@@ -32,6 +32,7 @@ from app.contract.settings import Settings
 from app.jobs.job_view import JobView
 from app.jobs.jobs import JobRefused, create_job
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
+from app.runs.checkpoints import find_checkpoint
 from app.tables import Job, Run
 
 FUSE_KIND = FUSE.name
@@ -130,8 +131,6 @@ def group_size_problem(info: ModelInfo, group_size: int) -> str | None:
 def prepare_fuse(session: Session, settings: Settings, run: Run, iteration: int, request: FuseRequest,
                  free: FreeSpace = disk_free) -> FuseParams:
     """The fuse job's parameters, or ModelJobRefused (404 checkpoint, 410 its file, 409 name, 422 the rest)."""
-    from app.runs.checkpoints import find_checkpoint
-
     assert run.id is not None
     ckpt = find_checkpoint(session, run.id, iteration)
     if ckpt is None:

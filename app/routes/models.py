@@ -13,7 +13,7 @@ from app.contract.run_config import LoraParameters, RunConfig, looks_like_path
 from app.deps import SessionDep, SettingsDep, TemplatesDep
 from app.models.registry import origins
 from app.routes.params import problems
-from app.runs.memory_estimate import panel_memory
+from app.runs.memory_panel import panel_memory
 
 router = APIRouter()
 
