@@ -24,7 +24,7 @@ from conftest import PROJECT_DIR, Server
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from app.contract.kinds import EVALUATE, KINDS, TOKEN_STATS
+from app.contract.kinds import EVALUATE, KINDS, TOKEN_STATS, TokenStatsParams
 from app.contract.pids import is_job_process
 from app.contract.settings import Settings
 from app.db import make_engine
@@ -424,7 +424,7 @@ def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_mo
 def test_a_job_whose_parameters_do_not_fit_its_kind_fails_with_one_readable_line() -> None:
     from worker.job import JobInputError, check_params, kind_named
 
-    check_params(TOKEN_STATS, {"data": "/d", "model": "/m"})
+    assert check_params(TOKEN_STATS, {"data": "/d", "model": "/m"}) == TokenStatsParams(data="/d", model="/m")
     with pytest.raises(JobInputError) as unknown:
         kind_named("no_such_kind")
     assert str(unknown.value) == f"this worker has no job kind 'no_such_kind' (known: {', '.join(sorted(KINDS))})"

@@ -12,18 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.contract.kinds import FuseParams
 from app.contract.paths import ensure_checkpoint_adapter_dir
 from worker.job import JobContext, JobInputError
 from worker.model_output import check_free, folder_bytes, peak_memory, register, writing
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[FuseParams]) -> dict[str, Any]:
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import dequantize_model, load, save
 
     params = ctx.params
-    run_id, iteration, base = int(params["run_id"]), int(params["iteration"]), str(params["model"])
-    dest, dequantize = Path(params["dest"]), bool(params.get("dequantize", False))
+    run_id, iteration, base = params.run_id, params.iteration, params.model
+    dest, dequantize = Path(params.dest), params.dequantize
     db_path = ctx.settings.database_path
     check_free(db_path, dest)
     try:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.contract.kinds import PlaygroundParams
 from app.contract.paths import checkpoint_files, run_dir
 from app.contract.run_config import looks_like_path
 from app.contract.status import RunStatus
@@ -368,11 +369,10 @@ class Playground:
             idle_since = time.monotonic()
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    idle_s = float(ctx.params.get("idle_s") or ctx.settings.playground_idle_s)
+def run(ctx: JobContext[PlaygroundParams]) -> dict[str, Any]:
     conn = connect(ctx.settings.database_path)
     try:
         ctx.set_total(0, UNIT)
-        return Playground(ctx, conn).serve(idle_s)
+        return Playground(ctx, conn).serve(ctx.params.idle_s)
     finally:
         conn.close()
