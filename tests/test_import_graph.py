@@ -29,7 +29,7 @@ CONTRACT = "app.contract"
 
 
 def module_name(path: Path) -> str:
-    """`app/jobs/kinds.py` -> `app.jobs.kinds`; a package's `__init__.py` is the package."""
+    """`app/jobs/views.py` -> `app.jobs.views`; a package's `__init__.py` is the package."""
     parts = list(path.relative_to(PROJECT_DIR).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
@@ -80,7 +80,7 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def parents(name: str) -> list[str]:
-    """The packages that run before `name` is imported: `app.jobs.kinds` -> `app`, `app.jobs`."""
+    """The packages that run before `name` is imported: `app.jobs.views` -> `app`, `app.jobs`."""
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
