@@ -11,8 +11,8 @@ from sqlalchemy.schema import CreateColumn
 from sqlmodel import SQLModel, create_engine
 
 from app import tables  # noqa: F401  (registers the tables)
+from app.contract.db_writes import failure_kind
 from app.contract.sqlite import BUSY_TIMEOUT_S, apply_pragmas
-from app.db_writes import failure_kind
 from app.id_upgrade import upgrade_ids
 from app.jobs.upgrade import upgrade_token_stats_jobs
 

@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
+from app.contract.settings import Settings
 from app.jobs.supervisor import Supervisor
-from app.settings import Settings
 
 
 def get_session(request: Request) -> Iterator[Session]:

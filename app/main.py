@@ -23,8 +23,9 @@ from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.body_limit import BodyLimitMiddleware
+from app.contract.db_writes import Outage, failure_key, write_failure
+from app.contract.settings import Settings, get_settings
 from app.db import make_engine
-from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
 from app.routes import (
@@ -50,7 +51,6 @@ from app.routes import (
 )
 from app.runs.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
-from app.settings import Settings, get_settings
 from app.templating import register_filters
 
 LOG = logging.getLogger("loraboard")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import CheckConstraint, Index
 from sqlmodel import Field, SQLModel
 
-from app.status import TERMINAL, RunStatus
+from app.contract.status import TERMINAL, RunStatus
 
 _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 # Ids people see (pages, links, the API, exported reports) are never handed out again once deleted: SQLite's
@@ -115,7 +115,7 @@ class Checkpoint(SQLModel, table=True):
 
 class Job(SQLModel, table=True):
     """A worker task that is not a training run (`python -m worker job --job-id N`): token statistics, evaluation,
-    generation, fuse, serve... Its kind (app/jobs/kinds.py) says what params_json and result_json hold.
+    generation, fuse, serve... Its kind (app/contract/kinds.py) says what params_json and result_json hold.
 
     status: the runs' statuses (queued, starting, running, stopping, then completed, stopped, failed or
     interrupted). A queued job that waits for memory says why in waiting_reason.
@@ -179,7 +179,7 @@ class Evaluation(SQLModel, table=True):
     perplexity: float  # exp(loss)
     tokens: int  # tokens that counted (with mask_prompt: the completions' only)
     mask_prompt: bool = False
-    task_json: str | None = None  # app/evaluation/answers.task_result, when the task was run
+    task_json: str | None = None  # app/contract/answers.task_result, when the task was run
     created_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -202,7 +202,7 @@ class EvaluationExample(SQLModel, table=True):
     reference: str
     output: str
     score: float  # 0..1: the mean of its fields' scores
-    outcome_json: str  # app/evaluation/answers.ExampleOutcome.as_json()
+    outcome_json: str  # app/contract/answers.ExampleOutcome.as_json()
 
     @property
     def outcome(self) -> dict[str, Any]:

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlmodel import Session, col, select
 
+from app.contract.distributed import Distributed
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.process import launch_args, worker_env
-from app.runs.config import RunConfig
-from app.runs.distributed import Distributed
 from app.runs.store import create_run
-from app.settings import Settings
 from app.tables import Run, TrainReport, ValReport
 from bench.common import (
     CACHE_DIR,

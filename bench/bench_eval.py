@@ -89,7 +89,7 @@ def bench_generation(args: argparse.Namespace) -> dict[str, Any]:
     from worker.blas import route_blas
 
     routing = route_blas(CACHE_DIR, True, 1)
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from worker.loading import load_model
     from worker.task_answers import generate_answers, task_examples
     from worker.token_stats import read_split
@@ -144,7 +144,7 @@ def make_checkpoints(folder: Path, args: argparse.Namespace) -> list[int]:
     code = (
         "import sys, json; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
         "import mlx.core as mx; from mlx.utils import tree_map\n"
-        "from app.runs.config import RunConfig\n"
+        "from app.contract.run_config import RunConfig\n"
         "from worker.loading import attach_adapters, load_model\n"
         "from worker.train import checkpoint_name, save_adapter, write_adapter_config\n"
         "config = RunConfig.model_validate(json.loads(sys.argv[2])); folder = Path(sys.argv[3])\n"
@@ -165,8 +165,8 @@ def job_database(root: Path, folder: Path, iterations: list[int], args: argparse
     """A temporary database holding a run and its queued evaluate job (no base model, loss only)."""
     from sqlmodel import Session
 
+    from app.contract.kinds import EvaluateParams
     from app.db import make_engine
-    from app.evaluation.requests import EvaluateParams
     from app.jobs.jobs import create_job
     from app.tables import Run
 

@@ -60,10 +60,10 @@ def export(model: Path, out_type: str, exports: Path) -> tuple[float, dict[str, 
     database, `python -m worker job --job-id N` as its own process; (the process's wall seconds, the result)."""
     from sqlmodel import Session
 
+    from app.contract.settings import Settings
     from app.db import make_engine
     from app.jobs.jobs import create_job
     from app.models.gguf import KIND, GgufRequest, prepare
-    from app.settings import Settings
 
     root = Path(tempfile.mkdtemp(prefix="job-", dir=exports))
     settings = Settings(models_dir=model.parent, exports_dir=root / "exports", db_path=root / "bench.db")

@@ -72,7 +72,7 @@ def measure(setting: dict[str, Any]) -> dict[str, Any]:
     from mlx_lm.tuner import trainer
     from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from worker.loading import attach_adapters, load_model
     from worker.train import SilentUI
 
@@ -108,8 +108,8 @@ def measure_in_child(setting: dict[str, Any]) -> dict[str, Any]:
 
 def estimate(setting: dict[str, Any]) -> int:
     from app.catalog.info import model_info, trainable_params
+    from app.contract.settings import Settings
     from app.runs.memory_estimate import estimate_peak, model_shape
-    from app.settings import Settings
 
     info = model_info(setting["model"], Settings(allowed_model_dirs=setting["model"]))
     trainable = trainable_params(info, "lora", setting["num_layers"], setting["rank"])

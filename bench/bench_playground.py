@@ -61,7 +61,7 @@ MODELS = {"tiny": DEFAULT_MODEL, "20m": CACHE_DIR / "bench-20m"}
 PLAIN = r"""
 import json, sys, time
 from pathlib import Path
-from app.settings import Settings
+from app.contract.settings import Settings
 from worker.blas import route_blas
 settings = Settings()
 route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
@@ -132,7 +132,7 @@ def start_playground(root: Path, model: Path) -> tuple[Path, subprocess.Popen[by
     """The playground worker on a temporary database; its settings allow `model`, wherever it lies."""
     env = base_env(LORABOARD_DB_PATH=str(root / "loraboard.db"), LORABOARD_ADAPTERS_DIR=str(root / "adapters"),
                    LORABOARD_ALLOWED_MODEL_DIRS=str(model))
-    subprocess.run([sys.executable, "-c", "from app.db import make_engine; from app.settings import Settings;"
+    subprocess.run([sys.executable, "-c", "from app.db import make_engine; from app.contract.settings import Settings;"
                     " make_engine(Settings().database_path)"], cwd=PROJECT_DIR, env=env, check=True)
     db = root / "loraboard.db"
     conn = sqlite3.connect(db)

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlmodel import Session, col, select
 
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.supervisor import worker_env
-from app.runs.config import RunConfig
 from app.runs.store import create_run
-from app.settings import Settings
 from app.tables import Run, TrainReport
 from bench import model_20m
 from bench.common import (

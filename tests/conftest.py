@@ -505,7 +505,7 @@ class InProcess:
 
 
 def in_process_settings(root: Path, **overrides: Any) -> Any:
-    from app.settings import Settings
+    from app.contract.settings import Settings
 
     values: dict[str, Any] = {
         "db_path": root / "loraboard.db", "adapters_dir": root / "adapters", "datasets_dir": root / "datasets",
@@ -558,7 +558,7 @@ def end_workers(engine: Any) -> None:
 
     from sqlmodel import Session, select
 
-    from app.jobs.process import is_worker
+    from app.contract.pids import is_worker
     from app.tables import Job, Run
 
     with Session(engine) as session:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation.answers import (
+from app.contract.answers import (
     FieldKind,
     answer_format,
     field_kinds,

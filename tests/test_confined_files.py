@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, InProcess
 
-import app.confinement as confinement
-from app.confinement import PathNotAllowed, open_confined
+import app.contract.confinement as confinement
+from app.contract.confinement import PathNotAllowed, open_confined
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 TINY = PROJECT_DIR / "data" / "models" / "tiny-mistral"
@@ -271,8 +271,8 @@ def test_a_checkpoint_download_refuses_a_file_that_became_a_link_out(
     """An imported run's files are links to its adapter folder; one swapped for a link out is not served."""
     from sqlmodel import Session
 
-    from app.paths import run_dir
-    from app.runs.config import RunConfig
+    from app.contract.paths import run_dir
+    from app.contract.run_config import RunConfig
     from app.tables import Checkpoint, Run
 
     with Session(shared_app_client.engine) as session:
@@ -341,7 +341,7 @@ def test_a_run_whose_training_file_links_out_fails_before_training(
     """The row is written as the app would after its own checks; the file changed after them is the worker's."""
     from sqlmodel import Session
 
-    from app.runs.config import RunConfig
+    from app.contract.run_config import RunConfig
     from app.runs.store import create_run
 
     folder = tmp_path / "data"

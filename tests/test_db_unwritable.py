@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import QUICK_RUN, TERMINAL, InProcess, Server, in_process, short_examples
 
-from app.db_writes import (
+from app.contract.db_writes import (
     EXIT_DB_UNWRITABLE,
     GAVE_UP,
     Outage,
@@ -30,8 +30,8 @@ from app.db_writes import (
     gone_worker_end,
     write_failure,
 )
-from app.jobs.process import is_worker
-from app.status import RunStatus
+from app.contract.pids import is_worker
+from app.contract.status import RunStatus
 from worker.reporting import now_text
 
 # --- the fault ---------------------------------------------------------------------------------------------
@@ -131,8 +131,8 @@ class FailingTicks:
 
 
 def test_the_supervisor_loop_survives_failing_ticks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from app.contract.settings import Settings
     from app.main import _watch
-    from app.settings import Settings
 
     refused = sqlite3.OperationalError("disk I/O error")
     errors: list[Exception] = [refused, refused, sqlite3.OperationalError("attempt to write a readonly database"),

@@ -15,8 +15,9 @@ import pytest
 from conftest import QUICK_RUN, Server
 from test_runs_e2e import generate_with_adapter, unzip_adapter
 
-from app.jobs.process import is_worker, launch_args
-from app.runs.distributed import Distributed
+from app.contract.distributed import Distributed
+from app.contract.pids import is_worker
+from app.jobs.process import launch_args
 
 TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
 # 20 steps of batch 4 (2 examples per rank), reports every 5, validation at 0, 10, 20 on all 16 examples (short ones)

@@ -12,8 +12,8 @@ import pytest
 from playwright.sync_api import Page, expect
 from sqlmodel import Session, select
 
+from app.contract.run_config import RunConfig
 from app.db import make_engine
-from app.runs.config import RunConfig
 from app.runs.distributed_checks import (
     Finished,
     config_problems,

@@ -25,6 +25,8 @@ from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
 from sqlmodel import Session, select
 
 from app.catalog.info import model_info, trainable_params
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL
 from app.db import make_engine
 from app.models.registry import remove_leftover_model_temps
 from app.models.requests import (
@@ -38,8 +40,6 @@ from app.models.requests import (
     quantize_estimate,
 )
 from app.runs.memory_estimate_qlora import qlora_choice
-from app.settings import Settings
-from app.status import TERMINAL
 from app.tables import Checkpoint, Job, Run
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")

@@ -23,10 +23,11 @@ from gguf.quants import dequantize
 from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
+from app.contract.kinds import GgufParams
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL
 from app.db import make_engine
 from app.models.gguf import GgufRefused, GgufRequest, prepare
-from app.settings import Settings
-from app.status import TERMINAL
 from worker.gguf_modelfile import build_modelfile, chat_shape, go_template
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")
@@ -257,9 +258,9 @@ def export_context(tmp_path: Path, out_type: str) -> Any:
     from worker.job import JobContext
 
     dest = tmp_path / "exports" / f"tiny-{out_type}"
-    return JobContext(1, {"model": str(TINY), "name": "tiny", "type": out_type, "export": dest.name, "dest": str(dest),
-                          "file": f"{dest.name}.gguf", "tokenizer_model": "gpt2", "tokenizer_pre": "gpt-2"},
-                      Settings(exports_dir=tmp_path / "exports"))
+    params = GgufParams(model=str(TINY), name="tiny", type=out_type, export=dest.name, dest=str(dest),
+                        file=f"{dest.name}.gguf", tokenizer_model="gpt2", tokenizer_pre="gpt-2")
+    return JobContext(1, params, Settings(exports_dir=tmp_path / "exports"))
 
 
 def test_an_empty_tensor_or_a_cancel_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

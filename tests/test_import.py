@@ -24,7 +24,7 @@ SAMPLE = PROJECT_DIR / "data" / "contact-center"
 CLI = """
 import runpy, sys
 sys.path.insert(0, {project!r})
-from app.settings import get_settings
+from app.contract.settings import get_settings
 from worker.blas import route_blas
 route_blas(get_settings().compiled_cache_dir, True, 1)
 sys.argv = ["mlx_lm", "lora", *sys.argv[1:]]

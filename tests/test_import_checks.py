@@ -19,9 +19,9 @@ import pytest
 from conftest import InProcess
 from sqlmodel import Session, func, select
 
+from app.contract.run_config import RunConfig
 from app.imports.checks import tensor_problem
 from app.imports.safetensors_header import read_header
-from app.runs.config import RunConfig
 from app.tables import Checkpoint, Run
 
 RANK, LAYERS = 4, 2  # of the good adapters; the tiny model has 4 layers

@@ -4,6 +4,8 @@ in-process. The pages are in test_jobs_browser.py."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +23,9 @@ from conftest import PROJECT_DIR, InProcess, Server, in_process
 from pydantic import BaseModel
 from sqlmodel import Session
 
+from app.contract.kinds import EVALUATE, KINDS, TOKEN_STATS, TokenStatsParams
+from app.contract.pids import is_job_process
+from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.jobs import (
     Candidate,
@@ -33,9 +38,8 @@ from app.jobs.jobs import (
     request_cancel,
     waiting_reason,
 )
-from app.jobs.process import is_job_process
 from app.jobs.supervisor import Supervisor
-from app.settings import Settings
+from app.jobs.views import VIEWS
 from app.tables import Job, Run, utcnow
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
@@ -422,10 +426,25 @@ def test_an_older_database_keeps_its_token_statistics(tmp_path: Path, default_mo
 
 
 def test_a_job_whose_parameters_do_not_fit_its_kind_fails_with_one_readable_line() -> None:
-    from worker.job import JobInputError, check_params
+    from worker.job import JobInputError, check_params, kind_named
 
-    check_params("token_stats", {"data": "/d", "model": "/m"})
-    check_params("no_such_kind", {})  # the worker's registry answers for unknown kinds
+    assert check_params(TOKEN_STATS, {"data": "/d", "model": "/m"}) == TokenStatsParams(data="/d", model="/m")
+    with pytest.raises(JobInputError) as unknown:
+        kind_named("no_such_kind")
+    assert str(unknown.value) == f"this worker has no job kind 'no_such_kind' (known: {', '.join(sorted(KINDS))})"
     with pytest.raises(JobInputError) as err:
-        check_params("evaluate", {"run_id": 1})
+        check_params(EVALUATE, {"run_id": 1})
     assert str(err.value).startswith("this evaluate job's parameters are not valid: model: Field required")
+
+
+def test_every_kind_of_the_contract_has_one_worker_module_and_exactly_one_view() -> None:
+    """A kind is declared once (app/contract/kinds.py): its worker module defines run(ctx), and the app lists
+    exactly one JobView of it (app/jobs/views.py), holding the contract's own kind object."""
+    for name, kind in KINDS.items():
+        assert kind.name == name
+        spec = importlib.util.find_spec(kind.module)
+        assert spec is not None and spec.origin is not None, f"{name}: no module {kind.module}"
+        source = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        assert any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in source.body), kind.module
+        assert [view.kind for view in VIEWS if view.kind.name == name] == [kind], f"{name}: not one view"
+    assert sorted(view.kind.name for view in VIEWS) == sorted(KINDS), "a view of a kind the contract lacks"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from app.contract.run_config import RunConfig
 from app.imports.adapter_folder import ImportProblem, cli_cwd, final_iteration, read_folder, resolve_relative
 from app.imports.log_parse import fill_rates, parse_log, strip_ansi
 from app.imports.service import config_from_adapter, learning_rate_at
-from app.runs.config import RunConfig
 
 CLASSIC = """Loading pretrained model
 Loading datasets

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.runs.config import RunConfig
+from app.contract.run_config import RunConfig
 from app.runs.form import field_specs, form_to_payload, form_values
 from app.runs.yaml_config import YamlConfigError, export_yaml, parse_yaml_config
 

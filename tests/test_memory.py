@@ -13,10 +13,10 @@ from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Browser
 
 from app.catalog.info import model_info, trainable_params
-from app.runs.config import RunConfig
+from app.contract.memory_guard import gb_text, memory_verdict, memory_warning, worker_memory
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.runs.memory_estimate import ModelShape, estimate_peak, fits, model_shape
-from app.runs.memory_guard import gb_text, memory_verdict, memory_warning, worker_memory
-from app.settings import Settings
 
 GB = 10**9
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from conftest import QUICK_RUN, Server
 
-from app.catalog.files import hf_hub_cache_dir, read_safetensors_header
+from app.catalog.files import read_safetensors_header
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
-from app.settings import Settings
+from app.contract.paths import hf_hub_cache_dir
+from app.contract.settings import Settings
 
 BYTES = {"BF16": 2, "F16": 2, "F32": 4, "U32": 4}
 MISTRAL_7B = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": 4096,
@@ -169,7 +170,7 @@ def test_trainable_equals_mlx_lm_on_the_loaded_model(which: str, default_model: 
     """The count from headers equals what the worker's own attach_adapters leaves trainable, with mlx-lm's total."""
     from mlx_lm.utils import get_total_parameters, load
 
-    from app.runs.config import LoraParameters, RunConfig
+    from app.contract.run_config import LoraParameters, RunConfig
     from worker.loading import attach_adapters, count_parameters
 
     folder = default_model if which == "float32" else quantized_models[which]

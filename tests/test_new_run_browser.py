@@ -10,7 +10,7 @@ import yaml
 from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Page, expect
 
-from app.runs.config import RunConfig
+from app.contract.run_config import RunConfig
 from app.runs.form import FORM_KEYS, form_values
 
 pytestmark = pytest.mark.browser

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import QUICK_RUN, Server
 
-from app.paths import TEMP_GLOB, remove_temp_files
+from app.contract.paths import TEMP_GLOB, remove_temp_files
 
 SLOW_SAVE_ENV = "LORABOARD_TEST_SLOW_SAVE_S"  # worker/durable.py: pause between the temp file and the rename
 
@@ -65,9 +65,9 @@ def test_remove_temp_files_takes_only_temporary_names(tmp_path: Path) -> None:
 def test_server_start_cleanup_leaves_a_folder_whose_worker_may_be_writing(tmp_path: Path) -> None:
     from sqlmodel import Session
 
+    from app.contract.settings import Settings
     from app.db import make_engine
     from app.runs.checkpoints import remove_leftover_temps
-    from app.settings import Settings
     from app.tables import Run
 
     settings = Settings(data_dir=tmp_path, adapters_dir=tmp_path / "adapters")

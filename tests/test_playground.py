@@ -20,12 +20,12 @@ from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, InProcess, Server, base_e
 from markupsafe import escape
 from sqlmodel import Session
 
+from app.contract.paths import checkpoint_files, ensure_checkpoint_adapter_dir
+from app.contract.settings import Settings
 from app.db import make_engine
-from app.paths import checkpoint_files, ensure_checkpoint_adapter_dir
 from app.playground.requests import GenerateRequest, same_model
 from app.playground.stream import settle
 from app.playground.view import column_choices
-from app.settings import Settings
 from app.tables import Checkpoint, Generation, Job, Run, utcnow
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")

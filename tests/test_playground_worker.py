@@ -17,9 +17,9 @@ import pytest
 from conftest import PROJECT_DIR, TERMINAL, base_env
 from sqlmodel import Session
 
+from app.contract.paths import checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
+from app.contract.settings import Settings
 from app.db import make_engine
-from app.paths import checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
-from app.settings import Settings
 from app.tables import Generation, GenerationColumn, Job, Run
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")
@@ -43,7 +43,7 @@ MISFIT_RUN = 905  # rank 4 weights under an adapter_config of rank 8: not this m
 # without any adapter under "0".
 REFERENCE_SCRIPT = r"""
 import json, sys
-from app.settings import Settings
+from app.contract.settings import Settings
 from worker.blas import route_blas
 settings = Settings()
 route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
@@ -52,7 +52,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.generate import generate
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
-from app.paths import checkpoint_files, ensure_checkpoint_adapter_dir, run_dir, run_dir
+from app.contract.paths import checkpoint_files, ensure_checkpoint_adapter_dir, run_dir, run_dir
 
 model_path, prompt, max_tokens, iteration = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 layouts = json.loads(sys.argv[5])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from app.runs.policy import (
+from app.contract.policy import (
     EarlyStopDecision,
     best_checkpoint,
     divergence,

@@ -20,6 +20,7 @@ import pytest
 from conftest import ARTIFACTS, PROJECT_DIR, InProcess, Server, overfitting_run, shot
 from playwright.sync_api import Page, Route
 
+from app.contract.policy import best_checkpoint
 from app.evaluation.view import Figures, table_truth
 from app.reports.blocks import Mono, Report, Section, Table, text
 from app.reports.document import build_report, chart_data, chart_svg
@@ -38,7 +39,6 @@ from app.reports.labels import (
 )
 from app.reports.markdown import render_markdown
 from app.reports.svg import ChartMark, loss_chart_svg, nice_ticks
-from app.runs.policy import best_checkpoint
 from app.tables import Checkpoint, Run
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "report.md"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.runs.config import (
+from app.contract.run_config import (
     OPTIMIZER_ARGS,
     RunConfig,
     count_examples,
@@ -18,6 +18,7 @@ from app.runs.config import (
     looks_like_path,
     resolve_model,
 )
+from app.contract.settings import Settings
 from app.runs.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
 from app.runs.form import (
     FORM_FIELDS,
@@ -31,7 +32,6 @@ from app.runs.form import (
     iterations_note,
     parse_options,
 )
-from app.settings import Settings
 
 
 def test_defaults_follow_mlx_lm_lora() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import PROJECT_DIR, InProcess, Server, free_port, in_process, occupy_training_slot
 
-from app.paths import PathNotAllowed, confine
+from app.contract.paths import PathNotAllowed, confine
 from app.security import (
     BindRefused,
     cross_site_problem,

@@ -19,6 +19,7 @@ import pytest
 from conftest import PROJECT_DIR, InProcess, Server, shot
 from playwright.sync_api import Locator, Page, expect
 
+from app.contract.pids import is_job_process as is_token_stats_process
 from app.datasets.token_stats import (
     files_signature,
     histogram_bins,
@@ -28,7 +29,6 @@ from app.datasets.token_stats import (
     summarize,
 )
 from app.jobs.jobs import job_is_dead
-from app.jobs.process import is_job_process as is_token_stats_process
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 SPLITS = ("train", "valid", "test")

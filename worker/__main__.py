@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.db_writes import EXIT_DB_UNWRITABLE, gave_up_reason
-from app.paths import checkpoint_files, run_dir
-from app.runs.config import RunConfig, looks_like_path
-from app.settings import Settings
-from app.status import RunStatus
+from app.contract.db_writes import EXIT_DB_UNWRITABLE, gave_up_reason
+from app.contract.paths import checkpoint_files, run_dir
+from app.contract.run_config import RunConfig, looks_like_path
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from worker.blas import BlasRouting, route_blas
 from worker.reporting import ReportWriter, connect, on_stop_signal
 

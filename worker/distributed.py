@@ -20,8 +20,8 @@ import sys
 import threading
 from typing import Any
 
-from app.runs.config import RunConfig
-from app.runs.distributed import hosts_of
+from app.contract.distributed import hosts_of
+from app.contract.run_config import RunConfig
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

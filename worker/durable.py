@@ -2,12 +2,12 @@
 
 Every checkpoint file goes through `write_safetensors`: the arrays are written to a
 temporary name in the same folder (`.<name>.tmp.safetensors`, the pattern
-app.paths.TEMP_GLOB matches), flushed to disk with fsync, renamed over the final name
+app.contract.paths.TEMP_GLOB matches), flushed to disk with fsync, renamed over the final name
 with os.replace (atomic on one filesystem), and the folder is fsynced so the rename
 itself survives a power cut. Only then does the worker queue the checkpoint's database
 row, so a listed checkpoint is always a complete file whose sha256 is the one recorded.
 A worker killed mid-write leaves at most a temporary file, which nothing lists and the
-next server or worker start removes (app.paths.remove_temp_files).
+next server or worker start removes (app.contract.paths.remove_temp_files).
 
 Fault injection for tests: LORABOARD_TEST_SLOW_SAVE_S (seconds, default 0) makes the
 worker wait that long between writing a temporary file and renaming it, so a test can

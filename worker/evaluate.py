@@ -31,10 +31,11 @@ import numpy as np
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.trainer import default_loss, iterate_batches
 
-from app.confinement import confine_file
-from app.evaluation.answers import task_result
-from app.paths import data_roots, run_file_roots
-from app.runs.config import FEATURE_KEYS, RunConfig
+from app.contract.answers import task_result
+from app.contract.confinement import confine_file
+from app.contract.kinds import EvaluateParams
+from app.contract.paths import data_roots, run_file_roots
+from app.contract.run_config import FEATURE_KEYS, RunConfig
 from worker.job import JobContext, JobInputError, JobStopped
 from worker.reporting import now_text, write_until
 from worker.task_answers import References, TaskExample, decode, generate_answers, read_references, task_examples
@@ -151,7 +152,7 @@ def load_split(path: Path, tokenizer: Any, config: RunConfig,
 class Evaluator:
     """Measures one model after another on the same split and writes each as soon as it is done."""
 
-    ctx: JobContext
+    ctx: JobContext[EvaluateParams]
     config: RunConfig
     model: nn.Module
     tokenizer: Any
@@ -164,7 +165,7 @@ class Evaluator:
 
     def measure(self, iteration: int, position: int) -> Measurement:
         label = model_label(iteration, position, self.count)
-        split = self.ctx.params["split"]
+        split = self.ctx.params.split
 
         def on_batch(done: int) -> None:
             self.ctx.advance()
@@ -173,9 +174,9 @@ class Evaluator:
 
         self.ctx.detail = f"{label}: {split} loss, batch 0 of {self.batches}"
         measured = Measurement(iteration, measure_loss(self.model, self.dataset, self.config, self.batches, on_batch))
-        task = self.ctx.params.get("task")
-        if task and self.prompts:
-            self.answer(measured, label, int(task["max_tokens"]), int(task["batch_size"]))
+        task = self.ctx.params.task
+        if task is not None and self.prompts:
+            self.answer(measured, label, task.max_tokens, task.batch_size)
         return measured
 
     def answer(self, measured: Measurement, label: str, max_tokens: int, batch_size: int) -> None:
@@ -201,7 +202,7 @@ class Evaluator:
 
     def record(self, measured: Measurement) -> None:
         params = self.ctx.params
-        write_measurement(self.ctx.settings.database_path, self.ctx.job_id, int(params["run_id"]), params["split"],
+        write_measurement(self.ctx.settings.database_path, self.ctx.job_id, params.run_id, params.split,
                           self.config.mask_prompt, measured, self.ctx.settings.db_unwritable_limit_s)
         key = str(measured.iteration)
         self.result["evaluated"].append(measured.iteration)
@@ -214,12 +215,11 @@ class Evaluator:
         return dict(self.result) if self.result["evaluated"] else None
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[EvaluateParams]) -> dict[str, Any]:
     params = ctx.params
-    config = RunConfig.model_validate(params["config"])
-    adapter_dir = Path(params["adapter_dir"])
-    iterations = [int(it) for it in params["iterations"]]
-    models = ([BASE] if params.get("include_base") else []) + iterations
+    config = RunConfig.model_validate(params.config)
+    adapter_dir = Path(params.adapter_dir)
+    models = ([BASE] if params.include_base else []) + params.iterations
     ctx.detail = "loading the model"
     ctx.check_stop()
     from worker.loading import attach_adapters, load_model
@@ -227,17 +227,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
     started = time.perf_counter()
     model, tokenizer, _dtype = load_model(config, ctx.settings)
     load_s = time.perf_counter() - started
-    ctx.detail = f"reading {params['split']}.jsonl"
-    examples, dataset = load_split(Path(params["data"]) / f"{params['split']}.jsonl", tokenizer, config,
+    ctx.detail = f"reading {params.split}.jsonl"
+    examples, dataset = load_split(Path(params.data) / f"{params.split}.jsonl", tokenizer, config,
                                    data_roots(ctx.settings))
-    batches = loss_batches(len(dataset), config.batch_size, int(params["batches"]))
+    batches = loss_batches(len(dataset), config.batch_size, params.batches)
     if batches < 1:
-        raise JobInputError(f"{params['split']}.jsonl has {len(dataset)} examples, fewer than one batch of "
+        raise JobInputError(f"{params.split}.jsonl has {len(dataset)} examples, fewer than one batch of "
                             f"{config.batch_size}")
-    task = params.get("task")
-    prompts = task_examples(examples, tokenizer, config, int(task["max_examples"])) if task else []
+    prompts = task_examples(examples, tokenizer, config, params.task.max_examples) if params.task else []
     ctx.set_total(len(models) * (batches + len(prompts)), "steps")
-    result: dict[str, Any] = {"split": params["split"], "evaluated": [], "losses": {}, "scores": {},
+    result: dict[str, Any] = {"split": params.split, "evaluated": [], "losses": {}, "scores": {},
                               "batches": batches, "task_examples": len(prompts), "load_s": round(load_s, 3),
                               "seconds": {}}
     references = read_references([p.reference for p in prompts])

@@ -1,9 +1,10 @@
 """The `fuse` job (worker/job.py): a checkpoint merged into a full model folder, as `mlx_lm fuse` does it.
 
-The base model is loaded with the checkpoint's `--adapter-path` folder (app/paths.ensure_checkpoint_adapter_dir),
-every LoRA/DoRA linear is fused (`m.fuse(dequantize=...)`), optionally the model is dequantized, and the folder is
-written with mlx_lm.utils.save under a temporary name, then renamed and registered. A full fine-tuning checkpoint
-holds whole weights: loading them is the fuse. Progress: three steps (load, fuse, save).
+The base model is loaded with the checkpoint's `--adapter-path` folder
+(app/contract/paths.ensure_checkpoint_adapter_dir), every LoRA/DoRA linear is fused (`m.fuse(dequantize=...)`),
+optionally the model is dequantized, and the folder is written with mlx_lm.utils.save under a temporary name, then
+renamed and registered. A full fine-tuning checkpoint holds whole weights: loading them is the fuse. Progress: three
+steps (load, fuse, save).
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.paths import ensure_checkpoint_adapter_dir
+from app.contract.kinds import FuseParams
+from app.contract.paths import ensure_checkpoint_adapter_dir
 from worker.job import JobContext, JobInputError
 from worker.model_output import check_free, folder_bytes, peak_memory, register, writing
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[FuseParams]) -> dict[str, Any]:
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import dequantize_model, load, save
 
     params = ctx.params
-    run_id, iteration, base = int(params["run_id"]), int(params["iteration"]), str(params["model"])
-    dest, dequantize = Path(params["dest"]), bool(params.get("dequantize", False))
+    run_id, iteration, base = params.run_id, params.iteration, params.model
+    dest, dequantize = Path(params.dest), params.dequantize
     db_path = ctx.settings.database_path
     check_free(db_path, dest)
     try:

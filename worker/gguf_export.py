@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from app.jobs.process import pid_alive
+from app.contract.kinds import GgufParams
+from app.contract.pids import pid_alive
 from worker.gguf_modelfile import build_modelfile
 from worker.job import JobContext, JobInputError
 from worker.model_output import writing
@@ -234,18 +235,18 @@ def vocabulary(folder: Path, tokenizer_model: str, n_vocab: int) -> tuple[list[b
     return tokens, scores, types
 
 
-def write_gguf(ctx: JobContext, folder: Path, path: Path, config: dict[str, Any], plan: list[Planned],
+def write_gguf(ctx: JobContext[GgufParams], folder: Path, path: Path, config: dict[str, Any], plan: list[Planned],
                weights: Weights, out_type: str, name: str) -> int:
     """Write the file tensor by tensor (each converted just before it is written); returns the vocab size."""
     import gguf
     from gguf.quants import quant_shape_to_byte_shape
 
-    tokenizer_model = str(ctx.params.get("tokenizer_model") or "gpt2")
+    tokenizer_model = ctx.params.tokenizer_model or "gpt2"
     tokens, scores, types = vocabulary(folder, tokenizer_model, int(config.get("vocab_size") or 0))
     writer = gguf.GGUFWriter(path, "llama")
     add_metadata(writer, config, name, out_type, len(tokens))
     writer.add_tokenizer_model(tokenizer_model)
-    writer.add_tokenizer_pre(str(ctx.params.get("tokenizer_pre") or "default"))
+    writer.add_tokenizer_pre(ctx.params.tokenizer_pre or "default")
     writer.add_token_list(tokens)
     if tokenizer_model == "llama":
         writer.add_token_scores(scores)
@@ -340,9 +341,9 @@ def remove_stale_temps(dest: Path) -> None:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[GgufParams]) -> dict[str, Any]:
     params = ctx.params
-    folder, dest, out_type = Path(params["model"]), Path(params["dest"]), str(params["type"])
+    folder, dest, out_type = Path(params.model), Path(params.dest), params.type
     started = time.perf_counter()
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -361,11 +362,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
     shapes, files = source_weights(folder)
     plan = plan_tensors(shapes, config, "f16" if out_type == "q4_k_m" else out_type)
     weights = Weights(files)
-    file_name = str(params["file"])
+    file_name = params.file
     ctx.set_total(len(plan), "tensors")
     with writing(dest) as temp:
         first = temp / (f".{dest.name}-f16.gguf" if out_type == "q4_k_m" else file_name)
-        n_vocab = write_gguf(ctx, folder, first, config, plan, weights, out_type, str(params["name"]))
+        n_vocab = write_gguf(ctx, folder, first, config, plan, weights, out_type, params.name)
         checked = check_file(ctx, first, plan, weights)
         if out_type == "q4_k_m":
             ctx.detail = "quantizing to Q4_K_M with llama.cpp"
@@ -378,7 +379,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         (temp / "Modelfile").write_text(modelfile.text(), encoding="utf-8")
     size = (dest / file_name).stat().st_size
     ctx.detail = f"wrote {file_name}"
-    return {"name": dest.name, "model": str(params["name"]), "type": out_type, "path": str(dest),
+    return {"name": dest.name, "model": params.name, "type": out_type, "path": str(dest),
             "file": file_name, "gguf_bytes": size, "tensors": len(plan), "vocab_size": n_vocab,
             "template_translated": modelfile.translated, "checked": checked,
             "seconds": round(time.perf_counter() - started, 3)}

@@ -1,14 +1,15 @@
 """`python -m worker job --job-id N`: run one job of any kind (the `job` table, see app/tables.py).
 
-The worker loads its row, sets it running with its pid, and calls the kind's function with a
-JobContext. A thread writes progress (done/total/unit) and the heartbeat every half second, and
+The worker loads its row, sets it running with its pid, validates the row's params into its kind's model
+(a mismatch fails the job with one readable line) and calls the kind's function with a JobContext, whose
+`params` is that model. A thread writes progress (done/total/unit) and the heartbeat every half second, and
 reads the row's status: a cancel (status `stopping`, or SIGTERM) sets ctx.stop, which the kind's
 function checks between units of work. The job ends completed (with its result), stopped (with a
 partial result only when the kind gives one that is complete in itself), or failed (one readable
 line and the traceback).
 
-A kind is registered in WORKERS: the module whose `run(ctx) -> dict` does the work, and whether it
-computes with MLX (then OpenBLAS is routed first, as for training).
+A kind is declared once, in app/contract/kinds.py: its params model, the module whose `run(ctx) -> dict` does
+the work, and whether it computes with MLX (then OpenBLAS is routed first, as for training).
 """
 
 from __future__ import annotations
@@ -24,30 +25,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from app.settings import Settings
-from app.status import TERMINAL, RunStatus
+from pydantic import BaseModel, ValidationError
+
+from app.contract.kinds import KINDS, JobKind
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL, RunStatus
 from worker.reporting import close_quietly, connect, now_text, on_stop_signal, write_until
 
 REPORT_EVERY_S = 0.5
-
-
-@dataclass(frozen=True)
-class WorkerKind:
-    module: str  # exports run(ctx: JobContext) -> dict
-    computes: bool  # runs MLX computations (route OpenBLAS before mlx.core is imported)
-
-
-WORKERS: dict[str, WorkerKind] = {
-    "token_stats": WorkerKind("worker.token_stats", computes=False),
-    "evaluate": WorkerKind("worker.evaluate", computes=True),
-    "playground": WorkerKind("worker.playground", computes=True),
-    "serve": WorkerKind("worker.serve", computes=True),
-    "fuse": WorkerKind("worker.fuse", computes=True),
-    "quantize": WorkerKind("worker.quantize", computes=True),
-    "gguf": WorkerKind("worker.gguf_export", computes=True),
-}
+Params = TypeVar("Params", bound=BaseModel)
 
 
 class JobInputError(Exception):
@@ -63,11 +51,12 @@ class JobStopped(Exception):
 
 
 @dataclass
-class JobContext:
-    """What a kind's function gets: its parameters, a progress counter and the stop request."""
+class JobContext(Generic[Params]):
+    """What a kind's function gets: its parameters (the kind's params model), a progress counter and the stop
+    request."""
 
     job_id: int
-    params: dict[str, Any]
+    params: Params
     settings: Settings
     done: int = 0
     total: int = 0
@@ -144,33 +133,32 @@ def end(conn: sqlite3.Connection, job_id: int, status: RunStatus, ctx: JobContex
         ctx.settings.db_unwritable_limit_s, conn)
 
 
-def load_function(kind: str, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:
-    worker = WORKERS.get(kind)
-    if worker is None:
-        raise JobInputError(f"this worker has no job kind {kind!r} (known: {', '.join(sorted(WORKERS))})")
-    if worker.computes:
+def kind_named(kind: str) -> JobKind:
+    """The contract's kind of this name; JobInputError naming the known ones when there is none."""
+    known = KINDS.get(kind)
+    if known is None:
+        raise JobInputError(f"this worker has no job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    return known
+
+
+def load_function(kind: JobKind, settings: Settings) -> Callable[[JobContext], dict[str, Any]]:
+    """The kind's `run` function, its module imported (OpenBLAS routed first when it computes)."""
+    if kind.computes:
         from worker.blas import route_blas
 
         route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)
-    function: Callable[[JobContext], dict[str, Any]] = importlib.import_module(worker.module).run
+    function: Callable[[JobContext], dict[str, Any]] = importlib.import_module(kind.module).run
     return function
 
 
-def check_params(kind: str, params: dict[str, Any]) -> None:
-    """The job's params against its kind's model (app/jobs/kinds.py): a mismatch is one readable line."""
-    from pydantic import ValidationError
-
-    from app.jobs.kinds import KINDS
-
-    known = KINDS.get(kind)
-    if known is None:
-        return  # load_function says the kind is unknown
+def check_params(kind: JobKind, params: dict[str, Any]) -> BaseModel:
+    """The job's params validated into its kind's model: a mismatch is one readable line (JobInputError)."""
     try:
-        known.params.model_validate(params)
+        return kind.params.model_validate(params)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}"
                              for e in exc.errors(include_url=False))
-        raise JobInputError(f"this {kind} job's parameters are not valid: {problems}") from None
+        raise JobInputError(f"this {kind.name} job's parameters are not valid: {problems}") from None
 
 
 def take(conn: sqlite3.Connection, job_id: int) -> bool:
@@ -193,7 +181,7 @@ def run_job(settings: Settings, job_id: int) -> int:
             sys.stderr.write(f"worker: no job {job_id} in {db_path}\n")
             return 2
         kind, params_json, status = row
-        ctx = JobContext(job_id, json.loads(params_json), settings)
+        ctx: JobContext[Any] = JobContext(job_id, None, settings)  # params: the kind's model, read once taken
         if RunStatus(status) in TERMINAL:
             sys.stderr.write(f"worker: job {job_id} has already ended ({status})\n")
             return 0
@@ -205,8 +193,9 @@ def run_job(settings: Settings, job_id: int) -> int:
         on_stop_signal(ctx.stop)
         try:
             with reporting(db_path, ctx):
-                check_params(kind, ctx.params)
-                result = load_function(kind, settings)(ctx)
+                job_kind = kind_named(kind)
+                ctx.params = check_params(job_kind, json.loads(params_json))
+                result = load_function(job_kind, settings)(ctx)
         except JobStopped as stopped:
             partial = json.dumps(stopped.partial) if stopped.partial is not None else None
             end(conn, job_id, RunStatus.stopped, ctx, result_json=partial)

@@ -2,9 +2,9 @@
 share these). Imports mlx: only in a worker process, after worker.blas.route_blas.
 
 mlx-lm and transformers open the model's and the data's files by path, so just before each is handed over its
-files are confined (app/paths.confine_model_files, confine_data_files): a file linking out of the folders
+files are confined (app/contract/paths.confine_model_files, confine_data_files): a file linking out of the folders
 loraboard reads fails the run with a sentence naming it, before anything is read. A link swapped in after that
-check and before their own open is still followed (the window app/confinement.py describes).
+check and before their own open is still followed (the window app/contract/confinement.py describes).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from mlx_lm.tuner.datasets import CacheDataset, load_dataset
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import get_total_parameters, load
 
-from app.paths import confine_data_files, confine_model_files
-from app.runs.config import FEATURE_KEYS, RunConfig
-from app.settings import Settings
+from app.contract.paths import confine_data_files, confine_model_files
+from app.contract.run_config import FEATURE_KEYS, RunConfig
+from app.contract.settings import Settings
 
 
 def floating_dtype(model: nn.Module) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from app.runs.memory_guard import memory_verdict, worker_memory
+from app.contract.memory_guard import memory_verdict, worker_memory
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.paths import checkpoint_files, run_dir
-from app.runs.config import looks_like_path
-from app.status import RunStatus
+from app.contract.kinds import PlaygroundParams
+from app.contract.paths import checkpoint_files, run_dir
+from app.contract.run_config import looks_like_path
+from app.contract.status import RunStatus
 from worker.job import JobContext, JobInputError, JobStopped, one_line
 from worker.reporting import connect, now_text
 
@@ -368,11 +369,10 @@ class Playground:
             idle_since = time.monotonic()
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    idle_s = float(ctx.params.get("idle_s") or ctx.settings.playground_idle_s)
+def run(ctx: JobContext[PlaygroundParams]) -> dict[str, Any]:
     conn = connect(ctx.settings.database_path)
     try:
         ctx.set_total(0, UNIT)
-        return Playground(ctx, conn).serve(idle_s)
+        return Playground(ctx, conn).serve(ctx.params.idle_s)
     finally:
         conn.close()

@@ -9,16 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.contract.kinds import QuantizeParams
 from worker.job import JobContext
 from worker.model_output import check_free, folder_bytes, peak_memory, register, writing
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[QuantizeParams]) -> dict[str, Any]:
     from mlx_lm import convert
 
     params = ctx.params
-    source, dest = str(params["model"]), Path(params["dest"])
-    bits, group_size = int(params["bits"]), int(params["group_size"])
+    source, dest = params.model, Path(params.dest)
+    bits, group_size = params.bits, params.group_size
     db_path = ctx.settings.database_path
     check_free(db_path, dest)
     ctx.set_total(2, "steps")
@@ -29,7 +30,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     ctx.advance()
     size = folder_bytes(dest)
     register(db_path, {"name": dest.name, "path": str(dest.resolve()), "origin": "quantized",
-                       "source_model": str(params.get("source") or source), "job_id": ctx.job_id, "bits": bits,
+                       "source_model": params.source or source, "job_id": ctx.job_id, "bits": bits,
                        "group_size": group_size, "size_bytes": size}, ctx.settings.db_unwritable_limit_s)
     ctx.advance()
     ctx.detail = f"quantized into {dest.name}"

@@ -12,7 +12,7 @@ full, locked), the writer keeps what it could not write, in order, retries with 
 growing back-off on a fresh connection, and writes it all in one transaction once it
 can. When that has lasted `give_up_after_s` (Settings.db_unwritable_limit_s), it sets
 `gave_up` and the stop event: the training loop ends as on a stop request, saving
-its adapter, and the worker exits with app.db_writes.EXIT_DB_UNWRITABLE.
+its adapter, and the worker exits with app.contract.db_writes.EXIT_DB_UNWRITABLE.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.contract.db_writes import Outage, failure_key, failure_kind, write_failure
+from app.contract.paths import file_sha256
+from app.contract.policy import best_checkpoint
+from app.contract.run_config import EarlyStopping
 from app.contract.sqlite import BUSY_TIMEOUT_S, apply_pragmas
-from app.db_writes import Outage, failure_key, failure_kind, write_failure
-from app.paths import file_sha256
-from app.runs.config import EarlyStopping
-from app.runs.policy import best_checkpoint
-from app.status import TERMINAL, RunStatus
+from app.contract.status import TERMINAL, RunStatus
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 

@@ -24,6 +24,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from app.contract.kinds import ServeParams
 from worker.job import JobContext, JobInputError, JobStopped
 from worker.reporting import connect
 from worker.serve_child import PARENT_ENV
@@ -106,24 +107,24 @@ def can_generate(port: int) -> bool:
     return http_status(port, "/health") != HTTPStatus.SERVICE_UNAVAILABLE
 
 
-def command(params: dict[str, Any]) -> list[str]:
-    args = [sys.executable, "-m", "worker.serve_child", "mlx_lm", "server", "--model", str(params["model"])]
-    if params.get("adapter_path"):
-        args += ["--adapter-path", str(params["adapter_path"])]
-    return [*args, "--host", "127.0.0.1", "--port", str(params["port"])]
+def command(params: ServeParams) -> list[str]:
+    args = [sys.executable, "-m", "worker.serve_child", "mlx_lm", "server", "--model", params.model]
+    if params.adapter_path:
+        args += ["--adapter-path", params.adapter_path]
+    return [*args, "--host", "127.0.0.1", "--port", str(params.port)]
 
 
-def check_inputs(params: dict[str, Any]) -> None:
+def check_inputs(params: ServeParams) -> None:
     """What may have changed since the request was checked: the folders, the port."""
-    model = str(params["model"])
+    model = params.model
     if model.startswith(("/", "~", ".")) and not (Path(model).expanduser() / "config.json").is_file():
         raise JobInputError(f"model folder {model} does not exist any more (or has no config.json)")
-    adapter = params.get("adapter_path")
+    adapter = params.adapter_path
     if adapter and not (Path(adapter) / "adapters.safetensors").is_file():
         raise JobInputError(f"the checkpoint's adapter folder {adapter} has no adapters.safetensors: it was "
                             "deleted")
-    if not port_free(int(params["port"])):
-        raise JobInputError(f"port {params['port']} on 127.0.0.1 is taken by another program now; serve again "
+    if not port_free(params.port):
+        raise JobInputError(f"port {params.port} on 127.0.0.1 is taken by another program now; serve again "
                             "to get another port")
 
 
@@ -150,15 +151,15 @@ def row_exists(ctx: JobContext) -> bool:
         return True
 
 
-def what_is_served(params: dict[str, Any]) -> str:
-    if params.get("model_name"):
-        return f"model {params['model_name']}"
-    if params.get("iteration") is not None:
-        return f"run {params.get('run_id')}, checkpoint {int(params['iteration']):,}"
-    return str(params["model"])
+def what_is_served(params: ServeParams) -> str:
+    if params.model_name:
+        return f"model {params.model_name}"
+    if params.iteration is not None:
+        return f"run {params.run_id}, checkpoint {params.iteration:,}"
+    return params.model
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
+def run(ctx: JobContext[ServeParams]) -> dict[str, Any]:
     params = ctx.params
     check_inputs(params)
     # mlx_lm's GET /v1/models lists the Hugging Face cache and fails where it does not exist yet: clients that
@@ -167,8 +168,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
     with contextlib.suppress(OSError):
         Path(HF_HUB_CACHE).mkdir(parents=True, exist_ok=True)
-    result = {"base_url": params["base_url"], "model": params.get("client_model", "default_model"),
-              "port": params["port"], "served": params["model"], "adapter_path": params.get("adapter_path")}
+    result = {"base_url": params.base_url, "model": params.client_model, "port": params.port,
+              "served": params.model, "adapter_path": params.adapter_path}
     log = server_log(ctx)
     ctx.set_total(1, "server")
     ctx.detail = f"starting mlx_lm server for {what_is_served(params)}"
@@ -176,20 +177,19 @@ def run(ctx: JobContext) -> dict[str, Any]:
         child = subprocess.Popen(command(params), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                  env={**os.environ, PARENT_ENV: str(os.getpid())})
     try:
-        deadline = time.monotonic() + float(params.get("start_timeout_s", 300.0))
-        while not answers(int(params["port"])):
+        deadline = time.monotonic() + params.start_timeout_s
+        while not answers(params.port):
             if child.poll() is not None:
                 raise failure(f"the mlx_lm server {exit_words(child.returncode)} before it answered", log,
                               child.returncode)
             if ctx.stop.is_set():
                 raise JobStopped(None)
             if time.monotonic() > deadline:
-                limit = float(params.get("start_timeout_s", 300.0))
-                raise failure(f"the mlx_lm server did not answer within {limit:g} s", log)
+                raise failure(f"the mlx_lm server did not answer within {params.start_timeout_s:g} s", log)
             time.sleep(0.25)
-        port = int(params["port"])
+        port = params.port
         ctx.advance()
-        ctx.detail = f"serving {what_is_served(params)} at {params['base_url']}"
+        ctx.detail = f"serving {what_is_served(params)} at {params.base_url}"
         next_check = 0.0
         while not ctx.stop.wait(POLL_S):
             if child.poll() is not None:

@@ -3,7 +3,7 @@
 Prompts are the examples' messages before the last assistant message (or a completion example's prompt), put
 through the tokenizer's chat template with the generation prompt added, as a person would ask the fine-tuned
 model. Answers come from mlx-lm's batch generation (`mlx_lm.generate.BatchGenerator`, greedy), stopped at the
-tokenizer's end-of-sequence tokens or after `max_tokens` new tokens. Scoring is app/evaluation/answers.py.
+tokenizer's end-of-sequence tokens or after `max_tokens` new tokens. Scoring is app/contract/answers.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import mlx.nn as nn
 
-from app.evaluation.answers import (
+from app.contract.answers import (
     AnswerFormat,
     ExampleOutcome,
     FieldKind,
@@ -24,7 +24,7 @@ from app.evaluation.answers import (
     score_example,
     split_example,
 )
-from app.runs.config import RunConfig
+from app.contract.run_config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from app.confinement import PathNotAllowed, open_confined
-from app.paths import confine_model_files, data_roots
-from app.settings import Settings
+from app.contract.confinement import PathNotAllowed, open_confined
+from app.contract.kinds import TokenStatsParams
+from app.contract.paths import confine_model_files, data_roots
+from app.contract.settings import Settings
 from worker.job import JobContext, JobInputError
 
 SPLITS = ("train", "valid", "test")
@@ -143,5 +144,5 @@ def compute(dataset_dir: Path, model: str, ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-def run(ctx: JobContext) -> dict[str, Any]:
-    return compute(Path(ctx.params["data"]), str(ctx.params["model"]), ctx)
+def run(ctx: JobContext[TokenStatsParams]) -> dict[str, Any]:
+    return compute(Path(ctx.params.data), ctx.params.model, ctx)

@@ -32,10 +32,10 @@ from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset
 from mlx_lm.tuner.utils import build_schedule
 
-from app.paths import remove_temp_files
-from app.runs.config import LORABOARD_KEYS, RunConfig
-from app.runs.policy import best_checkpoint, divergence, early_stop_decision
-from app.status import RunStatus
+from app.contract.paths import remove_temp_files
+from app.contract.policy import best_checkpoint, divergence, early_stop_decision
+from app.contract.run_config import LORABOARD_KEYS, RunConfig
+from app.contract.status import RunStatus
 from worker.batch_padding import padded_batches
 from worker.distributed import agree, gather, group_record, rank_and_size, share_from_rank0
 from worker.durable import publish, temp_path, write_safetensors, write_text

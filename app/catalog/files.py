@@ -3,7 +3,7 @@
 A safetensors file starts with an 8-byte little-endian header length, then a JSON
 header naming every tensor's dtype, shape and byte range; only that header is read.
 
-Every file is opened once through app/confinement.open_confined, within `roots` (the folders models may be
+Every file is opened once through app/contract/confinement.open_confined, within `roots` (the folders models may be
 read from, and the model folder itself): a file linking out of them is refused with a sentence naming it.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app import json_text
-from app.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
+from app.contract.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",
@@ -34,18 +34,6 @@ class ModelInfoError(ValueError):
     def __init__(self, message: str, field: str = "model") -> None:
         super().__init__(message)
         self.field = field
-
-
-def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
-    env = os.environ if environ is None else environ
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(name):
-            return Path(env[name]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return cache / "huggingface" / "hub"
 
 
 def folder_size(folder: Path, roots: Sequence[Path] | None = None) -> int:

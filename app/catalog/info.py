@@ -5,7 +5,7 @@ safetensors headers are read (app/catalog/files.py), so a 7B model is described 
 milliseconds. The trainable count follows mlx-lm's own rules (tuner/utils.py
 linear_to_lora_layers, tuner/lora.py and tuner/dora.py shapes, full fine-tuning
 unfreezing whole layers) as loraboard's trainer applies them.
-Every file is read within the folders models may be read from (app/paths.model_roots) or the model folder
+Every file is read within the folders models may be read from (app/contract/paths.model_roots) or the model folder
 itself: a file linking out of them is refused, and nothing of it is described.
 """
 
@@ -24,15 +24,14 @@ from app.catalog.files import (
     Module,
     Tensor,
     folder_size,
-    hf_hub_cache_dir,
     quant_params,
     read_config,
     read_weights,
 )
-from app.confinement import PathNotAllowed, confine_tree, read_confined_bytes, unlinked_folder
-from app.paths import model_roots
-from app.runs.config import looks_like_path, resolve_model
-from app.settings import Settings
+from app.contract.confinement import PathNotAllowed, confine_tree, read_confined_bytes, unlinked_folder
+from app.contract.paths import hf_hub_cache_dir, model_roots
+from app.contract.run_config import looks_like_path, resolve_model
+from app.contract.settings import Settings
 
 __all__ = ["ModelInfo", "ModelInfoError", "Trainable", "format_millions", "model_choices", "model_info",
            "trainable_params"]

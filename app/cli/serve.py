@@ -9,10 +9,10 @@ import sys
 import threading
 from types import FrameType
 
+from app.contract.settings import PROJECT_DIR, Settings, get_settings
 from app.jobs.supervisor import worker_env
 from app.main import create_app
 from app.security import BindRefused, is_loopback, routable_addresses, start_lines, token_for_bind
-from app.settings import PROJECT_DIR, Settings, get_settings
 
 
 def ensure_defaults(settings: Settings) -> None:

@@ -5,7 +5,7 @@ and is rendered the way transformers' apply_chat_template does (sandboxed Jinja2
 loop controls, raise_exception, strftime_now, a tojson that keeps non-ASCII). No mlx, mlx_lm or transformers
 here. With mask_prompt, mlx-lm puts the loss on what follows
 apply_chat_template(messages[:-1], add_generation_prompt=<last is assistant>); the preview splits there.
-Every file is opened once through app/confinement.open_confined: the model's tokenizer files within the model
+Every file is opened once through app/contract/confinement.open_confined: the model's tokenizer files within the model
 folders, the examples within the data folders; a file linking out of them is refused and nothing of it shown.
 """
 
@@ -25,7 +25,7 @@ from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from app import json_text
-from app.confinement import PathNotAllowed, open_confined, read_confined_text
+from app.contract.confinement import PathNotAllowed, open_confined, read_confined_text
 from app.datasets.validation import SPLITS, line_format
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
@@ -125,7 +125,8 @@ def _present(path: Path) -> bool:
 def load_chat_template(model: str, roots: Sequence[Path] | None = None) -> ChatTemplate:
     """Read the chat template and special tokens of a model folder (or a cached hub id).
 
-    `roots`: the folders its files may lead into, links resolved (app/paths.model_roots); None: the folder itself.
+    `roots`: the folders its files may lead into, links resolved (app/contract/paths.model_roots); None: the folder
+    itself.
     """
     template = ChatTemplate(model=model)
     folder = model_folder(model)

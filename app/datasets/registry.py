@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from app.contract.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
+from app.contract.settings import Settings
 from app.datasets.validation import SPLITS, FeatureKeys, ValidationReport, validate_dataset
-from app.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
-from app.settings import Settings
 from app.tables import Dataset, DatasetCheck, utcnow
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from app.confinement import PathNotAllowed, open_confined
+from app.contract.confinement import PathNotAllowed, open_confined
+from app.contract.paths import data_roots
+from app.contract.settings import Settings
 from app.datasets.registry import DatasetError, register_dataset, registry_problem
-from app.paths import data_roots
-from app.settings import Settings
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)

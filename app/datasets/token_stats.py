@@ -15,13 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
-from app.datasets.registry import files_signature
-from app.datasets.validation import SPLITS
-from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
-from app.paths import (
+from app.contract.kinds import TOKEN_STATS, TokenStatsParams
+from app.contract.paths import (
     DATA_DIRS_SETTING,
     MODEL_DIRS_SETTING,
     PathNotAllowed,
@@ -30,15 +27,19 @@ from app.paths import (
     data_roots,
     model_roots,
 )
-from app.runs.config import looks_like_path
-from app.settings import Settings
-from app.status import RunStatus
+from app.contract.run_config import looks_like_path
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
+from app.datasets.registry import files_signature
+from app.datasets.validation import SPLITS
+from app.jobs.job_view import JobView
+from app.jobs.jobs import LIVE, create_job, latest_job, lookup_key, progress_view
 from app.tables import Dataset, Job
 
 if TYPE_CHECKING:
     from app.jobs.supervisor import Supervisor
 
-KIND = "token_stats"
+KIND = TOKEN_STATS.name
 UNIT = "examples"
 TRAINING_SPLITS = ("train", "valid")  # what a run reads (test is for evaluation only)
 NO_RESULT = (RunStatus.failed.value, RunStatus.stopped.value, RunStatus.interrupted.value)  # try again
@@ -187,14 +188,6 @@ def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str
 # The job kind ------------------------------------------------------------------------------------------
 
 
-class TokenStatsParams(BaseModel):
-    """What a token-statistics job counts."""
-
-    data: str = Field(description="Absolute dataset folder holding train/valid/test.jsonl.")
-    model: str = Field(description="Absolute model folder or hub id: whose tokenizer counts.")
-    files_signature: str = Field("", description="JSON {file name: [size, mtime_ns]} of the split files.")
-
-
 def job_key(folder: Path, model: str, signature: str) -> str:
     return lookup_key(str(folder), model, signature)
 
@@ -244,6 +237,9 @@ def subject(session: Session, job: Job) -> tuple[str, str | None]:
     if dataset is not None:
         return f"dataset {dataset.name}", f"/datasets/{dataset.id}"
     return folder, None
+
+
+JOB_VIEW = JobView(TOKEN_STATS, summary=result_summary, subject=subject)
 
 
 # What pages and the API show -------------------------------------------------------------------------

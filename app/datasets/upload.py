@@ -19,9 +19,9 @@ from python_multipart.multipart import FormParserError, MultipartParser, parse_o
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.contract.settings import Settings
 from app.datasets.registry import DatasetError, record_dataset, registry_problem
 from app.datasets.validation import SPLITS, ValidationReport, validate_dataset
-from app.settings import Settings
 from app.tables import Dataset
 
 TEXT_FIELD_LIMIT = 4096

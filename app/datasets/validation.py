@@ -5,7 +5,7 @@ formats text ({"text"}), chat ({"messages"}), completions ({"prompt", "completio
 "tools"}) (the keys can be renamed with the run's prompt_feature, completion_feature, chat_feature and
 text_feature); the format of a file is decided by its first line, so a file mixing formats fails mid-training.
 Files are streamed line by line; only the first `keep` problems are kept, all of them are counted.
-Each split file is opened once through app/confinement.open_confined: a file that links out of the folders
+Each split file is opened once through app/contract/confinement.open_confined: a file that links out of the folders
 loraboard reads is an error naming the link, and nothing of it is read.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from app import json_text
-from app.confinement import PathNotAllowed, open_confined
+from app.contract.confinement import PathNotAllowed, open_confined
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = {
@@ -365,7 +365,7 @@ def validate_dataset(folder: Path, mask_prompt: bool = False, keep: int = SHOWN_
                      keys: FeatureKeys = DEFAULT_KEYS, roots: Sequence[Path] | None = None) -> ValidationReport:
     """Check every line of train/valid/test.jsonl in `folder`; train and valid are required.
 
-    `roots`: the folders the split files may lead into, links resolved (app/paths.data_roots); None: the folder
+    `roots`: the folders the split files may lead into, links resolved (app/contract/paths.data_roots); None: the folder
     itself. A file linking out of them is an error naming the link, and nothing of it is read or counted.
     """
     errors, warnings = IssueLog(keep), IssueLog(keep)

@@ -16,33 +16,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session
 
+from app.contract.kinds import EVALUATE, EvaluateParams, Split, TaskRequest
+from app.contract.paths import run_dir
+from app.contract.settings import Settings
 from app.datasets.validation import FeatureKeys, IssueLog, SplitSummary, validate_split
 from app.jobs.jobs import create_job
-from app.paths import run_dir
 from app.runs.store import checkpoints_of
-from app.settings import Settings
 from app.tables import Job, Run
 
-KIND = "evaluate"
+KIND = EVALUATE.name
 UNIT = "steps"  # a loss batch, or one generated answer
-Split = Literal["test", "valid", "train"]
-
-
-class TaskRequest(BaseModel):
-    """Greedy answers for the split's prompts, scored against the references (per field when structured)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_examples: int = Field(100, description="Answer at most this many examples of the split (the first ones).")
-    max_tokens: int = Field(128, ge=1, le=8192, description="Stop each answer after this many new tokens.")
-    batch_size: int = Field(16, ge=1, le=256, description="Prompts generated together (batched generation).")
-
-    @field_validator("max_examples")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"max_examples must be at least 1, got {value}")
-        return value
 
 
 class EvaluationRequest(BaseModel):
@@ -73,21 +56,6 @@ class EvaluationRequest(BaseModel):
                 raise ValueError(f"checkpoint iterations are at least 1 (the base model is include_base), got {bad[0]}")
             return sorted(set(value))
         return value
-
-
-class EvaluateParams(BaseModel):
-    """What an `evaluate` job's worker is given (resolved paths and the run's settings)."""
-
-    run_id: int
-    model: str = Field(description="The run's base model (folder or hub id).")
-    data: str = Field(description="The run's data folder.")
-    split: Split
-    adapter_dir: str = Field(description="The run's folder: adapter_config.json and the checkpoint files.")
-    iterations: list[int] = Field(description="Checkpoints to measure, ascending (the base model is include_base).")
-    include_base: bool
-    batches: int
-    config: dict[str, Any] = Field(description="The run's config: adapters are rebuilt as they were trained.")
-    task: TaskRequest | None = None
 
 
 class EvaluationRefused(ValueError):

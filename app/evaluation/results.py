@@ -3,6 +3,7 @@ generated examples (worst or best first) beside the base model's answer to the s
 
 Every job keeps its own rows. What a page shows for a checkpoint on a split is the newest measurement of its
 loss, and the newest task result (a later loss-only evaluation does not hide an earlier task result).
+The `evaluate` kind's view (JOB_VIEW) is its result in one line and the run it concerns.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any, Literal
 
 from sqlmodel import Session, col, select
 
-from app.evaluation.answers import rank_examples
+from app.contract.answers import rank_examples
+from app.contract.kinds import EVALUATE
+from app.jobs.job_view import JobView, run_subject
 from app.tables import Evaluation, EvaluationExample
 
 BASE = 0  # the base model's iteration
@@ -137,3 +140,6 @@ def result_summary(job: Any) -> str:
         if BASE in scores:
             line += f" (base {scores[BASE]:.2f})"
     return line
+
+
+JOB_VIEW = JobView(EVALUATE, summary=result_summary, subject=run_subject)

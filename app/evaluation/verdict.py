@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from app.runs.policy import HasValLoss, best_checkpoint
+from app.contract.policy import HasValLoss, best_checkpoint
 
 RECOMMEND_WITHIN = 0.01  # a validation loss within 1% of the best counts as equally good
 

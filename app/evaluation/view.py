@@ -14,11 +14,12 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from app.evaluation.requests import KIND, EvaluationRefused, EvaluationRequest, TaskRequest
+from app.contract.kinds import TaskRequest
+from app.contract.policy import HasValLoss
+from app.evaluation.requests import KIND, EvaluationRefused, EvaluationRequest
 from app.evaluation.results import BASE, Measured, by_iteration, measurements, shown_split
 from app.evaluation.verdict import Verdict, checkpoint_verdict
 from app.jobs.jobs import LIVE
-from app.runs.policy import HasValLoss
 from app.tables import Job, ValReport
 
 SPLITS = ("test", "valid", "train")

@@ -2,7 +2,7 @@
 
 mlx_lm writes `adapter_config.json` (its parsed arguments), `{iteration:07d}_adapters.safetensors` at every
 `save_every` steps and `adapters.safetensors` (the latest weights: overwritten at each save and at the end).
-Every file is opened once through app/confinement.open_confined, within `roots` (the folders an import may read
+Every file is opened once through app/contract/confinement.open_confined, within `roots` (the folders an import may read
 from): a file linking out of them is an ImportProblem naming it, and nothing of it is read.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app import json_text
-from app.confinement import PathNotAllowed, open_confined
+from app.contract.confinement import PathNotAllowed, open_confined
 
 CONFIG_FILE = "adapter_config.json"
 IMPORTED_BACKEND = "mlx_lm CLI (imported)"  # the backend an imported run names

@@ -21,11 +21,11 @@ from pydantic_core import ErrorDetails
 from app.catalog.files import ModelInfoError
 from app.catalog.files import read_config as read_model_config
 from app.catalog.info import locate_model
+from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.imports.adapter_folder import CONFIG_FILE, AdapterFolder, ImportProblem
 from app.imports.safetensors_header import HeaderProblem, TensorEntry, read_header_from
-from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
-from app.runs.config import RunConfig
-from app.settings import Settings
 
 ADAPTER_DTYPES = ("F32", "F16", "BF16")  # what mlx trains in
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

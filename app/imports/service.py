@@ -24,7 +24,10 @@ from pydantic import ValidationError
 from sqlalchemy import insert
 from sqlmodel import Session
 
-from app.confinement import confine_file
+from app.contract.confinement import confine_file
+from app.contract.paths import ALL_DIRS_SETTING, PathNotAllowed, confine, run_dir, split_dirs
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.imports.adapter_folder import (
     CONFIG_FILE,
     IMPORTED_BACKEND,
@@ -39,10 +42,7 @@ from app.imports.adapter_folder import (
 )
 from app.imports.checks import check_adapters, config_sentence, drop_unused
 from app.imports.log_parse import ParsedLog, TrainPoint, fill_rates, parse_log
-from app.paths import ALL_DIRS_SETTING, PathNotAllowed, confine, run_dir, split_dirs
-from app.runs.config import RunConfig
 from app.runs.yaml_config import IGNORED_KEYS
-from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 LOG_COPY = "mlx_lm.log"

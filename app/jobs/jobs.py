@@ -23,10 +23,11 @@ from typing import Any
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
-from app.jobs.process import is_job_process, log_tail
-from app.runs.policy import eta_seconds, format_duration
-from app.settings import Settings
-from app.status import TERMINAL, RunStatus
+from app.contract.pids import is_job_process
+from app.contract.policy import eta_seconds, format_duration
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL, RunStatus
+from app.jobs.process import log_tail
 from app.tables import Job, utcnow
 
 WORKING = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)  # a worker process exists

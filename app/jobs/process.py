@@ -1,52 +1,18 @@
-"""Worker processes seen from the app: is a pid still our worker, its environment, its log's last lines."""
+"""Worker processes seen from the app: how one is started, its environment, its log's last lines (whether a pid is
+still our worker: app/contract/pids.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from app.runs.distributed import Distributed
-from app.settings import PROJECT_DIR, Settings
+from app.contract.distributed import Distributed
+from app.contract.settings import PROJECT_DIR, Settings
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_worker(pid: int, job: str, job_id: int) -> bool:
-    """Whether pid is still the `python -m worker <job> ... <job_id>` process: not ended (a zombie), not a
-    reused pid. Where there is no /proc, whether the pid is alive."""
-    if not Path("/proc/self").exists():
-        return pid_alive(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):  # ended, not yet reaped
-        return False
-    if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
-        return True
-    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
-
-
-def is_job_process(pid: int, job_id: int) -> bool:
-    """Whether pid is still the `python -m worker job --job-id job_id` process (an ended child is reaped)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-    return is_worker(pid, "job", job_id)
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -60,7 +26,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "LORABOARD_OPENBLAS": "1" if settings.openblas else "0",
             "LORABOARD_BLAS_THREADS": str(settings.blas_threads),
             "LORABOARD_DB_UNWRITABLE_LIMIT_S": str(settings.db_unwritable_limit_s),
-            # the folders a worker may read from (app/paths.data_roots, model_roots), as the app judges them
+            # the folders a worker may read from (app/contract/paths.data_roots, model_roots), as the app judges them
             "LORABOARD_MODELS_DIR": str(settings.local_models_dir),
             "LORABOARD_DATASETS_DIR": str(settings.local_datasets_dir),
             "LORABOARD_ALLOWED_DIRS": settings.allowed_dirs,
@@ -102,7 +68,7 @@ def spawn_worker(args: list[str], settings: Settings, log_path: Path,
 
     launch: the run is trained by several processes: start `python -m worker launch <launch> -- -m worker
     <args>` instead, which starts every rank through mlx.launch (worker/distributed.py); its command line names
-    the worker's arguments too, so app/jobs/process.is_worker recognises it.
+    the worker's arguments too, so app/contract/pids.is_worker recognises it.
 
     The worker starts with SIGTERM and SIGINT blocked (a child inherits the spawning thread's signal mask), so
     a stop that arrives while it is still importing waits until its handler is in place

@@ -23,7 +23,13 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.db_writes import WriteFailure, gone_worker_end
+from app.contract.db_writes import WriteFailure, gone_worker_end
+from app.contract.distributed import Distributed
+from app.contract.kinds import is_resident, needs_model_memory
+from app.contract.paths import run_dir
+from app.contract.pids import is_job_process, is_worker, pid_alive
+from app.contract.settings import Settings
+from app.contract.status import ACTIVE
 from app.jobs.jobs import (
     WORKING,
     Candidate,
@@ -36,18 +42,13 @@ from app.jobs.jobs import (
     set_allow_while_training,
     waiting_reason,
 )
-from app.jobs.kinds import is_resident, needs_memory
-from app.jobs.process import is_job_process, is_worker, launch_args, log_tail, pid_alive, spawn_worker, worker_env
-from app.paths import run_dir
-from app.runs.distributed import Distributed
+from app.jobs.process import launch_args, log_tail, spawn_worker, worker_env
 from app.runs.queue import cancel_queued, queued_runs
-from app.settings import Settings
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
-__all__ = ["ACTIVE", "Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
+__all__ = ["Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
            "worker_env"]
 
-ACTIVE = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)
 PROBE_EVERY_S = 5.0  # while workers write, the supervisor checks it can write too (check_writable)
 
 
@@ -128,8 +129,8 @@ class Supervisor:
         runs = session.exec(select(Run).where(col(Run.status).in_(ACTIVE)).order_by(col(Run.id))).all()
         jobs = session.exec(select(Job).where(col(Job.status).in_(WORKING)).order_by(col(Job.id))).all()
         return [Holder("run", run.id or 0, run.status, memory=True) for run in runs] + [
-            Holder(job.kind, job.id or 0, job.status, memory=needs_memory(job), shares=job.allow_while_training,
-                   resident=is_resident(job))
+            Holder(job.kind, job.id or 0, job.status, memory=needs_model_memory(job.kind),
+                   shares=job.allow_while_training, resident=is_resident(job.kind))
             for job in jobs
         ]
 
@@ -151,8 +152,8 @@ class Supervisor:
                     self.spawn(session, item)
                     active.append(Holder("run", item.id or 0, item.status, memory=True))
                 continue
-            memory = needs_memory(item)
-            resident = is_resident(item)
+            memory = needs_model_memory(item.kind)
+            resident = is_resident(item.kind)
             reason = waiting_reason(Candidate(item.kind, memory, item.allow_while_training, resident), active,
                                     self.settings.max_concurrent_runs)
             if reason is None:

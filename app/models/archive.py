@@ -1,6 +1,6 @@
 """A model folder as a .tar stream: each file's header, its bytes in 1 MiB blocks, its padding, then the end
 marker. Nothing is held in memory beyond one block, so a 14 GB model streams like a small one. Each file is
-read from one handle opened within the folders models may be read from (app/confinement.open_confined)."""
+read from one handle opened within the folders models may be read from (app/contract/confinement.open_confined)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from app.confinement import open_confined
+from app.contract.confinement import open_confined
 
 BLOCK = 1 << 20
 RECORD = tarfile.BLOCKSIZE  # 512: every member is padded to it

@@ -22,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from app import json_text
+from app.contract.kinds import GGUF, GgufParams
+from app.contract.settings import Settings
+from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
 from app.models.registry import NAME, NAME_RULE
-from app.settings import Settings
 from app.tables import Job
 
-KIND = "gguf"
+KIND = GGUF.name
 TYPES = ("f16", "q8_0", "q4_k_m")
 SUPPORTED = ("llama", "mistral", "mixtral")
 BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 34 / 32, "q4_k_m": 2.0 + 0.6}  # q4_k_m: the f16 file first, then ~4.8 bits
@@ -48,19 +50,6 @@ class GgufRequest(BaseModel):
                                                                       "blocks) or q4_k_m (llama.cpp's quantizer).")
     name: str | None = Field(None, description="The export's folder and file name under the exports folder "
                                                "(default <model>-<type>).")
-
-
-class GgufParams(BaseModel):
-    """What a `gguf` job's worker is given."""
-
-    model: str = Field(description="The source model folder (resolved).")
-    name: str = Field(description="The model's folder name (the file's general.name).")
-    type: str
-    export: str = Field(description="The export's name: its folder under the exports folder.")
-    dest: str = Field(description="The export folder to write.")
-    file: str = Field(description="The .gguf file's name inside it.")
-    tokenizer_model: str = Field(description="tokenizer.ggml.model: gpt2 (byte-level BPE) or llama.")
-    tokenizer_pre: str = Field(description="tokenizer.ggml.pre: the pre-tokenizer llama.cpp applies.")
 
 
 class GgufRefused(JobRefused):
@@ -256,10 +245,9 @@ def blocked_reason(settings: Settings, name: str) -> str | None:
 def panel(session: Session, settings: Settings, name: str, error: str | None = None,
           values: dict[str, str] | None = None) -> dict[str, Any]:
     """The model card's GGUF section: the form (or why not), live jobs, the last failure, finished exports."""
-    from app.jobs.kinds import describe  # the kinds registry imports this module
     jobs = session.exec(select(Job).where(Job.kind == KIND, Job.key == name).order_by(col(Job.id).desc())
                         .limit(20)).all()
-    live = [{"job": job, "progress": progress_view(job), "info": describe(session, job), "live": True}
+    live = [{"job": job, "progress": progress_view(job), "info": JOB_VIEW.describe(session, job), "live": True}
             for job in jobs if job.status in LIVE]
     exports = [view for job in jobs if job.status == "completed" and (view := export_view(settings, job))]
     ended = [job for job in jobs if job.status not in LIVE]
@@ -280,3 +268,6 @@ def result_summary(job: Job) -> str:
 
 def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     return f"model {job.params.get('name', '')}, {job.params.get('type', '')}", "/models"
+
+
+JOB_VIEW = JobView(GGUF, summary=result_summary, subject=subject)

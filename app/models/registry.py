@@ -17,8 +17,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.catalog.files import folder_size
-from app.jobs.process import pid_alive
-from app.settings import Settings
+from app.contract.pids import pid_alive
+from app.contract.settings import Settings
 from app.tables import RegisteredModel
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: "$" would let a final newline in
@@ -85,7 +85,9 @@ def name_taken(session: Session, settings: Settings, name: str) -> str | None:
 
 def model_folders(session: Session, settings: Settings) -> list[dict[str, Any]]:
     """Every model folder under the models folder (one level of org/name nesting), with its row when it has one."""
-    from app.paths import checkpoint_adapter_dir  # app.paths imports app.catalog; keep this module light
+    from app.contract.paths import (
+        checkpoint_adapter_dir,  # app.contract.paths imports app.catalog; keep this module light
+    )
 
     rows = {str(Path(row.path).resolve()): row for row in registered(session)}
     root = settings.local_models_dir

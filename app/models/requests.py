@@ -17,9 +17,8 @@ from sqlmodel import Session
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import ModelInfo, locate_model, model_info
-from app.jobs.jobs import JobRefused, create_job
-from app.models.registry import NAME, NAME_RULE, name_taken, short_model
-from app.paths import (
+from app.contract.kinds import FUSE, QUANTIZE, FuseParams, QuantizeParams
+from app.contract.paths import (
     MODEL_DIRS_SETTING,
     PathNotAllowed,
     checkpoint_adapter_dir,
@@ -28,12 +27,16 @@ from app.paths import (
     model_roots,
     run_dir,
 )
-from app.runs.config import looks_like_path
-from app.settings import Settings
+from app.contract.run_config import looks_like_path
+from app.contract.settings import Settings
+from app.jobs.job_view import JobView
+from app.jobs.jobs import JobRefused, create_job
+from app.models.registry import NAME, NAME_RULE, name_taken, short_model
+from app.runs.checkpoints import find_checkpoint
 from app.tables import Job, Run
 
-FUSE_KIND = "fuse"
-QUANTIZE_KIND = "quantize"
+FUSE_KIND = FUSE.name
+QUANTIZE_KIND = QUANTIZE.name
 QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what mlx's affine quantization packs
 GROUP_SIZES = (32, 64, 128)
 QUANT_OVERHEAD = 1.1  # scales and biases of every group, the files beside the weights
@@ -62,29 +65,6 @@ class QuantizeRequest(BaseModel):
     group_size: Literal[32, 64, 128] = Field(64, description="Weights sharing one scale (--q-group-size); every "
                                                              "quantized layer's input width must be a multiple.")
     name: str | None = Field(None, description="Folder name under the models folder (default <source>-<bits>bit).")
-
-
-class FuseParams(BaseModel):
-    """What a `fuse` job's worker is given."""
-
-    run_id: int
-    iteration: int
-    model: str = Field(description="The run's base model (folder or hub id).")
-    name: str
-    dest: str = Field(description="The folder to write (under the models folder).")
-    dequantize: bool = False
-    fine_tune_type: str = "lora"
-
-
-class QuantizeParams(BaseModel):
-    """What a `quantize` job's worker is given."""
-
-    model: str = Field(description="The source model folder (resolved).")
-    source: str = Field(description="The model as it was asked for (a folder, a name or a hub id).")
-    name: str
-    dest: str
-    bits: int
-    group_size: int
 
 
 class ModelJobRefused(JobRefused):
@@ -151,8 +131,6 @@ def group_size_problem(info: ModelInfo, group_size: int) -> str | None:
 def prepare_fuse(session: Session, settings: Settings, run: Run, iteration: int, request: FuseRequest,
                  free: FreeSpace = disk_free) -> FuseParams:
     """The fuse job's parameters, or ModelJobRefused (404 checkpoint, 410 its file, 409 name, 422 the rest)."""
-    from app.runs.checkpoints import find_checkpoint
-
     assert run.id is not None
     ckpt = find_checkpoint(session, run.id, iteration)
     if ckpt is None:
@@ -233,7 +211,7 @@ def start_quantize(session: Session, settings: Settings, request: QuantizeReques
     return create_job(session, QUANTIZE_KIND, params, key=params.name, unit="steps")
 
 
-# The job kinds' view (app/jobs/kinds.py) ---------------------------------------------------------------
+# The job kinds' views (app/jobs/views.py lists them) ---------------------------------------------------
 
 def result_summary(job: Job) -> str:
     from app.templating import human_bytes
@@ -251,3 +229,7 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     if job.kind == FUSE_KIND and job.run_id is not None and job.iteration is not None:
         return f"run {job.run_id}, checkpoint {job.iteration:,}", f"/runs/{job.run_id}/checkpoints/{job.iteration}"
     return f"model {params.get('name', '')}", "/models"
+
+
+FUSE_VIEW = JobView(FUSE, summary=result_summary, subject=subject)
+QUANTIZE_VIEW = JobView(QUANTIZE, summary=result_summary, subject=subject)

@@ -8,20 +8,18 @@ from sqlmodel import Session, col, select
 
 from app.catalog.files import ModelInfoError
 from app.catalog.info import model_info
-from app.jobs.jobs import LIVE, check_job
+from app.contract.paths import checkpoint_adapter_dir, ensure_checkpoint_adapter_dir
+from app.contract.settings import Settings
+from app.jobs.jobs import LIVE, check_job, progress_view
+from app.jobs.views import describe
 from app.models.registry import model_folders, origin_text
 from app.models.requests import FUSE_KIND, GROUP_SIZES, QUANT_BITS, QUANTIZE_KIND, group_size_problem
-from app.paths import checkpoint_adapter_dir, ensure_checkpoint_adapter_dir
 from app.runs.checkpoints import download_commands, usage_commands
-from app.settings import Settings
 from app.tables import Checkpoint, Job, RegisteredModel, Run
 
 
 def job_item(session: Session, settings: Settings, job: Job | None) -> dict[str, Any] | None:
     """The progress partial's item for a job (templates/_job_progress.html), or None."""
-    from app.jobs.jobs import progress_view
-    from app.jobs.kinds import describe
-
     if job is None:
         return None
     job = check_job(session, settings, job)

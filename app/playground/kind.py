@@ -1,22 +1,16 @@
-"""The `playground` job kind: its parameters and its view (app/jobs/kinds.py registers it)."""
+"""The `playground` job kind as the pages show it: its result in one line and its page (app/jobs/views.py lists it;
+the kind itself is declared in app/contract/kinds.py)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
+from app.contract.kinds import PLAYGROUND
+from app.jobs.job_view import JobView
 from app.tables import Job
 
-KIND = "playground"
+KIND = PLAYGROUND.name
 UNIT = "prompts"
-
-
-class PlaygroundParams(BaseModel):
-    """What the playground worker is given."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    idle_s: float = Field(600.0, gt=0, description="Release the model after this many seconds without a prompt.")
 
 
 def result_summary(job: Job) -> str:
@@ -27,3 +21,6 @@ def result_summary(job: Job) -> str:
 
 def subject(_session: Session, _job: Job) -> tuple[str, str | None]:
     return "the playground", "/playground"
+
+
+JOB_VIEW = JobView(PLAYGROUND, summary=result_summary, subject=subject)

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session, col, select
 
+from app.contract.safe_text import check_text
+from app.contract.settings import Settings
 from app.playground.requests import (
     MAX_COLUMNS,
     MAX_ID,
@@ -21,8 +23,6 @@ from app.playground.requests import (
     write_generations,
 )
 from app.playground.stream import is_ended
-from app.safe_text import check_text
-from app.settings import Settings
 from app.tables import Generation, GenerationColumn, GenerationToken, PromptSet, Run
 
 if TYPE_CHECKING:

@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, col, select
 
 from app.catalog.info import HUB_ID, ModelInfoError, locate_model
+from app.contract.kinds import PlaygroundParams
+from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, checkpoint_files, confine, model_roots, run_dir
+from app.contract.run_config import looks_like_path
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from app.jobs.jobs import Candidate, check_job, create_job, waiting_reason
-from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, checkpoint_files, confine, model_roots, run_dir
-from app.playground.kind import KIND, UNIT, PlaygroundParams
-from app.runs.config import looks_like_path
+from app.playground.kind import KIND, UNIT
 from app.runs.store import checkpoints_of
-from app.settings import Settings
-from app.status import RunStatus
 from app.tables import Generation, GenerationColumn, Job, Run
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.contract.settings import Settings
+from app.contract.status import TERMINAL, RunStatus
 from app.jobs.jobs import as_utc, check_job
 from app.playground.requests import live_job
-from app.settings import Settings
-from app.status import TERMINAL, RunStatus
 from app.tables import Generation, GenerationColumn, GenerationToken, Job, utcnow
 
 POLL_S = 0.05  # how often a stream looks for new tokens

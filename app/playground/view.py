@@ -11,15 +11,15 @@ from sqlmodel import Session, col, select
 
 from app import json_text
 from app.catalog.info import model_choices
+from app.contract.answers import split_example
+from app.contract.policy import format_duration
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from app.datasets.validation import FeatureKeys
-from app.evaluation.answers import split_example
 from app.jobs.jobs import check_job
 from app.playground.kind import KIND
 from app.playground.requests import MAX_COLUMNS, live_job, same_model
-from app.runs.policy import format_duration
 from app.runs.store import checkpoints_of
-from app.settings import Settings
-from app.status import RunStatus
 from app.tables import Job, Run
 
 EXAMPLE_SPLITS = ("test", "valid")

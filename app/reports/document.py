@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from app.contract.status import RunStatus
 from app.datasets.token_stats import over_text
 from app.reports.blocks import DASH, Block, Chart, FactList, Mono, Para, Report, Section, Strong, Text, text
 from app.reports.facts import RunFacts
@@ -24,7 +25,6 @@ from app.reports.results import (
     validation_section,
 )
 from app.reports.svg import ChartMark, loss_chart_svg
-from app.status import RunStatus
 from app.templating import number
 
 METHODS = {"lora": "LoRA (low-rank adaptation)", "dora": "DoRA (weight-decomposed low-rank adaptation)",

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlmodel import Session, select
 
 from app import json_text
+from app.contract.paths import run_dir
+from app.contract.policy import best_checkpoint, overfitting_spans
+from app.contract.settings import Settings
 from app.datasets.token_stats import (
     LengthSummary,
     job_or_start,
@@ -23,13 +26,10 @@ from app.datasets.token_stats import (
 from app.datasets.validation import SPLITS, FeatureKeys, line_format
 from app.evaluation.view import TableTruth, read_table_truth
 from app.jobs.jobs import LIVE
-from app.paths import run_dir
 from app.reports.labels import val_statuses
 from app.runs.checkpoints import usage_commands
-from app.runs.policy import best_checkpoint, overfitting_spans
 from app.runs.store import checkpoints_of, metrics_json
 from app.runs.summary import run_summary
-from app.settings import Settings
 from app.tables import Checkpoint, Dataset, Job, Run, utcnow
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ Each evaluation is labelled by these rules, first match wins:
 - best / best (tied): its loss is the lowest of the run (shared with another evaluation: tied) — the chart's
   best marker sits on the later of tied points;
 - overfitting: it ends a stretch where validation loss rose while training loss fell, as
-  app.runs.policy.overfitting_spans finds them (the same stretches the chart shades);
+  app.contract.policy.overfitting_spans finds them (the same stretches the chart shades);
 - improving: lower than the evaluation before it;
 - slight increase: not lower than the one before, and at most SLIGHT_RISE (2%) above the best so far;
 - degrading: more than SLIGHT_RISE above the best so far.

@@ -8,12 +8,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.contract.paths import PathNotAllowed, data_roots
+from app.contract.policy import best_checkpoint
+from app.contract.run_config import EarlyStopping, RunConfig
 from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
-from app.paths import PathNotAllowed, data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
 from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
-from app.runs.config import EarlyStopping, RunConfig
 from app.runs.distributed_checks import distributed_problems
 from app.runs.listing import (
     NAME_MAX,
@@ -26,7 +27,6 @@ from app.runs.listing import (
     delete_run,
     update_run_text,
 )
-from app.runs.policy import best_checkpoint
 from app.runs.queue import NotQueuedError, QueueMove, move_in_queue
 from app.runs.store import (
     adapter_zip,

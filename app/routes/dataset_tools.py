@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlmodel import select
 
 from app.catalog.info import model_choices
+from app.contract.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
+from app.contract.run_config import RunConfig
 from app.datasets.subset import DEFAULT_RATIOS, SubsetError, create_subset, validate_ratios
 from app.datasets.token_stats import (
     KIND,
@@ -32,9 +34,7 @@ from app.datasets.token_stats import (
 )
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.jobs.jobs import check_job
-from app.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
 from app.routes.params import MAX_ID, JobId, problems
-from app.runs.config import RunConfig
 from app.tables import Dataset, Job
 
 router = APIRouter()

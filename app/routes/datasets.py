@@ -10,15 +10,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlmodel import Session
 
 from app.catalog.info import model_choices
+from app.contract.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.contract.run_config import looks_like_path
+from app.contract.settings import Settings
 from app.datasets.preview import Preview, build_preview, model_options
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
 from app.datasets.upload import UploadError, receive_dataset_upload
 from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.routes.params import DatasetId, problems
-from app.runs.config import looks_like_path
-from app.settings import Settings
 from app.tables import Dataset
 
 router = APIRouter()

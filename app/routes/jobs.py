@@ -19,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.contract.kinds import KINDS
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.jobs.jobs import LIVE, check_job, job_json, list_jobs, progress_view
-from app.jobs.kinds import KINDS, describe
+from app.jobs.views import describe
 from app.routes.params import JobId, bounded_query, problems, stream_problems
-from app.settings import Settings
 from app.sse import STREAM_DOC, EventStream, event_stream
-from app.status import RunStatus
 from app.tables import Job
 
 router = APIRouter()

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from app.confinement import PathNotAllowed, confine_tree
+from app.contract.confinement import PathNotAllowed, confine_tree
+from app.contract.paths import model_roots
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.archive import stream_tar
 from app.models.registry import NAME, registered, row_json
@@ -27,7 +28,6 @@ from app.models.requests import (
     start_quantize,
 )
 from app.models.view import checkpoint_context, fuse_context, models_context
-from app.paths import model_roots
 from app.routes.params import Iteration, RunId, content, problems, run_or_404
 from app.runs.checkpoints import find_checkpoint
 from app.tables import Checkpoint, Run

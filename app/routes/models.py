@@ -8,12 +8,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from app.catalog.info import ModelInfoError, model_choices, model_info, trainable_params
+from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
+from app.contract.run_config import LoraParameters, RunConfig, looks_like_path
 from app.deps import SessionDep, SettingsDep, TemplatesDep
 from app.models.registry import origins
-from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
 from app.routes.params import problems
-from app.runs.config import LoraParameters, RunConfig, looks_like_path
-from app.runs.memory_estimate import panel_memory
+from app.runs.memory_panel import panel_memory
 
 router = APIRouter()
 

@@ -13,12 +13,13 @@ from pydantic import ValidationError
 from sqlmodel import Session
 
 from app.catalog.info import model_choices
+from app.contract.paths import data_roots
+from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.datasets.registry import dataset_choices, dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
-from app.paths import data_roots
 from app.routes.params import bounded_query
-from app.runs.config import RunConfig
 from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
 from app.runs.distributed_checks import distributed_problems
 from app.runs.form import (
@@ -35,7 +36,6 @@ from app.runs.form import (
     starting_config,
 )
 from app.runs.store import queue_run, resume_problem
-from app.settings import Settings
 from app.tables import Run
 
 router = APIRouter(include_in_schema=False)

@@ -9,9 +9,14 @@ from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
+from app.contract.memory_guard import memory_warning
+from app.contract.paths import checkpoint_files
+from app.contract.policy import best_checkpoint
+from app.contract.run_config import (
+    EarlyStopping,
+)
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.evaluation.view import read_table_truth
-from app.paths import checkpoint_files
 from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
 from app.runs.checkpoints import (
@@ -22,13 +27,8 @@ from app.runs.checkpoints import (
     set_note,
     table_rows,
 )
-from app.runs.config import (
-    EarlyStopping,
-)
 from app.runs.distributed_view import distributed_view
 from app.runs.live import STATUS_GLYPHS, tab_title
-from app.runs.memory_guard import memory_warning
-from app.runs.policy import best_checkpoint
 from app.runs.store import (
     checkpoints_of,
     first_val_loss,

@@ -16,13 +16,13 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
+from app.contract.settings import Settings
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.jobs.jobs import check_job
 from app.jobs.supervisor import Supervisor
 from app.routes.params import Iteration, JobId, RunId, problems
 from app.serving.requests import KIND, ServeRefused, Target, start_serving
 from app.serving.view import dom_id, serve_view
-from app.settings import Settings
 from app.tables import Job
 
 router = APIRouter()

@@ -10,16 +10,16 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.jobs.supervisor import ACTIVE
-from app.paths import (
+from app.contract.paths import (
     checkpoint_adapter_dir,
     checkpoint_files,
     ensure_checkpoint_adapter_dir,
     remove_temp_files,
     run_dir,
 )
+from app.contract.settings import Settings
+from app.contract.status import ACTIVE
 from app.runs.store import checkpoints_of
-from app.settings import Settings
 from app.tables import Checkpoint, Run
 
 
@@ -71,7 +71,7 @@ def delete_checkpoint(session: Session, settings: Settings, run: Run, ckpt: Chec
 def usage_commands(base_url: str, run: Run, ckpt: Checkpoint, settings: Settings | None = None,
                    group_size: int = 64) -> dict[str, str]:
     """The exact mlx_lm commands for one checkpoint. With settings: on this machine, with the checkpoint's own
-    `--adapter-path` folder (app/paths.ensure_checkpoint_adapter_dir); without: download, unzip, then use."""
+    `--adapter-path` folder (app/contract/paths.ensure_checkpoint_adapter_dir); without: download, unzip, then use."""
     if settings is None:
         return download_commands(base_url, run, ckpt)
     assert run.id is not None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from app import json_text
 from app.catalog.info import ModelInfoError, model_info
-from app.runs.config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
-from app.settings import Settings
+from app.contract.run_config import SCHEDULE_ARGUMENTS, RunConfig, count_examples
+from app.contract.settings import Settings
 
 CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from app import json_text
-from app.runs.config import RunConfig, looks_like_path
-from app.runs.distributed import Distributed, is_loopback, world_size
+from app.contract.distributed import Distributed, is_loopback, world_size
+from app.contract.run_config import RunConfig, looks_like_path
 
 CONNECT_TIMEOUT_S = 5
 CALL_TIMEOUT_S = 20.0

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.runs.distributed import Distributed
+from app.contract.distributed import Distributed
 from app.runs.distributed_checks import read_hostfile
 
 

@@ -15,7 +15,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from app import json_text
-from app.runs.config import (
+from app.contract.distributed import Distributed
+from app.contract.run_config import (
     OPTIMIZER_ARGS,
     EarlyStopping,
     LoraParameters,
@@ -24,7 +25,6 @@ from app.runs.config import (
     RunConfig,
     batches_per_epoch,
 )
-from app.runs.distributed import Distributed
 
 
 @dataclass(frozen=True)

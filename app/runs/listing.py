@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import String, delete, func, or_
 from sqlmodel import Session, SQLModel, col, select
 
-from app.paths import run_dir
-from app.runs.policy import format_duration
+from app.contract.paths import run_dir
+from app.contract.policy import format_duration
+from app.contract.safe_text import text_problem
+from app.contract.settings import Settings
 from app.runs.summary import TrainFigures, ValFigures, improvement, train_figures, val_figures, wall_seconds
-from app.safe_text import text_problem
-from app.settings import Settings
 from app.tables import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 ACTIVE = "active"

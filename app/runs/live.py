@@ -26,7 +26,7 @@ from fastapi.sse import ServerSentEvent
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.runs.policy import best_checkpoint
+from app.contract.policy import best_checkpoint
 from app.runs.store import TRAIN_FIELDS, checkpoints_of, latest_train
 from app.tables import Run, RunStatus, TrainReport, ValReport
 

@@ -1,6 +1,6 @@
 """How much memory a LoRA run will need at its peak, before it starts (from the model's files alone).
 
-estimate_peak is pure; panel_memory adds what this machine has free (psutil) for the new-run form.
+estimate_peak is pure; app/runs/memory_panel.py adds what this machine has free (psutil) for the new-run form.
 
     peak = weights + trainable state + activations kept for the backward pass + logits
 
@@ -49,10 +49,6 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
-
-import psutil
-
-from app.runs.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -173,37 +169,3 @@ def training_on_cpu() -> bool:
         return False
     names = {(dist.metadata["Name"] or "").lower().replace("_", "-") for dist in metadata.distributions()}
     return not any(name.startswith("mlx-cuda") for name in names)
-
-
-def _whole(text: str | None, default: int) -> int | None:
-    text = (text or "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return value if value >= 1 else None
-
-
-def panel_memory(info: Any, trainable: Any, form: dict[str, str]) -> dict[str, Any] | None:
-    """The new-run form's memory estimate for its current values, against the memory free now (psutil).
-
-    None when batch_size or max_seq_length cannot be read (the form's own check says why).
-    """
-    defaults = RunConfig.model_fields
-    batch = _whole(form.get("batch_size"), defaults["batch_size"].default)
-    seq = _whole(form.get("max_seq_length"), defaults["max_seq_length"].default)
-    if batch is None or seq is None:
-        return None
-    grad_checkpoint = form.get("grad_checkpoint", "off") not in ("", "off", "false")  # a checkbox: sent when on
-    cpu = training_on_cpu()
-    estimate = estimate_peak(model_shape(info, cpu), trainable.trainable, trainable.layers_trained, batch, seq,
-                             grad_checkpoint, full=trainable.fine_tune_type == "full")
-    available = int(psutil.virtual_memory().available)
-    from app.runs.memory_estimate_qlora import qlora_choice
-
-    qlora = qlora_choice(info, trainable, batch, seq, grad_checkpoint, cpu, estimate.total_bytes)
-    return {**estimate.to_json(), "available_bytes": available, "batch_size": batch, "max_seq_length": seq,
-            "grad_checkpoint": grad_checkpoint, "cpu": cpu, "warning": fits(estimate.total_bytes, available),
-            "qlora": qlora}

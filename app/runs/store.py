@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, func, select
 
-from app.confinement import open_confined
-from app.paths import checkpoint_files, run_dir, run_file_roots
-from app.runs.config import EarlyStopping, RunConfig
+from app.contract.confinement import open_confined
+from app.contract.paths import checkpoint_files, run_dir, run_file_roots
+from app.contract.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
+from app.contract.run_config import EarlyStopping, RunConfig
+from app.contract.settings import Settings
 from app.runs.downsample import lttb
-from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
-from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def add_confined(archive: zipfile.ZipFile, path: Path, name: str, roots: list[Pa
 
 def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
     """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready; PathNotAllowed
-    when one of them leads out of the folders a run's files may lie in (app/paths.run_file_roots)."""
+    when one of them leads out of the folders a run's files may lie in (app/contract/paths.run_file_roots)."""
     assert run.id is not None
     folder = run_dir(settings, run.id)
     weights = folder / ckpt.filename

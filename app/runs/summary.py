@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
-from app.runs.policy import format_duration
+from app.contract.policy import format_duration
 from app.tables import Run, TrainReport, ValReport, utcnow
 
 

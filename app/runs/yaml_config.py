@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from app.runs.config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
+from app.contract.run_config import FEATURE_KEYS, LORABOARD_KEYS, RunConfig
 
 # The mlx_lm keys RunConfig holds, in the order an exported file lists them.
 MLX_KEYS: tuple[str, ...] = (

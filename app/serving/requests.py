@@ -15,35 +15,18 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
+from app.contract.kinds import CLIENT_MODEL, SERVE, ServeParams
+from app.contract.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
+from app.contract.settings import Settings
+from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, JobRefused, check_job, create_job, lookup_key
-from app.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
-from app.settings import Settings
 from app.tables import Checkpoint, Job, Run
 
-KIND = "serve"
+KIND = SERVE.name
 HOST = "127.0.0.1"
-# mlx_lm's server maps this name to the model and adapter it was started with; the model's own path would load
-# the model WITHOUT the adapter (mlx_lm/server.py ModelProvider.load), so this is the name a client must send.
-CLIENT_MODEL = "default_model"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-
-
-class ServeParams(BaseModel):
-    """What a `serve` job's worker is given."""
-
-    run_id: int | None = Field(None, description="The run whose checkpoint is served (None for a model folder).")
-    iteration: int | None = Field(None, description="The checkpoint served (None for a model folder).")
-    model: str = Field(description="What `mlx_lm server --model` loads: the run's base model (folder or hub id) "
-                                   "or a fused model folder.")
-    adapter_path: str | None = Field(None, description="The checkpoint's --adapter-path folder (None: no adapter).")
-    model_name: str | None = Field(None, description="The served model's name under the models folder.")
-    port: int = Field(ge=1024, le=65535, description="The loopback port the server listens on.")
-    base_url: str = Field(description="The server's root URL: clients call {base_url}/v1/chat/completions.")
-    client_model: str = Field(CLIENT_MODEL, description="The name a client sends as `model`.")
-    start_timeout_s: float = Field(300.0, gt=0, description="Fail when the server has not answered after so long.")
 
 
 class ServeRefused(JobRefused):
@@ -200,3 +183,6 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     if target.run_id is None or target.iteration is None:
         return "", None
     return target.label, f"/runs/{target.run_id}/checkpoints/{target.iteration}"
+
+
+JOB_VIEW = JobView(SERVE, summary=result_summary, subject=subject)

@@ -8,10 +8,11 @@ from typing import Any
 
 from sqlmodel import Session
 
+from app.contract.kinds import CLIENT_MODEL
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from app.jobs.jobs import LIVE
-from app.serving.requests import CLIENT_MODEL, ServeRefused, Target, check_target, serve_jobs
-from app.settings import Settings
-from app.status import RunStatus
+from app.serving.requests import ServeRefused, Target, check_target, serve_jobs
 from app.tables import Job
 
 EXAMPLE_MESSAGES = [{"role": "user", "content": "Hello! What can you do?"}]

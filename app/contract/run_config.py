@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from app.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
-from app.runs.distributed import Distributed
-from app.safe_text import text_problem
-from app.settings import Settings
+from app.contract.distributed import Distributed
+from app.contract.paths import DATA_DIRS_SETTING, MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.contract.safe_text import text_problem
+from app.contract.settings import Settings
 
 OptimizerName = Literal["adam", "adamw", "sgd", "adafactor", "muon"]
 ScheduleName = Literal["cosine_decay", "linear_schedule", "exponential_decay", "step_decay"]

@@ -1,4 +1,4 @@
-"""Run statuses (MLflow-style: an enum with a terminal set). No database imports here."""
+"""Run and job statuses (MLflow-style: an enum with its active and terminal sets). No database imports here."""
 
 from __future__ import annotations
 
@@ -20,3 +20,6 @@ class RunStatus(StrEnum):
 TERMINAL: frozenset[RunStatus] = frozenset(
     {RunStatus.completed, RunStatus.stopped, RunStatus.early_stopped, RunStatus.failed, RunStatus.interrupted}
 )
+
+ACTIVE: frozenset[RunStatus] = frozenset({RunStatus.starting, RunStatus.running, RunStatus.stopping})
+"""A worker holds the run: its files are being written, and the supervisor watches its heartbeat."""

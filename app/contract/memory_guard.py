@@ -1,6 +1,6 @@
 """The memory limit rule: what a worker's memory reading means for its run (pure; the worker and the run page use it).
 
-A run's config may set memory_limit_gb and memory_limit_action (app/runs/config.py). The
+A run's config may set memory_limit_gb and memory_limit_action (app/contract/run_config.py). The
 worker samples its memory at every train report (worker/memory.py) and asks
 `memory_verdict`; the run page asks `memory_warning` with the highest reading stored.
 GB are 10^9 bytes, as mlx-lm's peak_memory figure counts them.

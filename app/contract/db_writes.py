@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.status import RunStatus
+from app.contract.status import RunStatus
 
 # A training worker that could not write to the database for the set time (Settings.db_unwritable_limit_s)
 # saves its adapter and exits with this code (sysexits' EX_TEMPFAIL); its last line of output is the reason.

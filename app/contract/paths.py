@@ -8,9 +8,8 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from app.catalog.files import hf_hub_cache_dir
-from app.confinement import PathNotAllowed, confine_file, confine_tree
-from app.settings import Settings
+from app.contract.confinement import PathNotAllowed, confine_file, confine_tree
+from app.contract.settings import Settings
 
 
 def run_dir(settings: Settings, run_id: int) -> Path:
@@ -86,6 +85,18 @@ def data_roots(settings: Settings) -> list[Path]:
             *split_dirs(settings.allowed_dirs)]
 
 
+def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache, found the way huggingface_hub finds it."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    cache = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return cache / "huggingface" / "hub"
+
+
 def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Path]:
     """Folders a model may live in: data_dir, the models folder, the Hugging Face cache, the allow-listed ones."""
     return [settings.data_dir, settings.local_models_dir, hf_hub_cache_dir(environ),
@@ -129,7 +140,7 @@ def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting
 
 # Files handed to mlx-lm and transformers by path (worker) ------------------------------------------------
 # They open the files themselves, so the check comes just before the path is handed over; a link swapped in
-# between the check and their own open is followed (the window app/confinement.py describes).
+# between the check and their own open is followed (the window app/contract/confinement.py describes).
 
 SPLIT_FILES = ("train.jsonl", "valid.jsonl", "test.jsonl")
 

@@ -1,0 +1,34 @@
+"""The app's view of every job kind: one JobView per kind of the contract (app/contract/kinds.py), each built by
+its domain module, listed here once.
+
+tests/test_jobs.py checks that every contract kind has exactly one view here.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from app.datasets import token_stats
+from app.evaluation import results as evaluation
+from app.jobs.job_view import JobView
+from app.models import gguf
+from app.models import requests as model_jobs
+from app.playground import kind as playground
+from app.serving import requests as serving
+from app.tables import Job
+
+VIEWS: tuple[JobView, ...] = (token_stats.JOB_VIEW, evaluation.JOB_VIEW, playground.JOB_VIEW, serving.JOB_VIEW,
+                              model_jobs.FUSE_VIEW, model_jobs.QUANTIZE_VIEW, gguf.JOB_VIEW)
+
+
+def view_of(kind: str) -> JobView | None:
+    """The view of a kind by its name; None for a kind this app does not know (a row of a newer version)."""
+    return next((view for view in VIEWS if view.kind.name == kind), None)
+
+
+def describe(session: Session, job: Job) -> dict[str, str | None]:
+    """label, what it concerns (words and link) and the result's line, for the jobs page."""
+    view = view_of(job.kind)
+    if view is None:
+        return {"label": job.kind, "subject": None, "link": None, "summary": ""}
+    return view.describe(session, job)
