@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from app.db import make_engine
 from app.runs.config import RunConfig
+from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
 from app.runs.distributed_checks import (
     Finished,
     config_problems,
@@ -24,7 +25,6 @@ from app.runs.distributed_checks import (
 )
 from app.runs.distributed_view import distributed_view
 from app.runs.form import changed_advanced, form_to_payload, form_values
-from app.runs.yaml_config import export_yaml, parse_yaml_config
 from app.tables import Run
 from tests.conftest import Server, shot
 

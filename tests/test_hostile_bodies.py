@@ -18,9 +18,15 @@ from app.catalog.info import HUB_ID
 from app.datasets.validation import validate_dataset
 from app.imports.adapter_folder import NUMBERED
 from app.models.registry import NAME
+from app.runs.configs.yaml_config import (
+    MAX_PROBLEMS,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    YamlConfigError,
+    parse_yaml_config,
+)
 from app.runs.distributed_checks import _HOST
 from app.runs.listing import RunListError, clean_name, clean_notes
-from app.runs.yaml_config import MAX_PROBLEMS, MAX_YAML_DEPTH, MAX_YAML_NODES, YamlConfigError, parse_yaml_config
 from app.safe_text import text_problem
 from app.tables import Run
 

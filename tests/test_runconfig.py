@@ -18,7 +18,7 @@ from app.runs.config import (
     looks_like_path,
     resolve_model,
 )
-from app.runs.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
+from app.runs.configs.warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
 from app.runs.form import (
     FORM_FIELDS,
     FormProblem,

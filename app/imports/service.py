@@ -41,7 +41,7 @@ from app.imports.checks import check_adapters, config_sentence, drop_unused
 from app.imports.log_parse import ParsedLog, TrainPoint, fill_rates, parse_log
 from app.paths import ALL_DIRS_SETTING, PathNotAllowed, confine, run_dir, split_dirs
 from app.runs.config import RunConfig
-from app.runs.yaml_config import IGNORED_KEYS
+from app.runs.configs.yaml_config import IGNORED_KEYS
 from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 

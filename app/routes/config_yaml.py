@@ -15,9 +15,9 @@ from app.routes.new_run import check_values, fresh_values, render_form
 from app.routes.new_run import form_context as new_run_context
 from app.routes.params import RunId, content, problems
 from app.runs.config import RunConfig
-from app.runs.config_warnings import read_model_facts
+from app.runs.configs.warnings import read_model_facts
+from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
 from app.runs.form import form_values
-from app.runs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
 from app.tables import Run
 
 router = APIRouter()

@@ -19,7 +19,7 @@ from app.models.registry import origins
 from app.paths import data_roots
 from app.routes.params import bounded_query
 from app.runs.config import RunConfig
-from app.runs.config_warnings import ConfigWarning, config_warnings, gather_facts
+from app.runs.configs.warnings import ConfigWarning, config_warnings, gather_facts
 from app.runs.distributed_checks import distributed_problems
 from app.runs.form import (
     ADVANCED_KEYS,
