@@ -24,7 +24,7 @@ from app.runs.distributed_checks import (
     run_command,
 )
 from app.runs.distributed_view import distributed_view
-from app.runs.form import changed_advanced, form_to_payload, form_values
+from app.runs.form.fields import changed_advanced, form_to_payload, form_values
 from app.tables import Run
 from tests.conftest import Server, shot
 

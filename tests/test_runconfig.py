@@ -19,7 +19,7 @@ from app.runs.config import (
     resolve_model,
 )
 from app.runs.configs.warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
-from app.runs.form import (
+from app.runs.form.fields import (
     FORM_FIELDS,
     FormProblem,
     changed_advanced,

@@ -17,7 +17,7 @@ from app.routes.params import RunId, content, problems
 from app.runs.config import RunConfig
 from app.runs.configs.warnings import read_model_facts
 from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
-from app.runs.form import form_values
+from app.runs.form.fields import form_values
 from app.tables import Run
 
 router = APIRouter()

@@ -21,7 +21,7 @@ from app.routes.params import bounded_query
 from app.runs.config import RunConfig
 from app.runs.configs.warnings import ConfigWarning, config_warnings, gather_facts
 from app.runs.distributed_checks import distributed_problems
-from app.runs.form import (
+from app.runs.form.fields import (
     ADVANCED_KEYS,
     FORM_KEYS,
     FormProblem,
