@@ -48,7 +48,7 @@ from app.routes import (
     runlist,
     serve,
 )
-from app.runs.checkpoints import remove_leftover_temps
+from app.runs.store.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
 from app.settings import Settings, get_settings
 from app.templating import register_filters

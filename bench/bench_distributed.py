@@ -37,7 +37,7 @@ from app.db import make_engine
 from app.jobs.process import launch_args, worker_env
 from app.runs.config import RunConfig
 from app.runs.distributed import Distributed
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.settings import Settings
 from app.tables import Run, TrainReport, ValReport
 from bench.common import (

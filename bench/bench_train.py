@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 from app.db import make_engine
 from app.jobs.supervisor import worker_env
 from app.runs.config import RunConfig
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.settings import Settings
 from app.tables import Run, TrainReport
 from bench import model_20m

@@ -30,7 +30,7 @@ from app.db import make_engine
 from app.jobs.supervisor import worker_env
 from app.paths import run_dir
 from app.runs.config import LoraParameters, RunConfig
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.settings import Settings
 from app.tables import Run, TrainReport, ValReport
 from bench.common import PROJECT_DIR, RESULTS_DIR, base_env, fmt, log_tail, markdown_table, run_child

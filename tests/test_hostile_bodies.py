@@ -26,7 +26,7 @@ from app.runs.configs.yaml_config import (
     parse_yaml_config,
 )
 from app.runs.distributed_checks import _HOST
-from app.runs.listing import RunListError, clean_name, clean_notes
+from app.runs.store.listing import RunListError, clean_name, clean_notes
 from app.safe_text import text_problem
 from app.tables import Run
 

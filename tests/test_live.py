@@ -34,7 +34,7 @@ from app.runs.live import (
     run_event_stream,
     tab_title,
 )
-from app.runs.store import metrics_json
+from app.runs.store.runs import metrics_json
 from app.tables import Run, TrainReport, ValReport
 
 # ---- pure logic --------------------------------------------------------------------------------------

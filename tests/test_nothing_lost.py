@@ -66,7 +66,7 @@ def test_server_start_cleanup_leaves_a_folder_whose_worker_may_be_writing(tmp_pa
     from sqlmodel import Session
 
     from app.db import make_engine
-    from app.runs.checkpoints import remove_leftover_temps
+    from app.runs.store.checkpoints import remove_leftover_temps
     from app.settings import Settings
     from app.tables import Run
 

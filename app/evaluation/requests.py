@@ -19,7 +19,7 @@ from sqlmodel import Session
 from app.datasets.validation import FeatureKeys, IssueLog, SplitSummary, validate_split
 from app.jobs.jobs import create_job
 from app.paths import run_dir
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.settings import Settings
 from app.tables import Job, Run
 

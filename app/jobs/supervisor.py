@@ -40,7 +40,7 @@ from app.jobs.kinds import is_resident, needs_memory
 from app.jobs.process import is_job_process, is_worker, launch_args, log_tail, pid_alive, spawn_worker, worker_env
 from app.paths import run_dir
 from app.runs.distributed import Distributed
-from app.runs.queue import cancel_queued, queued_runs
+from app.runs.store.queue import cancel_queued, queued_runs
 from app.settings import Settings
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
@@ -137,7 +137,7 @@ class Supervisor:
         """Start queued runs and jobs, oldest first, as far as the capacity rule lets them; a job that must
         wait is told why."""
         active = self.holders(session)
-        runs = queued_runs(session)  # in queue order (app/runs/queue.py)
+        runs = queued_runs(session)  # in queue order (app/runs/store/queue.py)
         jobs = session.exec(select(Job).where(Job.status == RunStatus.queued.value)).all()
         queue: list[tuple[datetime, Run | Job]] = sorted(
             [(as_utc(run.created_at), run) for run in runs] + [(as_utc(job.created_at), job) for job in jobs],

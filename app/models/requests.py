@@ -151,7 +151,7 @@ def group_size_problem(info: ModelInfo, group_size: int) -> str | None:
 def prepare_fuse(session: Session, settings: Settings, run: Run, iteration: int, request: FuseRequest,
                  free: FreeSpace = disk_free) -> FuseParams:
     """The fuse job's parameters, or ModelJobRefused (404 checkpoint, 410 its file, 409 name, 422 the rest)."""
-    from app.runs.checkpoints import find_checkpoint
+    from app.runs.store.checkpoints import find_checkpoint
 
     assert run.id is not None
     ckpt = find_checkpoint(session, run.id, iteration)

@@ -12,7 +12,7 @@ from app.jobs.jobs import LIVE, check_job
 from app.models.registry import model_folders, origin_text
 from app.models.requests import FUSE_KIND, GROUP_SIZES, QUANT_BITS, QUANTIZE_KIND, group_size_problem
 from app.paths import checkpoint_adapter_dir, ensure_checkpoint_adapter_dir
-from app.runs.checkpoints import download_commands, usage_commands
+from app.runs.store.checkpoints import download_commands, usage_commands
 from app.settings import Settings
 from app.tables import Checkpoint, Job, RegisteredModel, Run
 

@@ -23,7 +23,7 @@ from app.jobs.jobs import Candidate, check_job, create_job, waiting_reason
 from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, checkpoint_files, confine, model_roots, run_dir
 from app.playground.kind import KIND, UNIT, PlaygroundParams
 from app.runs.config import looks_like_path
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.settings import Settings
 from app.status import RunStatus
 from app.tables import Generation, GenerationColumn, Job, Run

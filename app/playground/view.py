@@ -17,7 +17,7 @@ from app.jobs.jobs import check_job
 from app.playground.kind import KIND
 from app.playground.requests import MAX_COLUMNS, live_job, same_model
 from app.runs.policy import format_duration
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.settings import Settings
 from app.status import RunStatus
 from app.tables import Job, Run

@@ -25,10 +25,10 @@ from app.evaluation.view import TableTruth, read_table_truth
 from app.jobs.jobs import LIVE
 from app.paths import run_dir
 from app.reports.labels import val_statuses
-from app.runs.checkpoints import usage_commands
 from app.runs.policy import best_checkpoint, overfitting_spans
-from app.runs.store import checkpoints_of, metrics_json
-from app.runs.summary import run_summary
+from app.runs.store.checkpoints import usage_commands
+from app.runs.store.runs import checkpoints_of, metrics_json
+from app.runs.store.summary import run_summary
 from app.settings import Settings
 from app.tables import Checkpoint, Dataset, Job, Run, utcnow
 

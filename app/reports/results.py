@@ -6,7 +6,7 @@ from __future__ import annotations
 from app.reports.blocks import DASH, Block, Command, FactList, Mono, Para, Section, Table, Text, text
 from app.reports.facts import RunFacts
 from app.reports.labels import LEGEND, sample_rows
-from app.runs.checkpoints import improvement
+from app.runs.store.checkpoints import improvement
 from app.status import RunStatus
 from app.templating import human_bytes
 

@@ -12,10 +12,11 @@ from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.paths import PathNotAllowed, data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
-from app.runs.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.config import EarlyStopping, RunConfig
 from app.runs.distributed_checks import distributed_problems
-from app.runs.listing import (
+from app.runs.policy import best_checkpoint
+from app.runs.store.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
+from app.runs.store.listing import (
     NAME_MAX,
     NOTES_MAX,
     ConfirmMissingError,
@@ -26,9 +27,8 @@ from app.runs.listing import (
     delete_run,
     update_run_text,
 )
-from app.runs.policy import best_checkpoint
-from app.runs.queue import NotQueuedError, QueueMove, move_in_queue
-from app.runs.store import (
+from app.runs.store.queue import NotQueuedError, QueueMove, move_in_queue
+from app.runs.store.runs import (
     adapter_zip,
     annotations_json,
     checkpoint_json,

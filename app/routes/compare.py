@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import HTMLResponse, Response
 
 from app.deps import SessionDep, TemplatesDep
-from app.runs.listing import COMPARE_COLORS, RunListError, differing_keys, parse_ids, run_rows, shown_value
+from app.runs.store.listing import COMPARE_COLORS, RunListError, differing_keys, parse_ids, run_rows, shown_value
 from app.tables import Run
 
 router = APIRouter(include_in_schema=False)

@@ -29,7 +29,7 @@ from app.evaluation.view import (
 from app.jobs.jobs import LIVE, check_job
 from app.routes.jobs import row
 from app.routes.params import MAX_ID, RunId, run_or_404
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.tables import Job, Run
 
 router = APIRouter(include_in_schema=False)

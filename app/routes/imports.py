@@ -11,7 +11,7 @@ from app.deps import SessionDep, SettingsDep
 from app.imports.adapter_folder import ImportProblem
 from app.imports.service import import_run
 from app.routes.params import problems
-from app.runs.store import run_json
+from app.runs.store.runs import run_json
 
 router = APIRouter(prefix="/api", tags=["imports"])
 

@@ -29,7 +29,7 @@ from app.models.requests import (
 from app.models.view import checkpoint_context, fuse_context, models_context
 from app.paths import model_roots
 from app.routes.params import Iteration, RunId, content, problems, run_or_404
-from app.runs.checkpoints import find_checkpoint
+from app.runs.store.checkpoints import find_checkpoint
 from app.tables import Checkpoint, Run
 
 router = APIRouter()

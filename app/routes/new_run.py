@@ -34,7 +34,7 @@ from app.runs.form.fields import (
     iterations_note,
     starting_config,
 )
-from app.runs.store import queue_run, resume_problem
+from app.runs.store.runs import queue_run, resume_problem
 from app.settings import Settings
 from app.tables import Run
 

@@ -14,14 +14,6 @@ from app.evaluation.view import read_table_truth
 from app.paths import checkpoint_files
 from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
-from app.runs.checkpoints import (
-    CheckpointError,
-    delete_checkpoint,
-    find_checkpoint,
-    set_deployment,
-    set_note,
-    table_rows,
-)
 from app.runs.config import (
     EarlyStopping,
 )
@@ -29,7 +21,15 @@ from app.runs.distributed_view import distributed_view
 from app.runs.live import STATUS_GLYPHS, tab_title
 from app.runs.memory_guard import memory_warning
 from app.runs.policy import best_checkpoint
-from app.runs.store import (
+from app.runs.store.checkpoints import (
+    CheckpointError,
+    delete_checkpoint,
+    find_checkpoint,
+    set_deployment,
+    set_note,
+    table_rows,
+)
+from app.runs.store.runs import (
     checkpoints_of,
     first_val_loss,
     latest_train,
@@ -37,7 +37,7 @@ from app.runs.store import (
     progress_view,
     set_early_stopping,
 )
-from app.runs.summary import run_summary
+from app.runs.store.summary import run_summary
 from app.tables import Checkpoint, Run
 
 router = APIRouter(include_in_schema=False)

@@ -17,7 +17,7 @@ from app.reports.export import COLUMNS, csv_lines, metric_rows
 from app.reports.facts import RunFacts, count_tokens, gather
 from app.reports.markdown import render_markdown
 from app.routes.params import RunId, content, problems
-from app.runs.store import metrics_json
+from app.runs.store.runs import metrics_json
 from app.tables import Run
 
 router = APIRouter(tags=["reports"])

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.routes.params import RunId
-from app.runs.listing import (
+from app.runs.store.listing import (
     STATUS_FILTERS,
     RunFilter,
     RunListError,
@@ -20,7 +20,7 @@ from app.runs.listing import (
     run_rows,
     update_run_text,
 )
-from app.runs.queue import QUEUE_MOVES, NotQueuedError, move_in_queue, queued_runs
+from app.runs.store.queue import QUEUE_MOVES, NotQueuedError, move_in_queue, queued_runs
 from app.tables import Run
 
 router = APIRouter(include_in_schema=False)

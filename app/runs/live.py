@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.runs.policy import best_checkpoint
-from app.runs.store import TRAIN_FIELDS, checkpoints_of, latest_train
+from app.runs.store.runs import TRAIN_FIELDS, checkpoints_of, latest_train
 from app.tables import Run, RunStatus, TrainReport, ValReport
 
 # Shown before the run's state in the browser tab's title (and in the page's first title).

@@ -18,7 +18,7 @@ from app.paths import (
     remove_temp_files,
     run_dir,
 )
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.settings import Settings
 from app.tables import Checkpoint, Run
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from app.paths import run_dir
 from app.runs.policy import format_duration
-from app.runs.summary import TrainFigures, ValFigures, improvement, train_figures, val_figures, wall_seconds
+from app.runs.store.summary import TrainFigures, ValFigures, improvement, train_figures, val_figures, wall_seconds
 from app.safe_text import text_problem
 from app.settings import Settings
 from app.tables import TERMINAL, Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
