@@ -20,7 +20,7 @@ from fastapi.sse import ServerSentEvent
 from sqlmodel import Session
 
 from app.db import make_engine
-from app.runs.live import (
+from app.runs.live.stream import (
     STATUS_GLYPHS,
     Cursor,
     CursorError,

@@ -10,7 +10,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 
 from app.routes.params import MAX_ID, RunId, stream_problems
-from app.runs.live import Cursor, CursorError, Segment, StreamTiming, read_segments, resume_cursor, run_event_stream
+from app.runs.live.stream import (
+    Cursor,
+    CursorError,
+    Segment,
+    StreamTiming,
+    read_segments,
+    resume_cursor,
+    run_event_stream,
+)
 from app.sse import STREAM_DOC, EventStream, event_stream
 
 router = APIRouter(prefix="/api", tags=["runs"])

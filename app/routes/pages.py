@@ -18,7 +18,7 @@ from app.runs.config import (
     EarlyStopping,
 )
 from app.runs.distributed_view import distributed_view
-from app.runs.live import STATUS_GLYPHS, tab_title
+from app.runs.live.stream import STATUS_GLYPHS, tab_title
 from app.runs.memory_guard import memory_warning
 from app.runs.policy import best_checkpoint
 from app.runs.store.checkpoints import (

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, func, select
 from app.confinement import open_confined
 from app.paths import checkpoint_files, run_dir, run_file_roots
 from app.runs.config import EarlyStopping, RunConfig
-from app.runs.downsample import lttb
+from app.runs.live.downsample import lttb
 from app.runs.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.settings import Settings
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
