@@ -37,7 +37,7 @@ from app.models.requests import (
     prepare_quantize,
     quantize_estimate,
 )
-from app.runs.memory_estimate_qlora import qlora_choice
+from app.runs.memory.estimate_qlora import qlora_choice
 from app.settings import Settings
 from app.status import TERMINAL
 from app.tables import Checkpoint, Job, Run

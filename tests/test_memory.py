@@ -14,7 +14,7 @@ from playwright.sync_api import Browser
 
 from app.catalog.info import model_info, trainable_params
 from app.runs.config import RunConfig
-from app.runs.memory_estimate import ModelShape, estimate_peak, fits, model_shape
+from app.runs.memory.estimate import ModelShape, estimate_peak, fits, model_shape
 from app.runs.memory_guard import gb_text, memory_verdict, memory_warning, worker_memory
 from app.settings import Settings
 

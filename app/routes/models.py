@@ -13,7 +13,7 @@ from app.models.registry import origins
 from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
 from app.routes.params import problems
 from app.runs.config import LoraParameters, RunConfig, looks_like_path
-from app.runs.memory_estimate import panel_memory
+from app.runs.memory.estimate import panel_memory
 
 router = APIRouter()
 

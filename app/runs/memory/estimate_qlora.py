@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.runs.memory_estimate import DTYPE_BYTES, estimate_peak, model_shape
+from app.runs.memory.estimate import DTYPE_BYTES, estimate_peak, model_shape
 
 QLORA_BITS = 4
 GROUP_SIZES = (64, 32, 128)  # mlx-lm's default first

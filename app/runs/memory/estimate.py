@@ -201,7 +201,7 @@ def panel_memory(info: Any, trainable: Any, form: dict[str, str]) -> dict[str, A
     estimate = estimate_peak(model_shape(info, cpu), trainable.trainable, trainable.layers_trained, batch, seq,
                              grad_checkpoint, full=trainable.fine_tune_type == "full")
     available = int(psutil.virtual_memory().available)
-    from app.runs.memory_estimate_qlora import qlora_choice
+    from app.runs.memory.estimate_qlora import qlora_choice
 
     qlora = qlora_choice(info, trainable, batch, seq, grad_checkpoint, cpu, estimate.total_bytes)
     return {**estimate.to_json(), "available_bytes": available, "batch_size": batch, "max_seq_length": seq,
