@@ -13,9 +13,7 @@ from playwright.sync_api import Page, expect
 from sqlmodel import Session, select
 
 from app.db import make_engine
-from app.runs.config import RunConfig
-from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
-from app.runs.distributed_checks import (
+from app.runs.cluster.checks import (
     Finished,
     config_problems,
     distributed_problems,
@@ -23,7 +21,9 @@ from app.runs.distributed_checks import (
     read_hostfile,
     run_command,
 )
-from app.runs.distributed_view import distributed_view
+from app.runs.cluster.view import distributed_view
+from app.runs.config import RunConfig
+from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
 from app.runs.form.fields import changed_advanced, form_to_payload, form_values
 from app.tables import Run
 from tests.conftest import Server, shot

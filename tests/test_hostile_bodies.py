@@ -18,6 +18,7 @@ from app.catalog.info import HUB_ID
 from app.datasets.validation import validate_dataset
 from app.imports.adapter_folder import NUMBERED
 from app.models.registry import NAME
+from app.runs.cluster.checks import _HOST
 from app.runs.configs.yaml_config import (
     MAX_PROBLEMS,
     MAX_YAML_DEPTH,
@@ -25,7 +26,6 @@ from app.runs.configs.yaml_config import (
     YamlConfigError,
     parse_yaml_config,
 )
-from app.runs.distributed_checks import _HOST
 from app.runs.store.listing import RunListError, clean_name, clean_notes
 from app.safe_text import text_problem
 from app.tables import Run

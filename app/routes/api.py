@@ -12,8 +12,8 @@ from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.paths import PathNotAllowed, data_roots
 from app.routes.params import Iteration, RunId, bounded_query, content, problems, run_or_404
+from app.runs.cluster.checks import distributed_problems
 from app.runs.config import EarlyStopping, RunConfig
-from app.runs.distributed_checks import distributed_problems
 from app.runs.policy import best_checkpoint
 from app.runs.store.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.store.listing import (

@@ -18,9 +18,9 @@ from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
 from app.paths import data_roots
 from app.routes.params import bounded_query
+from app.runs.cluster.checks import distributed_problems
 from app.runs.config import RunConfig
 from app.runs.configs.warnings import ConfigWarning, config_warnings, gather_facts
-from app.runs.distributed_checks import distributed_problems
 from app.runs.form.fields import (
     ADVANCED_KEYS,
     FORM_KEYS,

@@ -14,10 +14,10 @@ from app.evaluation.view import read_table_truth
 from app.paths import checkpoint_files
 from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
+from app.runs.cluster.view import distributed_view
 from app.runs.config import (
     EarlyStopping,
 )
-from app.runs.distributed_view import distributed_view
 from app.runs.live.stream import STATUS_GLYPHS, tab_title
 from app.runs.memory_guard import memory_warning
 from app.runs.policy import best_checkpoint

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.runs.cluster.checks import read_hostfile
 from app.runs.distributed import Distributed
-from app.runs.distributed_checks import read_hostfile
 
 
 @dataclass(frozen=True)
