@@ -8,57 +8,25 @@ of generated examples.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.evaluation.card import card_context
 from app.evaluation.requests import EvaluationRefused, start_evaluation
-from app.evaluation.results import BASE, examples, measurements, shown_split
+from app.evaluation.results import BASE, examples
 from app.evaluation.view import (
     example_fields,
     form_request,
-    read_last_job,
-    read_live_job,
-    read_splits,
     read_table_truth,
-    task_table,
-    token_note,
 )
-from app.jobs.jobs import LIVE, check_job
-from app.routes.jobs import row
 from app.routes.params import MAX_ID, RunId, run_or_404
 from app.runs.store.runs import checkpoints_of
-from app.tables import Job, Run
+from app.tables import Job
 
 router = APIRouter(include_in_schema=False)
-DEFAULT_FORM: dict[str, Any] = {"checkpoints": "all", "chosen": [], "include_base": True, "split": "test",
-                                "batches": "-1", "task": False, "max_examples": "100", "max_tokens": "128"}
-
-
-
-
-def card_context(session: SessionDep, settings: SettingsDep, run: Run, error: str | None = None,
-                 values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The evaluate card: the form (or the live job's progress), the refusal, the task table."""
-    assert run.id is not None
-    live = read_live_job(session, run.id)
-    if live is not None:
-        live = check_job(session, settings, live)
-    last = live or read_last_job(session, run.id)
-    measured = measurements(session, run.id)
-    splits = read_splits(str(run.config.get("data", "")))
-    form = {**DEFAULT_FORM, **(values or {})}
-    if form["split"] not in splits and splits:
-        form["split"] = splits[0]
-    return {
-        "run": run, "evaluation_error": error, "form": form, "splits": splits,
-        "iterations": [c.iteration for c in checkpoints_of(session, run.id)],
-        "token_note": token_note(bool(run.config.get("mask_prompt"))),
-        "job_item": row(session, live) if live is not None and live.status in LIVE else None,
-        "last_job": last, "task": task_table(measured, shown_split(measured)),
-    }
 
 
 @router.get("/runs/{run_id}/evaluation", response_class=HTMLResponse)

@@ -20,8 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.jobs.jobs import LIVE, check_job, job_json, list_jobs, progress_view
-from app.jobs.kinds import KINDS, describe
+from app.jobs.jobs import LIVE, check_job, job_json, list_jobs
+from app.jobs.kinds import KINDS
+from app.jobs.view import progress_item
 from app.routes.params import JobId, bounded_query, problems, stream_problems
 from app.settings import Settings
 from app.sse import STREAM_DOC, EventStream, event_stream
@@ -153,15 +154,10 @@ async def _job_events(
 # Pages ---------------------------------------------------------------------------------------------------
 
 
-def row(session: Session, job: Job) -> dict[str, Any]:
-    """What the progress partial shows of a job."""
-    return {"job": job, "progress": progress_view(job), "info": describe(session, job), "live": job.status in LIVE}
-
-
 def progress_partial(
     request: Request, templates: TemplatesDep, session: Session, job: Job, response_headers: dict[str, str]
 ) -> HTMLResponse:
-    return templates.TemplateResponse(request, "_job_progress.html", {"item": row(session, job)},
+    return templates.TemplateResponse(request, "_job_progress.html", {"item": progress_item(session, job)},
                                       headers=response_headers)
 
 
@@ -169,8 +165,8 @@ def progress_partial(
 def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep) -> HTMLResponse:
     """Running and recent jobs with their progress, ETA, waiting reason and what they concern."""
     jobs = [check_job(session, settings, job) for job in list_jobs(session, limit=200)]
-    live = [row(session, job) for job in jobs if job.status in LIVE]
-    ended = [row(session, job) for job in jobs if job.status not in LIVE][:50]
+    live = [progress_item(session, job) for job in jobs if job.status in LIVE]
+    ended = [progress_item(session, job) for job in jobs if job.status not in LIVE][:50]
     return templates.TemplateResponse(request, "jobs.html", {"live": live, "ended": ended})
 
 

@@ -10,9 +10,9 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.evaluation.card import card_context
 from app.evaluation.view import read_table_truth
 from app.paths import checkpoint_files
-from app.routes.evaluation_pages import card_context
 from app.routes.params import Iteration, RunId, run_or_404
 from app.runs.cluster.view import distributed_view
 from app.runs.config import (
