@@ -29,7 +29,7 @@ from sqlmodel import Session, delete
 
 from app.datasets.validation import validate_dataset
 from app.db import make_engine
-from app.routes.new_run import check_form
+from app.runs.form.check import check_form
 from app.settings import Settings
 from app.tables import DatasetCheck
 from bench.common import (

@@ -11,12 +11,13 @@ from starlette.datastructures import UploadFile
 
 from app.body_limit import MAX_BODY_BYTES
 from app.deps import SessionDep, SettingsDep, TemplatesDep
-from app.routes.new_run import check_values, fresh_values, render_form
 from app.routes.new_run import form_context as new_run_context
+from app.routes.new_run import fresh_values, render_form
 from app.routes.params import RunId, content, problems
 from app.runs.config import RunConfig
 from app.runs.configs.warnings import read_model_facts
 from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
+from app.runs.form.check import check_values
 from app.runs.form.fields import form_values
 from app.tables import Run
 
