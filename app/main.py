@@ -28,26 +28,29 @@ from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
 from app.routes import (
-    api,
-    compare,
-    config_yaml,
     dataset_tools,
     datasets,
     evaluation_pages,
     evaluations,
-    events,
     gguf,
-    imports,
     jobs,
     model_jobs,
     models,
-    new_run,
-    pages,
     playground,
-    reports,
-    runlist,
     serve,
 )
+from app.routes.checkpoints import api as checkpoints_api
+from app.routes.checkpoints import pages as checkpoints_pages
+from app.routes.runs import api as runs_api
+from app.routes.runs import compare_pages as runs_compare_pages
+from app.routes.runs import config_api as runs_config_api
+from app.routes.runs import events_api as runs_events_api
+from app.routes.runs import imports_api as runs_imports_api
+from app.routes.runs import list_pages as runs_list_pages
+from app.routes.runs import new_pages as runs_new_pages
+from app.routes.runs import pages as runs_pages
+from app.routes.runs import reports_api as runs_reports_api
+from app.routes.runs import reports_pages as runs_reports_pages
 from app.runs.store.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
 from app.settings import Settings, get_settings
@@ -116,13 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, database_unwritable)
     app.add_exception_handler(sqlite3.OperationalError, database_unwritable)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    app.include_router(api.router)
-    for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
-                   jobs, evaluations, evaluation_pages, reports, imports, playground):
+    for module in (runs_api, runs_events_api, runs_config_api, runs_reports_api, runs_imports_api, runs_list_pages,
+                   runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages, checkpoints_api,
+                   checkpoints_pages, models, datasets, dataset_tools, jobs, evaluations, evaluation_pages, playground,
+                   serve, model_jobs, gguf):
         app.include_router(module.router)
-    app.include_router(serve.router)
-    app.include_router(model_jobs.router)
-    app.include_router(gguf.router)
     return app
 
 

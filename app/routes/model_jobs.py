@@ -1,9 +1,8 @@
-"""Fuse and quantize jobs, the models page and the "use this checkpoint" page.
+"""Fuse and quantize jobs and the models page.
 
 JSON: `POST /api/runs/{id}/checkpoints/{iteration}/fuse`, `POST /api/models/quantize` (201 {"job_id", "name"}),
 `GET /api/models/registered`, `GET /api/models/{name}/archive` (the folder as a streamed .tar).
-Pages: `/models` (with its table and quantize partials), `/runs/{id}/checkpoints/{iteration}` (with its fuse
-partial).
+Pages: `/models` (with its table and quantize partials), the fuse partial of `/runs/{id}/checkpoints/{iteration}`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from app.models.requests import (
     start_fuse,
     start_quantize,
 )
-from app.models.view import checkpoint_context, fuse_context, models_context
+from app.models.view import fuse_context, models_context
 from app.paths import model_roots
 from app.routes.params import Iteration, RunId, content, problems, run_or_404
 from app.runs.store.checkpoints import find_checkpoint
@@ -154,16 +153,6 @@ def quantize_from_page(
     except ModelJobRefused as exc:
         error = str(exc)
     return templates.TemplateResponse(request, "_use_quantize.html", models_context(session, settings, error, values))
-
-
-@router.get("/runs/{run_id}/checkpoints/{iteration}", response_class=HTMLResponse, include_in_schema=False)
-def checkpoint_page(request: Request, run_id: RunId, iteration: Iteration, session: SessionDep,
-                    settings: SettingsDep, templates: TemplatesDep) -> HTMLResponse:
-    """Use this checkpoint: its facts, fuse it, serve it, try it, and the terminal commands that do the same."""
-    run, ckpt = _checkpoint_or_404(session, run_id, iteration)
-    base_url = str(request.base_url).rstrip("/")
-    return templates.TemplateResponse(request, "checkpoint.html",
-                                      checkpoint_context(session, settings, run, ckpt, base_url))
 
 
 @router.get("/runs/{run_id}/checkpoints/{iteration}/fuse", response_class=HTMLResponse, include_in_schema=False)

@@ -12,7 +12,8 @@ from fastapi import HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from app.tables import Run
+from app.runs.store.checkpoints import find_checkpoint
+from app.tables import Checkpoint, Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -69,3 +70,13 @@ def stream_problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 def content(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
     """A 200 answered with a body that is not JSON (a zip, a YAML file)."""
     return {200: {"description": description, "content": {media_type: {}}}}
+
+
+def run_checkpoint_or_404(session: Session, run_id: int, iteration: int) -> tuple[Run, Checkpoint]:
+    """The run and its checkpoint at this iteration, or a 404 that names what is missing."""
+    run = run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    if ckpt is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id} has no checkpoint at iteration "
+                                                              f"{iteration:,}")
+    return run, ckpt

@@ -1,6 +1,6 @@
 """The new-run form, driven by RunConfig: fields and groups, values from a config, a payload from the form.
 
-Pure functions (no request, no database): the route in app/routes/new_run.py and the tests use them.
+Pure functions (no request, no database): the routes in app/routes/runs/new_pages.py and the tests use them.
 """
 
 from __future__ import annotations

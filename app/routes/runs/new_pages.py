@@ -1,4 +1,5 @@
-"""The new-run form: show it (fresh, cloned or continuing a run), check it as it is typed, start the run."""
+"""The new-run form: show it (fresh, cloned or continuing a run), check it as it is typed, fill it from an
+mlx_lm YAML config, start the run."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlmodel import Session
+from starlette.datastructures import UploadFile
 
+from app.body_limit import MAX_BODY_BYTES
 from app.catalog.info import model_choices
 from app.datasets.registry import dataset_choices
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
 from app.routes.params import bounded_query
 from app.runs.config import RunConfig
+from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, parse_yaml_config
 from app.runs.form.check import FormCheck, check_form, check_values
 from app.runs.form.fields import (
     ADVANCED_KEYS,
@@ -140,3 +144,65 @@ async def submit_run_form(
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
     run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick)  # may wait for the supervisor
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+async def _yaml_from_form(form: Any, limit_bytes: int) -> tuple[str, str]:
+    """(YAML text, where it came from): an uploaded file wins over the text box."""
+    upload = form.get("yaml_file")
+    if isinstance(upload, UploadFile) and upload.filename:
+        data = await upload.read(limit_bytes + 1)
+        if len(data) > limit_bytes:
+            raise YamlConfigError([YamlProblem("", f"{upload.filename} is larger than {limit_bytes:,} bytes: "
+                                               "not a run config")])
+        try:
+            return data.decode("utf-8"), upload.filename
+        except UnicodeDecodeError as exc:
+            problem = YamlProblem("", f"{upload.filename} is not UTF-8 text (byte {exc.start})")
+            raise YamlConfigError([problem]) from None
+    text = form.get("yaml_text")
+    return (text if isinstance(text, str) else ""), ""
+
+
+@router.post("/runs/new/yaml", response_class=HTMLResponse, include_in_schema=False)
+async def import_yaml_into_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep
+) -> Response:
+    """Fill the new-run form from YAML; on any problem the form stays as it was and the problems are listed."""
+    form = await request.form()
+    current = {k: v for k, v in form.items() if isinstance(v, str) and k != "yaml_text"}
+    text, source = "", ""
+    try:
+        text, source = await _yaml_from_form(form, MAX_BODY_BYTES)
+    except YamlConfigError as exc:
+        problems: list[YamlProblem] | None = exc.problems
+    else:
+        problems = None
+    # parsing, checking the values (files, perhaps ssh) and rendering are blocking work: off the event loop
+    return await run_in_threadpool(_yaml_into_form, request, session, settings, templates, current, text, source,
+                                   problems)
+
+
+def _yaml_into_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, current: dict[str, Any],
+    text: str, source: str, problems: list[YamlProblem] | None,
+) -> Response:
+    """The form filled from `text`, or as it was with the problems listed."""
+    try:
+        if problems:
+            raise YamlConfigError(problems)
+        if not text.strip():
+            raise YamlConfigError([YamlProblem("", "paste a YAML config or choose a .yaml file first")])
+        parsed = parse_yaml_config(text)
+    except YamlConfigError as exc:
+        values: dict[str, Any] = current or fresh_values(settings)
+        context = form_context(session, settings, values, check_values(values, session, settings),
+                               yaml_text=text, yaml_errors=[str(p) for p in exc.problems], yaml_source=source)
+        return render_form(request, templates, context, partial=True)
+    values = form_values(parsed.config)
+    values["model"] = values["model"] or str(settings.default_model_dir)
+    values["data"] = values["data"] or str(settings.default_dataset_dir)
+    notice = (f"Loaded {len(parsed.keys)} settings from {source or 'the YAML'}; the rest are mlx_lm's defaults. "
+              "Check them, then Start.")
+    context = form_context(session, settings, values, check_values(values, session, settings), notice=notice,
+                           yaml_text=text, yaml_ignored=parsed.ignored)
+    return render_form(request, templates, context, partial=True)

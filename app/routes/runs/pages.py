@@ -1,50 +1,28 @@
-"""HTML pages and the htmx partials they include (each partial is also served alone)."""
+"""A run's page and the htmx partials it includes of the run: its status (with Stop) and its early-stopping rule."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.evaluation.card import card_context
-from app.evaluation.view import read_table_truth
 from app.paths import checkpoint_files
-from app.routes.params import Iteration, RunId, run_or_404
+from app.routes.params import RunId, run_or_404
 from app.runs.cluster.view import distributed_view
-from app.runs.config import (
-    EarlyStopping,
-)
+from app.runs.config import EarlyStopping
 from app.runs.live.stream import STATUS_GLYPHS, tab_title
 from app.runs.memory_guard import memory_warning
-from app.runs.policy import best_checkpoint
-from app.runs.store.checkpoints import (
-    CheckpointError,
-    delete_checkpoint,
-    find_checkpoint,
-    set_deployment,
-    set_note,
-    table_rows,
-)
-from app.runs.store.runs import (
-    checkpoints_of,
-    first_val_loss,
-    latest_train,
-    peak_worker_memory,
-    progress_view,
-    set_early_stopping,
-)
+from app.runs.store.checkpoint_table import table_context
+from app.runs.store.runs import latest_train, peak_worker_memory, progress_view, set_early_stopping
 from app.runs.store.summary import run_summary
-from app.tables import Checkpoint, Run
+from app.tables import Run
 
 router = APIRouter(include_in_schema=False)
 CHART_MAX_POINTS = 2000  # the chart's overview: as static/run_chart.js asks for it
-HxRequest = Annotated[str | None, Header()]
-
-
 
 
 def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
@@ -61,27 +39,12 @@ def _live_rule(run: Run) -> EarlyStopping | None:
     return EarlyStopping.model_validate_json(run.early_stopping_json) if run.early_stopping_json else None
 
 
-def _checkpoint_context(
-    request: Request, session: SessionDep, run: Run, error: str | None = None
-) -> dict[str, Any]:
-    assert run.id is not None
-    checkpoints = checkpoints_of(session, run.id)
-    base_url = str(request.base_url).rstrip("/")
-    return {
-        "run": run,
-        "rows": table_rows(session, run, first_val_loss(session, run.id), base_url),
-        "best": best_checkpoint(checkpoints),
-        "checkpoint_error": error,
-        "truth": read_table_truth(session, run.id, checkpoints),
-    }
-
-
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
 ) -> Response:
     run = run_or_404(session, run_id)
-    context = {**_status_context(session, run), **_checkpoint_context(request, session, run),
+    context = {**_status_context(session, run), **table_context(session, run, str(request.base_url).rstrip("/")),
                **card_context(session, settings, run)}
     # a continued run's chart starts with the earlier run's curve
     source = run.config.get("resume_from")
@@ -106,12 +69,6 @@ def run_status_partial(request: Request, session: SessionDep, templates: Templat
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
 
 
-@router.get("/runs/{run_id}/checkpoints", response_class=HTMLResponse)
-def checkpoints_partial(request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId) -> Response:
-    run = run_or_404(session, run_id)
-    return templates.TemplateResponse(request, "_checkpoints.html", _checkpoint_context(request, session, run))
-
-
 @router.post("/runs/{run_id}/stop", response_class=HTMLResponse)
 def stop_from_page(
     request: Request, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep, run_id: RunId,
@@ -122,63 +79,6 @@ def stop_from_page(
     session.expunge(run)  # read it afresh: it may have ended, or been deleted, meanwhile
     run = run_or_404(session, run_id)
     return templates.TemplateResponse(request, "_run_status.html", _status_context(session, run))
-
-
-def _checkpoint_partial(
-    request: Request, session: SessionDep, templates: TemplatesDep, run: Run, error: str | None = None
-) -> Response:
-    context = _checkpoint_context(request, session, run, error)
-    return templates.TemplateResponse(request, "_checkpoints.html", context)
-
-
-def _checkpoint_action(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: int, iteration: int,
-    action: Callable[[Run, Checkpoint], None],
-) -> Response:
-    """Apply one action to a checkpoint and answer with the table (showing the error, if any)."""
-    run = run_or_404(session, run_id)
-    ckpt = find_checkpoint(session, run_id, iteration)
-    error = None
-    if ckpt is None:
-        error = f"no checkpoint at iteration {iteration}"
-    else:
-        try:
-            action(run, ckpt)
-        except CheckpointError as exc:
-            error = str(exc)
-    return _checkpoint_partial(request, session, templates, run, error)
-
-
-@router.post("/runs/{run_id}/checkpoints/{iteration}/deployment", response_class=HTMLResponse)
-def set_deployment_from_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId, iteration: Iteration
-) -> Response:
-    def deploy(run: Run, ckpt: Checkpoint) -> None:
-        set_deployment(session, run_id, ckpt)
-        session.commit()
-
-    return _checkpoint_action(request, session, templates, run_id, iteration, deploy)
-
-
-@router.post("/runs/{run_id}/checkpoints/{iteration}/note", response_class=HTMLResponse)
-def set_note_from_page(
-    request: Request, session: SessionDep, templates: TemplatesDep, run_id: RunId, iteration: Iteration,
-    note: Annotated[str, Form()] = "",
-) -> Response:
-    return _checkpoint_action(
-        request, session, templates, run_id, iteration, lambda run, ckpt: set_note(session, ckpt, note)
-    )
-
-
-@router.post("/runs/{run_id}/checkpoints/{iteration}/delete", response_class=HTMLResponse)
-def delete_from_page(
-    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
-    iteration: Iteration, confirm: Annotated[str, Form()] = "",
-) -> Response:
-    return _checkpoint_action(
-        request, session, templates, run_id, iteration,
-        lambda run, ckpt: delete_checkpoint(session, settings, run, ckpt, confirm),
-    )
 
 
 @router.get("/runs/{run_id}/early-stopping", response_class=HTMLResponse)
