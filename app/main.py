@@ -30,8 +30,6 @@ from app.models.registry import remove_leftover_model_temps
 from app.routes import (
     dataset_tools,
     datasets,
-    evaluation_pages,
-    evaluations,
     gguf,
     jobs,
     model_jobs,
@@ -41,6 +39,8 @@ from app.routes import (
 )
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
+from app.routes.evaluations import api as evaluations_api
+from app.routes.evaluations import pages as evaluations_pages
 from app.routes.runs import api as runs_api
 from app.routes.runs import compare_pages as runs_compare_pages
 from app.routes.runs import config_api as runs_config_api
@@ -119,10 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, database_unwritable)
     app.add_exception_handler(sqlite3.OperationalError, database_unwritable)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    for module in (runs_api, runs_events_api, runs_config_api, runs_reports_api, runs_imports_api, runs_list_pages,
-                   runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages, checkpoints_api,
-                   checkpoints_pages, models, datasets, dataset_tools, jobs, evaluations, evaluation_pages, playground,
-                   serve, model_jobs, gguf):
+    for module in (runs_api, runs_events_api, runs_config_api, runs_reports_api, runs_imports_api,
+                   runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
+                   checkpoints_api, checkpoints_pages,
+                   evaluations_api, evaluations_pages,
+                   models, datasets, dataset_tools, jobs, playground, serve, model_jobs, gguf):
         app.include_router(module.router)
     return app
 
