@@ -31,7 +31,6 @@ from app.routes import (
     dataset_tools,
     datasets,
     gguf,
-    jobs,
     model_jobs,
     models,
     playground,
@@ -41,6 +40,8 @@ from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
 from app.routes.evaluations import api as evaluations_api
 from app.routes.evaluations import pages as evaluations_pages
+from app.routes.jobs import api as jobs_api
+from app.routes.jobs import pages as jobs_pages
 from app.routes.runs import api as runs_api
 from app.routes.runs import compare_pages as runs_compare_pages
 from app.routes.runs import config_api as runs_config_api
@@ -123,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
                    checkpoints_api, checkpoints_pages,
                    evaluations_api, evaluations_pages,
-                   models, datasets, dataset_tools, jobs, playground, serve, model_jobs, gguf):
+                   models, datasets, dataset_tools, playground, serve, model_jobs, gguf,
+                   jobs_api, jobs_pages):
         app.include_router(module.router)
     return app
 

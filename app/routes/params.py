@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import HTTPException, Path, Query, status
+from fastapi import Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
+from app.deps import SessionDep, SettingsDep
+from app.jobs.jobs import check_job
 from app.runs.store.checkpoints import find_checkpoint
-from app.tables import Checkpoint, Run
+from app.tables import Checkpoint, Job, Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -80,3 +82,14 @@ def run_checkpoint_or_404(session: Session, run_id: int, iteration: int) -> tupl
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id} has no checkpoint at iteration "
                                                               f"{iteration:,}")
     return run, ckpt
+
+
+def existing_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Job:
+    """The job (checked for a dead worker), or 404."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    return check_job(session, settings, job)
+
+
+JobDep = Annotated[Job, Depends(existing_job)]

@@ -1,8 +1,4 @@
-"""Jobs: the list, one job, cancel, its progress stream; the /jobs page and the progress partial every kind uses.
-
-JSON: `GET /api/jobs`, `GET /api/jobs/{id}`, `POST /api/jobs/{id}/cancel`, `GET /api/jobs/{id}/events`.
-Pages: `/jobs`; `/jobs/{id}/progress` (the partial, polling itself while the job is live) and its cancel.
-"""
+"""Jobs (JSON, under /api): the list, one job, cancel, change, its progress stream."""
 
 from __future__ import annotations
 
@@ -12,36 +8,23 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.sse import ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.jobs.jobs import LIVE, check_job, job_json, list_jobs
 from app.jobs.kinds import KINDS
-from app.jobs.view import progress_item
-from app.routes.params import JobId, bounded_query, problems, stream_problems
+from app.routes.params import JobDep, bounded_query, problems, stream_problems
 from app.settings import Settings
 from app.sse import STREAM_DOC, EventStream, event_stream
 from app.status import RunStatus
 from app.tables import Job
 
-router = APIRouter()
+router = APIRouter(prefix="/api")
 POLL_S = 0.5  # how often the event stream looks at the job
-
-
-def existing_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Job:
-    """The job (checked for a dead worker), or 404."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
-    return check_job(session, settings, job)
-
-
-JobDep = Annotated[Job, Depends(existing_job)]
 
 
 def _kind_filter(kind: str | None) -> str | None:
@@ -60,10 +43,7 @@ def _status_filter(value: str | None) -> str | None:
     return value
 
 
-# JSON API ------------------------------------------------------------------------------------------
-
-
-@router.get("/api/jobs", tags=["jobs"], responses=problems(422))
+@router.get("/jobs", tags=["jobs"], responses=problems(422))
 def get_jobs(
     session: SessionDep,
     kind: Annotated[str | None, Query(description="only jobs of this kind, e.g. token_stats")] = None,
@@ -76,13 +56,13 @@ def get_jobs(
     return [job_json(job) for job in jobs]
 
 
-@router.get("/api/jobs/{job_id}", tags=["jobs"], responses=problems(404, 422))
+@router.get("/jobs/{job_id}", tags=["jobs"], responses=problems(404, 422))
 def get_job(job: JobDep) -> dict[str, Any]:
     """One job, checked for a dead worker (it is then `interrupted`)."""
     return job_json(job)
 
 
-@router.post("/api/jobs/{job_id}/cancel", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED,
+@router.post("/jobs/{job_id}/cancel", tags=["jobs"], status_code=status.HTTP_202_ACCEPTED,
              responses=problems(404, 409, 422))
 def cancel_job(job: JobDep, session: SessionDep, supervisor: SupervisorDep) -> dict[str, Any]:
     """Cancel: a queued job is stopped at once; a working one is `stopping` and ends `stopped` shortly."""
@@ -99,7 +79,7 @@ class JobChange(BaseModel):
                     "memory) instead of waiting for the run to finish.")
 
 
-@router.patch("/api/jobs/{job_id}", tags=["jobs"], responses=problems(400, 404, 409, 422))
+@router.patch("/jobs/{job_id}", tags=["jobs"], responses=problems(400, 404, 409, 422))
 def patch_job(job: JobDep, body: JobChange, session: SessionDep, supervisor: SupervisorDep) -> dict[str, Any]:
     """Change a job that has not started: `allow_while_training` (it then starts as soon as the rule allows)."""
     if not supervisor.allow_while_training(session, job, body.allow_while_training):
@@ -114,7 +94,7 @@ def _read(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | N
         return job_json(check_job(session, settings, job)) if job is not None else None
 
 
-@router.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=EventStream,
+@router.get("/jobs/{job_id}/events", tags=["jobs"], response_class=EventStream,
             responses={**STREAM_DOC, **stream_problems(404, 422)})
 async def job_events(
     request: Request, job: JobDep, settings: SettingsDep,
@@ -149,49 +129,3 @@ async def _job_events(
                 deadline is not None and time.monotonic() > deadline):
             return
         await asyncio.sleep(POLL_S)
-
-
-# Pages ---------------------------------------------------------------------------------------------------
-
-
-def progress_partial(
-    request: Request, templates: TemplatesDep, session: Session, job: Job, response_headers: dict[str, str]
-) -> HTMLResponse:
-    return templates.TemplateResponse(request, "_job_progress.html", {"item": progress_item(session, job)},
-                                      headers=response_headers)
-
-
-@router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
-def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep) -> HTMLResponse:
-    """Running and recent jobs with their progress, ETA, waiting reason and what they concern."""
-    jobs = [check_job(session, settings, job) for job in list_jobs(session, limit=200)]
-    live = [progress_item(session, job) for job in jobs if job.status in LIVE]
-    ended = [progress_item(session, job) for job in jobs if job.status not in LIVE][:50]
-    return templates.TemplateResponse(request, "jobs.html", {"live": live, "ended": ended})
-
-
-@router.get("/jobs/{job_id}/progress", response_class=HTMLResponse, include_in_schema=False)
-def job_progress(request: Request, job: JobDep, session: SessionDep, templates: TemplatesDep) -> HTMLResponse:
-    """The progress partial: it polls itself while the job is live; an ended job's answer carries no trigger
-    and fires `job-ended` (a page that shows the job's result reloads it then)."""
-    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
-    return progress_partial(request, templates, session, job, headers)
-
-
-@router.post("/jobs/{job_id}/allow-while-training", response_class=HTMLResponse, include_in_schema=False)
-def job_allow_button(
-    request: Request, job: JobDep, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep,
-) -> HTMLResponse:
-    """The partial's "Run beside training" button on a job waiting for memory."""
-    supervisor.allow_while_training(session, job, True)
-    return progress_partial(request, templates, session, job, {})
-
-
-@router.post("/jobs/{job_id}/cancel", response_class=HTMLResponse, include_in_schema=False)
-def job_cancel_button(
-    request: Request, job: JobDep, session: SessionDep, supervisor: SupervisorDep, templates: TemplatesDep,
-) -> HTMLResponse:
-    """The partial's Cancel button (an ended job just shows its end)."""
-    supervisor.cancel_job(session, job)
-    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
-    return progress_partial(request, templates, session, job, headers)
