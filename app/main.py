@@ -28,8 +28,6 @@ from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
 from app.routes import (
-    dataset_tools,
-    datasets,
     gguf,
     model_jobs,
     models,
@@ -38,6 +36,8 @@ from app.routes import (
 )
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
+from app.routes.datasets import api as datasets_api
+from app.routes.datasets import pages as datasets_pages
 from app.routes.evaluations import api as evaluations_api
 from app.routes.evaluations import pages as evaluations_pages
 from app.routes.jobs import api as jobs_api
@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
                    checkpoints_api, checkpoints_pages,
                    evaluations_api, evaluations_pages,
-                   models, datasets, dataset_tools, playground, serve, model_jobs, gguf,
+                   datasets_api, datasets_pages,
+                   models, playground, serve, model_jobs, gguf,
                    jobs_api, jobs_pages):
         app.include_router(module.router)
     return app

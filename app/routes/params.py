@@ -15,7 +15,7 @@ from sqlmodel import Session
 from app.deps import SessionDep, SettingsDep
 from app.jobs.jobs import check_job
 from app.runs.store.checkpoints import find_checkpoint
-from app.tables import Checkpoint, Job, Run
+from app.tables import Checkpoint, Dataset, Job, Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -93,3 +93,11 @@ def existing_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> J
 
 
 JobDep = Annotated[Job, Depends(existing_job)]
+
+
+def dataset_or_404(session: Session, dataset_id: int) -> Dataset:
+    """The registered dataset, or a 404 that names the id."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no dataset with id {dataset_id}")
+    return dataset

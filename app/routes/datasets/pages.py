@@ -1,68 +1,134 @@
-"""Dataset jobs: token statistics (a worker job) and subsets/splits of a dataset.
-
-JSON: `POST /api/token-stats`, `GET /api/token-stats/{id}`, `POST /api/datasets/subset`.
-htmx partials (under /dataset-tools, clear of the dataset pages' /datasets/{id}): the dataset page's
-token statistics, the new-run form's too-long warning, the subset form. They are POSTs (htmx sends them with the
-page's CSRF token): showing token statistics starts counting them when there are none yet, and no GET may start
-work, since any web page can make a browser send one.
-"""
+"""Dataset pages: the list (register a folder, upload), one dataset (its check and a preview with a chat
+template), and the dataset tools' partials: token statistics, the new-run form's note on over-long examples,
+subsets and splits."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, status
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlmodel import select
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session, select
 
 from app.catalog.info import model_choices
-from app.datasets.subset import DEFAULT_RATIOS, SubsetError, create_subset, validate_ratios
+from app.datasets.preview import Preview, build_preview, model_options
+from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
+from app.datasets.requests import DEFAULT_MAX_SEQ_LENGTH, SubsetRequest, confined_source
+from app.datasets.subset import SubsetError, create_subset
 from app.datasets.token_stats import (
-    KIND,
-    SPLITS,
     TRAINING_SPLITS,
     TokenStatsInputError,
-    job_json,
     job_or_start,
     resolve_inputs,
     start_job,
     view,
 )
+from app.datasets.upload import UploadError, receive_dataset_upload
+from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.jobs.jobs import check_job
-from app.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
-from app.routes.params import MAX_ID, JobId, problems
-from app.runs.config import RunConfig
-from app.tables import Dataset, Job
+from app.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
+from app.routes.params import DatasetId, dataset_or_404
+from app.runs.config import looks_like_path
+from app.settings import Settings
+from app.tables import Dataset
 
 router = APIRouter()
-DEFAULT_MAX_SEQ_LENGTH: int = RunConfig.model_fields["max_seq_length"].default
 
 
-class TokenStatsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def preview_model(model: str, settings: Settings) -> str:
+    """The preview's model (default: the embedded one); a folder outside the model folders is a 422."""
+    model = model.strip() or str(settings.default_model_dir)
+    if not looks_like_path(model):
+        return model
+    try:
+        return str(confine(model, model_roots(settings), "model folder", MODEL_DIRS_SETTING))
+    except PathNotAllowed as exc:
+        raise HTTPException(422, detail=str(exc)) from None
 
-    data: str = Field("", description="Dataset folder (default: the sample dataset).")
-    model: str = Field("", description="Model folder or Hugging Face id whose tokenizer counts (default: embedded).")
+
+def preview_of(folder: Path, fmt: str | None, model: str, mask_prompt: bool, settings: Settings) -> Preview:
+    """The preview, its files confined to the data folders and the model folders."""
+    return build_preview(folder, fmt, model, mask_prompt, data_roots=data_roots(settings),
+                         model_roots=model_roots(settings))
 
 
-class SubsetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _list_page(
+    request: Request, session: Session, settings: Settings, templates: TemplatesDep, code: int = 200,
+    **context: Any,
+) -> Response:
+    context = {"datasets": [dataset_json(d) for d in list_datasets(session, settings)], "error": None,
+               "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None,
+               "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir, **context}
+    name = "_dataset_table.html" if request.headers.get("HX-Request") else "datasets.html"
+    return templates.TemplateResponse(request, name, context, status_code=code)
 
-    source: str = Field(..., min_length=1, description="Folder of the dataset to draw from.")
-    name: str = Field(..., description="Name of the new dataset (its folder under the datasets folder).")
-    n: int = Field(..., ge=1, description="Number of examples to draw.")
-    seed: int = Field(0, ge=0, description="Random seed: the same seed draws the same subset.")
-    ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS),
-                                description="Shares of train, valid and test; they add up to 1.")
-    splits: list[str] = Field(default_factory=lambda: list(SPLITS), description="Splits of the source to draw from.")
 
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, value: list[float]) -> list[float]:
-        return list(validate_ratios(value))
+@router.get("/datasets", response_class=HTMLResponse, include_in_schema=False)
+def datasets_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, added: int | None = None,
+) -> Response:
+    return _list_page(request, session, settings, templates, added=added)
+
+
+@router.post("/datasets/register", include_in_schema=False)
+def register_from_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+    name: str = Form(""), path: str = Form(""),
+) -> Response:
+    try:
+        dataset = register_dataset(session, settings, Path(path.strip()), name)
+    except DatasetError as exc:
+        report = exc.report
+        return _list_page(request, session, settings, templates, 422, error=str(exc).split("\n")[0],
+                          error_form="register", values={"name": name, "path": path},
+                          issues=report.errors.issues if report else [],
+                          error_count=report.errors.count if report else 0)
+    return RedirectResponse(f"/datasets?added={dataset.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/datasets/upload", include_in_schema=False)
+async def upload_from_form(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
+) -> Response:
+    try:
+        dataset = await receive_dataset_upload(session, settings, request.headers.get("content-type", ""),
+                                               request.headers.get("content-length"), request.stream())
+    except UploadError as exc:
+        report = exc.report
+        return _list_page(request, session, settings, templates, exc.status_code,
+                          error=exc.message.split("\n")[0], error_form="upload",
+                          issues=report.errors.issues if report else [],
+                          error_count=report.errors.count if report else 0)
+    return RedirectResponse(f"/datasets?added={dataset.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/datasets/{dataset_id}", response_class=HTMLResponse, include_in_schema=False)
+def dataset_page(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: DatasetId,
+    model: str = "", mask_prompt: bool = False,
+) -> Response:
+    dataset = refresh_dataset(session, dataset_or_404(session, dataset_id), data_roots(settings))
+    report = validate_dataset(Path(dataset.path), roots=data_roots(settings))
+    model = preview_model(model, settings)
+    models = model_options(model_choices(settings), str(settings.default_model_dir), model)
+    context = {"dataset": dataset, "dataset_path": dataset.path, "report": report,
+               "preview": preview_of(Path(dataset.path), report.format, model, mask_prompt, settings),
+               "models": models, "model": model, "mask_prompt": mask_prompt}
+    return templates.TemplateResponse(request, "dataset.html", context)
+
+
+@router.get("/datasets/{dataset_id}/preview", response_class=HTMLResponse, include_in_schema=False)
+def dataset_preview(
+    request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, dataset_id: DatasetId,
+    model: str = "", mask_prompt: bool = False,
+) -> Response:
+    dataset = dataset_or_404(session, dataset_id)
+    model = preview_model(model, settings)
+    context = {"dataset": dataset, "preview": preview_of(Path(dataset.path), dataset.format, model, mask_prompt,
+                                                         settings), "mask_prompt": mask_prompt}
+    return templates.TemplateResponse(request, "_dataset_preview.html", context)
 
 
 def _max_seq_length(raw: str | None) -> tuple[int, str | None]:
@@ -92,65 +158,6 @@ def _model_options(settings: SettingsDep, selected: str) -> list[tuple[str, str]
     if selected and selected not in options:
         options[selected] = _model_label(selected)
     return list(options.items())
-
-
-def confined_source(settings: SettingsDep, source: str) -> Path:
-    """The subset's source folder, inside the folders datasets may be read from (else SubsetError)."""
-    try:
-        return confine(source, data_roots(settings), "source folder", DATA_DIRS_SETTING)
-    except PathNotAllowed as exc:
-        raise SubsetError("source", str(exc)) from None
-
-
-# JSON API ------------------------------------------------------------------------------------------
-
-
-@router.post("/api/token-stats", tags=["datasets"], status_code=status.HTTP_201_CREATED,
-             responses={200: {"description": "the job for these unchanged files already exists (running or done)",
-                              "content": {"application/json": {"schema": {"type": "object"}}}},
-                        **problems(400, 422)})
-def post_token_stats(
-    body: TokenStatsRequest, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
-    response: Response,
-) -> dict[str, Any]:
-    """Start token statistics for (data, model), or answer the running/finished job for unchanged files."""
-    try:
-        folder, model = resolve_inputs(settings, body.data, body.model)
-    except TokenStatsInputError as exc:
-        raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
-                                          "type": "value_error"}]) from None
-    job, created = start_job(session, settings, supervisor, folder, model)
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return job_json(job, DEFAULT_MAX_SEQ_LENGTH)
-
-
-@router.get("/api/token-stats/{job_id}", tags=["datasets"], responses=problems(404, 422))
-def get_token_stats(
-    job_id: JobId, session: SessionDep, settings: SettingsDep,
-    max_seq_length: Annotated[int, Query(ge=1, le=MAX_ID)] = DEFAULT_MAX_SEQ_LENGTH,
-) -> dict[str, Any]:
-    """Status, progress (done/total, ETA) and, once completed, per-split summaries and histograms."""
-    job = session.get(Job, job_id)
-    if job is None or job.kind != KIND:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no token statistics job with id {job_id}")
-    return job_json(check_job(session, settings, job), max_seq_length)
-
-
-@router.post("/api/datasets/subset", tags=["datasets"], status_code=status.HTTP_201_CREATED,
-             responses=problems(400, 422))
-def post_subset(body: SubsetRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    """A seeded random subset of n examples, re-split by ratios into a new, registered dataset folder."""
-    try:
-        result = create_subset(session, settings, confined_source(settings, body.source), body.name, body.n,
-                               body.seed, body.ratios, body.splits)
-    except SubsetError as exc:
-        raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
-                                          "type": "value_error"}]) from None
-    return result.as_json()
-
-
-# htmx partials --------------------------------------------------------------------------------------
 
 
 def _token_stats_page(
