@@ -31,7 +31,6 @@ from app.routes import (
     gguf,
     model_jobs,
     models,
-    playground,
     serve,
 )
 from app.routes.checkpoints import api as checkpoints_api
@@ -42,6 +41,8 @@ from app.routes.evaluations import api as evaluations_api
 from app.routes.evaluations import pages as evaluations_pages
 from app.routes.jobs import api as jobs_api
 from app.routes.jobs import pages as jobs_pages
+from app.routes.playground import api as playground_api
+from app.routes.playground import pages as playground_pages
 from app.routes.runs import api as runs_api
 from app.routes.runs import compare_pages as runs_compare_pages
 from app.routes.runs import config_api as runs_config_api
@@ -125,7 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    checkpoints_api, checkpoints_pages,
                    evaluations_api, evaluations_pages,
                    datasets_api, datasets_pages,
-                   models, playground, serve, model_jobs, gguf,
+                   models, model_jobs, gguf,
+                   playground_api, playground_pages,
+                   serve,
                    jobs_api, jobs_pages):
         app.include_router(module.router)
     return app

@@ -1,4 +1,5 @@
-"""Path and query parameters shared by the routers, and the error responses the API documents.
+"""Path and query parameters shared by the routers, the rows they name (or a 404), and the error responses the API
+documents.
 
 Every integer that reaches the database is bounded to SQLite's 64-bit range: a larger one is
 answered 422 (it names the parameter and the bound) instead of failing inside the query.
@@ -15,7 +16,7 @@ from sqlmodel import Session
 from app.deps import SessionDep, SettingsDep
 from app.jobs.jobs import check_job
 from app.runs.store.checkpoints import find_checkpoint
-from app.tables import Checkpoint, Dataset, Job, Run
+from app.tables import Checkpoint, Dataset, Job, PromptSet, Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -24,6 +25,7 @@ RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
 DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dataset's id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
 Iteration = Annotated[int, Path(ge=0, le=MAX_ID, description="the checkpoint's iteration")]
+PromptSetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the prompt set's id")]
 
 
 def run_or_404(session: Session, run_id: int) -> Run:
@@ -101,3 +103,11 @@ def dataset_or_404(session: Session, dataset_id: int) -> Dataset:
     if dataset is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no dataset with id {dataset_id}")
     return dataset
+
+
+def prompt_set_or_404(session: Session, prompt_set_id: int) -> PromptSet:
+    """The prompt set, or a 404 that names the id."""
+    prompt_set = session.get(PromptSet, prompt_set_id)
+    if prompt_set is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no prompt set with id {prompt_set_id}")
+    return prompt_set
