@@ -31,7 +31,6 @@ from app.routes import (
     gguf,
     model_jobs,
     models,
-    serve,
 )
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
@@ -53,6 +52,8 @@ from app.routes.runs import new_pages as runs_new_pages
 from app.routes.runs import pages as runs_pages
 from app.routes.runs import reports_api as runs_reports_api
 from app.routes.runs import reports_pages as runs_reports_pages
+from app.routes.serve import api as serve_api
+from app.routes.serve import pages as serve_pages
 from app.runs.store.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
 from app.settings import Settings, get_settings
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    datasets_api, datasets_pages,
                    models, model_jobs, gguf,
                    playground_api, playground_pages,
-                   serve,
+                   serve_api, serve_pages,
                    jobs_api, jobs_pages):
         app.include_router(module.router)
     return app

@@ -1,80 +1,24 @@
-"""Serving a checkpoint or a fused model through mlx-lm's OpenAI-compatible server.
-
-JSON: `POST /api/runs/{id}/checkpoints/{iteration}/serve` and `POST /api/models/{name}/serve` → 201
-{"job_id", "base_url", "model"}; the server is stopped with the job's cancel (`POST /api/jobs/{id}/cancel`).
-Pages: the partial templates/_serve.html at `/runs/{id}/checkpoints/{iteration}/serve` and `/models/{name}/serve`
-(GET shows, POST starts: an htmx request gets the partial, a plain form is sent to the checkpoint's page), and its
-Stop and "Start anyway" buttons.
-"""
+"""The server panel (templates/_serve.html) of a checkpoint or a model folder, at
+`/runs/{id}/checkpoints/{iteration}/serve` and `/models/{name}/serve` (GET shows, POST starts: an htmx request
+gets the partial, a plain form is sent to the checkpoint's page), and its Stop and "Start anyway" buttons."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.jobs.jobs import check_job
 from app.jobs.supervisor import Supervisor
-from app.routes.params import Iteration, JobId, RunId, problems
-from app.serving.requests import KIND, ServeRefused, Target, start_serving
+from app.routes.params import Iteration, JobId, RunId, ServedModelName
+from app.serving.requests import KIND, ServeRefused, Target
+from app.serving.start import start
 from app.serving.view import dom_id, serve_view
 from app.settings import Settings
 from app.tables import Job
 
 router = APIRouter()
-ModelName = Annotated[str, PathParam(min_length=1, max_length=128, description="a model folder's name under the "
-                                                                             "models folder")]
-
-
-def start(session: Session, settings: Settings, supervisor: Supervisor, target: Target) -> Job:
-    """Check and queue under the supervisor's lock (one server per served thing), then start it if it may."""
-    with supervisor.locked(session):
-        job = start_serving(session, settings, target)
-    supervisor.start_queued_now(session)
-    session.refresh(job)
-    return job
-
-
-def started(job: Job) -> dict[str, Any]:
-    params = job.params
-    return {"job_id": job.id, "base_url": params["base_url"], "model": params["client_model"]}
-
-
-def api_start(session: Session, settings: Settings, supervisor: Supervisor, target: Target) -> dict[str, Any]:
-    try:
-        return started(start(session, settings, supervisor, target))
-    except ServeRefused as exc:
-        raise HTTPException(exc.status, detail=exc.detail()) from None
-
-
-# JSON API ------------------------------------------------------------------------------------------
-
-
-@router.post("/api/runs/{run_id}/checkpoints/{iteration}/serve", tags=["serve"], status_code=201,
-             responses=problems(404, 409, 422))
-def serve_checkpoint(
-    run_id: RunId, iteration: Iteration, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
-) -> dict[str, Any]:
-    """Serve the checkpoint (the run's base model with its adapter) through `mlx_lm server` on a free loopback
-    port. Clients call `{base_url}/v1/chat/completions` with `"model": model`; the openai client takes
-    `base_url + "/v1"`. It waits while a run trains. 409 when the checkpoint is served already (the message names
-    that job and its URL); stop it with the job's cancel."""
-    return api_start(session, settings, supervisor, Target(run_id=run_id, iteration=iteration))
-
-
-@router.post("/api/models/{name}/serve", tags=["serve"], status_code=201, responses=problems(404, 409, 422))
-def serve_model(name: ModelName, session: SessionDep, settings: SettingsDep,
-                supervisor: SupervisorDep) -> dict[str, Any]:
-    """Serve a model folder under the models folder (a fused model) through `mlx_lm server`, as for a
-    checkpoint."""
-    return api_start(session, settings, supervisor, Target(model_name=name))
-
-
-# Pages ---------------------------------------------------------------------------------------------------
 
 
 def partial(request: Request, templates: TemplatesDep, session: Session, settings: Settings, target: Target,
@@ -117,13 +61,13 @@ def checkpoint_serve_button(
 
 
 @router.get("/models/{name}/serve", response_class=HTMLResponse, include_in_schema=False)
-def model_serve_partial(request: Request, name: ModelName, session: SessionDep, settings: SettingsDep,
+def model_serve_partial(request: Request, name: ServedModelName, session: SessionDep, settings: SettingsDep,
                         templates: TemplatesDep) -> HTMLResponse:
     return partial(request, templates, session, settings, Target(model_name=name))
 
 
 @router.post("/models/{name}/serve", include_in_schema=False)
-def model_serve_button(request: Request, name: ModelName, session: SessionDep, settings: SettingsDep,
+def model_serve_button(request: Request, name: ServedModelName, session: SessionDep, settings: SettingsDep,
                        supervisor: SupervisorDep, templates: TemplatesDep) -> Response:
     target = Target(model_name=name)
     return page_start(request, templates, session, settings, supervisor, target, f"/models#{dom_id(target)}")
