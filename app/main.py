@@ -27,11 +27,6 @@ from app.db import make_engine
 from app.db_writes import Outage, failure_key, write_failure
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
-from app.routes import (
-    gguf,
-    model_jobs,
-    models,
-)
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
 from app.routes.datasets import api as datasets_api
@@ -40,6 +35,10 @@ from app.routes.evaluations import api as evaluations_api
 from app.routes.evaluations import pages as evaluations_pages
 from app.routes.jobs import api as jobs_api
 from app.routes.jobs import pages as jobs_pages
+from app.routes.models import api as models_api
+from app.routes.models import gguf_api as models_gguf_api
+from app.routes.models import gguf_pages as models_gguf_pages
+from app.routes.models import pages as models_pages
 from app.routes.playground import api as playground_api
 from app.routes.playground import pages as playground_pages
 from app.routes.runs import api as runs_api
@@ -127,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    checkpoints_api, checkpoints_pages,
                    evaluations_api, evaluations_pages,
                    datasets_api, datasets_pages,
-                   models, model_jobs, gguf,
+                   models_api, models_pages, models_gguf_api, models_gguf_pages,
                    playground_api, playground_pages,
                    serve_api, serve_pages,
                    jobs_api, jobs_pages):

@@ -25,6 +25,7 @@ RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
 DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dataset's id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
 Iteration = Annotated[int, Path(ge=0, le=MAX_ID, description="the checkpoint's iteration")]
+ModelName = Annotated[str, Path(max_length=100, description="the model's folder name under the models folder")]
 ServedModelName = Annotated[str, Path(min_length=1, max_length=128, description="a model folder's name under the "
                                                                                 "models folder")]
 PromptSetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the prompt set's id")]

@@ -1,24 +1,22 @@
-"""GGUF export of a model folder (a job of kind "gguf", see app/models/gguf.py and worker/gguf_export.py).
+"""GGUF export of a model folder (JSON, under /api; a job of kind "gguf", see app/models/gguf.py and
+worker/gguf_export.py).
 
-JSON: `POST /api/models/{name}/gguf` (201 {"job_id", "export"}), `GET /api/models/{name}/gguf` (the model's
+`POST /api/models/{name}/gguf` (201 {"job_id", "export"}), `GET /api/models/{name}/gguf` (the model's
 finished exports), `GET /api/exports/{export}/gguf` (the file, streamed), `GET /api/exports/{export}/Modelfile`.
-htmx: `GET /models/{name}/gguf` (the model card's GGUF section), `POST /models/{name}/gguf` (its form).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Path, Request, status
-from fastapi.responses import FileResponse, HTMLResponse
-from pydantic import ValidationError
+from fastapi import APIRouter, HTTPException, Path, status
+from fastapi.responses import FileResponse
 
-from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.models.gguf import GgufRefused, GgufRequest, export_folder, model_folder, panel, start
-from app.routes.params import content, problems
+from app.routes.params import ModelName, content, problems
 
-router = APIRouter()
-ModelName = Annotated[str, Path(max_length=100, description="the model's folder name under the models folder")]
+router = APIRouter(prefix="/api")
 ExportName = Annotated[str, Path(max_length=100, description="the export's folder name under the exports folder")]
 
 
@@ -34,7 +32,7 @@ def _export_or_404(settings: SettingsDep, export: str) -> Any:
     return folder
 
 
-@router.post("/api/models/{name}/gguf", status_code=201, tags=["models"],
+@router.post("/models/{name}/gguf", status_code=201, tags=["models"],
              responses=problems(400, 404, 409, 422))
 def post_gguf(name: ModelName, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
               body: GgufRequest | None = None) -> dict[str, Any]:
@@ -49,7 +47,7 @@ def post_gguf(name: ModelName, session: SessionDep, settings: SettingsDep, super
     return {"job_id": job.id, "export": job.params["export"]}
 
 
-@router.get("/api/models/{name}/gguf", tags=["models"], responses=problems(404))
+@router.get("/models/{name}/gguf", tags=["models"], responses=problems(404))
 def get_gguf_exports(name: ModelName, session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """The model's finished exports still on disk: file, size, download links, Modelfile, commands."""
     try:
@@ -59,7 +57,7 @@ def get_gguf_exports(name: ModelName, session: SessionDep, settings: SettingsDep
     return list(panel(session, settings, name)["exports"])
 
 
-@router.get("/api/exports/{export}/gguf", tags=["models"],
+@router.get("/exports/{export}/gguf", tags=["models"],
             responses={**content("application/octet-stream", "the .gguf file"), **problems(404)})
 def download_gguf(export: ExportName, settings: SettingsDep) -> FileResponse:
     """The export's .gguf file (streamed from disk)."""
@@ -68,41 +66,9 @@ def download_gguf(export: ExportName, settings: SettingsDep) -> FileResponse:
                         filename=f"{export}.gguf")
 
 
-@router.get("/api/exports/{export}/Modelfile", tags=["models"],
+@router.get("/exports/{export}/Modelfile", tags=["models"],
             responses={**content("text/plain", "the Ollama Modelfile"), **problems(404)})
 def download_modelfile(export: ExportName, settings: SettingsDep) -> FileResponse:
     """The export's Ollama Modelfile (FROM ./<export>.gguf, TEMPLATE, PARAMETERs)."""
     folder = _export_or_404(settings, export)
     return FileResponse(folder / "Modelfile", media_type="text/plain; charset=utf-8", filename="Modelfile")
-
-
-# htmx -------------------------------------------------------------------------------------------------------
-
-
-@router.get("/models/{name}/gguf", response_class=HTMLResponse, include_in_schema=False)
-def gguf_panel(request: Request, name: ModelName, session: SessionDep, settings: SettingsDep,
-               templates: TemplatesDep) -> HTMLResponse:
-    """The model card's GGUF section: the export form, live jobs, finished files and their commands."""
-    model = {"name": name, "path": str(settings.local_models_dir / name)}
-    return templates.TemplateResponse(request, "_model_gguf.html",
-                                      {"model": model, "gguf": panel(session, settings, name)})
-
-
-@router.post("/models/{name}/gguf", response_class=HTMLResponse, include_in_schema=False)
-def gguf_from_page(
-    request: Request, name: ModelName, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
-    templates: TemplatesDep, type: Annotated[str, Form()] = "f16", export: Annotated[str, Form()] = "",
-) -> HTMLResponse:
-    """The export form: the section again with the new job's progress, or what is wrong with the request."""
-    error = None
-    try:
-        start(session, settings, name, GgufRequest.model_validate({"type": type, "name": export.strip() or None}))
-        supervisor.start_queued_now(session)
-    except ValidationError as exc:
-        error = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
-    except GgufRefused as exc:
-        error = str(exc)
-    model = {"name": name, "path": str(settings.local_models_dir / name)}
-    values = {"type": type, "name": export} if error else None
-    return templates.TemplateResponse(request, "_model_gguf.html",
-                                      {"model": model, "gguf": panel(session, settings, name, error, values)})
