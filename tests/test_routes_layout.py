@@ -3,24 +3,36 @@
 Every route (path, methods, endpoint name) of `create_app()` is the one tests/snapshots/routes.txt lists, and of two
 routes that can answer the same request the one listed first still answers it (`/runs/new` before `/runs/{run_id}`).
 After an intended change of the URLs, LORABOARD_UPDATE_SNAPSHOTS=1 writes the file anew.
+
+Routers follow one rule: a package per resource under app/routes/, its JSON routes in `api.py` (or `<feature>_api.py`)
+under `APIRouter(prefix="/api")`, its pages in `pages.py` (or `<feature>_pages.py`), and no router module imports
+another (what two share lives outside the routers).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import importlib
 import os
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from conftest import in_process_settings
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Mount
 
+import app.routes
 from app.main import create_app
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "routes.txt"
+RESOURCES = frozenset({"runs", "checkpoints", "evaluations", "datasets", "models", "playground", "serve", "jobs"})
+ROUTER_MODULE = re.compile(r"app\.routes\.(?P<resource>\w+)\.(?P<feature>\w+_)?(?P<kind>api|pages)")
 
 
 def flat_routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
@@ -82,3 +94,68 @@ def test_overlapping_routes_keep_their_order(tmp_path: Path) -> None:
     for first, second in pairs:
         assert listed[route_line(first)] < listed[route_line(second)], (
             f"{route_line(first)} now comes before {route_line(second)}: it answers requests the other answered")
+
+
+def router_modules() -> dict[str, ModuleType]:
+    """Every module under app/routes/ that declares a router (`router = APIRouter(...)`), by its dotted name."""
+    found = {}
+    for info in pkgutil.walk_packages(app.routes.__path__, "app.routes."):
+        module = importlib.import_module(info.name)
+        if isinstance(getattr(module, "router", None), APIRouter):
+            found[info.name] = module
+    return found
+
+
+def imported_names(module: ModuleType) -> set[str]:
+    """The dotted names a module's source imports, anywhere in it (`from a.b import c` gives a.b and a.b.c)."""
+    names: set[str] = set()
+    package = module.__name__.rpartition(".")[0]
+    for node in ast.walk(ast.parse(Path(str(module.__file__)).read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join([*parts[:len(parts) - node.level + 1], *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_every_router_module_lives_in_a_resource_package(tmp_path: Path) -> None:
+    modules = router_modules()
+    misplaced = [name for name in modules if not ((found := ROUTER_MODULE.fullmatch(name))
+                                                  and found["resource"] in RESOURCES)]
+    assert not misplaced, f"router modules outside app/routes/<resource>/(<feature>_)api|pages.py: {misplaced}"
+    included = [route.original_router for route in made_app(tmp_path).routes if hasattr(route, "original_router")]
+    assert {id(router) for router in included} == {id(module.router) for module in modules.values()}, (
+        "the app includes a router that is not a resource's module's, or leaves one out")
+    assert len(included) == len(modules), "a router is included twice"
+
+
+def test_no_router_module_imports_another(tmp_path: Path) -> None:
+    modules = router_modules()
+    for name, module in modules.items():
+        others = imported_names(module) & (set(modules) - {name})
+        assert not others, f"{name} imports the router module(s) {sorted(others)}"
+
+
+def test_json_routes_are_declared_through_the_api_prefix(tmp_path: Path) -> None:
+    for name, module in router_modules().items():
+        found = ROUTER_MODULE.fullmatch(name)
+        assert found is not None, name
+        router: APIRouter = module.router
+        if found["kind"] == "api":
+            assert router.prefix == "/api", f"{name}: a JSON router's prefix is /api, not {router.prefix!r}"
+        else:
+            assert router.prefix == "", f"{name}: a page router has no prefix, not {router.prefix!r}"
+        for route in router.routes:
+            assert isinstance(route, APIRoute), (name, route)
+            declared = route.path.removeprefix(router.prefix)
+            assert not declared.startswith("/api"), f"{name}: {route.path} spells /api inline"
+            assert route.path.startswith("/api/") == (found["kind"] == "api"), (
+                f"{name}: {route.path} is a {found['kind']} module's route")
+    for route in flat_routes(made_app(tmp_path).routes):
+        if isinstance(route, APIRoute):  # the OpenAPI schema documents the JSON routes, and only them
+            assert route.include_in_schema == route.path.startswith("/api/"), route.path
