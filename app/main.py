@@ -28,28 +28,33 @@ from app.contract.settings import Settings, get_settings
 from app.db import make_engine
 from app.jobs.supervisor import Supervisor
 from app.models.registry import remove_leftover_model_temps
-from app.routes import (
-    api,
-    compare,
-    config_yaml,
-    dataset_tools,
-    datasets,
-    evaluation_pages,
-    evaluations,
-    events,
-    gguf,
-    imports,
-    jobs,
-    model_jobs,
-    models,
-    new_run,
-    pages,
-    playground,
-    reports,
-    runlist,
-    serve,
-)
-from app.runs.checkpoints import remove_leftover_temps
+from app.routes.checkpoints import api as checkpoints_api
+from app.routes.checkpoints import pages as checkpoints_pages
+from app.routes.datasets import api as datasets_api
+from app.routes.datasets import pages as datasets_pages
+from app.routes.evaluations import api as evaluations_api
+from app.routes.evaluations import pages as evaluations_pages
+from app.routes.jobs import api as jobs_api
+from app.routes.jobs import pages as jobs_pages
+from app.routes.models import api as models_api
+from app.routes.models import gguf_api as models_gguf_api
+from app.routes.models import gguf_pages as models_gguf_pages
+from app.routes.models import pages as models_pages
+from app.routes.playground import api as playground_api
+from app.routes.playground import pages as playground_pages
+from app.routes.runs import api as runs_api
+from app.routes.runs import compare_pages as runs_compare_pages
+from app.routes.runs import config_api as runs_config_api
+from app.routes.runs import events_api as runs_events_api
+from app.routes.runs import imports_api as runs_imports_api
+from app.routes.runs import list_pages as runs_list_pages
+from app.routes.runs import new_pages as runs_new_pages
+from app.routes.runs import pages as runs_pages
+from app.routes.runs import reports_api as runs_reports_api
+from app.routes.runs import reports_pages as runs_reports_pages
+from app.routes.serve import api as serve_api
+from app.routes.serve import pages as serve_pages
+from app.runs.store.checkpoints import remove_leftover_temps
 from app.security import Guard, SecurityMiddleware, parse_hosts
 from app.templating import register_filters
 
@@ -116,13 +121,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(OperationalError, database_unwritable)
     app.add_exception_handler(sqlite3.OperationalError, database_unwritable)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    app.include_router(api.router)
-    for module in (events, runlist, compare, config_yaml, new_run, pages, models, datasets, dataset_tools,
-                   jobs, evaluations, evaluation_pages, reports, imports, playground):
+    for module in (runs_api, runs_events_api, runs_config_api, runs_reports_api, runs_imports_api,
+                   runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
+                   checkpoints_api, checkpoints_pages,
+                   evaluations_api, evaluations_pages,
+                   datasets_api, datasets_pages,
+                   models_api, models_pages, models_gguf_api, models_gguf_pages,
+                   playground_api, playground_pages,
+                   serve_api, serve_pages,
+                   jobs_api, jobs_pages):
         app.include_router(module.router)
-    app.include_router(serve.router)
-    app.include_router(model_jobs.router)
-    app.include_router(gguf.router)
     return app
 
 

@@ -54,7 +54,7 @@ class Run(SQLModel, table=True):
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
     test_loss: float | None = None  # loss on test.jsonl after training (config "test"), of the best or final adapter
     notes: str = ""  # free text from the runs list (what was tried, why)
-    queue_position: int | None = None  # order among queued runs (app/runs/queue.py); None: behind, oldest first
+    queue_position: int | None = None  # order among queued runs (app/runs/store/queue.py); None: behind, oldest first
 
     @property
     def config(self) -> dict[str, Any]:

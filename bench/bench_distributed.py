@@ -38,7 +38,7 @@ from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.process import launch_args, worker_env
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport, ValReport
 from bench.common import (
     CACHE_DIR,

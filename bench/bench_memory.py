@@ -1,4 +1,4 @@
-"""Measured training peaks against app/runs/memory_estimate.py's estimate.
+"""Measured training peaks against app/runs/memory/estimate.py's estimate.
 
     python bench/bench_memory.py            # the settings below, each in its own process
     python bench/bench_memory.py --one '{"model": ..., "batch_size": 4, ...}'   # one measurement (JSON out)
@@ -109,7 +109,7 @@ def measure_in_child(setting: dict[str, Any]) -> dict[str, Any]:
 def estimate(setting: dict[str, Any]) -> int:
     from app.catalog.info import model_info, trainable_params
     from app.contract.settings import Settings
-    from app.runs.memory_estimate import estimate_peak, model_shape
+    from app.runs.memory.estimate import estimate_peak, model_shape
 
     info = model_info(setting["model"], Settings(allowed_model_dirs=setting["model"]))
     trainable = trainable_params(info, "lora", setting["num_layers"], setting["rank"])
@@ -119,7 +119,7 @@ def estimate(setting: dict[str, Any]) -> int:
 
 
 def given_rows() -> list[str]:
-    from app.runs.memory_estimate import ModelShape, estimate_peak
+    from app.runs.memory.estimate import ModelShape, estimate_peak
 
     shape = ModelShape(**MISTRAL_7B)
     rows = []

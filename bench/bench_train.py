@@ -35,7 +35,7 @@ from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.supervisor import worker_env
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport
 from bench import model_20m
 from bench.common import (

@@ -31,7 +31,7 @@ from app.contract.run_config import LoraParameters, RunConfig
 from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.supervisor import worker_env
-from app.runs.store import create_run
+from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport, ValReport
 from bench.common import PROJECT_DIR, RESULTS_DIR, base_env, fmt, log_tail, markdown_table, run_child
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import PROJECT_DIR
 
 from app.contract.run_config import RunConfig
-from app.runs.yaml_config import export_yaml, parse_yaml_config
+from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
 from worker.batch_padding import batch_longest, mlx_lm_row_length, tight_applies, tight_row_lengths
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"

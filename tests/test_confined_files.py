@@ -342,7 +342,7 @@ def test_a_run_whose_training_file_links_out_fails_before_training(
     from sqlmodel import Session
 
     from app.contract.run_config import RunConfig
-    from app.runs.store import create_run
+    from app.runs.store.runs import create_run
 
     folder = tmp_path / "data"
     folder.mkdir()

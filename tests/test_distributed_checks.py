@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from app.contract.run_config import RunConfig
 from app.db import make_engine
-from app.runs.distributed_checks import (
+from app.runs.cluster.checks import (
     Finished,
     config_problems,
     distributed_problems,
@@ -22,9 +22,9 @@ from app.runs.distributed_checks import (
     read_hostfile,
     run_command,
 )
-from app.runs.distributed_view import distributed_view
-from app.runs.form import changed_advanced, form_to_payload, form_values
-from app.runs.yaml_config import export_yaml, parse_yaml_config
+from app.runs.cluster.view import distributed_view
+from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
+from app.runs.form.fields import changed_advanced, form_to_payload, form_values
 from app.tables import Run
 from tests.conftest import InProcess, Server, shot
 

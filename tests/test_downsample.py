@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from app.runs.downsample import lttb
+from app.runs.live.downsample import lttb
 
 
 def test_small_series_are_kept_whole() -> None:

@@ -39,7 +39,7 @@ from app.models.requests import (
     prepare_quantize,
     quantize_estimate,
 )
-from app.runs.memory_estimate_qlora import qlora_choice
+from app.runs.memory.estimate_qlora import qlora_choice
 from app.tables import Checkpoint, Job, Run
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")

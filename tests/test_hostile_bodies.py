@@ -19,9 +19,15 @@ from app.contract.safe_text import text_problem
 from app.datasets.validation import validate_dataset
 from app.imports.adapter_folder import NUMBERED
 from app.models.registry import NAME
-from app.runs.distributed_checks import _HOST
-from app.runs.listing import RunListError, clean_name, clean_notes
-from app.runs.yaml_config import MAX_PROBLEMS, MAX_YAML_DEPTH, MAX_YAML_NODES, YamlConfigError, parse_yaml_config
+from app.runs.cluster.checks import _HOST
+from app.runs.configs.yaml_config import (
+    MAX_PROBLEMS,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    YamlConfigError,
+    parse_yaml_config,
+)
+from app.runs.store.listing import RunListError, clean_name, clean_notes
 from app.tables import Run
 
 # 271 bytes that stand for 9 * 9^7 (about 43 million) values once every alias is expanded.

@@ -20,7 +20,7 @@ from fastapi.sse import ServerSentEvent
 from sqlmodel import Session
 
 from app.db import make_engine
-from app.runs.live import (
+from app.runs.live.stream import (
     STATUS_GLYPHS,
     Cursor,
     CursorError,
@@ -34,7 +34,7 @@ from app.runs.live import (
     run_event_stream,
     tab_title,
 )
-from app.runs.store import metrics_json
+from app.runs.store.runs import metrics_json
 from app.tables import Run, TrainReport, ValReport
 
 # ---- pure logic --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from conftest import QUICK_RUN, Server, points, shot
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
-from app.runs.live import tab_title
+from app.runs.live.stream import tab_title
 
 pytestmark = pytest.mark.browser
 

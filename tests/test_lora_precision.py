@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.contract.run_config import RunConfig
-from app.runs.form import field_specs, form_to_payload, form_values
-from app.runs.yaml_config import YamlConfigError, export_yaml, parse_yaml_config
+from app.runs.configs.yaml_config import YamlConfigError, export_yaml, parse_yaml_config
+from app.runs.form.fields import field_specs, form_to_payload, form_values
 
 
 def test_option_defaults_to_mixed_and_round_trips_through_the_config() -> None:

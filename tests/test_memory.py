@@ -16,7 +16,7 @@ from app.catalog.info import model_info, trainable_params
 from app.contract.memory_guard import gb_text, memory_verdict, memory_warning, worker_memory
 from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
-from app.runs.memory_estimate import ModelShape, estimate_peak, fits, model_shape
+from app.runs.memory.estimate import ModelShape, estimate_peak, fits, model_shape
 
 GB = 10**9
 

@@ -11,7 +11,7 @@ from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Page, expect
 
 from app.contract.run_config import RunConfig
-from app.runs.form import FORM_KEYS, form_values
+from app.runs.form.fields import FORM_KEYS, form_values
 
 pytestmark = pytest.mark.browser
 

@@ -67,7 +67,7 @@ def test_server_start_cleanup_leaves_a_folder_whose_worker_may_be_writing(tmp_pa
 
     from app.contract.settings import Settings
     from app.db import make_engine
-    from app.runs.checkpoints import remove_leftover_temps
+    from app.runs.store.checkpoints import remove_leftover_temps
     from app.tables import Run
 
     settings = Settings(data_dir=tmp_path, adapters_dir=tmp_path / "adapters")

@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from sqlmodel import Session, select
 
 from app.db import make_engine
-from app.runs.queue import NotQueuedError, cancel_queued, move_in_queue, moved, queued_runs
+from app.runs.store.queue import NotQueuedError, cancel_queued, move_in_queue, moved, queued_runs
 from app.tables import Run
 
 # trains until stopped: no evaluation or checkpoint gets in the way

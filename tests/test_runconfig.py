@@ -19,8 +19,8 @@ from app.contract.run_config import (
     resolve_model,
 )
 from app.contract.settings import Settings
-from app.runs.config_warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
-from app.runs.form import (
+from app.runs.configs.warnings import ConfigFacts, DataFacts, ModelFacts, config_warnings, read_model_facts
+from app.runs.form.fields import (
     FORM_FIELDS,
     FormProblem,
     changed_advanced,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.runs.listing import (
+from app.runs.store.listing import (
     MISSING,
     RunFilter,
     RunListError,
@@ -20,7 +20,7 @@ from app.runs.listing import (
     shown_value,
     status_values,
 )
-from app.runs.summary import TrainFigures, ValFigures, improvement, summary_view, wall_seconds
+from app.runs.store.summary import TrainFigures, ValFigures, improvement, summary_view, wall_seconds
 
 
 def test_improvement_is_the_drop_from_the_first_validation_to_the_best() -> None:

@@ -15,7 +15,7 @@ import yaml
 from conftest import PROJECT_DIR, QUICK_RUN, InProcess, Server, base_env
 
 from app.contract.run_config import RunConfig
-from app.runs.yaml_config import YamlConfigError, export_data, export_yaml, parse_yaml_config
+from app.runs.configs.yaml_config import YamlConfigError, export_data, export_yaml, parse_yaml_config
 
 # An mlx_lm lora -c file as people write them (cf. mlx-lm's examples/lora_config.yaml).
 MLX_EXAMPLE = """\

@@ -1,7 +1,7 @@
 """RunConfig: the keys of `mlx_lm lora` (and its YAML) plus loraboard's own.
 
 Defaults, bounds and help text live here once; the API validation, the new-run
-form (app/runs/form.py), YAML import/export (app/runs/yaml_config.py) and the worker all
+form (app/runs/form/fields.py), YAML import/export (app/runs/configs/yaml_config.py) and the worker all
 read them from these classes.
 """
 

@@ -21,7 +21,7 @@ from app.contract.paths import run_dir
 from app.contract.settings import Settings
 from app.datasets.validation import FeatureKeys, IssueLog, SplitSummary, validate_split
 from app.jobs.jobs import create_job
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.tables import Job, Run
 
 KIND = EVALUATE.name

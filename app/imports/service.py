@@ -42,7 +42,7 @@ from app.imports.adapter_folder import (
 )
 from app.imports.checks import check_adapters, config_sentence, drop_unused
 from app.imports.log_parse import ParsedLog, TrainPoint, fill_rates, parse_log
-from app.runs.yaml_config import IGNORED_KEYS
+from app.runs.configs.yaml_config import IGNORED_KEYS
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 LOG_COPY = "mlx_lm.log"

@@ -43,7 +43,7 @@ from app.jobs.jobs import (
     waiting_reason,
 )
 from app.jobs.process import launch_args, log_tail, spawn_worker, worker_env
-from app.runs.queue import cancel_queued, queued_runs
+from app.runs.store.queue import cancel_queued, queued_runs
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
 __all__ = ["Supervisor", "is_worker", "is_worker_process", "jobs_dir", "log_tail", "pid_alive",
@@ -138,7 +138,7 @@ class Supervisor:
         """Start queued runs and jobs, oldest first, as far as the capacity rule lets them; a job that must
         wait is told why."""
         active = self.holders(session)
-        runs = queued_runs(session)  # in queue order (app/runs/queue.py)
+        runs = queued_runs(session)  # in queue order (app/runs/store/queue.py)
         jobs = session.exec(select(Job).where(Job.status == RunStatus.queued.value)).all()
         queue: list[tuple[datetime, Run | Job]] = sorted(
             [(as_utc(run.created_at), run) for run in runs] + [(as_utc(job.created_at), job) for job in jobs],

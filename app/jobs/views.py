@@ -1,16 +1,19 @@
 """The app's view of every job kind: one JobView per kind of the contract (app/contract/kinds.py), each built by
-its domain module, listed here once.
+its domain module, listed here once; and what a page shows of one job (templates/_job_progress.html's item).
 
 tests/test_jobs.py checks that every contract kind has exactly one view here.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import Session
 
 from app.datasets import token_stats
 from app.evaluation import results as evaluation
 from app.jobs.job_view import JobView
+from app.jobs.jobs import LIVE, progress_view
 from app.models import gguf
 from app.models import requests as model_jobs
 from app.playground import kind as playground
@@ -32,3 +35,8 @@ def describe(session: Session, job: Job) -> dict[str, str | None]:
     if view is None:
         return {"label": job.kind, "subject": None, "link": None, "summary": ""}
     return view.describe(session, job)
+
+
+def progress_item(session: Session, job: Job) -> dict[str, Any]:
+    """What the progress partial shows of a job."""
+    return {"job": job, "progress": progress_view(job), "info": describe(session, job), "live": job.status in LIVE}

@@ -32,7 +32,7 @@ from app.contract.settings import Settings
 from app.jobs.job_view import JobView
 from app.jobs.jobs import JobRefused, create_job
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
-from app.runs.checkpoints import find_checkpoint
+from app.runs.store.checkpoints import find_checkpoint
 from app.tables import Job, Run
 
 FUSE_KIND = FUSE.name

@@ -14,7 +14,7 @@ from app.jobs.jobs import LIVE, check_job, progress_view
 from app.jobs.views import describe
 from app.models.registry import model_folders, origin_text
 from app.models.requests import FUSE_KIND, GROUP_SIZES, QUANT_BITS, QUANTIZE_KIND, group_size_problem
-from app.runs.checkpoints import download_commands, usage_commands
+from app.runs.store.checkpoints import download_commands, usage_commands
 from app.tables import Checkpoint, Job, RegisteredModel, Run
 
 

@@ -26,7 +26,7 @@ from app.contract.settings import Settings
 from app.contract.status import RunStatus
 from app.jobs.jobs import Candidate, check_job, create_job, waiting_reason
 from app.playground.kind import KIND, UNIT
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.tables import Generation, GenerationColumn, Job, Run
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from app.datasets.validation import FeatureKeys
 from app.jobs.jobs import check_job
 from app.playground.kind import KIND
 from app.playground.requests import MAX_COLUMNS, live_job, same_model
-from app.runs.store import checkpoints_of
+from app.runs.store.runs import checkpoints_of
 from app.tables import Job, Run
 
 EXAMPLE_SPLITS = ("test", "valid")

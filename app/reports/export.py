@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from app.runs.store import TRAIN_FIELDS
+from app.runs.store.runs import TRAIN_FIELDS
 
 COLUMNS = ("kind", *TRAIN_FIELDS, "val_loss")  # the API's metric names, plus kind: "train" or "val"
 

@@ -27,9 +27,9 @@ from app.datasets.validation import SPLITS, FeatureKeys, line_format
 from app.evaluation.view import TableTruth, read_table_truth
 from app.jobs.jobs import LIVE
 from app.reports.labels import val_statuses
-from app.runs.checkpoints import usage_commands
-from app.runs.store import checkpoints_of, metrics_json
-from app.runs.summary import run_summary
+from app.runs.store.checkpoints import usage_commands
+from app.runs.store.runs import checkpoints_of, metrics_json
+from app.runs.store.summary import run_summary
 from app.tables import Checkpoint, Dataset, Job, Run, utcnow
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class RunFacts:
     checkpoints: list[Checkpoint]
     best: Checkpoint | None
     truth: TableTruth
-    summary: dict[str, Any]  # app.runs.summary.run_summary
+    summary: dict[str, Any]  # app.runs.store.summary.run_summary
     dataset: DatasetFacts
     tokens: TokenFacts
     commands: dict[str, str] | None  # usage_commands of the deployment checkpoint, else the best

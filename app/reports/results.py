@@ -7,7 +7,7 @@ from app.contract.status import RunStatus
 from app.reports.blocks import DASH, Block, Command, FactList, Mono, Para, Section, Table, Text, text
 from app.reports.facts import RunFacts
 from app.reports.labels import LEGEND, sample_rows
-from app.runs.checkpoints import improvement
+from app.runs.store.checkpoints import improvement
 from app.templating import human_bytes
 
 TRAIN_ROWS = 15  # the training loss table shows at most this many reports

@@ -1,4 +1,5 @@
-"""Path and query parameters shared by the routers, and the error responses the API documents.
+"""Path and query parameters shared by the routers, the rows they name (or a 404), and the error responses the API
+documents.
 
 Every integer that reaches the database is bounded to SQLite's 64-bit range: a larger one is
 answered 422 (it names the parameter and the bound) instead of failing inside the query.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import HTTPException, Path, Query, status
+from fastapi import Depends, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from app.tables import Run
+from app.deps import SessionDep, SettingsDep
+from app.jobs.jobs import check_job
+from app.runs.store.checkpoints import find_checkpoint
+from app.tables import Checkpoint, Dataset, Job, PromptSet, Run
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 MIN_INT = -(2**63)
@@ -21,6 +25,10 @@ RunId = Annotated[int, Path(ge=1, le=MAX_ID, description="the run's id")]
 DatasetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the dataset's id")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="the job's id")]
 Iteration = Annotated[int, Path(ge=0, le=MAX_ID, description="the checkpoint's iteration")]
+ModelName = Annotated[str, Path(max_length=100, description="the model's folder name under the models folder")]
+ServedModelName = Annotated[str, Path(min_length=1, max_length=128, description="a model folder's name under the "
+                                                                                "models folder")]
+PromptSetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the prompt set's id")]
 
 
 def run_or_404(session: Session, run_id: int) -> Run:
@@ -69,3 +77,40 @@ def stream_problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 def content(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
     """A 200 answered with a body that is not JSON (a zip, a YAML file)."""
     return {200: {"description": description, "content": {media_type: {}}}}
+
+
+def run_checkpoint_or_404(session: Session, run_id: int, iteration: int) -> tuple[Run, Checkpoint]:
+    """The run and its checkpoint at this iteration, or a 404 that names what is missing."""
+    run = run_or_404(session, run_id)
+    ckpt = find_checkpoint(session, run_id, iteration)
+    if ckpt is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"run {run_id} has no checkpoint at iteration "
+                                                              f"{iteration:,}")
+    return run, ckpt
+
+
+def existing_job(job_id: JobId, session: SessionDep, settings: SettingsDep) -> Job:
+    """The job (checked for a dead worker), or 404."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job with id {job_id}")
+    return check_job(session, settings, job)
+
+
+JobDep = Annotated[Job, Depends(existing_job)]
+
+
+def dataset_or_404(session: Session, dataset_id: int) -> Dataset:
+    """The registered dataset, or a 404 that names the id."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no dataset with id {dataset_id}")
+    return dataset
+
+
+def prompt_set_or_404(session: Session, prompt_set_id: int) -> PromptSet:
+    """The prompt set, or a 404 that names the id."""
+    prompt_set = session.get(PromptSet, prompt_set_id)
+    if prompt_set is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no prompt set with id {prompt_set_id}")
+    return prompt_set

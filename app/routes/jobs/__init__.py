@@ -1,0 +1,1 @@
+"""Jobs of every kind: their JSON API, the /jobs page and the progress partial."""

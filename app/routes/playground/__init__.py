@@ -1,0 +1,1 @@
+"""The playground: its JSON API (generations, prompt sets) and its pages."""
