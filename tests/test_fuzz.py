@@ -1,12 +1,15 @@
 """The JSON API against its own OpenAPI document: schemathesis generates requests for every operation
-(boundary values, wrong types, huge integers, odd bodies) and sends them to a real server.
+(boundary values, wrong types, huge integers, odd bodies) and sends them to the dashboard in-process (through
+schemathesis's ASGI transport, on a real SQLite file; a run trained by a real worker, and the jobs the requests
+start are real workers too).
 
 Every answer must be a documented status code with a documented content type and, where the document
 gives one, a body matching its schema; never a 5xx.
 
 `POST /api/runs` is left out of the generated requests: every acceptable body starts a training
 worker. It gets its own hand-picked bodies instead (each an error: nothing trains), and the last test
-checks that the fuzzing left no run queued or training.
+checks that the fuzzing left no run queued or training. The hand-picked requests need no run: they are sent to a
+dashboard of their own, and no worker starts.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import schemathesis
-from conftest import QUICK_RUN, TERMINAL, Server
+from conftest import QUICK_RUN, TERMINAL, InProcess, in_process
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.python.asgi import ASGIClient
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -35,15 +38,19 @@ STARTS_WORKERS = ("POST", "/api/runs")
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[Server]:
-    """A server with one short run that has ended with checkpoints, so that run 1 and its checkpoints exist."""
-    srv = Server(tmp_path_factory.mktemp("fuzz")).start()
-    status, run = srv.post("/api/runs", {**QUICK_RUN, "iters": 10, "save_every": 5, "steps_per_eval": 5,
-                                         "steps_per_report": 5})
-    assert status == 201, run
-    assert srv.wait_terminal(run["id"])["status"] == "completed"
-    yield srv
-    srv.stop()
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
+    """The dashboard with one short run that has ended with checkpoints, so that run 1 and its checkpoints exist."""
+    with in_process(tmp_path_factory.mktemp("fuzz")) as srv:
+        status, run = srv.post("/api/runs", {**QUICK_RUN, "iters": 10, "save_every": 5, "steps_per_eval": 5,
+                                             "steps_per_report": 5})
+        assert status == 201, run
+        assert srv.wait_terminal(run["id"])["status"] == "completed"
+        yield srv
+
+
+def asgi_session(inproc: InProcess) -> ASGIClient:
+    """schemathesis's client of an ASGI app, not entered: the dashboard's lifespan is in_process's, started once."""
+    return ASGIClient(inproc.app, base_url=inproc.url)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +59,9 @@ def fuzz_stats() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def api_schema(fuzz_server: Server) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json")
+def api_schema(shared_app_client: InProcess) -> schemathesis.BaseSchema:
+    """The API's OpenAPI document, as the dashboard serves it."""
+    return schemathesis.openapi.from_dict(shared_app_client.get("/openapi.json"))
 
 
 @pytest.fixture(autouse=True)
@@ -71,13 +79,15 @@ schema = (schemathesis.pytest.from_fixture("api_schema").exclude(method=STARTS_W
           .exclude(method="POST", path_regex=STARTS_LASTING_WORKERS))
 
 
+@pytest.mark.real  # the run it needs trains, and the jobs the requests ask for run: real workers
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
           database=None)
-def test_api_conforms_to_its_schema(case: schemathesis.Case, fuzz_server: Server, fuzz_stats: dict[str, Any]) -> None:
+def test_api_conforms_to_its_schema(case: schemathesis.Case, fuzz_server: InProcess,
+                                    fuzz_stats: dict[str, Any]) -> None:
     if case.path.endswith("/events"):  # a stream of a live run ends when it does: bound it
         case.query = {**(case.query or {}), "max_s": 2}
-    response = case.call(base_url=fuzz_server.url, timeout=30)
+    response = case.call(base_url=fuzz_server.url, session=asgi_session(fuzz_server), timeout=30)
     fuzz_stats["requests"] += 1
     fuzz_stats["status"][response.status_code] += 1
     fuzz_stats["operations"].add(case.operation.label)
@@ -94,16 +104,17 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, fuzz_server: Server
     {"data": "relative/folder"},
     {"early_stopping": {"patience": -1}},
 ])
-def test_bad_run_bodies_are_documented_4xx(body: dict[str, Any], fuzz_server: Server, api_schema: Any) -> None:
+def test_bad_run_bodies_are_documented_4xx(body: dict[str, Any], shared_app_client: InProcess,
+                                           api_schema: Any) -> None:
     case = api_schema["/api/runs"]["POST"].Case(body=body, headers={"Content-Type": "application/json"})
-    response = case.call(base_url=fuzz_server.url, timeout=30)
+    response = case.call(base_url=shared_app_client.url, session=asgi_session(shared_app_client), timeout=30)
     case.validate_response(response, checks=CHECKS)
     assert response.status_code == 422, (body, response.status_code, response.text)
 
 
-def test_not_json_run_body_is_400(fuzz_server: Server) -> None:
-    response = requests.post(fuzz_server.url + "/api/runs", data=b"\xff\xfe{", timeout=30,
-                             headers={"Content-Type": "application/json"})
+def test_not_json_run_body_is_400(shared_app_client: InProcess) -> None:
+    response = asgi_session(shared_app_client).post("/api/runs", data=b"\xff\xfe{", timeout=30,
+                                                    headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422), response.text
     assert "detail" in response.json()
 
@@ -119,12 +130,13 @@ def test_not_json_run_body_is_400(fuzz_server: Server) -> None:
     "/runs/new?from_run=99999999999999999999999",
     "/compare?ids=99999999999999999999999",
 ])
-def test_ids_beyond_sqlite_are_4xx(path: str, fuzz_server: Server) -> None:
-    response = requests.get(fuzz_server.url + path, timeout=30)
+def test_ids_beyond_sqlite_are_4xx(path: str, shared_app_client: InProcess) -> None:
+    response = asgi_session(shared_app_client).get(path, timeout=30)
     assert 400 <= response.status_code < 500, (path, response.status_code, response.text[:300])
 
 
-def test_fuzzing_left_nothing_running(fuzz_server: Server, fuzz_stats: dict[str, Any]) -> None:
+@pytest.mark.real  # ends the jobs the generated requests started
+def test_fuzzing_left_nothing_running(fuzz_server: InProcess, fuzz_stats: dict[str, Any]) -> None:
     """Nothing the generated requests did is still queued or training; what was sent, for the record."""
     print(f"fuzzing: {fuzz_stats['requests']} requests over {len(fuzz_stats['operations'])} operations, "
           f"status codes {dict(sorted(fuzz_stats['status'].items()))}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,13 +96,14 @@ def wait_more_points(page: Page, than: int) -> None:
 
 
 def test_chart_streams_points_title_follows_and_the_end_notifies(
-    shared_server: Server, context: BrowserContext
+    shared_server: Server, context: BrowserContext, short_data: Path
 ) -> None:
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "live-demo", "iters": 50,
-                                                   "steps_per_report": 2, "steps_per_eval": 20, "save_every": 40})
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "live-demo", "data": str(short_data),
+                                                   "iters": 50, "steps_per_report": 2, "steps_per_eval": 20,
+                                                   "save_every": 40})
     assert status == 201
     page.goto(f"{shared_server.url}/runs/{run['id']}")
     chart = page.locator("#loss-chart")
@@ -145,7 +147,9 @@ def test_chart_streams_points_title_follows_and_the_end_notifies(
     assert len(page.evaluate("window.__notifications")) == 0  # and notifies nothing
 
 
-def test_chart_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(browser: Browser, server: Server) -> None:
+def test_chart_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(browser: Browser,
+                                                                           shared_server: Server) -> None:
+    server = shared_server
     context = live_context(browser, server, notifications=False)
     page = context.new_page()
     try:

@@ -108,8 +108,9 @@ def test_model_shape_reads_the_tiny_model(default_model: Path) -> None:
 # ---- real runs ---------------------------------------------------------------------------------------
 
 
-def test_tiny_memory_limit_stops_the_run_with_its_reason_and_a_saved_adapter(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "memory_limit_gb": 0.01,
+def test_tiny_memory_limit_stops_the_run_with_its_reason_and_a_saved_adapter(shared_server: Server,
+                                                                             short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "memory_limit_gb": 0.01,
                                                    "memory_limit_action": "stop"})
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])
@@ -125,8 +126,10 @@ def test_tiny_memory_limit_stops_the_run_with_its_reason_and_a_saved_adapter(sha
     assert 'id="memory-warning"' in page and "above the limit 0.01 GB" in page
 
 
-def test_memory_limit_warn_keeps_training_and_the_page_warns(shared_server: Server, browser: Browser) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 20, "memory_limit_gb": 0.01})
+def test_memory_limit_warn_keeps_training_and_the_page_warns(shared_server: Server, browser: Browser,
+                                                            short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 20,
+                                                   "memory_limit_gb": 0.01})
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])
     assert run["status"] == "completed" and run["stop_reason"] is None, run

@@ -303,8 +303,9 @@ RUNS_TO_CHECK: list[dict[str, Any]] = [
 ]
 
 
-def test_the_count_before_start_is_what_the_run_reports(cache_server: Server) -> None:
-    """Real runs: /api/models/info before Start equals the trainable/total the worker writes when it starts."""
+def test_the_count_before_start_is_what_the_run_reports(cache_server: Server, short_data: Path) -> None:
+    """Real runs (one step each, on short examples): /api/models/info before Start equals the trainable/total the
+    worker writes when it starts."""
     expected, run_ids = [], []
     for settings in RUNS_TO_CHECK:
         lora = settings.get("lora_parameters", {})
@@ -313,8 +314,9 @@ def test_the_count_before_start_is_what_the_run_reports(cache_server: Server) ->
             "num_layers": settings["num_layers"], "rank": lora.get("rank", 8), "keys": ",".join(lora.get("keys", [])),
         })
         expected.append(cache_server.get(f"/api/models/info?{query}")["trainable"])
-        status, run = cache_server.post("/api/runs", {**QUICK_RUN, "iters": 4, "steps_per_eval": 100,
-                                                      "save_every": 100, **settings})
+        status, run = cache_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 1,
+                                                      "steps_per_eval": 100, "save_every": 100, "val_batches": 1,
+                                                      **settings})
         assert status == 201, run
         run_ids.append(run["id"])
     for run_id, info, settings in zip(run_ids, expected, RUNS_TO_CHECK, strict=True):

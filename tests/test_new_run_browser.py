@@ -3,6 +3,7 @@ clone, and a run started with advanced options that reports its test loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -122,9 +123,8 @@ def test_advanced_section_live_errors_and_warnings(shared_server: Server, page: 
 
 
 def test_yaml_import_then_run_with_advanced_options_and_export(shared_server: Server, page: Page,
-                                                               default_model: Any) -> None:
-    data = default_model.parent.parent / "contact-center"
-    text = ADVANCED_YAML.format(model=default_model, data=data)
+                                                               default_model: Any, short_data: Path) -> None:
+    text = ADVANCED_YAML.format(model=default_model, data=short_data)
     page.goto(shared_server.url + "/runs/new")
     page.click("#yaml-import summary")
     page.fill("#yaml-text", "iters: 0\nlearning_rte: 1e-5\n")
@@ -189,18 +189,18 @@ def _flatten_yaml(text: str) -> dict[str, Any]:
     return {**document, **own}
 
 
-def test_clone_prefills_every_field(shared_server: Server, page: Page) -> None:
-    config = {**QUICK_RUN, "iters": 10, "name": "to clone", "fine_tune_type": "dora", "optimizer": "sgd",
-              "optimizer_config": {"sgd": {"momentum": 0.9, "nesterov": True}},
+def test_clone_prefills_every_field(shared_server: Server, page: Page, short_data: Path) -> None:
+    config = {**QUICK_RUN, "data": str(short_data), "iters": 10, "name": "to clone", "fine_tune_type": "dora",
+              "optimizer": "sgd", "optimizer_config": {"sgd": {"momentum": 0.9, "nesterov": True}},
               "lr_schedule": {"name": "linear_schedule", "arguments": [1e-3, 1e-4, 10], "warmup": 2,
                               "warmup_init": 1e-6},
               "lora_parameters": {"rank": 6, "scale": 12.0, "dropout": 0.1, "keys": ["mlp.up_proj"]},
               "grad_accumulation_steps": 2, "grad_checkpoint": True, "full_val_at_checkpoints": True,
               "steps_per_eval": 6, "save_every": 6, "val_batches": -1, "seed": 11, "test": True, "test_batches": 2,
-              "early_stopping": {"patience": 5, "min_delta": 0.002}, "epochs": 0.025}
+              "early_stopping": {"patience": 5, "min_delta": 0.002}, "epochs": 0.125}
     status, run = shared_server.post("/api/runs", config)
     assert status == 201, run
-    assert run["config"]["iters"] == 8  # 0.025 epochs of 1,200 examples in batches of 4 (rounded up)
+    assert run["config"]["iters"] == 7  # 0.125 epochs of 200 examples in batches of 4 (rounded up)
     page.goto(f"{shared_server.url}/runs/{run['id']}")
     page.click("#clone-button")
     page.wait_for_url("**/runs/new?from_run=*")
@@ -211,7 +211,7 @@ def test_clone_prefills_every_field(shared_server: Server, page: Page) -> None:
     assert state["optimizer_config"] == "momentum=0.9, nesterov=true"
     assert state["lr_schedule.name"] == "linear_schedule" and state["lr_schedule.arguments"] == "0.001, 0.0001, 10"
     assert state["early_stopping.enabled"] is True and state["early_stopping.patience"] == "5"
-    assert state["epochs"] == "0.025" and state["test"] is True and state["grad_checkpoint"] is True
+    assert state["epochs"] == "0.125" and state["test"] is True and state["grad_checkpoint"] is True
     page.click("#advanced summary")
     shot(page, "new-run-08-cloned")
     shared_server.wait_terminal(run["id"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 from conftest import QUICK_RUN, Server
 
@@ -16,8 +17,9 @@ def train_iterations(server: Server, run_id: int) -> list[int]:
             "SELECT iteration FROM trainreport WHERE run_id = ? ORDER BY id", (run_id,))]
 
 
-def test_server_killed_mid_run_loses_nothing(server: Server) -> None:
-    config = {**QUICK_RUN, "iters": 50, "steps_per_report": 5, "steps_per_eval": 25, "save_every": 25}
+def test_server_killed_mid_run_loses_nothing(server: Server, short_data: Path) -> None:
+    config = {**QUICK_RUN, "data": str(short_data), "iters": 50, "steps_per_report": 5, "steps_per_eval": 25,
+              "save_every": 25}
     status, run = server.post("/api/runs", config)
     assert status == 201
     server.wait_for(run["id"], lambda r: r["status"] == "running" and len(train_iterations(server, r["id"])) >= 2,
