@@ -53,6 +53,8 @@ class Run(SQLModel, table=True):
     early_stopping_json: str | None = None  # the live rule (JSON of EarlyStopping); re-tunable while training
     deploy_best_on_end: bool = False  # "Stop and keep best": the best checkpoint becomes the deployment
     test_loss: float | None = None  # loss on test.jsonl after training (config "test"), of the best or final adapter
+    # tokens of the training batches' rows against the positions computed (rows times width), 0-1; None: not counted
+    useful_token_share: float | None = None
     notes: str = ""  # free text from the runs list (what was tried, why)
     queue_position: int | None = None  # order among queued runs (app/runs/store/queue.py); None: behind, oldest first
 

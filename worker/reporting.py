@@ -267,6 +267,7 @@ class ReportWriter:
             float(info["peak_memory"]), now_text(),
             info.get("rss_bytes"), info.get("footprint_bytes"), info.get("swap_used_bytes"),
         )
+        share = info.get("useful_token_share")
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -275,7 +276,11 @@ class ReportWriter:
                 " swap_used_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
-            conn.execute("UPDATE run SET iteration = MAX(iteration, ?) WHERE id = ?", (values[1], self.run_id))
+            conn.execute(
+                "UPDATE run SET iteration = MAX(iteration, ?),"
+                " useful_token_share = COALESCE(?, useful_token_share) WHERE id = ?",
+                (values[1], share, self.run_id),
+            )
 
         self.submit(job)
 

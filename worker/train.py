@@ -40,6 +40,7 @@ from worker.batch_padding import padded_batches
 from worker.distributed import agree, gather, group_record, rank_and_size, share_from_rank0
 from worker.durable import publish, temp_path, write_safetensors, write_text
 from worker.hardware import record_hardware
+from worker.length_grouping import UsefulTokens, counted, grouped
 from worker.loading import attach_adapters, count_parameters, load_data, load_model
 from worker.memory import MemoryGuard
 from worker.mixed_lora import mixed_applies, precision_label, use_mixed_lora
@@ -83,10 +84,11 @@ class DatabaseCallback(trainer.TrainingCallback):
     """Writes every train report to the database (through the writer's queue), with the worker's memory."""
 
     def __init__(self, writer: ReportWriter, start: ResumePoint | None = None, guard: MemoryGuard | None = None,
-                 ) -> None:
+                 useful: UsefulTokens | None = None) -> None:
         self.writer = writer
         self.start = start or ResumePoint(0, 0)
         self.guard = guard or MemoryGuard(None, "warn")
+        self.useful = useful  # the training batches' useful-token count, recorded with each report
 
     def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
         info = dict(train_info)  # a continued run counts on from where its checkpoint was
@@ -98,6 +100,8 @@ class DatabaseCallback(trainer.TrainingCallback):
         reading = self.guard.read(info["iteration"])
         info.update(rss_bytes=reading.rss_bytes, footprint_bytes=reading.footprint_bytes,
                     swap_used_bytes=reading.swap_used_bytes)
+        if self.useful is not None:
+            info["useful_token_share"] = self.useful.share
         self.writer.train_report(info)
 
     def on_val_loss_report(self, val_info: dict[str, Any]) -> None:
@@ -146,6 +150,7 @@ class StepHooks:
         self.agreed = [0, 0, 0]  # stop requested, early stop, memory stop: summed over the ranks
         self.rank_tokens = 0  # this rank's own tokens and seconds in mlx-lm's steps
         self.rank_seconds = 0.0
+        self.useful = UsefulTokens()  # this rank's training batches: their rows' tokens against positions computed
 
     @property
     def stop_requested(self) -> bool:
@@ -215,11 +220,17 @@ class StepHooks:
 
     def iterate_batches(self, **kwargs: Any) -> Iterator[Any]:
         """mlx-lm's batch iterator, with the hooks run before each step. With several ranks, whether to stop
-        is agreed by all of them at every step (a rank that left alone would hang the others' collectives)."""
+        is agreed by all of them at every step (a rank that left alone would hang the others' collectives).
+        The dataset goes to mlx-lm grouped as the run's batch_grouping asks; training batches are counted in
+        `self.useful`."""
         steps_done = 0
         stepped_at: float | None = None
         steps = self.config.iters - self.start_iteration
-        for batch in padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding, steps):
+        kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], self.config.batch_grouping)}
+        batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding, steps)
+        if kwargs.get("loop"):
+            batches = counted(batches, self.useful)
+        for batch in batches:
             if kwargs.get("loop"):
                 if stepped_at is not None:
                     self.rank_seconds += time.perf_counter() - stepped_at
@@ -356,7 +367,7 @@ def train_run(
         val_dataset=None,
         args=args,
         iterate_batches=hooks.iterate_batches,
-        training_callback=DatabaseCallback(writer, start, hooks.memory),
+        training_callback=DatabaseCallback(writer, start, hooks.memory, hooks.useful),
     )
     if rank == 0:  # mlx-lm writes the final adapter on rank 0 only
         publish(temp_path(final_adapter), final_adapter)

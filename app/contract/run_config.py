@@ -193,7 +193,7 @@ class ResumeFrom(BaseModel):
 # Keys of RunConfig that are loraboard's own (mlx_lm has no such option), and mlx_lm's data key names.
 LORABOARD_KEYS: tuple[str, ...] = ("name", "epochs", "early_stopping", "full_val_at_checkpoints", "resume_from",
                                    "memory_limit_gb", "memory_limit_action", "distributed", "lora_precision",
-                                   "batch_padding")
+                                   "batch_padding", "batch_grouping")
 FEATURE_KEYS: tuple[str, ...] = ("prompt_feature", "completion_feature", "chat_feature", "text_feature")
 
 
@@ -238,6 +238,11 @@ class RunConfig(BaseModel):
         "tight", description="tight pads a batch's rows to what the longest batch of its shape needs (rounded up "
         "to 8 tokens): mlx_lm's shapes, less padding; a run shorter than one epoch keeps mlx_lm's. mlx_lm pads to "
         "the next multiple of 32 (loraboard's own key).",
+    )
+    batch_grouping: Literal["length", "file_order"] = Field(
+        "length", description="length cuts the training set into batches of examples of similar token length "
+        "(less padding, fewer positions computed); the order of the batches is still shuffled every epoch. "
+        "file_order keeps mlx-lm's own order, which for JSONL data is the order of the file (loraboard's own key).",
     )
     grad_checkpoint: bool = Field(
         False, description="Gradient checkpointing: recompute activations to use less memory (slower)."

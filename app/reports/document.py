@@ -192,6 +192,7 @@ def hyperparameters_section(facts: RunFacts) -> Section:
         items.append(("LoRA", text(lora_text)))
     items += [
         ("Max sequence length", text(f"{int(config.get('max_seq_length', 0)):,} tokens")),
+        ("Batches", text(f"grouped by {_grouping(config)}, padding {config.get('batch_padding', 'mlx_lm')}")),
         ("Evaluation frequency", text(f"every {int(config.get('steps_per_eval', 0)):,} iterations")),
         ("Checkpoint frequency", text(f"every {int(config.get('save_every', 0)):,} iterations")),
         ("Validation batches", text("all (the whole validation set)" if val_batches < 0 else str(val_batches))),
@@ -200,6 +201,12 @@ def hyperparameters_section(facts: RunFacts) -> Section:
         ("Seed", text(str(config.get("seed", 0)))),
     ]
     return Section("hyperparameters", "Hyperparameters", [FactList(items)])
+
+
+def _grouping(config: dict[str, Any]) -> str:
+    """How the run cut its training set into batches, in words (a run from before the option kept file order)."""
+    grouping = str(config.get("batch_grouping", "file_order"))
+    return "token length" if grouping == "length" else "file order (mlx-lm's)"
 
 
 def _rule_text(live: str | None, configured: dict[str, Any] | None) -> str:

@@ -77,6 +77,8 @@ def performance_section(facts: RunFacts) -> Section:
                                if s["avg_iterations_per_second"] is not None else DASH)),
         ("Average throughput", text(f"{s['avg_tokens_per_second']:,.0f} tokens/s"
                                     if s["avg_tokens_per_second"] is not None else DASH)),
+        ("Useful tokens", text(f"{100 * s['useful_token_share']:.0f}% of the positions computed (the rest is padding)"
+                               if s.get("useful_token_share") is not None else DASH)),
         ("Total tokens trained", text(f"{s['total_tokens']:,}" if s["total_tokens"] is not None else DASH)),
         ("Wall time", text(s["wall_time"])),
         ("Peak memory", text(f"{s['peak_memory']:.3f} GB" if s["peak_memory"] is not None else DASH)),

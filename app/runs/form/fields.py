@@ -84,6 +84,7 @@ FORM_FIELDS: list[FormField] = [
     FormField("test_batches", "number", "evaluation"),
     FormField("max_seq_length", "number", "memory"),
     FormField("batch_padding", "select", "memory"),
+    FormField("batch_grouping", "select", "memory"),
     FormField("grad_accumulation_steps", "number", "memory"),
     FormField("clear_cache_threshold", "number", "memory"),
     FormField("grad_checkpoint", "checkbox", "memory"),

@@ -165,6 +165,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "trainable_params": run.trainable_params,
         "total_params": run.total_params,
         "test_loss": run.test_loss,
+        "useful_token_share": run.useful_token_share,
     }
 
 

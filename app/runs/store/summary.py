@@ -114,7 +114,8 @@ def wall_seconds(started_at: datetime | None, finished_at: datetime | None, now:
 
 
 def summary_view(
-    train: TrainFigures | None, val: ValFigures | None, wall_s: float | None, test_loss: float | None
+    train: TrainFigures | None, val: ValFigures | None, wall_s: float | None, test_loss: float | None,
+    useful_token_share: float | None = None,
 ) -> dict[str, Any]:
     """The summary cards' figures (numbers; None where there is nothing to show yet)."""
     gain = improvement(val.first_loss if val else None, val.best_loss if val else None)
@@ -133,6 +134,7 @@ def summary_view(
         "wall_seconds": wall_s,
         "wall_time": format_duration(wall_s),
         "test_loss": test_loss,
+        "useful_token_share": useful_token_share,
     }
 
 
@@ -144,4 +146,5 @@ def run_summary(session: Session, run: Run) -> dict[str, Any]:
         val_figures(session, [run.id]).get(run.id),
         wall_seconds(run.started_at, run.finished_at, utcnow()),
         getattr(run, "test_loss", None),
+        getattr(run, "useful_token_share", None),
     )
