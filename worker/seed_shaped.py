@@ -137,15 +137,20 @@ def make_example(rng: random.Random, target: int, count_tokens: Callable[[str], 
 
 
 def write_seed_shaped(out_dir: Path, count_tokens: Callable[[str], int], *, seed: int = 0, scale: float = 1.0,
-                      sizes: dict[str, int] | None = None) -> dict[str, list[int]]:
+                      sizes: dict[str, int] | None = None,
+                      on_example: Callable[[], None] | None = None) -> dict[str, list[int]]:
     """Write train/valid/test.jsonl of seed-shaped records into out_dir (each file atomically); returns each
-    split's token lengths as counted."""
+    split's token lengths as counted. `on_example` is called after each example is made (progress; an exception
+    it raises ends the writing there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     counted: dict[str, list[int]] = {}
     for offset, (split, count) in enumerate((sizes or SEED_SIZES).items()):
         rng = random.Random(seed * 1000 + offset)
-        examples = [make_example(rng, target, count_tokens)
-                    for target in seed_lengths(count, seed * 1000 + offset, scale)]
+        examples = []
+        for target in seed_lengths(count, seed * 1000 + offset, scale):
+            examples.append(make_example(rng, target, count_tokens))
+            if on_example is not None:
+                on_example()
         _write_atomic(out_dir / f"{split}.jsonl", "\n".join(json.dumps({"text": e.text}) for e in examples) + "\n")
         counted[split] = [e.tokens for e in examples]
     return counted

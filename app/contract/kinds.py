@@ -2,12 +2,13 @@
 row's params_json), the worker module that runs it, and what it asks of the machine.
 
 The app builds a kind's params before a job row exists (its checks are app-side: app/evaluation/requests.py,
-app/datasets/token_stats.py, app/serving/requests.py, app/models/requests.py, app/models/gguf.py, app/playground)
-and shows its jobs through the kind's JobView (app/jobs/views.py); `python -m worker job` (worker/job.py) validates
-the row's params into the kind's model and calls its module's `run(ctx)`.
+app/datasets/token_stats.py, app/datasets/demo_data.py, app/serving/requests.py, app/models/requests.py,
+app/models/gguf.py, app/playground) and shows its jobs through the kind's JobView (app/jobs/views.py);
+`python -m worker job` (worker/job.py) validates the row's params into the kind's model and calls its module's
+`run(ctx)`.
 
 needs_model_memory: the job loads the model (evaluate, generate, fuse, serve do); it waits while a run trains or
-another such job runs (app/jobs/jobs.waiting_reason). token_stats only tokenizes.
+another such job runs (app/jobs/jobs.waiting_reason). token_stats and demo_data only tokenize.
 resident: the job keeps a model loaded until it is released (the playground, a server): it waits for a training
 run like any memory job, a run waits for it, but other jobs neither wait for it nor make it wait.
 """
@@ -45,6 +46,52 @@ class TokenStatsParams(BaseModel):
 
 TOKEN_STATS = JobKind("token_stats", "token statistics", TokenStatsParams, "worker.token_stats", computes=False,
                       needs_model_memory=False)
+
+
+# demo_data: a seed-shaped demo dataset written into the datasets folder -------------------------------------
+
+
+DEMO_SIZES: dict[str, int] = {"train": 1500, "valid": 188, "test": 2579}  # the seed run's split sizes
+DEMO_SPLITS = ("train", "valid", "test")
+MAX_DEMO_EXAMPLES = 100_000  # per split
+
+
+class DemoDataParams(BaseModel):
+    """What a `demo_data` job writes: seed-shaped `text` records (worker/seed_shaped.py) in a new dataset folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The new dataset's folder name under the datasets folder (Settings.datasets_dir).")
+    model: str = Field(description="Model folder or hub id whose tokenizer counts the token lengths.")
+    scale: float = Field(1.0, gt=0, le=1, description="Lengths scaled down for a small model's max_seq_length.")
+    seed: int = Field(0, ge=0, description="The same seed writes the same dataset.")
+    sizes: dict[str, int] = Field(default_factory=lambda: dict(DEMO_SIZES),
+                                  description="Examples per split (train and valid required, test optional).")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not value or value.startswith(".") or "/" in value or "\\" in value or "\0" in value:
+            raise ValueError(f"name must be a plain folder name, got {value!r}")
+        return value
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = [split for split in value if split not in DEMO_SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split {unknown[0]!r}: expected train, valid or test")
+        for split in ("train", "valid"):
+            if value.get(split, 0) < 1:
+                raise ValueError(f"the {split} split needs at least 1 example")
+        for split, count in value.items():
+            if not 0 <= count <= MAX_DEMO_EXAMPLES:
+                raise ValueError(f"the {split} split must have 0 to {MAX_DEMO_EXAMPLES:,} examples, got {count:,}")
+        return {split: value[split] for split in DEMO_SPLITS if value.get(split)}
+
+
+DEMO_DATA = JobKind("demo_data", "seed-shaped demo set", DemoDataParams, "worker.demo_data", computes=False,
+                    needs_model_memory=False)
 
 
 # evaluate: checkpoints measured on a split ---------------------------------------------------------------------
@@ -182,7 +229,7 @@ GGUF = JobKind("gguf", "GGUF export", GgufParams, "worker.gguf_export", computes
 # The registry --------------------------------------------------------------------------------------------------
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (TOKEN_STATS, EVALUATE, PLAYGROUND, SERVE, FUSE, QUANTIZE,
-                                                          GGUF)}
+                                                          GGUF, DEMO_DATA)}
 
 
 def needs_model_memory(kind: str) -> bool:

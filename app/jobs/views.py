@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from app.datasets import token_stats
+from app.datasets import demo_data, token_stats
 from app.evaluation import results as evaluation
 from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, progress_view
@@ -21,7 +21,7 @@ from app.serving import requests as serving
 from app.tables import Job
 
 VIEWS: tuple[JobView, ...] = (token_stats.JOB_VIEW, evaluation.JOB_VIEW, playground.JOB_VIEW, serving.JOB_VIEW,
-                              model_jobs.FUSE_VIEW, model_jobs.QUANTIZE_VIEW, gguf.JOB_VIEW)
+                              model_jobs.FUSE_VIEW, model_jobs.QUANTIZE_VIEW, gguf.JOB_VIEW, demo_data.JOB_VIEW)
 
 
 def view_of(kind: str) -> JobView | None:

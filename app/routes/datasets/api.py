@@ -1,5 +1,5 @@
 """Datasets (JSON, under /api): list, register a folder, upload, validate a folder, one dataset; and the dataset
-tools: token statistics (a worker job) and subsets/splits."""
+tools: token statistics (a worker job), subsets/splits and seed-shaped demo datasets (a worker job)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.contract.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
+from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request, register_completed
+from app.datasets.demo_data import start_job as start_demo_job
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
 from app.datasets.requests import DEFAULT_MAX_SEQ_LENGTH, SubsetRequest, confined_source
 from app.datasets.subset import SubsetError, create_subset
@@ -19,6 +21,7 @@ from app.datasets.upload import UploadError, receive_dataset_upload
 from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.jobs.jobs import check_job
+from app.jobs.jobs import job_json as any_job_json
 from app.routes.params import MAX_ID, DatasetId, JobId, dataset_or_404, problems
 from app.tables import Job
 
@@ -32,6 +35,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 @router.get("/datasets", tags=["datasets"])
 def api_list_datasets(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Registered datasets (the bundled sample first)."""
+    register_completed(session, settings)
     return [dataset_json(dataset) for dataset in list_datasets(session, settings)]
 
 
@@ -148,3 +152,17 @@ def post_subset(body: SubsetRequest, session: SessionDep, settings: SettingsDep)
         raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
                                           "type": "value_error"}]) from None
     return result.as_json()
+
+
+@router.post("/datasets/demo", tags=["datasets"], status_code=status.HTTP_202_ACCEPTED, responses=problems(400, 422))
+def post_demo_dataset(
+    body: DemoDataRequest, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+) -> dict[str, Any]:
+    """Start writing a seed-shaped demo dataset (text records with the seed run's token lengths, counted with the
+    model's tokenizer) into a new folder under the datasets folder; it is registered once the job has completed."""
+    try:
+        params = check_request(session, settings, body)
+    except DemoDataError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body", exc.field], "msg": exc.message,
+                                          "type": "value_error"}]) from None
+    return any_job_json(start_demo_job(session, supervisor, params))

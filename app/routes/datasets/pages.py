@@ -1,6 +1,6 @@
 """Dataset pages: the list (register a folder, upload), one dataset (its check and a preview with a chat
 template), and the dataset tools' partials: token statistics, the new-run form's note on over-long examples,
-subsets and splits."""
+subsets and splits, seed-shaped demo datasets."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from app.catalog.info import model_choices
 from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
+from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request, register_completed
+from app.datasets.demo_data import start_job as start_demo_job
 from app.datasets.preview import Preview, build_preview, model_options
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
 from app.datasets.requests import DEFAULT_MAX_SEQ_LENGTH, SubsetRequest, confined_source
@@ -31,6 +33,7 @@ from app.datasets.token_stats import (
 from app.datasets.upload import UploadError, receive_dataset_upload
 from app.datasets.validation import validate_dataset
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
+from app.jobs.views import progress_item
 from app.routes.params import DatasetId, dataset_or_404
 from app.tables import Dataset
 
@@ -58,6 +61,7 @@ def _list_page(
     request: Request, session: Session, settings: Settings, templates: TemplatesDep, code: int = 200,
     **context: Any,
 ) -> Response:
+    register_completed(session, settings)
     context = {"datasets": [dataset_json(d) for d in list_datasets(session, settings)], "error": None,
                "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None,
                "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir, **context}
@@ -242,3 +246,26 @@ def subset_form(
         context["subset_errors"][exc.field] = exc.message
         return templates.TemplateResponse(request, "_dataset_subset.html", context)  # htmx swaps 200s only
     return templates.TemplateResponse(request, "_dataset_subset.html", context)
+
+
+@router.post("/dataset-tools/demo", response_class=HTMLResponse, include_in_schema=False)
+def demo_form(
+    request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+    templates: TemplatesDep, name: Annotated[str, Form()] = "", scale: Annotated[str, Form()] = "1.0",
+) -> HTMLResponse:
+    """The Datasets page's demo card: start writing a seed-shaped demo set, then show its job (or the errors)."""
+    context: dict[str, Any] = {"demo_values": {"name": name, "scale": scale}, "demo_errors": {}, "demo_item": None,
+                               "datasets_dir": settings.local_datasets_dir}
+    try:
+        body = DemoDataRequest.model_validate({"name": name, "scale": scale or "1.0"})
+        params = check_request(session, settings, body)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            key = str(err["loc"][0]) if err["loc"] else "form"
+            context["demo_errors"][key] = err["msg"].removeprefix("Value error, ")
+    except DemoDataError as exc:
+        context["demo_errors"][exc.field] = exc.message
+    else:
+        context["demo_item"] = progress_item(session, start_demo_job(session, supervisor, params))
+        context["demo_values"] = {"name": "", "scale": scale}
+    return templates.TemplateResponse(request, "_dataset_demo.html", context)  # htmx swaps 200s only
