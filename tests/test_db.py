@@ -28,4 +28,5 @@ def test_an_older_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Pa
         run = session.get(Run, 1)
         assert run is not None and run.name == "from an older loraboard"
         assert (run.iteration, run.stop_requested, run.config_json, run.train_dtype) == (0, False, "{}", None)
+        assert run.useful_token_share is None  # not counted before loraboard counted it
     assert add_missing_columns(engine) == []  # idempotent
