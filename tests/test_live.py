@@ -269,9 +269,9 @@ def api_points(server: Server, run_id: int) -> tuple[list[int], list[int]]:
     return [p["iteration"] for p in metrics["train"]], [p["iteration"] for p in metrics["val"]]
 
 
-def test_events_in_order_then_end_and_ids_resume_exactly(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 30, "steps_per_report": 2,
-                                                   "steps_per_eval": 10, "save_every": 10})
+def test_events_in_order_then_end_and_ids_resume_exactly(shared_server: Server, short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 30,
+                                                   "steps_per_report": 2, "steps_per_eval": 10, "save_every": 10})
     assert status == 201
     live = stream(shared_server, f"/api/runs/{run['id']}/events")  # connected while it trains
     assert live.retry == "1000"
@@ -308,9 +308,11 @@ def test_events_in_order_then_end_and_ids_resume_exactly(shared_server: Server) 
     assert [e.event for e in caught_up] == ["status", "end"]
 
 
-def test_stream_time_limit_drops_the_connection_and_ids_resume_with_no_gap(shared_server: Server) -> None:
-    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "steps_per_report": 1,
-                                                   "steps_per_eval": 10, "save_every": 100_000})
+def test_stream_time_limit_drops_the_connection_and_ids_resume_with_no_gap(shared_server: Server,
+                                                                           short_data: Path) -> None:
+    status, run = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                                   "steps_per_report": 1, "steps_per_eval": 10,
+                                                   "save_every": 100_000})
     assert status == 201
     path = f"/api/runs/{run['id']}/events?max_s=1.5"
     collected: list[Event] = []
@@ -358,9 +360,9 @@ def test_bad_requests_name_the_problem(shared_server: Server) -> None:
     assert status == 422 and body["detail"][0]["loc"] == ["query", "after_train"]
 
 
-def test_shutdown_ends_open_streams_and_the_worker_trains_on(server: Server) -> None:
-    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000,
-                                            "steps_per_eval": 100_000})
+def test_shutdown_ends_open_streams_and_the_worker_trains_on(server: Server, short_data: Path) -> None:
+    status, run = server.post("/api/runs", {**QUICK_RUN, "data": str(short_data), "iters": 100_000,
+                                            "save_every": 100_000, "steps_per_eval": 100_000})
     assert status == 201
     server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
