@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import OperationalError
@@ -22,7 +23,7 @@ from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.body_limit import BodyLimitMiddleware
+from app.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware
 from app.contract.db_writes import Outage, failure_key, write_failure
 from app.contract.settings import Settings, get_settings
 from app.db import make_engine
@@ -130,8 +131,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    playground_api, playground_pages,
                    serve_api, serve_pages,
                    jobs_api, jobs_pages):
+        document_body_limit(module.router)
         app.include_router(module.router)
     return app
+
+
+def document_body_limit(router: APIRouter) -> None:
+    """Every route that reads a body may answer 413 (app/body_limit.py refuses it before the route runs): its
+    OpenAPI description says so."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None:
+            route.responses.setdefault(413, {"description": f"The request body is over {MAX_BODY_BYTES:,} bytes"})
 
 
 async def deleted_meanwhile(request: Request, exc: Exception) -> Response:
