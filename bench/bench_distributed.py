@@ -55,6 +55,7 @@ from bench.common import (
     median,
     ratio,
     run_child,
+    smoke_data,
     write_results,
 )
 
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.iters, args.repeats, args.steps_per_report, args.val_batches, args.max_seq_length = 2, 1, 1, 1, 64
     args.model, args.data = args.model.resolve(), args.data.resolve()
+    if args.smoke:  # the sample's first examples: no process tokenizes the whole sample
+        args.data = smoke_data(args.data)
     check_inputs(args.model, args.data)
     info = machine_info()
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}

@@ -28,7 +28,8 @@ rewritten after every step. See bench/README.md, "GPU: 2 GPUs over NCCL", for th
 device calls (the wheels travel as in bench/bench_gpu.py's docstring).
 
 `--smoke` tries the whole script anywhere, CPU included: the small model of the same
-architecture (gpu_build.py --smoke, the embedded model's tokenizer), rows of 32 tokens,
+architecture (gpu_build.py --smoke, the embedded model's tokenizer; built once into
+data/.cache/bench-gpu-smoke, shared with bench_gpu.py's smoke), rows of 32 tokens,
 2 iterations, the probe on 65,536 values, one round of 1gpu-b4 and 2gpu-b4, in a temporary
 --work folder; results to bench_distributed_gpu-smoke.json, its figures checked. Where MLX
 sees no GPU, NCCL cannot run: the probe and the 2-process runs go over MLX's ring backend
@@ -63,6 +64,7 @@ from bench.common import (
     base_env,
     check_figures,
     ensure_defaults,
+    gpu_smoke_inputs,
     log_tail,
 )
 
@@ -330,11 +332,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tokenizer.resolve() == DEFAULT_MODEL.resolve():
         ensure_defaults()
-    if not (args.model / "config.json").exists() or not args.data.exists() or args.smoke:
+    if args.smoke:  # built once in data/.cache, shared with bench_gpu.py's smoke
+        args.model, args.data = gpu_smoke_inputs(args.tokenizer, args.seq_tokens, args.work / "build.log")
+    elif not (args.model / "config.json").exists() or not args.data.exists():
         log = args.work / "build.log"
         cmd = [sys.executable, str(BENCH / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
-               "--model-out", str(args.model), "--data-out", str(args.data), "--seq-tokens", str(args.seq_tokens),
-               *(["--smoke"] if args.smoke else [])]
+               "--model-out", str(args.model), "--data-out", str(args.data), "--seq-tokens", str(args.seq_tokens)]
         if run_child(cmd, env(), log, 900).returncode != 0:
             raise SystemExit(f"building the model or data failed:\n{log_tail(log, 30)}")
 

@@ -52,6 +52,7 @@ from bench.common import (
     median,
     ratio,
     run_child,
+    smoke_data,
     verdict,
     write_results,
 )
@@ -262,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prompts, args.batch_size, args.max_tokens, args.checkpoints, args.test_batches, args.rounds = \
             2, 2, 4, 1, 1, 1
     args.model, args.data = args.model.resolve(), args.data.resolve()
+    if args.smoke:  # the sample's first examples: no process tokenizes the whole sample
+        args.data = smoke_data(args.data)
     check_inputs(args.model, args.data)
     info = machine_info()
     shim = shim_path()

@@ -40,6 +40,7 @@ from bench.common import (
     machine_line,
     markdown_table,
     run_child,
+    smoke_data,
     write_results,
 )
 
@@ -150,10 +151,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN_ROW = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s", re.M)  # mlx_lm's table: iter, train_loss, ...
 
 
-def train_figures(root: Path, label: str, model: Path, iters: int, batch: int, seq: int) -> dict[str, Any]:
+def train_figures(root: Path, label: str, model: Path, data: Path, iters: int, batch: int, seq: int
+                  ) -> dict[str, Any]:
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]  # all of them (6 of the 20M's)
     wall, rss, log = child([sys.executable, "-c", TRAIN_SCRIPT, "--train", "--model", str(model), "--data",
-                            str(DEFAULT_DATA), "--iters", str(iters), "--batch-size", str(batch), "--num-layers",
+                            str(data), "--iters", str(iters), "--batch-size", str(batch), "--num-layers",
                             str(layers), "--steps-per-report", "1", "--steps-per-eval", "100000", "--val-batches", "1",
                             "--max-seq-length", str(seq), "--adapter-path", str(root / f"{label}-train-adapter")],
                            root, f"{label}-train")
@@ -195,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         quant = worker_job(root, "quantize", {"model": str(bf16), "source": str(bf16), "name": q4.name,
                                               "dest": str(q4), "bits": 4, "group_size": group_size}, None, bf16,
                            f"{qlora_key}-quantize-job")
-        train = {label: train_figures(root, label, folder, args.train_iters, args.batch_size, args.max_seq_length)
+        data = smoke_data(DEFAULT_DATA) if args.smoke else DEFAULT_DATA  # a smoke's 2 steps need few examples
+        train = {label: train_figures(root, label, folder, data, args.train_iters, args.batch_size,
+                                      args.max_seq_length)
                  for label, folder in (("bf16", bf16), ("q4", q4))}
     finally:
         if not args.keep:

@@ -58,8 +58,9 @@ rounds and the experiments not run yet, added to the same results:
 
 `--list` names the experiments; `--experiments NAME ...` picks some; `--smoke` tries
 the whole script on a small model of the same architecture (CPU included): 2 iterations
-of 2 rows of 32 tokens, 1 round, in a temporary --work folder (removed after), results to
-bench_gpu-smoke.json, its figures checked. Without CUDA it leaves out the CUDA-only
+of 2 rows of 32 tokens, 1 round, in a temporary --work folder (removed after), the model and
+data built once into data/.cache/bench-gpu-smoke (shared with bench_distributed_gpu.py's
+smoke), results to bench_gpu-smoke.json, its figures checked. Without CUDA it leaves out the CUDA-only
 experiments, and PEFT where PyTorch or PEFT is not installed, each with a line saying so.
 """
 
@@ -89,11 +90,13 @@ from app.jobs.supervisor import worker_env
 from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport
 from bench.common import (
+    CACHE_DIR,
     PROJECT_DIR,
     RESULTS_DIR,
     base_env,
     check_figures,
     fmt,
+    gpu_smoke_inputs,
     log_tail,
     machine_info,
     median,
@@ -151,11 +154,11 @@ def probe(work: Path, size: int = 8192) -> dict[str, Any]:
 
 
 def build_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
-    suffix = "-smoke" if args.smoke else ""
-    model, data = args.work / f"model{suffix}", args.work / f"data{suffix}"
+    if args.smoke:  # built once in data/.cache, shared with bench_distributed_gpu.py's smoke
+        return gpu_smoke_inputs(args.tokenizer, args.seq_tokens, args.work / "build.log")
+    model, data = args.work / "model", args.work / "data"
     cmd = [sys.executable, str(PROJECT_DIR / "bench" / "gpu_build.py"), "--tokenizer", str(args.tokenizer),
-           "--model-out", str(model), "--data-out", str(data), "--seq-tokens", str(args.seq_tokens),
-           *(["--smoke"] if args.smoke else [])]
+           "--model-out", str(model), "--data-out", str(data), "--seq-tokens", str(args.seq_tokens)]
     log = args.work / "build.log"
     child = run_child(cmd, base_env(), log, 1800)
     if child.returncode != 0:
@@ -216,8 +219,10 @@ def run_peft(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def run_worker(args: argparse.Namespace, work: Path, mode: tuple[str, str] = ("mixed", "tight")) -> dict[str, Any]:
     lora_precision, batch_padding = mode
-    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
-                        hf_offline=True, allowed_dirs=str(args.work))
+    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db",
+                        cache_dir=CACHE_DIR if args.smoke else work / "cache",  # a smoke: the shim compiled once
+                        hf_offline=True, allowed_dirs=os.pathsep.join((str(args.work), str(args.model.parent),
+                                                                       str(args.data.parent))))
     config = RunConfig(
         name="bench-gpu", model=str(args.model), data=str(args.data), seed=0, batch_size=args.batch_size,
         iters=args.iters, num_layers=args.num_layers, learning_rate=1e-5, steps_per_report=args.steps_per_report,

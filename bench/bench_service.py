@@ -62,6 +62,7 @@ from bench.common import (
     median,
     own_env,
     percentile,
+    smoke_data,
     verdict,
     write_results,
 )
@@ -402,7 +403,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="LORABOARD_SUPERVISOR_INTERVAL_S for the server (default: the app's own)")
     parser.add_argument("--chromium", default=chromium_default(), help="Chromium executable (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="the whole script on the least work (1 start, 1 s of "
-                        "live chart or until a point is drawn, 0.5 s idle; rows of 64 tokens, a report each step), "
+                        "live chart or until a point is drawn, 0.5 s idle; rows of 64 tokens, a report every 5 steps), "
                         "its figures checked; results to bench_service-smoke.json")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -421,11 +422,13 @@ def smoke_figures(result: dict[str, Any]) -> list[tuple[str, float | None]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.model, args.data = args.model.resolve(), args.data.resolve()
+    if args.smoke:  # the sample's first examples: no process tokenizes the whole sample
+        args.data = smoke_data(args.data)
     check_inputs(args.model, args.data)
     info = machine_info()
     config = {**RUN_CONFIG, "model": str(args.model), "data": str(args.data)}
-    if args.smoke:  # rows of 64 tokens, one validation batch, a report each step: the least work before a report
-        config.update(max_seq_length=64, val_batches=1, steps_per_report=1)
+    if args.smoke:  # rows of 64 tokens and one validation batch: the least work before a report; a report every 5
+        config.update(max_seq_length=64, val_batches=1)  # steps (a report a step floods the run page's chart)
     with tempfile.TemporaryDirectory(prefix="loraboard-bench-service-") as scratch:
         root = Path(scratch)
         service = start_server(root, args)

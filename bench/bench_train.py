@@ -55,6 +55,7 @@ from bench.common import (
     median,
     ratio,
     run_child,
+    smoke_data,
     verdict,
     write_results,
 )
@@ -268,6 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.model, args.data = args.model.resolve(), args.data.resolve()
+    if args.smoke:  # the sample's first examples: no process tokenizes the whole sample
+        args.data = smoke_data(args.data)
     check_inputs(args.model, args.data)
     info = machine_info()
     for size in dict.fromkeys(args.model_size):

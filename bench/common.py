@@ -204,6 +204,50 @@ def ensure_model_20m(source: Path = DEFAULT_MODEL, timeout_s: float = 1800) -> P
     return MODEL_20M
 
 
+SMOKE_DATA = CACHE_DIR / "bench-smoke-data"  # the sample's first examples: what smoke runs train and test on
+SMOKE_EXAMPLES = 16
+
+
+def smoke_data(data: Path) -> Path:
+    """The dataset a smoke run reads: the sample's first SMOKE_EXAMPLES lines of each split (written to
+    data/.cache/bench-smoke-data when absent or different), or `data` itself when another folder was asked for.
+    Every process that loads a dataset tokenizes it whole (the sample's 1,500 examples: about a second each time);
+    a smoke's few steps and batches need 16."""
+    if data.resolve() != DEFAULT_DATA.resolve():
+        return data
+    ensure_defaults()
+    SMOKE_DATA.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        text = "".join((DEFAULT_DATA / f"{split}.jsonl").read_text().splitlines(True)[:SMOKE_EXAMPLES])
+        target = SMOKE_DATA / f"{split}.jsonl"
+        if not target.is_file() or target.read_text() != text:  # written whole: a parallel smoke reads either
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, target)
+    return SMOKE_DATA
+
+
+GPU_SMOKE = CACHE_DIR / "bench-gpu-smoke"  # the GPU benchmarks' small model and data, shared by their smokes
+
+
+def gpu_smoke_inputs(tokenizer: Path, seq_tokens: int, log: Path) -> tuple[Path, Path]:
+    """The small model and the data rows of `bench/gpu_build.py --smoke` in data/.cache/bench-gpu-smoke, built
+    under a lock when absent or built otherwise (gpu_build skips what is there): both GPU benchmarks' smokes
+    read them, so neither builds them again."""
+    if tokenizer.resolve() == DEFAULT_MODEL.resolve():
+        ensure_defaults()
+    model, data = GPU_SMOKE / "model", GPU_SMOKE / f"data-{seq_tokens}"
+    GPU_SMOKE.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(PROJECT_DIR / "bench" / "gpu_build.py"), "--tokenizer", str(tokenizer), "--model-out",
+           str(model), "--data-out", str(data), "--seq-tokens", str(seq_tokens), "--smoke"]
+    with (GPU_SMOKE / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        child = run_child(cmd, base_env(), log, 900)
+    if child.returncode != 0:
+        raise SystemExit(f"bench: building the smoke model or data failed:\n{log_tail(log, 30)}")
+    return model, data
+
+
 def check_inputs(model: Path, data: Path) -> None:
     """Exit with a readable line when the model or the dataset folder is missing (the embedded ones are created)."""
     if model.resolve() == DEFAULT_MODEL.resolve() or data.resolve() == DEFAULT_DATA.resolve():

@@ -46,9 +46,10 @@ MISTRAL_7B: dict[str, Any] = {
     "eos_token_id": 2,
     "torch_dtype": "bfloat16",
 }
-# A small model of the same architecture, to try the scripts anywhere (--smoke).
-SMOKE: dict[str, Any] = dict(MISTRAL_7B, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                             num_key_value_heads=2, head_dim=64, intermediate_size=512)
+# A small model of the same architecture, to try the scripts anywhere (--smoke): 4 blocks and the embedded tokenizer's
+# 1,536-token vocabulary (its ids are all below it), ~1M parameters, so that a step takes milliseconds even on a CPU.
+SMOKE: dict[str, Any] = dict(MISTRAL_7B, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=32, intermediate_size=256, vocab_size=1536)
 LORA_KEYS = [
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",

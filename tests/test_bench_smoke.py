@@ -1,8 +1,9 @@
-"""Every CPU benchmark's `--smoke` run: the whole script on the least work, in its own process as a user runs it,
+"""Every benchmark's `--smoke` run: the whole script on the least work, in its own process as a user runs it,
 its figures checked by the script itself (bench/common.check_figures). A benchmark that breaks fails here.
 
-The runs share one xdist group, so they never run beside each other; the GPU benchmarks' smokes (bench_gpu.py,
-bench_distributed_gpu.py) also run on a CPU but take about a minute each there, so they are left to bench/README.md.
+The runs share one xdist group, so they never run beside each other. The GPU benchmarks' smokes (bench_gpu.py,
+bench_distributed_gpu.py) run here on the CPU: a small model of the same architecture, the experiments MLX's CPU
+backend has, and the 2-process runs over the ring backend instead of NCCL (each says what it leaves out).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ SCRIPTS = [
     "bench_fuse",
     pytest.param("bench_bigrun", marks=pytest.mark.browser),
     pytest.param("bench_service", marks=pytest.mark.browser),
+    "bench_gpu",
+    "bench_distributed_gpu",
 ]
 
 
