@@ -56,24 +56,17 @@ class Modelfile:
 
 
 def render(template: str, messages: list[dict[str, str]], add_generation_prompt: bool, special: dict[str, str]) -> str:
-    """The template rendered as transformers renders chat templates (sandboxed Jinja, trim_blocks, lstrip_blocks)."""
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """The template rendered by transformers' own chat-template renderer (sandboxed, as the tokenizer renders it)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            **special)
+    rendered, _indices = render_jinja_template(conversations=[messages], chat_template=template,
+                                               add_generation_prompt=add_generation_prompt, **special)
+    return str(rendered[0])
 
 
 def chat_shape(template: str, special: dict[str, str]) -> ChatShape | None:
     """The template's per-role prefix/suffix shape, or None when it does not have one (checked on a conversation
     of every role against the real rendering)."""
-    from jinja2.exceptions import TemplateError
-
     try:
         empty = render(template, [], False, special)
         parts: dict[str, tuple[str, str]] = {}
@@ -94,7 +87,7 @@ def chat_shape(template: str, special: dict[str, str]) -> ChatShape | None:
         expected = empty + "".join(parts[m["role"]][0] + m["content"] + parts[m["role"]][1] for m in conversation)
         if render(template, conversation, True, special) != expected + generation:
             return None
-    except (TemplateError, TypeError, ValueError, KeyError):
+    except Exception:  # a template that does not render here (its own errors, a missing variable) has no shape
         return None
     bos = special.get("bos_token") or ""
     preamble = empty[len(bos):] if bos and empty.startswith(bos) else empty
