@@ -41,17 +41,58 @@ def run_json(code: str, timeout: float = 600) -> Any:
 
 
 @pytest.fixture(scope="module")
-def model_dir() -> Path:
-    """ensure_defaults builds the model on first use (about a minute), then it is cached on disk."""
-    lines = run_python(f"""
+def built() -> dict[str, Any]:
+    """One interpreter for what the tests read: ensure_defaults builds the model on first use (about a minute, then
+    it is cached on disk), mlx-lm loads it and generates, and its tokenizer renders the chat template."""
+    facts = run_json(f"""
 from worker.defaults import ensure_defaults
 model_dir, dataset_dir = ensure_defaults(Path({str(DATA_DIR)!r}), lambda line: print(line, flush=True))
-print(json.dumps([str(model_dir), str(dataset_dir)]))
+import mlx.core as mx
+from mlx.utils import tree_flatten
+from mlx_lm import load, stream_generate
+from worker.tiny_model import render_chat
+model, tokenizer = load(str(model_dir))
+params = tree_flatten(model.parameters())
+prompt = tokenizer.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True)
+pieces = list(stream_generate(model, tokenizer, prompt, max_tokens=24))
+loaded = {{
+    "type": type(model).__module__,
+    "params": sum(v.size for _, v in params),
+    "dtypes": sorted({{str(v.dtype) for _, v in params}}),
+    "tokens": pieces[-1].generation_tokens,
+    "text": "".join(p.text for p in pieces),
+}}
+msgs = [{{"role": "system", "content": "S"}}, {{"role": "user", "content": "U"}},
+        {{"role": "assistant", "content": "A"}}]
+rows = [json.loads(line) for line in
+        Path({str(DATA_DIR / "contact-center" / "valid.jsonl")!r}).read_text().splitlines()[:5]]
+prefix_ok, ends_eos, lengths = [], [], []
+for row in rows:
+    m = row["messages"]
+    full = tokenizer.apply_chat_template(m, return_dict=False)
+    prompt = tokenizer.apply_chat_template(m[:-1], add_generation_prompt=True, return_dict=False)
+    prefix_ok.append(full[:len(prompt)] == prompt)
+    ends_eos.append(full[-1] == tokenizer.eos_token_id and full.count(tokenizer.bos_token_id) == 1)
+    lengths.append(len(full))
+chat = {{
+    "has": tokenizer.has_chat_template,
+    "full": tokenizer.apply_chat_template(msgs, tokenize=False),
+    "prompt": tokenizer.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True),
+    "python": [render_chat(msgs), render_chat(msgs[:2], add_generation_prompt=True)],
+    "markers": [tokenizer.encode(t, add_special_tokens=False) for t in ("<|user|>", "<|assistant|>")],
+    "prefix_ok": prefix_ok, "ends_eos": ends_eos, "lengths": lengths,
+}}
+print(json.dumps({{"folders": [str(model_dir), str(dataset_dir)], "loaded": loaded, "chat": chat}}))
 """, timeout=900)
-    model, dataset = (Path(p) for p in json.loads(lines[-1]))
+    model, dataset = (Path(p) for p in facts["folders"])
     assert model == DATA_DIR / "models" / "tiny-mistral"
     assert dataset == DATA_DIR / "contact-center"
-    return model
+    return dict(facts)
+
+
+@pytest.fixture(scope="module")
+def model_dir(built: dict[str, Any]) -> Path:
+    return Path(built["folders"][0])
 
 
 def test_model_folder_is_complete(model_dir: Path) -> None:
@@ -66,23 +107,8 @@ def test_model_folder_is_complete(model_dir: Path) -> None:
     assert not list(model_dir.parent.glob(".tiny-mistral.building-*"))
 
 
-def test_loads_with_mlx_lm_and_generates(model_dir: Path) -> None:
-    result = run_json(f"""
-import mlx.core as mx
-from mlx.utils import tree_flatten
-from mlx_lm import load, stream_generate
-model, tokenizer = load({str(model_dir)!r})
-params = tree_flatten(model.parameters())
-prompt = tokenizer.apply_chat_template([{{"role": "user", "content": "Hello"}}], add_generation_prompt=True)
-pieces = list(stream_generate(model, tokenizer, prompt, max_tokens=24))
-print(json.dumps({{
-    "type": type(model).__module__,
-    "params": sum(v.size for _, v in params),
-    "dtypes": sorted({{str(v.dtype) for _, v in params}}),
-    "tokens": pieces[-1].generation_tokens,
-    "text": "".join(p.text for p in pieces),
-}}))
-""")
+def test_loads_with_mlx_lm_and_generates(built: dict[str, Any]) -> None:
+    result = built["loaded"]
     assert result["type"] == "mlx_lm.models.llama"
     assert 1_000_000 <= result["params"] <= 2_000_000
     assert result["dtypes"] == ["mlx.core.float32"]
@@ -90,32 +116,8 @@ print(json.dumps({{
     assert sum(c.isalpha() for c in result["text"]) >= 5, result["text"]
 
 
-def test_chat_template_renders(model_dir: Path) -> None:
-    result = run_json(f"""
-from mlx_lm import load
-from worker.tiny_model import render_chat
-_, tok = load({str(model_dir)!r})
-msgs = [{{"role": "system", "content": "S"}}, {{"role": "user", "content": "U"}},
-        {{"role": "assistant", "content": "A"}}]
-rows = [json.loads(line) for line in
-        Path({str(DATA_DIR / "contact-center" / "valid.jsonl")!r}).read_text().splitlines()[:5]]
-prefix_ok, ends_eos, lengths = [], [], []
-for row in rows:
-    m = row["messages"]
-    full = tok.apply_chat_template(m, return_dict=False)
-    prompt = tok.apply_chat_template(m[:-1], add_generation_prompt=True, return_dict=False)
-    prefix_ok.append(full[:len(prompt)] == prompt)
-    ends_eos.append(full[-1] == tok.eos_token_id and full.count(tok.bos_token_id) == 1)
-    lengths.append(len(full))
-print(json.dumps({{
-    "has": tok.has_chat_template,
-    "full": tok.apply_chat_template(msgs, tokenize=False),
-    "prompt": tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True),
-    "python": [render_chat(msgs), render_chat(msgs[:2], add_generation_prompt=True)],
-    "markers": [tok.encode(t, add_special_tokens=False) for t in ("<|user|>", "<|assistant|>")],
-    "prefix_ok": prefix_ok, "ends_eos": ends_eos, "lengths": lengths,
-}}))
-""")
+def test_chat_template_renders(built: dict[str, Any]) -> None:
+    result = built["chat"]
     assert result["has"]
     assert result["full"] == "<s><|system|>\nS\n<|user|>\nU\n<|assistant|>\nA</s>"
     assert result["prompt"] == "<s><|system|>\nS\n<|user|>\nU\n<|assistant|>\n"
