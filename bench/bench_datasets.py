@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.routes.new_run import check_form
 from sqlmodel import Session, delete
 
 from app.contract.settings import Settings
 from app.datasets.validation import validate_dataset
 from app.db import make_engine
+from app.runs.form.check import check_form
 from app.tables import DatasetCheck
 from bench.common import (
     DEFAULT_DATA,
