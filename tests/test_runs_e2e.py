@@ -353,8 +353,9 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
         train = shared_server.get(f"/api/runs/{run['id']}/metrics")["train"]
         return sorted(p["tokens_per_second"] for p in train[1:])[len(train[1:]) // 2]
 
-    # bf16 matrix products skip BLAS on CPU (~16x slower): training them in bf16 could not come close
-    assert speed(runs["bfloat16"]) > 0.5 * speed(runs["float32"])
+    # bf16 matrix products skip BLAS on CPU (~16x slower): training them in bf16 could not come within 4x (the two
+    # runs are short and one after the other, so a busy machine moves each median by up to about 2x)
+    assert speed(runs["bfloat16"]) > 0.25 * speed(runs["float32"])
 
 
 @pytest.mark.real  # a real server and worker
