@@ -94,7 +94,11 @@ async def stall_then_leave(asgi: Any, path: str) -> int:
              "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), (b"accept", b"text/event-stream")],
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
     request = asyncio.ensure_future(asgi(scope, receive, send))
-    await asyncio.sleep(0.6)  # stalled: keep-alive comments are due meanwhile
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30  # a busy machine may take seconds for the first event
+    while sent <= 2 and not request.done() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # stalled: keep-alive comments are due meanwhile
     gone.set()
     await asyncio.wait_for(request, 10)
     return sent
