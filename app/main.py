@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from http import HTTPStatus
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -28,6 +29,7 @@ from app.contract.db_writes import Outage, failure_key, write_failure
 from app.contract.settings import Settings, get_settings
 from app.db import make_engine
 from app.jobs.supervisor import Supervisor
+from app.jobs.views import finish_completed
 from app.models.registry import remove_leftover_model_temps
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
@@ -93,8 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_path)
         app.state.engine = engine
-        app.state.supervisor = Supervisor(settings, engine)
+        app.state.supervisor = Supervisor(settings, engine, on_jobs_ended=partial(finish_completed, settings=settings))
         with Session(engine) as session:  # temporary files of workers killed mid-write
+            finish_completed(session, settings=settings)  # jobs that completed while no app was watching
             remove_leftover_temps(session, settings, lambda run: not app.state.supervisor.worker_gone(run))
         remove_leftover_model_temps(settings)  # a fuse or quantize job killed mid-write
         watcher = asyncio.create_task(_watch(app.state.supervisor, settings.supervisor_interval_s))

@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from conftest import TERMINAL, InProcess, Server, shot
 from playwright.sync_api import Page, expect
+from sqlmodel import Session, select
+
+from app.jobs.views import finish_completed, is_live
+from app.tables import Dataset, Job
 
 SMALL = {"train": 12, "valid": 4, "test": 3}
 
@@ -52,6 +56,9 @@ def test_the_worker_writes_counted_text_records_and_the_dataset_is_listed(
                                            "longest": max(lengths)}
     assert max(lengths) < 2048 * 0.1 * 14  # scaled: the seed's longest (26,749) times 0.1, and no more
 
+    job = wait_job(app_client, job["id"], lambda j: "dataset_id" in j["result"], "registered")  # by the supervisor
+    with Session(app_client.engine) as session:  # registered before any GET of the datasets list
+        assert session.get(Dataset, job["result"]["dataset_id"]).name == "demo-small"
     listed = {d["name"]: d for d in app_client.get("/api/datasets")}
     dataset = listed["demo-small"]
     assert dataset["path"] == str(folder.resolve()) and dataset["ok"] and dataset["format"] == "text"
@@ -103,6 +110,33 @@ def test_a_cancelled_job_leaves_no_folder(app_client: InProcess) -> None:
     assert 0 < job["progress"]["done"] < 50_010
     assert not (datasets_dir / "demo-cancelled").exists() and leftovers(datasets_dir) == []
     assert "demo-cancelled" not in {d["name"] for d in app_client.get("/api/datasets")}
+
+
+def test_jobs_completed_while_no_app_watched_are_registered_at_start(
+    app_client: InProcess, tmp_path: Path,
+) -> None:
+    datasets_dir = app_client.root / "datasets"
+    kept, gone = datasets_dir / "kept", datasets_dir / "gone"
+    kept.mkdir(parents=True)
+    for split in ("train", "valid"):
+        (kept / f"{split}.jsonl").write_text(json.dumps({"text": "<|user|>hi<|assistant|>Quality: good"}) + "\n")
+    with Session(app_client.engine) as session:
+        jobs = [Job(kind="demo_data", status="completed", params_json=json.dumps({"name": folder.name}),
+                    result_json=json.dumps({"folder": str(folder), "name": folder.name}))
+                for folder in (kept, gone)]
+        session.add_all(jobs)
+        session.commit()
+        ids = [job.id for job in jobs]
+        finish_completed(session, settings=app_client.app.state.settings)  # what the app does as it starts
+        finish_completed(session, settings=app_client.app.state.settings)  # once per job: nothing more
+        kept_job, gone_job = (session.get(Job, job_id) for job_id in ids)
+        assert kept_job is not None and gone_job is not None
+        dataset = session.get(Dataset, kept_job.result["dataset_id"])
+        assert dataset is not None and dataset.name == "kept" and dataset.source == "seed-shaped demo"
+        assert len(session.exec(select(Dataset).where(Dataset.name == "kept")).all()) == 1
+        assert "no longer there" in gone_job.result["registration_error"]
+        assert not is_live(kept_job) and not is_live(gone_job)
+    assert "not listed: the folder" in app_client.get(f"/jobs/{ids[1]}/progress")
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,18 @@
 
 The worker (worker/demo_data.py) writes the new folder under the datasets folder; the app checks the request first
 (a free, valid name, a resolvable model, a scale in (0, 1]) and registers the folder as a dataset once the job has
-completed: the datasets list finds completed jobs whose folder is not registered yet (`register_completed`), as it
-finds the bundled sample.
+completed: the supervisor calls `register_completed` (this kind's JobView.on_completed) when the job ends, and at
+start-up for jobs that completed while no app was watching.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from app.contract.kinds import DEMO_DATA, DEMO_SIZES, DemoDataParams
 from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, model_roots
@@ -105,36 +106,50 @@ def start_job(session: Session, supervisor: Supervisor, params: DemoDataParams) 
     return job
 
 
-def register_completed(session: Session, settings: Settings) -> list[Dataset]:
-    """Register the folder of every completed demo job that is not in the registry yet (the datasets list calls
-    this, as it registers the sample); a folder that was since removed, or a name taken meanwhile, is skipped."""
-    jobs = session.exec(select(Job).where(Job.kind == KIND, Job.status == RunStatus.completed.value)
-                        .order_by(col(Job.id))).all()
-    added = []
-    for job in jobs:
-        result = job.result or {}
-        folder, name = result.get("folder"), result.get("name")
-        if not isinstance(folder, str) or not isinstance(name, str) or not Path(folder).is_dir():
-            continue
-        if session.exec(select(Dataset).where(Dataset.path == str(Path(folder).resolve()))).first() is not None:
-            continue
+def register_completed(session: Session, settings: Settings, job: Job) -> None:
+    """Register a completed demo job's folder as a dataset and record the outcome in the job's result (`dataset_id`,
+    or `registration_error`: the folder was removed, or its name was taken meanwhile). The supervisor calls this when
+    the job ends, and at start-up for jobs that completed while no app was watching; it runs once per job."""
+    result = dict(job.result or {})
+    if not registering(job):
+        return
+    folder, name = result.get("folder"), result.get("name")
+    if not isinstance(folder, str) or not isinstance(name, str) or not Path(folder).is_dir():
+        result["registration_error"] = f"the folder {folder} the job wrote is no longer there"
+    else:
+        path = str(Path(folder).resolve())
+        dataset = session.exec(select(Dataset).where(Dataset.path == path)).first()
         try:
-            added.append(register_dataset(session, settings, Path(folder), name, source=SOURCE))
-        except DatasetError:
-            continue
-    return added
+            dataset = dataset or register_dataset(session, settings, Path(folder), name, source=SOURCE)
+            result["dataset_id"] = dataset.id
+        except DatasetError as exc:
+            result["registration_error"] = str(exc)
+    job.result_json = json.dumps(result)
+    session.add(job)
+    session.commit()
+
+
+def registering(job: Job) -> bool:
+    """A completed demo job not yet registered (nor refused): its card waits for the dataset to be listed."""
+    result = job.result or {}
+    return job.status == RunStatus.completed.value and "dataset_id" not in result \
+        and "registration_error" not in result
 
 
 def result_summary(job: Job) -> str:
-    """'train 1,500 · valid 188 · test 2,579 examples, mean 1,159 tokens, longest 26,749' for the jobs list."""
-    splits: dict[str, Any] = (job.result or {}).get("splits", {})
-    if not splits:
-        return ""
-    counts = " · ".join(f"{split} {summary['examples']:,}" for split, summary in splits.items())
-    examples = sum(summary["examples"] for summary in splits.values())
-    total = sum((summary["mean"] or 0) * summary["examples"] for summary in splits.values())
-    longest = max((summary["longest"] or 0) for summary in splits.values())
-    return f"{counts} examples, mean {total / max(1, examples):,.0f} tokens, longest {longest:,}"
+    """'train 1,500 · valid 188 · test 2,579 examples, mean 1,159 tokens, longest 26,749' for the jobs list, and why
+    the folder was not listed if it was not."""
+    result = job.result or {}
+    splits: dict[str, Any] = result.get("splits", {})
+    refused = result.get("registration_error")
+    parts = [f"not listed: {refused}"] if refused else []
+    if splits:
+        counts = " · ".join(f"{split} {summary['examples']:,}" for split, summary in splits.items())
+        examples = sum(summary["examples"] for summary in splits.values())
+        total = sum((summary["mean"] or 0) * summary["examples"] for summary in splits.values())
+        longest = max((summary["longest"] or 0) for summary in splits.values())
+        parts.insert(0, f"{counts} examples, mean {total / max(1, examples):,.0f} tokens, longest {longest:,}")
+    return "; ".join(parts)
 
 
 def subject(session: Session, job: Job) -> tuple[str, str | None]:
@@ -149,4 +164,5 @@ def subject(session: Session, job: Job) -> tuple[str, str | None]:
     return f"dataset {params.get('name', '')}", None
 
 
-JOB_VIEW = JobView(DEMO_DATA, summary=result_summary, subject=subject)
+JOB_VIEW = JobView(DEMO_DATA, summary=result_summary, subject=subject, on_completed=register_completed,
+                   finishing=registering)

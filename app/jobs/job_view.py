@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from app.contract.kinds import JobKind
+from app.contract.settings import Settings
 from app.tables import Job
 
 
@@ -31,6 +32,10 @@ class JobView:
     kind: JobKind
     summary: Callable[[Job], str]  # a completed job's result in one line
     subject: Callable[[Session, Job], tuple[str, str | None]]  # (words, link) of what it concerns
+    # what the app does once a job of this kind has completed (the supervisor calls it; it must be idempotent)
+    on_completed: Callable[[Session, Settings, Job], None] | None = None
+    # a completed job whose on_completed has not run yet: pages keep polling it as live until it has
+    finishing: Callable[[Job], bool] | None = None
 
     def describe(self, session: Session, job: Job) -> dict[str, str | None]:
         """label, what the job concerns (words and link) and the result's line, for the jobs page and the cards."""

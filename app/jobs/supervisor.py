@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -86,6 +86,8 @@ class Supervisor:
     write_failure: WriteFailure | None = None  # the last refused write, until one works again (the pages' banner)
     probed_at: float = 0.0  # monotonic time of check_writable's last write
     writable_again_at: datetime | None = None  # when the last recorded write failure ended
+    on_jobs_ended: Callable[[Session, list[int]], None] | None = None  # the app's step for jobs that just ended
+    working_job_ids: set[int] = field(default_factory=set)  # jobs started or working at the last tick
 
     def spawn(self, session: Session, run: Run) -> None:
         assert run.id is not None
@@ -115,6 +117,7 @@ class Supervisor:
         log_path = folder / f"job-{job.id}.log"
         process = spawn_worker(["job", "--job-id", str(job.id)], self.settings, log_path)
         self.job_children[job.id] = process
+        self.working_job_ids.add(job.id)
         job.pid = process.pid
         job.status = RunStatus.starting.value
         job.waiting_reason = None
@@ -268,6 +271,14 @@ class Supervisor:
             if job_is_dead(job.status, alive, silent_s, self.settings.heartbeat_timeout_s):
                 end_dead_job(session, job, alive, code)
 
+    def finish_ended_jobs(self, session: Session) -> None:
+        """Hand the jobs that ended since the last tick (whatever their end) to `on_jobs_ended`."""
+        working = {job_id for job_id in session.exec(select(Job.id).where(col(Job.status).in_(WORKING))).all()
+                   if job_id is not None}
+        ended, self.working_job_ids = sorted(self.working_job_ids - working), working
+        if ended and self.on_jobs_ended is not None:
+            self.on_jobs_ended(session, ended)
+
     def cancel_job(self, session: Session, job: Job) -> bool:
         """Cancel under the supervisor's lock (a tick may be starting it). False: it had already ended."""
         with self.locked(session):
@@ -298,6 +309,7 @@ class Supervisor:
             self.check_writable(session)
             self.mark_interrupted(session)
             self.mark_dead_jobs(session)
+            self.finish_ended_jobs(session)
             self.reap()
             self.start_queued(session)
 

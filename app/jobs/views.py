@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
+from app.contract.settings import Settings
+from app.contract.status import RunStatus
 from app.datasets import demo_data, token_stats
 from app.evaluation import results as evaluation
 from app.jobs.job_view import JobView
@@ -37,6 +39,27 @@ def describe(session: Session, job: Job) -> dict[str, str | None]:
     return view.describe(session, job)
 
 
+def finish_completed(session: Session, job_ids: list[int] | None = None, *, settings: Settings) -> None:
+    """Run each kind's completion step (JobView.on_completed) for these completed jobs, or for every completed
+    job of a kind that has one (at start-up: jobs that completed while no app was watching)."""
+    hooked = {view.kind.name: view.on_completed for view in VIEWS if view.on_completed is not None}
+    query = select(Job).where(col(Job.kind).in_(hooked), Job.status == RunStatus.completed.value)
+    if job_ids is not None:
+        query = query.where(col(Job.id).in_(job_ids))
+    for job in session.exec(query.order_by(col(Job.id))).all():
+        hooked[job.kind](session, settings, job)
+
+
+def is_live(job: Job) -> bool:
+    """Whether pages keep polling the job: it has not ended, or it completed and the app's completion step for
+    its kind has not run yet (its result is not shown before that)."""
+    if job.status in LIVE:
+        return True
+    view = view_of(job.kind)
+    return job.status == RunStatus.completed.value and view is not None and view.finishing is not None \
+        and view.finishing(job)
+
+
 def progress_item(session: Session, job: Job) -> dict[str, Any]:
     """What the progress partial shows of a job."""
-    return {"job": job, "progress": progress_view(job), "info": describe(session, job), "live": job.status in LIVE}
+    return {"job": job, "progress": progress_view(job), "info": describe(session, job), "live": is_live(job)}

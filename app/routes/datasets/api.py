@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.contract.paths import DATA_DIRS_SETTING, PathNotAllowed, confine, data_roots
-from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request, register_completed
+from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request
 from app.datasets.demo_data import start_job as start_demo_job
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
 from app.datasets.requests import DEFAULT_MAX_SEQ_LENGTH, SubsetRequest, confined_source
@@ -35,7 +35,6 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 @router.get("/datasets", tags=["datasets"])
 def api_list_datasets(session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Registered datasets (the bundled sample first)."""
-    register_completed(session, settings)
     return [dataset_json(dataset) for dataset in list_datasets(session, settings)]
 
 

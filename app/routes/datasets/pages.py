@@ -16,7 +16,7 @@ from app.catalog.info import model_choices
 from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
-from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request, register_completed
+from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request
 from app.datasets.demo_data import start_job as start_demo_job
 from app.datasets.preview import Preview, build_preview, model_options
 from app.datasets.registry import DatasetError, dataset_json, list_datasets, refresh_dataset, register_dataset
@@ -61,7 +61,6 @@ def _list_page(
     request: Request, session: Session, settings: Settings, templates: TemplatesDep, code: int = 200,
     **context: Any,
 ) -> Response:
-    register_completed(session, settings)
     context = {"datasets": [dataset_json(d) for d in list_datasets(session, settings)], "error": None,
                "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None,
                "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir, **context}

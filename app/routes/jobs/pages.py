@@ -8,8 +8,8 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
-from app.jobs.jobs import LIVE, check_job, list_jobs
-from app.jobs.views import progress_item
+from app.jobs.jobs import check_job, list_jobs
+from app.jobs.views import is_live, progress_item
 from app.routes.params import JobDep
 from app.tables import Job
 
@@ -27,8 +27,8 @@ def progress_partial(
 def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep) -> HTMLResponse:
     """Running and recent jobs with their progress, ETA, waiting reason and what they concern."""
     jobs = [check_job(session, settings, job) for job in list_jobs(session, limit=200)]
-    live = [progress_item(session, job) for job in jobs if job.status in LIVE]
-    ended = [progress_item(session, job) for job in jobs if job.status not in LIVE][:50]
+    live = [progress_item(session, job) for job in jobs if is_live(job)]
+    ended = [progress_item(session, job) for job in jobs if not is_live(job)][:50]
     return templates.TemplateResponse(request, "jobs.html", {"live": live, "ended": ended})
 
 
@@ -36,7 +36,7 @@ def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, temp
 def job_progress(request: Request, job: JobDep, session: SessionDep, templates: TemplatesDep) -> HTMLResponse:
     """The progress partial: it polls itself while the job is live; an ended job's answer carries no trigger
     and fires `job-ended` (a page that shows the job's result reloads it then)."""
-    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
+    headers = {} if is_live(job) else {"HX-Trigger": "job-ended"}
     return progress_partial(request, templates, session, job, headers)
 
 
@@ -55,5 +55,5 @@ def job_cancel_button(
 ) -> HTMLResponse:
     """The partial's Cancel button (an ended job just shows its end)."""
     supervisor.cancel_job(session, job)
-    headers = {"HX-Trigger": "job-ended"} if job.status not in LIVE else {}
+    headers = {} if is_live(job) else {"HX-Trigger": "job-ended"}
     return progress_partial(request, templates, session, job, headers)
