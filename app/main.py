@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware
 from app.contract.db_writes import Outage, failure_key, write_failure
 from app.contract.settings import Settings, get_settings
+from app.datasets.registry import ensure_sample_registered
 from app.db import make_engine
 from app.jobs.supervisor import Supervisor
 from app.jobs.views import finish_completed
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.supervisor = Supervisor(settings, engine, on_jobs_ended=partial(finish_completed, settings=settings))
         with Session(engine) as session:  # temporary files of workers killed mid-write
             finish_completed(session, settings=settings)  # jobs that completed while no app was watching
+            ensure_sample_registered(session, settings)  # the bundled sample is always listed
             remove_leftover_temps(session, settings, lambda run: not app.state.supervisor.worker_gone(run))
         remove_leftover_model_temps(settings)  # a fuse or quantize job killed mid-write
         watcher = asyncio.create_task(_watch(app.state.supervisor, settings.supervisor_interval_s))

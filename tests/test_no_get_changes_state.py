@@ -67,7 +67,7 @@ def query_names(route: APIRoute) -> set[str]:
 
 def seed(inproc: InProcess) -> dict[str, Any]:
     """A finished run with reports, a checkpoint and an evaluation, a failed token-statistics job, the sample
-    dataset (registered here: the dataset pages register the bundled sample on first sight), a prompt set with an
+    dataset (registered as the app starts; again here, in case the sample was written after), a prompt set with an
     answer and a registered model: every GET route has something to show. Answers the values of path and query
     parameters."""
     settings = inproc.app.state.settings

@@ -184,8 +184,8 @@ def ensure_sample_registered(session: Session, settings: Settings) -> None:
 
 
 def list_datasets(session: Session, settings: Settings) -> list[Dataset]:
-    """Every registered dataset, the sample first, each re-checked when its files changed."""
-    ensure_sample_registered(session, settings)
+    """Every registered dataset, the sample first (registered as the app starts), each re-checked when its files
+    changed."""
     rows = session.exec(select(Dataset).order_by(col(Dataset.created_at), col(Dataset.id))).all()
     return [refresh_dataset(session, row, data_roots(settings)) for row in rows]
 
