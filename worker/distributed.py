@@ -6,7 +6,7 @@
   each rank's handler asks for a stop and the ranks end together at the next step (`agree`);
 - starts the ranks with SIGTERM/SIGINT held until their handlers are in place;
 - gives mlx.launch a standard input that never ends (it polls its standard input, which would spin on
-  /dev/null).
+  /dev/null), and lets its rank threads wait for the ranks' output only (`select_reads_only`).
 A rank that fails or is killed breaks the ring's connections: the others fail at their next collective, and
 mlx.launch ends the rest. Only rank 0 writes anything (database, files).
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -48,6 +49,15 @@ def hold_stops_in_rank_starters() -> None:
     threading.Thread.run = run_holding  # type: ignore[method-assign]
 
 
+def select_reads_only(readers: list[int], _writers: list[int], errors: list[int],
+                      timeout: float | None = None) -> tuple[list[int], list[int], list[int]]:
+    """mlx.launch's `select` for its rank threads: each thread also waits until its rank's standard input can be
+    written, which a pipe always can, so every thread would spin a core for as long as the run lasts. Nothing is
+    ever written to a rank here (this process's standard input never sends), so wait for output alone."""
+    readable, _, failed = select.select(readers, [], errors, timeout)
+    return readable, [], failed
+
+
 def launch(argv: list[str]) -> int:
     """Run mlx.launch with argv (its own arguments, `--`, then the ranks' python arguments)."""
     read_end, _write_end = os.pipe()  # the write end stays open for as long as this process lives
@@ -57,10 +67,11 @@ def launch(argv: list[str]) -> int:
     if hasattr(signal, "pthread_sigmask"):
         hold_stops_in_rank_starters()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
-    from mlx._distributed_utils.launch import main
+    from mlx._distributed_utils import launch as mlx_launch
 
+    mlx_launch.select = select_reads_only  # type: ignore[attr-defined]
     sys.argv = ["mlx.launch", *argv]
-    main()
+    mlx_launch.main()
     return 0
 
 
