@@ -62,3 +62,45 @@ def test_length_grouping_computes_fewer_padding_positions_than_file_order(server
     expect(card).to_contain_text(f"{100 * shares['length']:.0f}%")
     expect(card).to_contain_text("of the positions computed")
     shot(page, "batch-grouping-run-page")
+
+
+@pytest.mark.browser
+def test_a_finished_run_records_its_speed_and_times_the_next_runs_estimate(server: Server, page: Page,
+                                                                           tmp_path: Path) -> None:
+    data = alternating_lengths(tmp_path / "data")
+    status, stats = server.post("/api/token-stats", {"data": str(data)})
+    assert status == 201, stats
+    server.poll(f"/api/token-stats/{stats['id']}", lambda job: job["status"] == "completed", what="token statistics")
+
+    status, first = server.post("/api/runs", {**GROUPING_RUN, "name": "calibrates", "data": str(data)})
+    assert status == 201, first
+    assert first["estimate"]["wall_s"] is None, first["estimate"]
+    assert first["estimate"]["basis"] == "no earlier run on this machine to time it by"
+    assert 0.5 < first["estimate"]["useful_token_share"] <= 1
+    done = server.wait_terminal(first["id"], timeout=300)
+    assert done["status"] == "completed", done
+    speed = done["estimate"]
+    assert speed["positions_per_s"] > 0 and speed["train_positions"] > 0 and speed["train_seconds"] > 0, speed
+    assert speed["position_params_per_s"] == pytest.approx(speed["positions_per_s"] * done["total_params"])
+    # the worker's own count of the batches it trained on, and the estimate of it before the start
+    assert done["estimate"]["useful_token_share"] == pytest.approx(done["useful_token_share"], abs=0.03)
+
+    status, second = server.post("/api/runs", {**GROUPING_RUN, "iters": 16, "name": "estimated", "data": str(data),
+                                               "batch_grouping": "file_order"})
+    assert status == 201, second
+    estimate = second["estimate"]
+    assert estimate["wall_s"] > 0 and estimate["basis"].startswith(f"by run {first['id']}'s speed: "), estimate
+    done = server.wait_terminal(second["id"], timeout=300)
+    assert done["status"] == "completed", done
+    ratio = done["estimate"]["wall_ratio"]
+    assert ratio == pytest.approx(done["estimate"]["measured_wall_s"] / estimate["wall_s"])
+    assert 0.5 < ratio < 2.0, done["estimate"]  # a busy shared machine: a sane factor, not the bench's ±15%
+
+    page.goto(server.url + f"/runs/{second['id']}")
+    expect(page.locator("#summary-estimated-wall")).to_contain_text(f"by run {first['id']}'s speed")
+    page.goto(server.url + f"/runs/new?from_run={second['id']}")
+    panel = page.locator("#model-duration")
+    expect(panel).to_contain_text("of computed positions (file order)", timeout=20_000)
+    expect(panel.locator("#duration-wall")).to_contain_text(f"(by run {second['id']}'s speed:")  # the newest
+    panel.scroll_into_view_if_needed()
+    shot(page, "duration-estimate-panel")

@@ -35,6 +35,7 @@ SCRIPTS = [
     pytest.param("bench_service", marks=pytest.mark.browser),
     "bench_gpu",
     "bench_distributed_gpu",
+    "bench_estimate",
 ]
 
 

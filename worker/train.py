@@ -46,6 +46,7 @@ from worker.memory import MemoryGuard
 from worker.mixed_lora import mixed_applies, precision_label, use_mixed_lora
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
+from worker.throughput import StepClock
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -281,6 +282,7 @@ class TrainOutcome:
     status: RunStatus
     reason: str | None
     test_loss: float | None = None
+    clock: StepClock | None = None  # the training steps' positions and seconds
 
 
 def tested_adapter(hooks: StepHooks, run_dir: Path, steps: int) -> Path:
@@ -360,13 +362,14 @@ def train_run(
         clear_cache_threshold=config.clear_cache_threshold,
     )
     trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
+    clock = StepClock()
     trainer.train(
         model=model,
         optimizer=optimizer,
         train_dataset=datasets.train,
         val_dataset=None,
         args=args,
-        iterate_batches=hooks.iterate_batches,
+        iterate_batches=lambda **kwargs: clock.timed(hooks.iterate_batches(**kwargs)),
         training_callback=DatabaseCallback(writer, start, hooks.memory, hooks.useful),
     )
     if rank == 0:  # mlx-lm writes the final adapter on rank 0 only
@@ -394,4 +397,4 @@ def train_run(
         test_loss = evaluate_test(model, config, datasets.test, tested_adapter(hooks, run_dir, steps), writer)
         # recorded now, keeping the status the run has meanwhile ("stopping" after a stop request)
         writer.set_status(RunStatus.stopping if asked_to_stop else RunStatus.running, test_loss=test_loss)
-    return TrainOutcome(steps, status, reason, test_loss)
+    return TrainOutcome(steps, status, reason, test_loss, clock)
