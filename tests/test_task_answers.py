@@ -3,6 +3,7 @@ examples raw, as mlx-lm's text dataset tokenized them in training (the tiny mode
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,15 @@ def test_the_runs_text_key_is_the_one_read(tokenizer: Any) -> None:
     config = RunConfig(text_feature="body")
     assert task_examples([{"text": SEED_TEXT}], tokenizer, config, max_examples=4) == []
     assert len(task_examples([{"body": SEED_TEXT}], tokenizer, config, max_examples=4)) == 1
+
+
+def test_the_playground_takes_no_prompt_from_a_text_example(tmp_path: Path) -> None:
+    """Its prompt is raw text, not the system and user messages the playground fills in."""
+    from app.playground.view import read_example
+    from app.tables import Run
+
+    (tmp_path / "test.jsonl").write_text(json.dumps({"text": SEED_TEXT}) + "\n" + json.dumps(
+        {"messages": [{"role": "user", "content": "Issue?"}, {"role": "assistant", "content": "Issue: billing"}]}))
+    run = Run(id=1, name="r", config_json=json.dumps({"data": str(tmp_path)}))
+    assert "has no prompt to take" in (read_example(run, "test", 1).problem or "")
+    assert read_example(run, "test", 2).prompt == "Issue?"
