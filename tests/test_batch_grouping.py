@@ -1,5 +1,6 @@
 """The run option batch_grouping: its default and YAML key, and a real run's useful-token share (API, run page)
-with batches grouped by token length against mlx-lm's file order, on the same data."""
+with batches grouped by token length against mlx-lm's file order, on the same data; validation batches are grouped
+too, and the validation loss stays what it is."""
 
 from __future__ import annotations
 
@@ -23,19 +24,20 @@ def test_the_option_defaults_to_length_and_round_trips_under_loraboard() -> None
     assert parse_yaml_config(text).config.batch_grouping == "file_order"
 
 
-def alternating_lengths(folder: Path, examples: int = 16) -> Path:
-    """Sample examples whole (~220 tokens) and cut short (~75) in turn: file order puts both in every batch."""
+def alternating_lengths(folder: Path, examples: int = 16, valid: int = 8) -> Path:
+    """Sample examples whole (~220 tokens) and cut short (~75) in turn, in both splits: file order puts both in
+    every batch."""
     source = PROJECT_DIR / "data" / "contact-center"
-    lines = (source / "train.jsonl").read_text().splitlines()[:examples]
-    rows = [json.loads(line) if n % 2 else short_example(json.loads(line)) for n, line in enumerate(lines)]
     folder.mkdir(parents=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (folder / "valid.jsonl").write_text("".join((source / "valid.jsonl").read_text().splitlines(True)[:4]))
+    for split, count in (("train", examples), ("valid", valid)):
+        lines = (source / f"{split}.jsonl").read_text().splitlines()[:count]
+        rows = [json.loads(line) if n % 2 else short_example(json.loads(line)) for n, line in enumerate(lines)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
 
 
 GROUPING_RUN = {**QUICK_RUN, "iters": 8, "steps_per_report": 4, "steps_per_eval": 100, "save_every": 100,
-                "val_batches": 1}  # two epochs of 16 examples in batches of 4
+                "val_batches": -1}  # two epochs of 16 examples in batches of 4; 8 validation examples, all measured
 
 
 @pytest.mark.browser
@@ -56,6 +58,11 @@ def test_length_grouping_computes_fewer_padding_positions_than_file_order(server
         assert 0 < shares[grouping] <= 1, done
     # rows of like length share a batch: mostly tokens; file order pads every short row to a long one
     assert shares["length"] > shares["file_order"] + 0.1, shares
+    # the base model's validation loss (iteration 0), on batches grouped (short with short) or in file order (short
+    # with long): a mean over the same counted tokens, padding masked, so only float rounding may differ
+    val_at_start = {grouping: next(v["val_loss"] for v in server.get(f"/api/runs/{run_id}/metrics")["val"]
+                                   if v["iteration"] == 0) for grouping, run_id in ids.items()}
+    assert val_at_start["length"] == pytest.approx(val_at_start["file_order"], rel=1e-4), val_at_start
 
     page.goto(server.url + f"/runs/{ids['length']}")
     card = page.locator("#summary-useful-tokens")

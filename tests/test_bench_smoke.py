@@ -29,6 +29,7 @@ SCRIPTS = [
     "bench_playground",
     "bench_eval",
     "bench_train",
+    "bench_grouping",
     "bench_distributed",
     "bench_fuse",
     pytest.param("bench_bigrun", marks=pytest.mark.browser),

@@ -138,7 +138,7 @@ class StepHooks:
         self.config = config
         self.run_dir = run_dir
         self.writer = writer
-        self.val_set = val_set
+        self.val_set = grouped(val_set, config.batch_grouping)  # batched as training is: length_grouping.py
         self.steps_done = 0
         self.validated: set[int] = set()
         self.saved: set[int] = set()
