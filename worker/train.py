@@ -47,6 +47,7 @@ from worker.mixed_lora import mixed_applies, precision_label, use_mixed_lora
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
 from worker.throughput import StepClock
+from worker.token_weighting import TokenMeanTrainLoss, training_loss
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -74,7 +75,6 @@ class SilentUI:
 
     def report_save(self, *args: object) -> None:
         return None
-
 
 
 class TrainingDiverged(RuntimeError):
@@ -362,15 +362,19 @@ def train_run(
         clear_cache_threshold=config.clear_cache_threshold,
     )
     trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
-    clock = StepClock()
+    clock = StepClock()  # length grouping trains with every token weighing the same: worker/token_weighting.py
+    loss, per_batch = training_loss(datasets.train, config.batch_grouping, config.batch_size, config.max_seq_length,
+                                    size)
     trainer.train(
         model=model,
         optimizer=optimizer,
         train_dataset=datasets.train,
         val_dataset=None,
         args=args,
+        loss=loss,
         iterate_batches=lambda **kwargs: clock.timed(hooks.iterate_batches(**kwargs)),
-        training_callback=DatabaseCallback(writer, start, hooks.memory, hooks.useful),
+        training_callback=TokenMeanTrainLoss(DatabaseCallback(writer, start, hooks.memory, hooks.useful),
+                                             per_batch, size),
     )
     if rank == 0:  # mlx-lm writes the final adapter on rank 0 only
         publish(temp_path(final_adapter), final_adapter)
