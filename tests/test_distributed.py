@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -76,11 +77,16 @@ def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
     args = launch_args(spec, ["127.0.0.1"], {"LORABOARD_DB_PATH": "/d/b.db", "HOME": "/root"}, "/py")
     assert args[:8] == ["--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", "--python", "/py"]
     assert "LORABOARD_DB_PATH=/d/b.db" in args and not any(a.startswith("HOME=") for a in args)
+    first = int(args[args.index("--starting-port") + 1])  # ports free now: two local rings never meet
+    for port in (first, first + 1):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
     remote = Distributed.model_validate({"hosts": ["10.0.0.2", "10.0.0.3"], "ssh_user": "me", "python": "/r/py"})
     args = launch_args(remote, ["10.0.0.2", "10.0.0.3"], {}, "/py")
     assert args[args.index("--hosts") + 1] == "me@10.0.0.2,me@10.0.0.3" and args[args.index("--python") + 1] == "/r/py"
     hostfile = launch_args(Distributed.model_validate({"hostfile": "/h.json"}), [], {}, "/py")
     assert hostfile[2:4] == ["--hostfile", "/h.json"] and "--hosts" not in hostfile
+    assert "--starting-port" not in args and "--starting-port" not in hostfile  # other machines' ports: their own
 
 
 @pytest.fixture(scope="module")
