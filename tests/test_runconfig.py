@@ -304,6 +304,11 @@ def test_model_warnings_layers_dtype_positions() -> None:
 def test_evaluation_and_schedule_warnings() -> None:
     assert _fields({"save_every": 1000, "steps_per_eval": 1000}) == ["save_every", "steps_per_eval"]
     assert _fields({"val_batches": 100}) == ["val_batches"]  # 400 examples wanted, 150 there
+    few = ConfigFacts(FACTS.model, DataFacts(train=1200, valid=9, test=5, train_format="chat"), cpu_only=True)
+    config = RunConfig.model_validate({**CLEAN, "val_batches": 3, "test": True, "test_batches": 3})
+    said = {w.field: w.message for w in config_warnings(config, few)}
+    assert "each evaluation uses 2 full batches " in said["val_batches"]
+    assert "each evaluation uses 1 full batch " in said["test_batches"]
     assert _fields({"test": True, "test_batches": 100}) == ["test_batches"]
     assert _fields({"early_stopping": {"patience": 6}}) == ["early_stopping.patience"]  # 6 evaluations only
     assert _fields({"early_stopping": {"patience": 5}}) == []

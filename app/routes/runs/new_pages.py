@@ -142,7 +142,7 @@ async def submit_run_form(
     check = await run_in_threadpool(check_form, form, session, settings)  # may wait on ssh
     if check.config is None:
         context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
-        return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
+        return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_CONTENT)
     estimate = await run_in_threadpool(estimate_for_config, session, settings, check.config)  # reads model headers
     run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick, estimate)  # may wait
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)

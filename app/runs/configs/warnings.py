@@ -48,7 +48,8 @@ class ConfigWarning:
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}" + ("" if count == 1 else "s")
+    """'1 full batch', '2 full batches', '3 examples'."""
+    return f"{count:,} {word}" + ("" if count == 1 else "es" if word.endswith(("ch", "sh", "s", "x")) else "s")
 
 
 def _evaluation_warnings(config: RunConfig, facts: ConfigFacts) -> list[ConfigWarning]:
