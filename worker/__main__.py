@@ -101,9 +101,14 @@ def run_train(settings: Settings, run_id: int) -> int:
     try:
         writer.set_status(RunStatus.starting, backend=describe_backend(routing))
         check_model_reachable(config.model)
+        from worker.collective_streams import sums_on_backend_stream
+        from worker.distributed import backend_of
         from worker.train import train_run
 
-        outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(settings, config))
+        # mlx-lm's trainer sums its validation and reported losses on the CPU stream, which NCCL refuses:
+        # in an nccl run those sums take the GPU's stream from the first step to the test loss (ring: unchanged)
+        with sums_on_backend_stream(backend_of(config)):
+            outcome = train_run(config, run_dir(settings, run_id), writer, resume_point(settings, config))
         steps = outcome.steps
         if writer.gave_up.is_set():  # the writer ended training: the database refused writes for limit_s
             writer.set_status(RunStatus.failed, finished_at=now(), error=gave_up_reason(limit_s, steps),

@@ -8,7 +8,8 @@
 - gives mlx.launch a standard input that never ends (it polls its standard input, which would spin on
   /dev/null), and lets its rank threads wait for the ranks' output only (`select_reads_only`).
 A rank that fails or is killed breaks the ring's connections: the others fail at their next collective, and
-mlx.launch ends the rest. Only rank 0 writes anything (database, files).
+mlx.launch ends the rest. Only rank 0 writes anything (database, files). The ranks' own collectives run on
+the stream their backend reduces on (worker/collective_streams.py): the CPU for ring and mpi, the GPU for nccl.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from app.contract.distributed import hosts_of
 from app.contract.run_config import RunConfig
+from worker.collective_streams import collective_stream
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -83,17 +85,22 @@ def rank_and_size() -> tuple[int, int]:
     return group.rank(), group.size()
 
 
-def agree(flags: list[int]) -> list[int]:
+def backend_of(config: RunConfig) -> str | None:
+    """The run's process-group backend (ring, mpi, nccl), or None for a run of one process."""
+    return config.distributed.backend if config.distributed is not None else None
+
+
+def agree(flags: list[int], backend: str | None) -> list[int]:
     """Every rank's flags summed, on every rank (one small all_sum; the same answer everywhere)."""
     import mlx.core as mx
 
     if mx.distributed.init().size() == 1:
         return flags
-    summed = mx.distributed.all_sum(mx.array(flags, dtype=mx.int32), stream=mx.cpu)
+    summed = mx.distributed.all_sum(mx.array(flags, dtype=mx.int32), stream=collective_stream(backend))
     return [int(v) for v in summed.tolist()]
 
 
-def gather(value: float) -> list[float]:
+def gather(value: float, backend: str | None) -> list[float]:
     """value of every rank, in rank order, on every rank."""
     import mlx.core as mx
 
@@ -102,10 +109,10 @@ def gather(value: float) -> list[float]:
         return [value]
     slots = mx.zeros((group.size(),), dtype=mx.float32)
     slots[group.rank()] = value
-    return [float(v) for v in mx.distributed.all_sum(slots, stream=mx.cpu).tolist()]
+    return [float(v) for v in mx.distributed.all_sum(slots, stream=collective_stream(backend)).tolist()]
 
 
-def share_from_rank0(model: Any) -> None:
+def share_from_rank0(model: Any, backend: str | None) -> None:
     """Give every rank rank 0's trainable weights (rank 0 loaded them from its file)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -114,7 +121,8 @@ def share_from_rank0(model: Any) -> None:
     if group.size() == 1:
         return
     mine = group.rank() == 0
-    weights = [(name, mx.distributed.all_sum(value if mine else mx.zeros_like(value), stream=mx.cpu))
+    stream = collective_stream(backend)
+    weights = [(name, mx.distributed.all_sum(value if mine else mx.zeros_like(value), stream=stream))
                for name, value in tree_flatten(model.trainable_parameters())]
     model.load_weights(weights, strict=False)
     mx.eval(model.parameters())

@@ -37,7 +37,7 @@ from app.contract.policy import best_checkpoint, divergence, early_stop_decision
 from app.contract.run_config import LORABOARD_KEYS, RunConfig
 from app.contract.status import RunStatus
 from worker.batch_padding import padded_batches
-from worker.distributed import agree, gather, group_record, rank_and_size, share_from_rank0
+from worker.distributed import agree, backend_of, gather, group_record, rank_and_size, share_from_rank0
 from worker.durable import publish, temp_path, write_safetensors, write_text
 from worker.hardware import record_hardware
 from worker.length_grouping import UsefulTokens, counted, grouped
@@ -237,7 +237,7 @@ class StepHooks:
                     self.rank_seconds += time.perf_counter() - stepped_at
                 self.between_steps(steps_done)
                 self.agreed = agree([int(self.stop_requested), int(bool(self.early_stop_reason)),
-                                     int(bool(self.memory.stop_reason))])
+                                     int(bool(self.memory.stop_reason))], backend_of(self.config))
                 if any(self.agreed):
                     self.ended_by_stop = True
                     return
@@ -250,7 +250,8 @@ class StepHooks:
 
     def per_rank_tokens_per_second(self) -> list[float]:
         """Each rank's own tokens per second in its training steps (rank order)."""
-        return [round(v, 2) for v in gather(self.rank_tokens / self.rank_seconds if self.rank_seconds else 0.0)]
+        mine = self.rank_tokens / self.rank_seconds if self.rank_seconds else 0.0
+        return [round(v, 2) for v in gather(mine, backend_of(self.config))]
 
 
 def write_adapter_config(run_dir: Path, config: RunConfig, num_layers: int) -> None:
@@ -297,7 +298,7 @@ def evaluate_test(model: nn.Module, config: RunConfig, test_set: CacheDataset, a
     """Loss of `adapter` on the test set (test_batches batches), with heartbeats while it runs."""
     if rank_and_size()[0] == 0 and adapter.exists():
         model.load_weights(str(adapter), strict=False)
-    share_from_rank0(model)  # the other ranks take rank 0's weights
+    share_from_rank0(model, backend_of(config))  # the other ranks take rank 0's weights
     last_beat = [time.monotonic()]
 
     def progress() -> None:
