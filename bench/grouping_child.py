@@ -10,7 +10,8 @@ that scale); the runs train on the first --train examples (a sample of the same 
 shuffles its lengths). Each run is one epoch (every training example
 once, so both groupings train on exactly the same tokens) through mlx-lm's trainer, its batches made as the worker
 makes them (worker/train.py's StepHooks): worker/length_grouping.grouped for the run's batch_grouping, mlx-lm's
-iterate_batches, worker/batch_padding's padding, worker/length_grouping.counted for the useful-token share. A run
+iterate_batches, worker/batch_padding's padding, worker/length_grouping.counted for the useful-token share; the loss
+is the worker's (worker/token_weighting.training_loss: token-weighted for `length`, mlx-lm's own for file order). A run
 starts from the base model with fresh LoRA weights and numpy's and MLX's generators seeded with its seed; after
 the epoch the whole validation set is measured (grouped as the run's training batches, as the worker does).
 
@@ -43,6 +44,7 @@ from worker.batch_padding import padded_batches
 from worker.length_grouping import UsefulTokens, counted, grouped
 from worker.loading import attach_adapters
 from worker.seed_shaped import SEED_LIMIT, write_seed_shaped
+from worker.token_weighting import training_loss
 from worker.train import SilentUI, make_optimizer
 
 
@@ -119,9 +121,10 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
         batch_size=args.batch_size, iters=steps, val_batches=0, steps_per_report=steps, steps_per_eval=steps + 1,
         steps_per_save=steps + 1, max_seq_length=args.max_seq_length,
         adapter_file=str(Path(args.work) / f"adapters-{seed}-{grouping}.safetensors"))
-    started = time.perf_counter()
+    started = time.perf_counter()  # the loss as the worker's (token-weighted for `length`), its constant timed too
+    loss, _per_batch = training_loss(train_set, grouping, args.batch_size, args.max_seq_length)
     trainer.train(model=model, optimizer=make_optimizer(config), train_dataset=train_set, val_dataset=None,
-                  args=training, iterate_batches=iterate_batches, training_callback=trained)
+                  args=training, loss=loss, iterate_batches=iterate_batches, training_callback=trained)
     wall_s = time.perf_counter() - started
     val_loss = trainer.evaluate(model=model, dataset=grouped(valid_set, grouping), batch_size=args.batch_size,
                                 num_batches=-1, max_seq_length=args.max_seq_length)
