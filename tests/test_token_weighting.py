@@ -188,3 +188,27 @@ def test_the_report_converts_each_window_by_its_own_steps_and_tokens() -> None:
     TokenMeanTrainLoss(plain, None).on_train_loss_report({"iteration": 10, "train_loss": 1.5,
                                                           "trained_tokens": 4000})
     assert plain.train[0]["train_loss"] == 1.5
+
+
+def test_a_length_grouped_runs_train_loss_is_its_epochs_mean_per_token(server: Any, tmp_path: Path) -> None:
+    """A real run, grouped by length, on rows alternately whole and cut short, validated on its own training set;
+    the learning rate is too small to move a float32 weight, so every epoch sees the base model. A report window of
+    one epoch then holds the epoch's loss per trained token: the same figure as the base model's validation loss
+    (the same examples, summed over tokens). mlx-lm's own loss would report the mean of the batches' means, in
+    which the short batches' tokens count about three times as much."""
+    from conftest import QUICK_RUN
+    from test_batch_grouping import alternating_lengths
+
+    data = alternating_lengths(tmp_path / "data", examples=16, valid=16)
+    (data / "valid.jsonl").write_text((data / "train.jsonl").read_text())
+    status, run = server.post("/api/runs", {**QUICK_RUN, "name": "weighted", "data": str(data), "iters": 8,
+                                            "steps_per_report": 4, "steps_per_eval": 100, "save_every": 100,
+                                            "val_batches": -1, "learning_rate": 1e-12, "batch_grouping": "length"})
+    assert status == 201, run
+    done = server.wait_terminal(run["id"], timeout=300)
+    assert done["status"] == "completed", done
+    metrics = server.get(f"/api/runs/{run['id']}/metrics")
+    base = next(v["val_loss"] for v in metrics["val"] if v["iteration"] == 0)
+    epochs = [t["train_loss"] for t in metrics["train"]]
+    assert len(epochs) == 2
+    assert epochs == pytest.approx([base, base], rel=1e-4), (epochs, base)
