@@ -77,7 +77,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                "--train", str(args.train), "--valid", str(args.valid), "--seeds", *map(str, args.seeds),
                "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
                "--learning-rate", str(args.learning_rate), "--max-seq-length", str(args.max_seq_length),
-               "--share-lengths", *map(str, args.share_lengths)]
+               "--share-lengths", *map(str, args.share_lengths), "--chunk-batches", str(args.chunk_batches)]
         log = work / "child.log"
         child = run_child(cmd, openblas_env(), log, args.timeout)
         if child.returncode != 0 or not out.exists():
@@ -164,6 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "test runs train)")
     parser.add_argument("--share-lengths", type=int, nargs="*", default=[1024, 2048],
                         help="other max_seq_lengths at which the whole set's share is counted (no training)")
+    parser.add_argument("--chunk-batches", type=int, default=0,
+                        help="the runs' `length` batches sorted within random chunks of this many batches, "
+                        "Hugging Face's megabatches (default 0: the whole set sorted, as the worker does)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the measuring process may take")
     parser.add_argument("--smoke", action="store_true", help="64-example set, 8 trained on at 128 tokens, one "
                         "seed, figures checked; results to bench_grouping-smoke.json")

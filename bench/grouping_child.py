@@ -44,7 +44,7 @@ from worker.batch_padding import padded_batches
 from worker.length_grouping import UsefulTokens, counted, grouped
 from worker.loading import attach_adapters
 from worker.seed_shaped import SEED_LIMIT, write_seed_shaped
-from worker.token_weighting import training_loss
+from worker.token_weighting import batching_rows, token_weighted_loss, tokens_per_batch, training_loss
 from worker.train import SilentUI, make_optimizer
 
 
@@ -105,6 +105,7 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
                        num_layers=args.num_layers, learning_rate=args.learning_rate,
                        max_seq_length=args.max_seq_length, batch_grouping=grouping)
     steps = len(train_set) // args.batch_size
+    chunk = args.chunk_batches * args.batch_size  # 0: the whole set sorted, as the worker does
     np.random.seed(seed)
     mx.random.seed(seed)
     model, _tokenizer = load(str(args.model))
@@ -113,7 +114,7 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
     trained = Trained()
 
     def iterate_batches(**kwargs: Any) -> Any:
-        kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], grouping)}
+        kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], grouping, chunk, seed)}
         batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, config.batch_padding, steps)
         return counted(batches, useful) if kwargs.get("loop") else batches
 
@@ -123,6 +124,9 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
         adapter_file=str(Path(args.work) / f"adapters-{seed}-{grouping}.safetensors"))
     started = time.perf_counter()  # the loss as the worker's (token-weighted for `length`), its constant timed too
     loss, _per_batch = training_loss(train_set, grouping, args.batch_size, args.max_seq_length)
+    if chunk and grouping == "length":  # the constant of the chunked batches (the same set less a different rest)
+        sorted_set = grouped(train_set, grouping, chunk, seed)
+        loss = token_weighted_loss(tokens_per_batch(batching_rows(sorted_set), args.batch_size, args.max_seq_length))
     trainer.train(model=model, optimizer=make_optimizer(config), train_dataset=train_set, val_dataset=None,
                   args=training, loss=loss, iterate_batches=iterate_batches, training_callback=trained)
     wall_s = time.perf_counter() - started
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-seq-length", type=int, required=True)
+    parser.add_argument("--chunk-batches", type=int, default=0, help="`length` sorts within random chunks of this "
+                        "many batches (0: the whole set)")
     parser.add_argument("--share-lengths", type=int, nargs="*", default=[],
                         help="other max_seq_lengths at which to count the whole set's share (no training)")
     args = parser.parse_args(argv)

@@ -130,3 +130,19 @@ def test_a_runs_validation_batches_are_grouped_as_its_training_batches(tmp_path:
         assert isinstance(hooks.val_set, LengthSorted) == (grouping == "length")
         widths[grouping] = sum(int(tokens.shape[1]) for tokens, _ in batches(hooks.val_set))
     assert widths["length"] < 0.8 * widths["file_order"], widths
+
+
+def test_chunk_sorted_batches_group_by_length_within_random_chunks() -> None:
+    from worker.length_grouping import ChunkSorted
+
+    lengths = lengths_of(64, seed=9)
+    chunked = ChunkSorted(CacheDataset(Records(lengths)), chunk=16, seed=2)
+    order = sorted(range(len(lengths)), key=chunked.itemlen)
+    chunks_in_order = [order[i:i + 16] for i in range(0, 64, 16)]
+    assert sorted(i for part in chunks_in_order for i in part) == list(range(64))  # every example once
+    for part in chunks_in_order:  # each chunk sorted by tokens; the chunks are random draws, not length bands
+        assert [lengths[i] for i in part] == sorted(lengths[i] for i in part)
+    assert order != sorted(range(64), key=lambda i: lengths[i])
+    epoch = batches(chunked)
+    assert sorted(n for rows in row_lengths(epoch) for n in rows) == sorted(lengths)
+    assert ChunkSorted(CacheDataset(Records(lengths)), chunk=16, seed=2)._chunk_of == chunked._chunk_of

@@ -53,10 +53,26 @@ class LengthSorted(CacheDataset):  # type: ignore[misc]
         return len(self[idx][0])
 
 
-def grouped(dataset: Any, batch_grouping: str) -> Any:
-    """The dataset to hand to mlx-lm's iterate_batches for the run's batch_grouping."""
+class ChunkSorted(LengthSorted):
+    """A LengthSorted set whose order is by token count within random chunks of `chunk` examples, chunk after
+    chunk (the megabatches of Hugging Face's LengthGroupedSampler): mlx-lm's batches are then rows of like length
+    drawn from one chunk, not from the whole set."""
+
+    def __init__(self, dataset: CacheDataset, chunk: int, seed: int) -> None:
+        super().__init__(dataset)
+        place = np.empty(len(dataset), dtype=np.int64)
+        place[np.random.default_rng(seed).permutation(len(dataset))] = np.arange(len(dataset))
+        self._chunk_of = (place // chunk).tolist()
+
+    def itemlen(self, idx: int) -> int:
+        return self._chunk_of[idx] * (1 << 40) + len(self[idx][0])
+
+
+def grouped(dataset: Any, batch_grouping: str, chunk: int = 0, seed: int = 0) -> Any:
+    """The dataset to hand to mlx-lm's iterate_batches for the run's batch_grouping (`chunk`: sorted within random
+    chunks of that many examples, drawn with `seed`; 0: the whole set sorted)."""
     if batch_grouping == "length" and isinstance(dataset, CacheDataset):
-        return LengthSorted(dataset)
+        return ChunkSorted(dataset, chunk, seed) if chunk else LengthSorted(dataset)
     return dataset
 
 
