@@ -241,7 +241,9 @@ class RunConfig(BaseModel):
     )
     batch_grouping: Literal["length", "file_order"] = Field(
         "length", description="length cuts the training set into batches of examples of similar token length "
-        "(less padding, fewer positions computed); the order of the batches is still shuffled every epoch. "
+        "(less padding, fewer positions computed); the order of the batches is still shuffled every epoch, and "
+        "each batch's loss is weighed by its token count so that every token counts as in file order (the train "
+        "loss shown is the mean per token). "
         "file_order keeps mlx-lm's own order, which for JSONL data is the order of the file (loraboard's own key).",
     )
     grad_checkpoint: bool = Field(
