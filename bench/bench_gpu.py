@@ -60,7 +60,9 @@ rounds and the experiments not run yet, added to the same results:
 the whole script on a small model of the same architecture (CPU included): 2 iterations
 of 2 rows of 32 tokens, 1 round, in a temporary --work folder (removed after), the model and
 data built once into data/.cache/bench-gpu-smoke (shared with bench_distributed_gpu.py's
-smoke), results to bench_gpu-smoke.json, its figures checked. Without CUDA it leaves out the CUDA-only
+smoke), results to bench_gpu-smoke.json, its figures checked. Unless --modes or --experiments
+say otherwise it trains each way once (SMOKE_MODES: plain, loraboard-mixed, peft;
+SMOKE_EXPERIMENTS: gpu_plain.py's two flags). Without CUDA it leaves out the CUDA-only
 experiments, and PEFT where PyTorch or PEFT is not installed, each with a line saying so.
 """
 
@@ -106,6 +108,11 @@ from bench.common import (
 from bench.gpu_build import LORA_KEYS, MISTRAL_7B, SMOKE, count_parameters, lora_parameter_count
 from bench.gpu_modes import EXPERIMENTS, MODES, PLAIN, REFERENCE, WORKER_MODES, Variant, measured, report, summarize
 
+# A smoke's modes and experiments: each way the script starts a training process once. The worker's other modes
+# are the same run_worker with another lora_precision or batch_padding; the experiments left out are
+# plain_mlx_lm.py with one environment variable or flag more, as plain runs it; gpu_plain.py's two flags both run.
+SMOKE_MODES = ["plain", "loraboard-mixed", "peft"]
+SMOKE_EXPERIMENTS = ["clear-cache-1gb", "cache-limit-4gb"]
 TRAINABLE_RE = re.compile(r"Trainable parameters: [\d.]+% \(([\d.]+)M/([\d.]+)M\)")
 
 
@@ -370,6 +377,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.iters, args.steps_per_report, args.batch_size, args.seq_tokens = 1, 2, 1, 2, 32
+        if args.modes == MODES:  # one run of each way the script trains, unless --modes or --experiments say
+            args.modes = SMOKE_MODES
+        if args.experiments == [v.name for v in EXPERIMENTS]:
+            args.experiments = SMOKE_EXPERIMENTS
     if args.work is None:
         args.work = Path(tempfile.mkdtemp(prefix="bench-gpu-smoke-")) if args.smoke else Path("/tmp/lb")
     out = os.environ.get("OUT")
