@@ -6,7 +6,8 @@
   each rank's handler asks for a stop and the ranks end together at the next step (`agree`);
 - starts the ranks with SIGTERM/SIGINT held until their handlers are in place;
 - gives mlx.launch a standard input that never ends (it polls its standard input, which would spin on
-  /dev/null).
+  /dev/null);
+- has mlx.launch's relay threads wait for the ranks' output alone (`relay_without_spinning`).
 A rank that fails or is killed breaks the ring's connections: the others fail at their next collective, and
 mlx.launch ends the rest. Only rank 0 writes anything (database, files).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -48,6 +50,24 @@ def hold_stops_in_rank_starters() -> None:
     threading.Thread.run = run_holding  # type: ignore[method-assign]
 
 
+def select_readable(rlist: list[int], wlist: list[int], xlist: list[int], timeout: float | None = None
+                    ) -> tuple[list[int], list[int], list[int]]:
+    """select() on the readable and exceptional lists only: nothing is reported writable."""
+    readable, _, exceptional = select.select(rlist, [], xlist, timeout)
+    return readable, [], exceptional
+
+
+def relay_without_spinning() -> None:
+    """mlx.launch relays each rank's output from a thread that selects on the rank's output and on the rank's
+    standard input for writing. A pipe is writable nearly always, so each thread would loop without waiting
+    (a third of a core for as long as the run lasts, on the cores the ranks train on). Nothing is ever written
+    to the ranks (this process's standard input never ends), so the threads wait for output alone: a rank's
+    output or its end wakes them."""
+    from mlx._distributed_utils import launch as mlx_launch
+
+    mlx_launch.select = select_readable  # type: ignore[attr-defined]
+
+
 def launch(argv: list[str]) -> int:
     """Run mlx.launch with argv (its own arguments, `--`, then the ranks' python arguments)."""
     read_end, _write_end = os.pipe()  # the write end stays open for as long as this process lives
@@ -59,6 +79,7 @@ def launch(argv: list[str]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
     from mlx._distributed_utils.launch import main
 
+    relay_without_spinning()
     sys.argv = ["mlx.launch", *argv]
     main()
     return 0
