@@ -33,7 +33,8 @@ data/.cache/bench-gpu-smoke, shared with bench_gpu.py's smoke), rows of 32 token
 2 iterations, the probe on 65,536 values, one round of 1gpu-b4 and 2gpu-b4, in a temporary
 --work folder; results to bench_distributed_gpu-smoke.json, its figures checked. Where MLX
 sees no GPU, NCCL cannot run: the probe and the 2-process runs go over MLX's ring backend
-on this machine's CPU instead, and the run says so.
+on this machine's CPU instead, and the run says so. A smoke's mlx.launch waits for its ranks'
+output instead of spinning (SMOKE_LAUNCH), as loraboard's own launcher does.
 """
 
 from __future__ import annotations
