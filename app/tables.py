@@ -55,6 +55,16 @@ class Run(SQLModel, table=True):
     test_loss: float | None = None  # loss on test.jsonl after training (config "test"), of the best or final adapter
     # tokens of the training batches' rows against the positions computed (rows times width), 0-1; None: not counted
     useful_token_share: float | None = None
+    # the training steps' speed, recorded when the run ends (worker/throughput.py): positions computed (rows times
+    # width) in the steps timed, the seconds inside those steps, and their ratio
+    train_positions: int | None = None
+    train_seconds: float | None = None
+    positions_per_s: float | None = None
+    # the pre-start estimate, recorded when the run is created (app/runs/duration/): wall seconds, useful-token share,
+    # and what the time was reckoned by ("run 12's speed: 1,850 positions/s")
+    estimated_wall_s: float | None = None
+    estimated_useful_share: float | None = None
+    estimate_basis: str | None = None
     notes: str = ""  # free text from the runs list (what was tried, why)
     queue_position: int | None = None  # order among queued runs (app/runs/store/queue.py); None: behind, oldest first
 

@@ -72,8 +72,8 @@ from bench.common import (
 BENCH = PROJECT_DIR / "bench"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
-# A smoke's: mlx.launch with its relay threads waiting for the ranks' output alone, as worker/distributed.py's
-# relay_without_spinning has them (without the app's imports), so the launcher does not take a third of a core
+# A smoke's: mlx.launch with its rank threads waiting for the ranks' output alone, as worker/distributed.py's
+# select_reads_only has them (without the app's imports), so the launcher does not take a third of a core
 # from the two CPU ranks it starts
 SMOKE_LAUNCH = [sys.executable, "-c", "import select; import mlx._distributed_utils.launch as launch; "
                 "launch.select = lambda r, w, x, t=None: (select.select(r, [], x, t)[0], [], []); launch.main()"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.contract.answers import (
+    ASSISTANT_MARKER,
     FieldKind,
     answer_format,
     field_kinds,
@@ -54,7 +55,35 @@ def test_completion_example_is_one_user_message() -> None:
         [{"role": "user", "content": "Q?"}], "A.")
 
 
-def test_text_examples_and_chats_without_an_answer_have_no_reference() -> None:
+def test_text_examples_split_at_the_last_assistant_marker_into_a_raw_prompt_and_the_reference() -> None:
+    text = "<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nIssue?\n<|assistant|>\nIssue: billing\nCSAT: 2/5\n"
+    assert split_example({"text": text}) == (
+        "<|user|>\nHi\n<|assistant|>\nHello.\n<|user|>\nIssue?\n<|assistant|>", "Issue: billing\nCSAT: 2/5")
+    assert split_example({"body": "Q <|assistant|> A"}, text_feature="body") == ("Q <|assistant|>", "A")
+    assert split_example({"body": "Q <|assistant|> A"}) is None  # the run's text key, not another
+
+
+def test_the_seed_shaped_answers_are_scored_field_by_field() -> None:
+    from worker.seed_shaped import ASSISTANT_TAG, FIELDS, answer_text
+
+    assert ASSISTANT_TAG == ASSISTANT_MARKER  # the generator writes the marker the split looks for
+    analyses = [{"Issue": issue, "CSAT": csat, "Churn risk": risk, "Journey": "first contact",
+                 "Coaching": "Strong call: keep confirming the next steps with the customer."}
+                for issue, csat, risk in (("plan upgrade", "4/5", "low"), ("billing", "2/5", "high"),
+                                          ("outage", "3/5", "low"), ("billing", "4/5", "high"))]
+    references = [split_example({"text": f"<|user|>\nAnalyze.\n<|assistant|>\n{answer_text(a)}"}) or ("", "")
+                  for a in analyses]
+    answers = [reference for _prompt, reference in references]
+    assert answer_format(answers) == "lines"
+    kinds = field_kinds([parse_answer(answer) or {} for answer in answers])
+    assert list(kinds) == list(FIELDS)
+    assert kinds["Quality"] == kinds["CSAT"] == "number" and kinds["Churn risk"] == "category"
+    outcome = score_example(answers[0], answers[0].replace("CSAT: 4/5", "CSAT: 2 out of 5"), kinds)
+    assert outcome.fields["Quality"].score == 1 and outcome.fields["CSAT"].score == 0
+    assert outcome.score == pytest.approx(5 / 6)
+
+
+def test_text_examples_without_the_marker_and_chats_without_an_answer_have_no_reference() -> None:
     assert split_example({"text": "just text"}) is None
     assert split_example({"messages": [{"role": "user", "content": "Hi"}]}) is None
     assert split_example({"conversation": [{"role": "assistant", "content": "A"}]}) is None

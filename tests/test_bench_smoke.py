@@ -35,6 +35,7 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "bench_fuse",
     pytest.param("bench_service", marks=pytest.mark.browser),
     "bench_train",
+    "bench_grouping",
     "bench_distributed",
     "bench_distributed_gpu",
     "bench_eval",
@@ -43,6 +44,7 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "bench_playground",
     "bench_memory",
     "bench_datasets",
+    "bench_estimate",
 ]
 
 

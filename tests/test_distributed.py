@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from test_runs_e2e import generate_with_adapter, unzip_adapter
 
 from app.contract.distributed import Distributed
 from app.contract.pids import is_worker
-from app.jobs.process import launch_args
+from app.jobs.process import free_ports, launch_args
 
 TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
 # 20 steps of batch 4 (2 examples per rank), reports every 5, validation at 0, 10, 20 on all 16 examples (short ones)
@@ -78,19 +79,26 @@ def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
     args = launch_args(spec, ["127.0.0.1"], {"LORABOARD_DB_PATH": "/d/b.db", "HOME": "/root"}, "/py")
     assert args[:8] == ["--backend", "ring", "--hosts", "127.0.0.1", "-n", "2", "--python", "/py"]
     assert "LORABOARD_DB_PATH=/d/b.db" in args and not any(a.startswith("HOME=") for a in args)
+    first = int(args[args.index("--starting-port") + 1])  # ports free now: two local rings never meet
+    for port in (first, first + 1):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", port))
     remote = Distributed.model_validate({"hosts": ["10.0.0.2", "10.0.0.3"], "ssh_user": "me", "python": "/r/py"})
     args = launch_args(remote, ["10.0.0.2", "10.0.0.3"], {}, "/py")
     assert args[args.index("--hosts") + 1] == "me@10.0.0.2,me@10.0.0.3" and args[args.index("--python") + 1] == "/r/py"
     hostfile = launch_args(Distributed.model_validate({"hostfile": "/h.json"}), [], {}, "/py")
     assert hostfile[2:4] == ["--hostfile", "/h.json"] and "--hosts" not in hostfile
+    assert "--starting-port" not in args and "--starting-port" not in hostfile  # other machines' ports: their own
 
 
 @pytest.mark.real
 def test_launcher_waits_while_its_ranks_run() -> None:
-    """`python -m worker launch` takes next to no CPU while its ranks run: mlx.launch's relay threads wait for
-    the ranks' output instead of looping on the ranks' standard input (always writable)."""
+    """`python -m worker launch` takes next to no CPU while its ranks run: mlx.launch's rank threads wait for
+    the ranks' output alone (worker/distributed.select_reads_only) instead of looping on the ranks' standard
+    input (always writable)."""
     cmd = [sys.executable, "-m", "worker", "launch", "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2",
-           "--python", sys.executable, "--cwd", str(PROJECT_DIR), "--", "-c", "import time; time.sleep(8)"]
+           "--starting-port", str(free_ports(2)), "--python", sys.executable, "--cwd", str(PROJECT_DIR), "--",
+           "-c", "import time; time.sleep(8)"]
     process = subprocess.Popen(cmd, cwd=PROJECT_DIR, env=base_env(), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

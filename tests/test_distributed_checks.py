@@ -325,3 +325,21 @@ def test_other_hosts_must_see_loraboards_database_and_adapters_at_the_same_path(
     assert problems == {"distributed.hosts": "mac2.local does not see loraboard's database at /srv/lb/loraboard.db: "
                         "every rank reads the run from it, so a run across hosts needs loraboard's folder on a "
                         "filesystem the hosts share, at the same path (e.g. NFS)"}
+
+
+def test_the_launchers_rank_threads_wait_for_output_not_for_a_writable_stdin() -> None:
+    """mlx.launch's rank threads select on each rank's standard input for writing too, which a pipe always is:
+    they would spin. The launcher's select waits for output alone, and still reports output at once."""
+    import os
+
+    from worker.distributed import select_reads_only
+
+    rank_out, ours = os.pipe()
+    stdin_read, stdin_write = os.pipe()  # a rank's standard input: always writable, never written here
+    try:
+        assert select_reads_only([rank_out], [stdin_write], [], 0.05) == ([], [], [])
+        os.write(ours, b"step 1\n")
+        assert select_reads_only([rank_out], [stdin_write], [], 5) == ([rank_out], [], [])
+    finally:
+        for fd in (rank_out, ours, stdin_read, stdin_write):
+            os.close(fd)

@@ -8,6 +8,7 @@ name while the models measured before it are kept.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import shutil
@@ -204,6 +205,44 @@ def test_bad_requests_are_refused_naming_the_problem(throwaway: dict[str, Any]) 
         refused(srv, rid, {"split": "test"}, "fewer than one batch")
     finally:
         test_file.unlink()
+
+
+def test_text_records_are_asked_raw_up_to_the_assistant_marker_and_scored_on_the_seeds_fields(
+        throwaway: dict[str, Any]) -> None:
+    from transformers import AutoTokenizer
+
+    from worker.seed_shaped import FIELDS, write_seed_shaped
+
+    srv: Server = throwaway["server"]
+    rid = throwaway["run_id"]
+    tokenizer = AutoTokenizer.from_pretrained(str(MODEL))
+    test_file = throwaway["data"] / "test.jsonl"
+    try:
+        test_file.write_text('{"text": "a text with no marker"}\n' * 4)
+        refused(srv, rid, {"split": "test", "task": TASK}, "text format with no <|assistant|>")
+        write_seed_shaped(throwaway["data"], lambda text: len(tokenizer.encode(text, add_special_tokens=False)),
+                          scale=0.1, sizes={"test": 8})  # ~116 tokens a record, under the run's max_seq_length
+        texts = [json.loads(line)["text"] for line in test_file.read_text().splitlines()]
+        task = {"max_examples": 4, "max_tokens": 40, "batch_size": 4}
+        status, answer = srv.post(f"/api/runs/{rid}/evaluations", {"checkpoints": [30], "include_base": False,
+                                                                    "split": "test", "batches": 1, "task": task})
+        assert status == 201, answer
+        job, _ = wait_job(srv, answer["job_id"])
+    finally:
+        test_file.unlink()
+    assert job["status"] == "completed", job
+    [row] = srv.get(f"/api/runs/{rid}/evaluations?job_id={job['id']}")
+    assert row["task"]["format"] == "lines" and row["task"]["examples"] == 4
+    assert list(row["task"]["fields"]) == list(FIELDS)  # Quality, Issue, CSAT, Churn risk, Journey, Coaching
+    assert row["task"]["fields"]["Quality"]["kind"] == row["task"]["fields"]["CSAT"]["kind"] == "number"
+    examples = srv.get(f"/api/runs/{rid}/evaluations/examples?iteration=30&limit=10&split=test")
+    assert sorted(e["line"] for e in examples["examples"]) == [1, 2, 3, 4]
+    for example in examples["examples"]:
+        text = texts[example["line"] - 1]
+        cut = text.index("<|assistant|>") + len("<|assistant|>")
+        assert example["prompt"] == text[:cut]  # the raw text as trained on, no chat template around it
+        assert example["reference"] == text[cut:].strip() and example["reference"].startswith("Quality: ")
+        assert list(example["fields"]) == list(FIELDS)
 
 
 def test_a_checkpoint_whose_file_was_deleted_is_refused(throwaway: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-MAX_EXAMPLES = 40  # generated examples per operation, on top of the coverage phase's boundary values
+MAX_EXAMPLES = 15  # generated examples per operation, on top of the coverage phase's boundary values
 STARTS_WORKERS = ("POST", "/api/runs")
 
 

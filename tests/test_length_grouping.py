@@ -1,9 +1,11 @@
 """Length grouping through mlx-lm's own iterate_batches: batches hold rows of like length, whole batches are
-shuffled per epoch, ranks stride as before, and the useful-token share counts what the batches hold."""
+shuffled per epoch, ranks stride as before, and the useful-token share counts what the batches hold; a run's
+validation batches are grouped too."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from mlx_lm.tuner.datasets import CacheDataset
@@ -112,3 +114,19 @@ def test_useful_share_counts_row_tokens_against_positions() -> None:
             pass
         shares[grouping] = seen.share
     assert shares["length"] > 0.9 and shares["file_order"] < 0.8, shares
+
+
+
+def test_a_runs_validation_batches_are_grouped_as_its_training_batches(tmp_path: Path) -> None:
+    """The validation set StepHooks hands mlx-lm's evaluate (test_batch_grouping.py: the loss stays the same)."""
+    from app.contract.run_config import RunConfig
+    from worker.train import StepHooks
+
+    lengths = lengths_of(16)
+    widths = {}
+    for grouping in ("file_order", "length"):
+        hooks = StepHooks(None, RunConfig(batch_grouping=grouping), tmp_path, None,  # type: ignore[arg-type]
+                          CacheDataset(Records(lengths)), None)  # type: ignore[arg-type]
+        assert isinstance(hooks.val_set, LengthSorted) == (grouping == "length")
+        widths[grouping] = sum(int(tokens.shape[1]) for tokens, _ in batches(hooks.val_set))
+    assert widths["length"] < 0.8 * widths["file_order"], widths

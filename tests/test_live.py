@@ -170,7 +170,7 @@ def test_a_commit_is_streamed_at_the_next_wake_not_the_next_poll(tmp_path: Path)
 
     def worker_commits() -> None:
         time.sleep(0.5)
-        conn = sqlite3.connect(tmp_path / "loraboard.db")
+        conn = sqlite3.connect(tmp_path / "loraboard.db", timeout=30)  # a busy machine may hold a lock longer
         conn.execute("INSERT INTO trainreport (run_id, iteration, train_loss, learning_rate, iterations_per_second,"
                      " tokens_per_second, trained_tokens, peak_memory, recorded_at)"
                      " VALUES (?, 5, 1.0, 0.001, 1.0, 1.0, 10, 0.1, '2026-01-01 00:00:00')", (run_id,))

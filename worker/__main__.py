@@ -109,7 +109,11 @@ def run_train(settings: Settings, run_id: int) -> int:
             writer.set_status(RunStatus.failed, finished_at=now(), error=gave_up_reason(limit_s, steps),
                               iteration=steps)
         else:
-            writer.set_status(outcome.status, finished_at=now(), stop_reason=outcome.reason, iteration=steps)
+            clock = outcome.clock
+            writer.set_status(outcome.status, finished_at=now(), stop_reason=outcome.reason, iteration=steps,
+                              train_positions=clock.positions if clock else None,
+                              train_seconds=clock.seconds if clock else None,
+                              positions_per_s=clock.positions_per_s if clock else None)
         code = 0
     except BaseException as exc:  # every failure is recorded, readable, with its traceback
         writer.set_status(

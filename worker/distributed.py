@@ -6,8 +6,7 @@
   each rank's handler asks for a stop and the ranks end together at the next step (`agree`);
 - starts the ranks with SIGTERM/SIGINT held until their handlers are in place;
 - gives mlx.launch a standard input that never ends (it polls its standard input, which would spin on
-  /dev/null);
-- has mlx.launch's relay threads wait for the ranks' output alone (`relay_without_spinning`).
+  /dev/null), and lets its rank threads wait for the ranks' output only (`select_reads_only`).
 A rank that fails or is killed breaks the ring's connections: the others fail at their next collective, and
 mlx.launch ends the rest. Only rank 0 writes anything (database, files).
 """
@@ -50,22 +49,13 @@ def hold_stops_in_rank_starters() -> None:
     threading.Thread.run = run_holding  # type: ignore[method-assign]
 
 
-def select_readable(rlist: list[int], wlist: list[int], xlist: list[int], timeout: float | None = None
-                    ) -> tuple[list[int], list[int], list[int]]:
-    """select() on the readable and exceptional lists only: nothing is reported writable."""
-    readable, _, exceptional = select.select(rlist, [], xlist, timeout)
-    return readable, [], exceptional
-
-
-def relay_without_spinning() -> None:
-    """mlx.launch relays each rank's output from a thread that selects on the rank's output and on the rank's
-    standard input for writing. A pipe is writable nearly always, so each thread would loop without waiting
-    (a third of a core for as long as the run lasts, on the cores the ranks train on). Nothing is ever written
-    to the ranks (this process's standard input never ends), so the threads wait for output alone: a rank's
-    output or its end wakes them."""
-    from mlx._distributed_utils import launch as mlx_launch
-
-    mlx_launch.select = select_readable  # type: ignore[attr-defined]
+def select_reads_only(readers: list[int], _writers: list[int], errors: list[int],
+                      timeout: float | None = None) -> tuple[list[int], list[int], list[int]]:
+    """mlx.launch's `select` for its rank threads: each thread also waits until its rank's standard input can be
+    written, which a pipe always can, so every thread would spin a core for as long as the run lasts. Nothing is
+    ever written to a rank here (this process's standard input never sends), so wait for output alone."""
+    readable, _, failed = select.select(readers, [], errors, timeout)
+    return readable, [], failed
 
 
 def launch(argv: list[str]) -> int:
@@ -77,11 +67,11 @@ def launch(argv: list[str]) -> int:
     if hasattr(signal, "pthread_sigmask"):
         hold_stops_in_rank_starters()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
-    from mlx._distributed_utils.launch import main
+    from mlx._distributed_utils import launch as mlx_launch
 
-    relay_without_spinning()
+    mlx_launch.select = select_reads_only  # type: ignore[attr-defined]
     sys.argv = ["mlx.launch", *argv]
-    main()
+    mlx_launch.main()
     return 0
 
 

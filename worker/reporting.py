@@ -56,7 +56,8 @@ def on_stop_signal(event: threading.Event) -> None:
 
 Job = Callable[[sqlite3.Connection], None]
 # Columns of the run table that set_status may write, in the order of its UPDATE.
-RUN_FIELD_ORDER = ("backend", "finished_at", "stop_reason", "iteration", "error", "traceback", "test_loss")
+RUN_FIELD_ORDER = ("backend", "finished_at", "stop_reason", "iteration", "error", "traceback", "test_loss",
+                   "train_positions", "train_seconds", "positions_per_s")
 RUN_FIELDS = frozenset(RUN_FIELD_ORDER)
 
 
@@ -350,7 +351,9 @@ class ReportWriter:
                 "UPDATE run SET status = ?, backend = COALESCE(?, backend), finished_at = COALESCE(?, finished_at),"
                 " stop_reason = COALESCE(?, stop_reason), iteration = COALESCE(?, iteration),"
                 " error = COALESCE(?, error), traceback = COALESCE(?, traceback),"
-                " test_loss = COALESCE(?, test_loss) WHERE id = ?",
+                " test_loss = COALESCE(?, test_loss), train_positions = COALESCE(?, train_positions),"
+                " train_seconds = COALESCE(?, train_seconds), positions_per_s = COALESCE(?, positions_per_s)"
+                " WHERE id = ?",
                 (status.value, *values, self.run_id),
             )
             if status in TERMINAL:

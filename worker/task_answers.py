@@ -2,8 +2,10 @@
 
 Prompts are the examples' messages before the last assistant message (or a completion example's prompt), put
 through the tokenizer's chat template with the generation prompt added, as a person would ask the fine-tuned
-model. Answers come from mlx-lm's batch generation (`mlx_lm.generate.BatchGenerator`, greedy), stopped at the
-tokenizer's end-of-sequence tokens or after `max_tokens` new tokens. Scoring is app/contract/answers.py.
+model; a text example's prompt (its text up to the assistant marker, answers.split_example) is tokenized raw, as
+mlx-lm's text dataset tokenized the whole example in training, with no chat template. Answers come from mlx-lm's
+batch generation (`mlx_lm.generate.BatchGenerator`, greedy), stopped at the tokenizer's end-of-sequence tokens or
+after `max_tokens` new tokens. Scoring is app/contract/answers.py.
 """
 
 from __future__ import annotations
@@ -49,15 +51,16 @@ class References:
 
 
 def feature_keys(config: RunConfig) -> dict[str, str]:
-    """The run's prompt/completion/chat keys, as answers.split_example names them (defaults where unset)."""
+    """The run's prompt/completion/chat/text keys, as answers.split_example names them (defaults where unset)."""
     keys = {"prompt_feature": config.prompt_feature, "completion_feature": config.completion_feature,
-            "chat_feature": config.chat_feature}
+            "chat_feature": config.chat_feature, "text_feature": config.text_feature}
     return {name: value for name, value in keys.items() if value is not None}
 
 
 def task_examples(examples: Sequence[dict[str, Any]], tokenizer: Any, config: RunConfig,
                   max_examples: int) -> list[TaskExample]:
-    """The first `max_examples` examples that have a prompt and a reference, with their chat-template prompts."""
+    """The first `max_examples` examples that have a prompt and a reference, with their prompts as the model is
+    asked: chat-template prompts, or a text example's raw prompt."""
     keys = feature_keys(config)
     chosen: list[TaskExample] = []
     for line, example in enumerate(examples, start=1):
@@ -66,12 +69,21 @@ def task_examples(examples: Sequence[dict[str, Any]], tokenizer: Any, config: Ru
         split = split_example(example, **keys)
         if split is None:
             continue
-        messages, reference = split
+        prompt, reference = split
+        if isinstance(prompt, str):
+            chosen.append(TaskExample(line, raw_prompt_tokens(tokenizer, prompt), prompt, reference))
+            continue
         tools = example.get("tools")
-        tokens = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_dict=False)
-        text = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        tokens = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, return_dict=False)
+        text = tokenizer.apply_chat_template(prompt, tools=tools, add_generation_prompt=True, tokenize=False)
         chosen.append(TaskExample(line, [int(t) for t in tokens], str(text), reference))
     return chosen
+
+
+def raw_prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
+    """A text example's prompt as tokens, encoded as mlx-lm's TextDataset encodes a training text (the
+    tokenizer's own special tokens, such as its start token, and no chat template)."""
+    return [int(t) for t in tokenizer.encode(prompt)]
 
 
 def read_references(references: Sequence[str]) -> References:

@@ -46,6 +46,8 @@ from worker.memory import MemoryGuard
 from worker.mixed_lora import mixed_applies, precision_label, use_mixed_lora
 from worker.reporting import ReportWriter
 from worker.resume import ResumePoint, optimizer_name, restore, save_optimizer
+from worker.throughput import StepClock
+from worker.token_weighting import TokenMeanTrainLoss, training_loss
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -73,7 +75,6 @@ class SilentUI:
 
     def report_save(self, *args: object) -> None:
         return None
-
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,7 +138,7 @@ class StepHooks:
         self.config = config
         self.run_dir = run_dir
         self.writer = writer
-        self.val_set = val_set
+        self.val_set = grouped(val_set, config.batch_grouping)  # batched as training is: length_grouping.py
         self.steps_done = 0
         self.validated: set[int] = set()
         self.saved: set[int] = set()
@@ -281,6 +282,7 @@ class TrainOutcome:
     status: RunStatus
     reason: str | None
     test_loss: float | None = None
+    clock: StepClock | None = None  # the training steps' positions and seconds
 
 
 def tested_adapter(hooks: StepHooks, run_dir: Path, steps: int) -> Path:
@@ -360,14 +362,19 @@ def train_run(
         clear_cache_threshold=config.clear_cache_threshold,
     )
     trainer.TrainUI = SilentUI  # type: ignore[misc,assignment]
+    clock = StepClock()  # length grouping trains with every token weighing the same: worker/token_weighting.py
+    loss, per_batch = training_loss(datasets.train, config.batch_grouping, config.batch_size, config.max_seq_length,
+                                    size)
     trainer.train(
         model=model,
         optimizer=optimizer,
         train_dataset=datasets.train,
         val_dataset=None,
         args=args,
-        iterate_batches=hooks.iterate_batches,
-        training_callback=DatabaseCallback(writer, start, hooks.memory, hooks.useful),
+        loss=loss,
+        iterate_batches=lambda **kwargs: clock.timed(hooks.iterate_batches(**kwargs)),
+        training_callback=TokenMeanTrainLoss(DatabaseCallback(writer, start, hooks.memory, hooks.useful),
+                                             per_batch, size),
     )
     if rank == 0:  # mlx-lm writes the final adapter on rank 0 only
         publish(temp_path(final_adapter), final_adapter)
@@ -394,4 +401,4 @@ def train_run(
         test_loss = evaluate_test(model, config, datasets.test, tested_adapter(hooks, run_dir, steps), writer)
         # recorded now, keeping the status the run has meanwhile ("stopping" after a stop request)
         writer.set_status(RunStatus.stopping if asked_to_stop else RunStatus.running, test_loss=test_loss)
-    return TrainOutcome(steps, status, reason, test_loss)
+    return TrainOutcome(steps, status, reason, test_loss, clock)

@@ -22,6 +22,7 @@ AnswerFormat = Literal["json", "lines", "plain"]
 T = TypeVar("T")
 
 PLAIN_FIELD = "answer"  # the one field of a plain answer
+ASSISTANT_MARKER = "<|assistant|>"  # where a text example's answer begins (the seed's format, worker/seed_shaped.py)
 _SHARE = 0.9  # share of references that must be structured for the split to count as structured
 _CATEGORY_WORDS = 4  # a category's values are at most this long (mean, in words)
 
@@ -44,11 +45,15 @@ class _Float(float):
 
 
 def split_example(example: dict[str, Any], *, prompt_feature: str = "prompt", completion_feature: str = "completion",
-                  chat_feature: str = "messages") -> tuple[list[dict[str, str]], str] | None:
-    """(the prompt as chat messages, the reference answer) of one dataset example, as mlx-lm trains on it.
+                  chat_feature: str = "messages",
+                  text_feature: str = "text") -> tuple[list[dict[str, str]] | str, str] | None:
+    """(the prompt, the reference answer) of one dataset example, as mlx-lm trains on it.
 
-    chat: every message before the LAST assistant message and that message's content; prompt/completion: one user
-    message and the completion; text examples, a chat with no assistant message: None. Other keys are ignored.
+    chat: the prompt is every message before the LAST assistant message, the reference that message's content;
+    prompt/completion: one user message and the completion; text: the prompt is the raw text up to and including
+    the last ASSISTANT_MARKER (a string, to be fed as it is, without a chat template, as training saw it) and the
+    reference the rest, stripped. A text without the marker, a chat with no assistant message: None. Other keys
+    are ignored.
     """
     messages = example.get(chat_feature)
     if isinstance(messages, list):
@@ -62,6 +67,10 @@ def split_example(example: dict[str, Any], *, prompt_feature: str = "prompt", co
     prompt_text, completion = example.get(prompt_feature), example.get(completion_feature)
     if isinstance(prompt_text, str) and isinstance(completion, str):
         return [{"role": "user", "content": prompt_text}], completion
+    text = example.get(text_feature)
+    if isinstance(text, str) and ASSISTANT_MARKER in text:
+        cut = text.rindex(ASSISTANT_MARKER) + len(ASSISTANT_MARKER)
+        return text[:cut], text[cut:].strip()
     return None
 
 

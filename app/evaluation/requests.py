@@ -5,7 +5,7 @@ A request names checkpoints ("all" or iterations), whether the base model is mea
 data folder, how many batches, and optionally the task (greedy answers scored against the references). It is
 refused, with one sentence naming the problem and no job left behind, when the run has no checkpoints, a named
 checkpoint does not exist or its file was deleted, the split file is missing, invalid or smaller than one batch,
-or the task is asked of data that has no prompts (text format).
+or the task is asked of data that has no prompts (text format whose texts hold no assistant marker).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session
 
+from app import json_text
+from app.contract.answers import ASSISTANT_MARKER
 from app.contract.kinds import EVALUATE, EvaluateParams, Split, TaskRequest
 from app.contract.paths import run_dir
 from app.contract.settings import Settings
@@ -103,7 +105,8 @@ def check_split(config: dict[str, Any], request: EvaluationRequest) -> Path:
                                             f"{request.split}.jsonl")
     summary = SplitSummary(request.split)
     errors, warnings = IssueLog(3), IssueLog(0)
-    validate_split(path, summary, errors, warnings, bool(config.get("mask_prompt")), FeatureKeys.from_config(config))
+    keys = FeatureKeys.from_config(config)
+    validate_split(path, summary, errors, warnings, bool(config.get("mask_prompt")), keys)
     if errors.count:
         more = f" (and {errors.count - len(errors.issues)} more)" if errors.count > len(errors.issues) else ""
         raise EvaluationRefused(("split",), f"{path.parent}/" + "; ".join(str(i) for i in errors.issues) + more)
@@ -111,10 +114,27 @@ def check_split(config: dict[str, Any], request: EvaluationRequest) -> Path:
     if summary.examples < batch_size:
         raise EvaluationRefused(("split",), f"{path} has {summary.examples} examples, fewer than one batch "
                                             f"(the run's batch_size is {batch_size})")
-    if request.task is not None and summary.format == "text":
-        raise EvaluationRefused(("task",), f"{path} is text format: task accuracy needs prompts and answers "
-                                           "(chat or prompt/completion examples)")
+    if request.task is not None and summary.format == "text" and not marks_answers(path, keys.text):
+        raise EvaluationRefused(("task",), f"{path} is text format with no {ASSISTANT_MARKER} in its texts: task "
+                                           "accuracy needs prompts and answers (chat or prompt/completion examples, "
+                                           f"or texts that put {ASSISTANT_MARKER} before the answer)")
     return path
+
+
+def marks_answers(path: Path, text_key: str) -> bool:
+    """Whether some text example of the split holds the assistant marker, where its prompt ends and its answer
+    begins (answers.split_example): the file read until the first one."""
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+        for raw in handle:
+            if ASSISTANT_MARKER not in raw:
+                continue
+            try:
+                example = json_text.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(example, dict) and ASSISTANT_MARKER in str(example.get(text_key, "")):
+                return True
+    return False
 
 
 def plan(session: Session, settings: Settings, run: Run, request: EvaluationRequest) -> EvaluateParams:

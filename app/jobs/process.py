@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +46,33 @@ def worker_env(settings: Settings) -> dict[str, str]:
 LAUNCH_ENV_PREFIXES = ("LORABOARD_", "HF_HUB_OFFLINE", "PYTHONUNBUFFERED", "TOKENIZERS_PARALLELISM")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive loopback ports that are free now (the ring backend listens on one port per
+    rank, from its starting port up)."""
+    for _ in range(attempts):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                with socket.socket() as taken:
+                    taken.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise OSError(f"no {count} consecutive free loopback ports")
+
+
 def launch_args(spec: Distributed, hosts: list[str], env: dict[str, str], python: str) -> list[str]:
     """The arguments of `python -m worker launch` (worker/distributed.py hands them to mlx.launch) for a run
     trained by several processes: backend, hosts (or the hostfile) and processes per host, the ranks' python,
-    their working folder and the worker's environment."""
+    their working folder and the worker's environment. A ring on this machine alone listens on ports found free
+    now: mlx.launch's fixed default would make two such runs (or a run and a benchmark) meet on the same ports."""
     args = ["--backend", spec.backend]
     if spec.hostfile:
         args += ["--hostfile", spec.hostfile]
@@ -56,6 +80,8 @@ def launch_args(spec: Distributed, hosts: list[str], env: dict[str, str], python
         users = [f"{spec.ssh_user}@{h}" if spec.ssh_user and "@" not in h else h for h in hosts]
         args += ["--hosts", ",".join(users), "-n", str(spec.processes_per_host)]
     args += ["--python", spec.python or python, "--cwd", str(PROJECT_DIR)]
+    if spec.backend == "ring" and not spec.hostfile and all(host in LOOPBACK_HOSTS for host in hosts):
+        args += ["--starting-port", str(free_ports(len(hosts) * spec.processes_per_host))]
     for key in sorted(env):
         if key.startswith(LAUNCH_ENV_PREFIXES):
             args += ["--env", f"{key}={env[key]}"]

@@ -113,8 +113,8 @@ def read_example(run: Run, split: str, line: int) -> Example:
         return Example("", "", "", f"{path} line {line} is not JSON")
     keys = FeatureKeys.from_config(config)
     parts = split_example(example, prompt_feature=keys.prompt, completion_feature=keys.completion,
-                          chat_feature=keys.chat) if isinstance(example, dict) else None
-    if parts is None:
+                          chat_feature=keys.chat, text_feature=keys.text) if isinstance(example, dict) else None
+    if parts is None or isinstance(parts[0], str):  # a text example's prompt is raw text, not messages
         return Example("", "", "", f"{path} line {line} has no prompt to take (a text example, or a chat without "
                                    "an assistant message)")
     messages = parts[0]

@@ -16,6 +16,7 @@ from app.models.registry import origins
 from app.models.requests import FuseRequest, ModelJobRefused, QuantizeRequest, start_fuse, start_quantize
 from app.models.view import fuse_context, models_context
 from app.routes.params import Iteration, RunId, run_checkpoint_or_404
+from app.runs.duration.estimate import estimate_for_form
 from app.runs.memory.panel import panel_memory
 
 router = APIRouter()
@@ -32,8 +33,10 @@ def _form_int(form: dict[str, str], key: str, default: int) -> int:
 
 
 @router.get("/models/info", response_class=HTMLResponse, include_in_schema=False)
-def model_info_panel(request: Request, settings: SettingsDep, templates: TemplatesDep) -> Response:
-    """The new-run form's model panel, for the form's current values (sent whole by hx-include)."""
+def model_info_panel(request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep
+                     ) -> Response:
+    """The new-run form's model panel, for the form's current values (sent whole by hx-include): what the model
+    is, what the run trains, its memory, and its useful-token share and wall time."""
     form = dict(request.query_params)
     context: dict[str, Any] = {"info": None, "trainable": None, "error": None, "trainable_error": None}
     try:
@@ -52,6 +55,8 @@ def model_info_panel(request: Request, settings: SettingsDep, templates: Templat
         )
         context["trainable"] = trainable.to_json()
         context["memory"] = panel_memory(info, trainable, form)
+        estimate = estimate_for_form(session, settings, form, info.total_params)
+        context["duration"] = estimate.to_json() if estimate else None
     except ModelInfoError as exc:
         context["trainable_error"] = str(exc)
     return templates.TemplateResponse(request, "_model_info.html", context)

@@ -15,6 +15,7 @@ from app.datasets.registry import dataset_problem
 from app.deps import SessionDep, SettingsDep, SupervisorDep
 from app.routes.params import RunId, bounded_query, problems, run_or_404
 from app.runs.cluster.checks import distributed_problems
+from app.runs.duration.estimate import estimate_for_config
 from app.runs.store.listing import (
     NAME_MAX,
     NOTES_MAX,
@@ -70,7 +71,8 @@ def post_run(
     payload: dict[str, Any] = Body(default_factory=dict),
 ) -> dict[str, Any]:
     config = validate_config(payload, settings, session)
-    return run_json(session, queue_run(session, config, supervisor.tick))
+    estimate = estimate_for_config(session, settings, config)
+    return run_json(session, queue_run(session, config, supervisor.tick, estimate))
 
 
 @router.get("/runs")

@@ -21,6 +21,7 @@ from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
 from app.routes.params import bounded_query
 from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, parse_yaml_config
+from app.runs.duration.estimate import estimate_for_config
 from app.runs.form.check import FormCheck, check_form, check_values
 from app.runs.form.fields import (
     ADVANCED_KEYS,
@@ -142,7 +143,8 @@ async def submit_run_form(
     if check.config is None:
         context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_ENTITY)
-    run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick)  # may wait for the supervisor
+    estimate = await run_in_threadpool(estimate_for_config, session, settings, check.config)  # reads model headers
+    run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick, estimate)  # may wait
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

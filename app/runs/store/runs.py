@@ -22,6 +22,8 @@ from app.contract.paths import checkpoint_files, run_dir, run_file_roots
 from app.contract.policy import best_checkpoint, eta_seconds, format_duration, overfitting_spans
 from app.contract.run_config import EarlyStopping, RunConfig
 from app.contract.settings import Settings
+from app.runs.duration.estimate import RunEstimate
+from app.runs.duration.recorded import estimate_json, record_estimate
 from app.runs.live.downsample import lttb
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
@@ -53,8 +55,8 @@ def resume_problem(session: Session, settings: Settings, config: RunConfig) -> s
     return None
 
 
-def create_run(session: Session, config: RunConfig) -> Run:
-    """Insert a queued run for an already resolved and validated config."""
+def create_run(session: Session, config: RunConfig, estimate: RunEstimate | None = None) -> Run:
+    """Insert a queued run for an already resolved and validated config, with its pre-start estimate."""
     run = Run(
         name=config.name or default_name(config),
         status=RunStatus.queued.value,
@@ -62,13 +64,15 @@ def create_run(session: Session, config: RunConfig) -> Run:
         total_iters=config.iters,
         early_stopping_json=config.early_stopping.model_dump_json() if config.early_stopping else None,
     )
+    record_estimate(run, estimate)
     session.add(run)
     session.commit()
     session.refresh(run)
     return run
 
 
-def queue_run(session: Session, config: RunConfig, start_queued: Callable[[], None]) -> Run:
+def queue_run(session: Session, config: RunConfig, start_queued: Callable[[], None],
+              estimate: RunEstimate | None = None) -> Run:
     """Create a queued run, then let the supervisor start it at once if its capacity rule allows
     (`start_queued`: Supervisor.tick).
 
@@ -76,7 +80,7 @@ def queue_run(session: Session, config: RunConfig, start_queued: Callable[[], No
     worker that cannot be spawned); the run then stays queued for the supervisor's next tick and the request
     still answers with it. The session's connection goes back to the pool before the supervisor's lock is
     waited for (see Supervisor.locked)."""
-    run = create_run(session, config)
+    run = create_run(session, config, estimate)
     run_id = run.id
     session.commit()
     try:
@@ -166,6 +170,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "total_params": run.total_params,
         "test_loss": run.test_loss,
         "useful_token_share": run.useful_token_share,
+        "estimate": estimate_json(run),
     }
 
 

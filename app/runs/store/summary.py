@@ -15,6 +15,7 @@ from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
 from app.contract.policy import format_duration
+from app.runs.duration.recorded import estimate_view
 from app.tables import Run, TrainReport, ValReport, utcnow
 
 
@@ -141,10 +142,10 @@ def summary_view(
 def run_summary(session: Session, run: Run) -> dict[str, Any]:
     """The figures of the run page's summary cards (its own reports; a continued run's parent is not counted)."""
     assert run.id is not None
-    return summary_view(
+    return {**summary_view(
         train_figures(session, [run.id]).get(run.id),
         val_figures(session, [run.id]).get(run.id),
         wall_seconds(run.started_at, run.finished_at, utcnow()),
         getattr(run, "test_loss", None),
         getattr(run, "useful_token_share", None),
-    )
+    ), "estimate": estimate_view(run)}
