@@ -67,15 +67,19 @@ from bench.common import (
     ensure_defaults,
     gpu_smoke_inputs,
     log_tail,
+    package_version,
 )
+from bench.common import run_child as run_one_process
 
 BENCH = PROJECT_DIR / "bench"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
-# A smoke's: mlx.launch with its rank threads waiting for the ranks' output alone, as worker/distributed.py's
-# select_reads_only has them (without the app's imports), so the launcher does not take a third of a core
-# from the two CPU ranks it starts
-SMOKE_LAUNCH = [sys.executable, "-c", "import select; import mlx._distributed_utils.launch as launch; "
+# A smoke's: mlx.launch as worker/distributed.launch runs it (without the app's imports), so the launcher does
+# not take a core from the two CPU ranks it starts: a standard input that never ends (its main loop polls its
+# standard input, at once readable on /dev/null) and rank threads that wait for the ranks' output alone (a
+# rank's standard input is always writable: select_reads_only)
+SMOKE_LAUNCH = [sys.executable, "-c", "import os, select; stdin, never_written = os.pipe(); os.dup2(stdin, 0); "
+                "import mlx._distributed_utils.launch as launch; "
                 "launch.select = lambda r, w, x, t=None: (select.select(r, [], x, t)[0], [], []); launch.main()"]
 MODES = {  # name: (GPUs, global batch)
     "1gpu-b4": (1, 4), "2gpu-b8": (2, 8), "2gpu-b4": (2, 4), "1gpu-b2": (1, 2),
@@ -115,11 +119,7 @@ def gpu_info() -> dict[str, Any]:
             return f"nvidia-smi failed: {exc}"
     info = {"gpus": smi("--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader"),
             "topology": smi("topo", "-m"), "python": sys.version.split()[0]}
-    try:
-        import mlx.core as mx
-        info["mlx"] = mx.__version__
-    except ImportError as exc:
-        info["mlx"] = f"import failed: {exc}"
+    info["mlx"] = package_version("mlx")
     return info
 
 
@@ -184,7 +184,8 @@ def run_training(args: argparse.Namespace, mode: str, cpu_stream_ok: bool) -> di
     cli = lora_cli(args, batch, work)
     if gpus == 1:
         cmd = [sys.executable, str(BENCH / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
-        child = run_child(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout)
+        # one process (no ranks to kill with it); a smoke's in a fork of this interpreter (bench/warm.py)
+        child = run_one_process(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout, warm=args.smoke)
         reports = out
     else:
         flags = [] if cpu_stream_ok else ["--gpu-stream-reports"]
@@ -286,11 +287,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def has_cuda() -> bool:
-    try:
-        import mlx.core as mx
-    except ImportError:
-        return False
-    return bool(mx.cuda.is_available())
+    """Whether MLX here has CUDA, asked in a child: this process never imports MLX, so a smoke's children can
+    run in forks of it (bench/warm.py)."""
+    probe = subprocess.run([sys.executable, "-c", "import mlx.core as mx; print(mx.cuda.is_available())"],
+                           capture_output=True, text=True, check=False, env=base_env())
+    return probe.stdout.strip() == "True"
 
 
 def main(argv: list[str] | None = None) -> int:
