@@ -84,7 +84,7 @@ def run_mode(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
             "launch", *launch_args(distributed, ["127.0.0.1"], env, sys.executable), "--", "-m", "worker"]
         cmd = [sys.executable, "-m", "worker", *launch, "train", "--run-id", str(run_id)]
         log = work / "worker.log"
-        child = run_child(cmd, env, log, args.timeout)
+        child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             reports = session.exec(select(TrainReport).where(TrainReport.run_id == run_id)

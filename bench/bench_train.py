@@ -110,7 +110,7 @@ def run_plain(args: argparse.Namespace, work: Path, shim: Path | None) -> dict[s
         env["LD_PRELOAD"] = " ".join(filter(None, [str(shim), env.get("LD_PRELOAD", "")]))
     cmd = [sys.executable, str(PROJECT_DIR / "bench" / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
     log = work / "plain.log"
-    child = run_child(cmd, env, log, args.timeout)
+    child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
     if child.returncode != 0 or not out.exists():
         raise SystemExit(f"bench: plain mlx-lm failed (exit {child.returncode}):\n{log_tail(log)}")
     data = json.loads(out.read_text())
@@ -138,7 +138,7 @@ def run_worker(args: argparse.Namespace, work: Path, openblas: bool) -> dict[str
         env.update(train_env())
         cmd = [sys.executable, "-m", "worker", "train", "--run-id", str(run_id)]
         log = work / "worker.log"
-        child = run_child(cmd, env, log, args.timeout)
+        child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             reports = session.exec(
