@@ -39,6 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -311,8 +312,9 @@ def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]
 
 
 def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: argparse.Namespace,
-                 run_id: int | None = None) -> dict[str, Any]:
-    """The live latencies of a run started for it, or of `run_id`, training already (a smoke's start run)."""
+                 start: Callable[[], int] | None = None) -> dict[str, Any]:
+    """The live latencies of a run started for it once the browser is up, or by `start` (a smoke's timed start
+    run, left training: the worker trains no longer than the watch)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -322,8 +324,8 @@ def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: 
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             page.goto(service.first_visit())  # the token cookie, set before the measured page
             page.add_init_script(OBSERVER_JS)
-            if run_id is None:
-                run_id = service.call("POST", "/api/runs", {**config, "iters": 1_000_000})["id"]
+            run_id = start() if start is not None else service.call("POST", "/api/runs",
+                                                                    {**config, "iters": 1_000_000})["id"]
             commits = CommitClock(db_path, run_id).start()
             stream = StreamClock(service.request("GET", f"/api/runs/{run_id}/events")).start()
             page.goto(f"{service.base}/runs/{run_id}")
@@ -446,17 +448,22 @@ def main(argv: list[str] | None = None) -> int:
             cpu_idle = (cpu_seconds(process.pid) - cpu_before) / args.idle_seconds
             idle_kb = proc_status_kb(process.pid, "VmRSS") or 0
             sampler.phase = "start"
-            starts = []
-            kept = None  # a smoke's one start run goes on training for the live watch: one worker start less
-            for n in range(args.start_runs):
-                keep = args.smoke and n == args.start_runs - 1
+            starts: list[float] = []
+
+            def timed_start(keep: bool) -> int:
                 latency, run_id = measure_start(service, {**config, "iters": 1_000_000} if keep else config,
                                                 args.start_timeout, keep=keep)
                 starts.append(latency)
-                kept = run_id if keep else None
-                print(f"  start latency {n + 1}/{args.start_runs}: {starts[-1]:.2f} s", file=sys.stderr, flush=True)
+                print(f"  start latency {len(starts)}/{args.start_runs}: {latency:.2f} s", file=sys.stderr, flush=True)
+                return run_id
+
+            # a smoke's last start run goes on training for the live watch (one worker start less), started once
+            # the browser is up
+            for _ in range(args.start_runs - 1 if args.smoke else args.start_runs):
+                timed_start(keep=False)
             sampler.phase = "live"
-            live = measure_live(service, root / "loraboard.db", config, args, kept)
+            live = measure_live(service, root / "loraboard.db", config, args,
+                                (lambda: timed_start(keep=True)) if args.smoke else None)
             print(f"  live: {len(live['latencies_s'])} points, p95 {fmt(live['p95_s'], 3)} s", file=sys.stderr)
             hwm_kb = proc_status_kb(process.pid, "VmHWM") or 0
             mapped = mlx_mappings(process.pid)
