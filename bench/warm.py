@@ -25,15 +25,29 @@ from pathlib import Path
 
 # what a child's interpreter reads once at its start (or transformers at its import): a fork has this process's
 PROCESS_SETTINGS = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONOPTIMIZE",
-                    "PYTHONHASHSEED", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_VERBOSITY")
+                    "PYTHONHASHSEED", "HF_HOME", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_VERBOSITY")
 
 
 def warm_up() -> None:
-    """Import what every mlx-lm child imports first, without MLX: transformers and its tokenizers."""
-    import transformers  # noqa: F401
-    from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
-
+    """Import what every mlx-lm child imports first, without MLX: transformers and its tokenizers, offline (as
+    every benchmark's child runs: bench/common.base_env), whatever this process's own environment says."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import transformers  # noqa: F401
+        from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved
     assert "mlx.core" not in sys.modules, "MLX imported before a fork"
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub, where this process has imported it, was imported offline."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    return constants is None or bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def forkable(cmd: Sequence[str], env: Mapping[str, str]) -> bool:
@@ -43,12 +57,14 @@ def forkable(cmd: Sequence[str], env: Mapping[str, str]) -> bool:
         return False
     if (cmd[1] in ("-m", "-c") and len(cmd) < 3) or "mlx.core" in sys.modules:  # MLX's threads and device
         return False
+    if env.get("HF_HUB_OFFLINE") != "1" or not hub_offline():
+        return False
     return all(env.get(name) == os.environ.get(name) for name in PROCESS_SETTINGS)
 
 
 def start_forked(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int) -> int:
-    """Fork; the child runs `cmd` (forkable) with `env` in `cwd`, its output to log_fd, and exits with its status.
-    Returns the child's pid."""
+    """Fork; the child runs `cmd` (forkable, this process warmed up) with `env` in `cwd`, its output to log_fd, and
+    exits with its status. Returns the child's pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -67,8 +83,10 @@ def run_command(argv: list[str], env: Mapping[str, str], cwd: Path, log_fd: int)
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))  # this process's may be no file (a test's)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

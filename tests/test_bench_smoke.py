@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from bench.warm import forkable, start_forked, warm_up
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 300  # a smoke takes seconds; the limit is for a loaded machine
@@ -54,7 +57,9 @@ class SmokeRun:
 
     script: str
     output: Path
-    process: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    returncode: int | None = None
+    process: subprocess.Popen[bytes] | None = None  # a script started as a new interpreter (not forked): kept
     started: float = 0.0
     ended: float | None = None
     real_mtime: int | None = None  # bench/results/<script>.json's before the run (a real measurement)
@@ -84,9 +89,15 @@ def start_next(runs: SmokeRuns) -> None:
         runs.waiting.remove(run)
         run.real_mtime = run.real_results.stat().st_mtime_ns if run.real_results.exists() else None
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        cmd = [sys.executable, f"bench/{run.script}.py", "--smoke"]
         with run.output.open("wb") as output:
-            run.process = subprocess.Popen([sys.executable, f"bench/{run.script}.py", "--smoke"], cwd=PROJECT_DIR,
-                                           env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            if forkable(cmd, env):  # the script's process forked from this one, transformers imported once
+                warm_up()
+                run.pid = start_forked(cmd, env, PROJECT_DIR, output.fileno())
+            else:
+                run.process = subprocess.Popen(cmd, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL,
+                                               stdout=output, stderr=subprocess.STDOUT)
+                run.pid = run.process.pid
         run.started = time.monotonic()
         runs.running.append(run)
 
@@ -94,12 +105,14 @@ def start_next(runs: SmokeRuns) -> None:
 def reap(runs: SmokeRuns) -> None:
     """Move ended runs to `done`; kill a run past TIMEOUT_S."""
     for run in list(runs.running):
-        assert run.process is not None
-        if run.process.poll() is None and time.monotonic() - run.started > TIMEOUT_S:
+        assert run.pid is not None
+        pid, status = os.waitpid(run.pid, os.WNOHANG)
+        if pid == 0 and time.monotonic() - run.started > TIMEOUT_S:
             run.timed_out = True
-            run.process.kill()
-            run.process.wait()
-        if run.process.returncode is not None:
+            os.kill(run.pid, signal.SIGKILL)
+            pid, status = os.waitpid(run.pid, 0)
+        if pid != 0:
+            run.returncode = os.waitstatus_to_exitcode(status)
             run.ended = time.monotonic()
             runs.running.remove(run)
             runs.done[run.script] = run
@@ -126,22 +139,22 @@ def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     runs = SmokeRuns(waiting=[SmokeRun(name, folder / f"{name}.log") for name in names if name in selected])
     yield runs
     for run in runs.running:
-        assert run.process is not None
+        assert run.pid is not None
         with contextlib.suppress(ProcessLookupError):
-            run.process.kill()
-        run.process.wait()
+            os.kill(run.pid, signal.SIGKILL)
+        os.waitpid(run.pid, 0)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bench_smoke(script: str, smoke_runs: SmokeRuns) -> None:
     """`python bench/<script>.py --smoke` exits 0 after checking that its figures are there and sane."""
     run = wait_for(smoke_runs, script)
-    assert run.process is not None and run.ended is not None
+    assert run.ended is not None
     output = run.output.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-40:])
     print(f"bench/{script}.py --smoke: {run.ended - run.started:.1f} s")
     assert not run.timed_out, f"bench/{script}.py --smoke ran past {TIMEOUT_S} s:\n{tail}"
-    assert run.process.returncode == 0, f"bench/{script}.py --smoke exited {run.process.returncode}:\n{tail}"
+    assert run.returncode == 0, f"bench/{script}.py --smoke exited {run.returncode}:\n{tail}"
     assert CHECKED in output, f"bench/{script}.py --smoke did not check its figures:\n{tail}"
     after = run.real_results.stat().st_mtime_ns if run.real_results.exists() else None
     assert after == run.real_mtime, f"the smoke wrote over {run.real_results}"
