@@ -18,10 +18,15 @@ import io
 import logging
 import os
 import runpy
+import signal
+import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 # what a child's interpreter reads once at its start (or transformers at its import): a fork has this process's
 PROCESS_SETTINGS = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONOPTIMIZE",
@@ -62,9 +67,11 @@ def forkable(cmd: Sequence[str], env: Mapping[str, str]) -> bool:
     return all(env.get(name) == os.environ.get(name) for name in PROCESS_SETTINGS)
 
 
-def start_forked(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int) -> int:
-    """Fork; the child runs `cmd` (forkable, this process warmed up) with `env` in `cwd`, its output to log_fd, and
-    exits with its status. Returns the child's pid."""
+def start_forked(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int, stdin_fd: int | None = None,
+                 error_fd: int | None = None, close_fds: Sequence[int] = ()) -> int:
+    """Fork; the child runs `cmd` (forkable, this process warmed up) with `env` in `cwd`, its output to log_fd (its
+    errors to error_fd where given), its input from stdin_fd (else nothing), and exits with its status; close_fds:
+    this process's ends of the child's pipes. Returns the child's pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -72,17 +79,20 @@ def start_forked(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: 
         return pid
     status = 1
     try:
-        status = run_command(list(cmd[1:]), env, cwd, log_fd)
+        for fd in close_fds:
+            os.close(fd)
+        status = run_command(list(cmd[1:]), env, cwd, (stdin_fd, log_fd, log_fd if error_fd is None else error_fd))
     finally:
         os._exit(status)
 
 
-def run_command(argv: list[str], env: Mapping[str, str], cwd: Path, log_fd: int) -> int:
-    """In the forked child: the command's module, code or script as `__main__`; its exit status."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
+def run_command(argv: list[str], env: Mapping[str, str], cwd: Path, streams: tuple[int | None, int, int]) -> int:
+    """In the forked child: the command's module, code or script as `__main__`, with streams as its standard
+    input (None: nothing), output and errors; its exit status."""
+    stdin_fd, stdout_fd, stderr_fd = streams
+    os.dup2(os.open(os.devnull, os.O_RDONLY) if stdin_fd is None else stdin_fd, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))  # this process's may be no file (a test's)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
@@ -125,3 +135,46 @@ def exit_status(code: object) -> int:
         return code & 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+@dataclass
+class Forked:
+    """A forked child (start_forked) with what a benchmark uses of subprocess.Popen: its pipes, wait and kill."""
+
+    pid: int
+    stdin: TextIO | None = None
+    stdout: TextIO | None = None
+    returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid != 0:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def popen_forked(cmd: Sequence[str], env: Mapping[str, str], cwd: Path, log_fd: int | None = None) -> Forked:
+    """start_forked as a Popen: its output to log_fd, or, with none, text pipes to its standard input and from its
+    standard output (its errors to this process's)."""
+    if log_fd is not None:
+        return Forked(start_forked(cmd, env, cwd, log_fd))
+    child_in, to_child = os.pipe()
+    from_child, child_out = os.pipe()
+    pid = start_forked(cmd, env, cwd, child_out, stdin_fd=child_in, error_fd=2, close_fds=(to_child, from_child))
+    os.close(child_in)
+    os.close(child_out)
+    return Forked(pid, stdin=open(to_child, "w"), stdout=open(from_child))
