@@ -1,12 +1,15 @@
 """Every benchmark's `--smoke` run: the whole script on the least work, in its own process as a user runs it,
 its figures checked by the script itself (bench/common.check_figures). A benchmark that breaks fails here.
 
-The runs share one xdist group, so one test process starts them all: two at a time (the machine's two cores),
-the longest first, each test waiting for its own script's run. The two that train over MLX's ring backend never
-run beside each other (both listen on the ring's ports). The GPU benchmarks' smokes (bench_gpu.py,
-bench_distributed_gpu.py) run here on the CPU: a small model of the same architecture, the experiments MLX's CPU
-backend has, and the 2-process runs over the ring backend instead of NCCL (each says what it leaves out).
-All twelve took 75 s together on the 2-core AMD EPYC at a load average of about 6 (2026-12-07, bench/README.md).
+Each script's process is a fork of the test's once that has imported transformers (bench/warm.py), running
+`bench/<script>.py --smoke` as `__main__`, or a fresh interpreter where a fork cannot stand for one; in smoke
+mode the scripts fork their own Python children the same way. The runs share one xdist group, so one test
+process starts them all: two at a time (the machine's two cores), the longest first, each test waiting for its
+own script's run. The two that train over MLX's ring backend never run beside each other (two ranks each on
+two cores). The GPU benchmarks' smokes (bench_gpu.py, bench_distributed_gpu.py) run here on the CPU: a small
+model of the same architecture, the experiments MLX's CPU backend has, and the 2-process runs over the ring
+backend instead of NCCL (each says what it leaves out). All fourteen took 55-60 s and 59 CPU-seconds together
+on the 2-core AMD EPYC with other work on it (load average about 3; 2026-12-07, bench/README.md).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SmokeRun:
     started: float = 0.0
     ended: float | None = None
     real_mtime: int | None = None  # bench/results/<script>.json's before the run (a real measurement)
+    cpu_s: float = 0.0  # its CPU time, user and system, with that of the processes it waited for
     timed_out: bool = False
 
     @property
@@ -106,13 +110,14 @@ def reap(runs: SmokeRuns) -> None:
     """Move ended runs to `done`; kill a run past TIMEOUT_S."""
     for run in list(runs.running):
         assert run.pid is not None
-        pid, status = os.waitpid(run.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(run.pid, os.WNOHANG)
         if pid == 0 and time.monotonic() - run.started > TIMEOUT_S:
             run.timed_out = True
             os.kill(run.pid, signal.SIGKILL)
-            pid, status = os.waitpid(run.pid, 0)
+            pid, status, usage = os.wait4(run.pid, 0)
         if pid != 0:
             run.returncode = os.waitstatus_to_exitcode(status)
+            run.cpu_s = usage.ru_utime + usage.ru_stime
             run.ended = time.monotonic()
             runs.running.remove(run)
             runs.done[run.script] = run
@@ -152,7 +157,7 @@ def test_bench_smoke(script: str, smoke_runs: SmokeRuns) -> None:
     assert run.ended is not None
     output = run.output.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-40:])
-    print(f"bench/{script}.py --smoke: {run.ended - run.started:.1f} s")
+    print(f"bench/{script}.py --smoke: {run.ended - run.started:.1f} s, {run.cpu_s:.1f} CPU-s")
     assert not run.timed_out, f"bench/{script}.py --smoke ran past {TIMEOUT_S} s:\n{tail}"
     assert run.returncode == 0, f"bench/{script}.py --smoke exited {run.returncode}:\n{tail}"
     assert CHECKED in output, f"bench/{script}.py --smoke did not check its figures:\n{tail}"
