@@ -70,6 +70,7 @@ from bench.common import (
     package_version,
 )
 from bench.common import run_child as run_one_process
+from bench.rank_forks import rank_forks
 
 BENCH = PROJECT_DIR / "bench"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -165,7 +166,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     out, log = args.work / "allsum.json", args.work / "allsum.log"
     out.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
-    cmd = [*launch(args, 2), sys.executable, str(BENCH / "dist_allsum.py"), "--backend", args.backend, "--out",
+    cmd = [*launch(args, 2), *args.rank_python, str(BENCH / "dist_allsum.py"), "--backend", args.backend, "--out",
            str(out)]
     if args.smoke:
         cmd += ["--values", "65536", "--warmup", "1", "--repeats", "3"]
@@ -189,7 +190,7 @@ def run_training(args: argparse.Namespace, mode: str, cpu_stream_ok: bool) -> di
         reports = out
     else:
         flags = [] if cpu_stream_ok else ["--gpu-stream-reports"]
-        cmd = [*launch(args, gpus), sys.executable, str(BENCH / "dist_plain.py"), "--backend", args.backend, *flags,
+        cmd = [*launch(args, gpus), *args.rank_python, str(BENCH / "dist_plain.py"), "--backend", args.backend, *flags,
                "--out", str(out), "--", *cli]
         child = run_child(cmd, env(), log, args.timeout)
         reports = out.with_name("reports.rank0.json")
@@ -296,12 +297,17 @@ def has_cuda() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.smoke and args.work.name.startswith("bench-dist-gpu-smoke-"):
+    args.rank_python = [sys.executable]  # what starts a rank
+    if not args.smoke:
+        return run(args)
+    with rank_forks() as client:  # a smoke's ranks forked from this interpreter (bench/rank_forks.py)
+        args.rank_python = [sys.executable, *client]
+        if not args.work.name.startswith("bench-dist-gpu-smoke-"):
+            return run(args)
         try:
             return run(args)
         finally:
             shutil.rmtree(args.work, ignore_errors=True)
-    return run(args)
 
 
 def smoke_figures(summary: dict[str, Any], probe: dict[str, Any]) -> list[tuple[str, float | None]]:
