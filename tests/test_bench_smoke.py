@@ -2,14 +2,14 @@
 its figures checked by the script itself (bench/common.check_figures). A benchmark that breaks fails here.
 
 Each script's process is a fork of the test's once that has imported transformers (bench/warm.py), running
-`bench/<script>.py --smoke` as `__main__`, or a fresh interpreter where a fork cannot stand for one; in smoke
-mode the scripts fork their own Python children the same way. The runs share one xdist group, so one test
-process starts them all: two at a time (the machine's two cores), the longest first, each test waiting for its
-own script's run. The two that train over MLX's ring backend never run beside each other (two ranks each on
-two cores). The GPU benchmarks' smokes (bench_gpu.py, bench_distributed_gpu.py) run here on the CPU: a small
-model of the same architecture, the experiments MLX's CPU backend has, and the 2-process runs over the ring
-backend instead of NCCL (each says what it leaves out). All fourteen took 55-60 s and 59 CPU-seconds together
-on the 2-core AMD EPYC with other work on it (load average about 3; 2026-12-07, bench/README.md).
+`bench/<script>.py --smoke` as `__main__`, or a fresh interpreter where a fork cannot stand for one; in smoke mode
+the scripts fork their own Python children the same way (the ring runs' ranks too: bench/rank_forks.py). The runs
+share one xdist group, so one test process starts them all: two at a time (the machine's two cores), the longest
+first, each test waiting for its own script's run. The two that train over MLX's ring backend never run beside each
+other (two ranks each on two cores). The GPU benchmarks' smokes (bench_gpu.py, bench_distributed_gpu.py) run here
+on the CPU: a small model of the same architecture, the experiments MLX's CPU backend has, and the 2-process runs
+over the ring backend instead of NCCL (each says what it leaves out). All fourteen took 40 s and 52 CPU-seconds
+together on the 2-core AMD EPYC with other work on it (load average about 3; 2026-12-07, bench/README.md).
 """
 
 from __future__ import annotations
