@@ -22,6 +22,7 @@ Prints Markdown tables and writes bench/results/bench_distributed.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -58,6 +59,7 @@ from bench.common import (
     smoke_data,
     write_results,
 )
+from bench.rank_forks import rank_forks
 
 MODES = ["1-rank", "2-ranks"]
 TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
@@ -81,10 +83,11 @@ def run_mode(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
         env = worker_env(settings)
         env.update(base_env(OPENBLAS_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"))
         launch = [] if distributed is None else [
-            "launch", *launch_args(distributed, ["127.0.0.1"], env, sys.executable), "--", "-m", "worker"]
+            "launch", *launch_args(distributed, ["127.0.0.1"], env, sys.executable), "--", *args.rank_client, "-m",
+            "worker"]
         cmd = [sys.executable, "-m", "worker", *launch, "train", "--run-id", str(run_id)]
         log = work / "worker.log"
-        child = run_child(cmd, env, log, args.timeout)
+        child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             reports = session.exec(select(TrainReport).where(TrainReport.run_id == run_id)
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args.model, args.data)
     info = machine_info()
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
-    with tempfile.TemporaryDirectory(prefix="loraboard-bench-dist-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="loraboard-bench-dist-") as scratch, contextlib.ExitStack() as forks:
+        # a smoke's ranks are forked from this interpreter (bench/rank_forks.py): the client that asks for them
+        args.rank_client = forks.enter_context(rank_forks()) if args.smoke else []
         for round_no in range(args.repeats):
             shift = round_no % len(MODES)
             for mode in MODES[shift:] + MODES[:shift]:

@@ -33,7 +33,8 @@ data/.cache/bench-gpu-smoke, shared with bench_gpu.py's smoke), rows of 32 token
 2 iterations, the probe on 65,536 values, one round of 1gpu-b4 and 2gpu-b4, in a temporary
 --work folder; results to bench_distributed_gpu-smoke.json, its figures checked. Where MLX
 sees no GPU, NCCL cannot run: the probe and the 2-process runs go over MLX's ring backend
-on this machine's CPU instead, and the run says so.
+on this machine's CPU instead, and the run says so. A smoke's mlx.launch waits for its ranks'
+output instead of spinning (SMOKE_LAUNCH), as loraboard's own launcher does.
 """
 
 from __future__ import annotations
@@ -66,11 +67,21 @@ from bench.common import (
     ensure_defaults,
     gpu_smoke_inputs,
     log_tail,
+    package_version,
 )
+from bench.common import run_child as run_one_process
+from bench.rank_forks import rank_forks
 
 BENCH = PROJECT_DIR / "bench"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 LAUNCH = [sys.executable, "-c", "from mlx._distributed_utils.launch import main; main()"]
+# A smoke's: mlx.launch as worker/distributed.launch runs it (without the app's imports), so the launcher does
+# not take a core from the two CPU ranks it starts: a standard input that never ends (its main loop polls its
+# standard input, at once readable on /dev/null) and rank threads that wait for the ranks' output alone (a
+# rank's standard input is always writable: select_reads_only)
+SMOKE_LAUNCH = [sys.executable, "-c", "import os, select; stdin, never_written = os.pipe(); os.dup2(stdin, 0); "
+                "import mlx._distributed_utils.launch as launch; "
+                "launch.select = lambda r, w, x, t=None: (select.select(r, [], x, t)[0], [], []); launch.main()"]
 MODES = {  # name: (GPUs, global batch)
     "1gpu-b4": (1, 4), "2gpu-b8": (2, 8), "2gpu-b4": (2, 4), "1gpu-b2": (1, 2),
 }
@@ -109,20 +120,17 @@ def gpu_info() -> dict[str, Any]:
             return f"nvidia-smi failed: {exc}"
     info = {"gpus": smi("--query-gpu=index,name,driver_version,memory.total", "--format=csv,noheader"),
             "topology": smi("topo", "-m"), "python": sys.version.split()[0]}
-    try:
-        import mlx.core as mx
-        info["mlx"] = mx.__version__
-    except ImportError as exc:
-        info["mlx"] = f"import failed: {exc}"
+    info["mlx"] = package_version("mlx")
     return info
 
 
 def launch(args: argparse.Namespace, ranks: int) -> list[str]:
     """mlx.launch of `ranks` processes on this host, over args.backend, on a fresh rendezvous port."""
     args.port += 1
+    launcher = SMOKE_LAUNCH if args.smoke else LAUNCH
     if args.backend == "nccl":
-        return [*LAUNCH, "--backend", "nccl", "-n", str(ranks), "--nccl-port", str(args.port), "--"]
-    return [*LAUNCH, "--backend", args.backend, "-n", str(ranks), "--starting-port", str(free_port_pair()), "--"]
+        return [*launcher, "--backend", "nccl", "-n", str(ranks), "--nccl-port", str(args.port), "--"]
+    return [*launcher, "--backend", args.backend, "-n", str(ranks), "--starting-port", str(free_port_pair()), "--"]
 
 
 def free_port_pair() -> int:
@@ -158,7 +166,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     out, log = args.work / "allsum.json", args.work / "allsum.log"
     out.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
-    cmd = [*launch(args, 2), sys.executable, str(BENCH / "dist_allsum.py"), "--backend", args.backend, "--out",
+    cmd = [*launch(args, 2), *args.rank_python, str(BENCH / "dist_allsum.py"), "--backend", args.backend, "--out",
            str(out)]
     if args.smoke:
         cmd += ["--values", "65536", "--warmup", "1", "--repeats", "3"]
@@ -177,11 +185,12 @@ def run_training(args: argparse.Namespace, mode: str, cpu_stream_ok: bool) -> di
     cli = lora_cli(args, batch, work)
     if gpus == 1:
         cmd = [sys.executable, str(BENCH / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
-        child = run_child(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout)
+        # one process (no ranks to kill with it); a smoke's in a fork of this interpreter (bench/warm.py)
+        child = run_one_process(cmd, env(CUDA_VISIBLE_DEVICES="0"), log, args.timeout, warm=args.smoke)
         reports = out
     else:
         flags = [] if cpu_stream_ok else ["--gpu-stream-reports"]
-        cmd = [*launch(args, gpus), sys.executable, str(BENCH / "dist_plain.py"), "--backend", args.backend, *flags,
+        cmd = [*launch(args, gpus), *args.rank_python, str(BENCH / "dist_plain.py"), "--backend", args.backend, *flags,
                "--out", str(out), "--", *cli]
         child = run_child(cmd, env(), log, args.timeout)
         reports = out.with_name("reports.rank0.json")
@@ -279,21 +288,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def has_cuda() -> bool:
-    try:
-        import mlx.core as mx
-    except ImportError:
-        return False
-    return bool(mx.cuda.is_available())
+    """Whether MLX here has CUDA, asked in a child: this process never imports MLX, so a smoke's children can
+    run in forks of it (bench/warm.py)."""
+    probe = subprocess.run([sys.executable, "-c", "import mlx.core as mx; print(mx.cuda.is_available())"],
+                           capture_output=True, text=True, check=False, env=base_env())
+    return probe.stdout.strip() == "True"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.smoke and args.work.name.startswith("bench-dist-gpu-smoke-"):
+    args.rank_python = [sys.executable]  # what starts a rank
+    if not args.smoke:
+        return run(args)
+    with rank_forks() as client:  # a smoke's ranks forked from this interpreter (bench/rank_forks.py)
+        args.rank_python = [sys.executable, *client]
+        if not args.work.name.startswith("bench-dist-gpu-smoke-"):
+            return run(args)
         try:
             return run(args)
         finally:
             shutil.rmtree(args.work, ignore_errors=True)
-    return run(args)
 
 
 def smoke_figures(summary: dict[str, Any], probe: dict[str, Any]) -> list[tuple[str, float | None]]:

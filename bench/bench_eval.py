@@ -207,7 +207,7 @@ def bench_checkpoints(args: argparse.Namespace, work: Path, shim: Path | None) -
         job_env = dict(env, LORABOARD_DB_PATH=str(db_path), LORABOARD_ADAPTERS_DIR=str(root / "adapters"),
                        LORABOARD_ALLOWED_DIRS=allowed)
         child = run_child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], job_env,
-                          root / "job.log", 600)
+                          root / "job.log", 600, warm=args.smoke)
         with sqlite3.connect(db_path) as conn:
             status, result = conn.execute("SELECT status, result_json FROM job WHERE id = ?", (job_id,)).fetchone()
         if status != "completed":
@@ -229,7 +229,7 @@ def bench_checkpoints(args: argparse.Namespace, work: Path, shim: Path | None) -
                                str(adapter), "--data", str(args.data), "--test", "--test-batches",
                                str(args.test_batches), "--batch-size", str(RUN_CONFIG["batch_size"]),
                                "--max-seq-length", str(RUN_CONFIG["max_seq_length"]), "--seed", "0"],
-                              cli_env, log, 600, cwd=work)
+                              cli_env, log, 600, cwd=work, warm=args.smoke)
             if child.returncode != 0:
                 raise SystemExit(f"bench: mlx_lm lora --test failed:\n{log_tail(log)}")
             total += child.wall_s

@@ -67,24 +67,25 @@ config = {"model": model_path, "fine_tune_type": "lora", "num_layers": layers, "
 """
 
 
-def child(cmd: list[str], root: Path, label: str, env: dict[str, str] | None = None, timeout_s: float = 1800
-          ) -> tuple[float, float, str]:
-    """Run one process; (wall seconds, peak RSS MB, its log). Fails loudly with the log's tail."""
+def child(cmd: list[str], root: Path, label: str, warm: bool, env: dict[str, str] | None = None,
+          timeout_s: float = 1800) -> tuple[float, float, str]:
+    """Run one process; (wall seconds, peak RSS MB, its log). Fails loudly with the log's tail.
+    warm: a smoke's, in a fork of this interpreter (bench/warm.py)."""
     log = root / f"{label}.log"
-    result = run_child(cmd, env or base_env(), log, timeout_s)
+    result = run_child(cmd, env or base_env(), log, timeout_s, warm=warm)
     if result.returncode != 0 or result.timed_out:
         raise SystemExit(f"bench: {label} failed ({result.returncode}):\n{log_tail(log, 30)}")
     return result.wall_s, result.peak_rss_mb, log.read_text(errors="replace")
 
 
-def make_adapter(model: Path, root: Path, label: str) -> Path:
+def make_adapter(model: Path, root: Path, label: str, warm: bool) -> Path:
     out = root / f"{label}-adapter"
-    child([sys.executable, "-c", ADAPTER_SCRIPT, str(model), str(out)], root, f"{label}-adapter")
+    child([sys.executable, "-c", ADAPTER_SCRIPT, str(model), str(out)], root, f"{label}-adapter", warm)
     return out
 
 
 def worker_job(root: Path, kind: str, params: dict[str, Any], adapter: Path | None, model: Path,
-               label: str) -> dict[str, Any]:
+               label: str, warm: bool) -> dict[str, Any]:
     """One job through `python -m worker job` on a throwaway database: wall time, peak RSS and its result."""
     from sqlmodel import Session
 
@@ -114,7 +115,7 @@ def worker_job(root: Path, kind: str, params: dict[str, Any], adapter: Path | No
         session.commit()
         job_id = job.id
     engine.dispose()
-    wall, rss, _ = child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], root, label, env)
+    wall, rss, _ = child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], root, label, warm, env)
     conn = sqlite3.connect(db)
     status, result, error = conn.execute("SELECT status, result_json, error FROM job WHERE id = ?",
                                          (job_id,)).fetchone()
@@ -124,15 +125,15 @@ def worker_job(root: Path, kind: str, params: dict[str, Any], adapter: Path | No
     return {"wall_s": wall, "peak_rss_mb": rss, "result": json.loads(result)}
 
 
-def fuse_figures(root: Path, label: str, model: Path) -> dict[str, Any]:
-    adapter = make_adapter(model, root, label)
+def fuse_figures(root: Path, label: str, model: Path, warm: bool) -> dict[str, Any]:
+    adapter = make_adapter(model, root, label, warm)
     name = f"{label}-fused"
     job = worker_job(root, "fuse", {"iteration": 10, "model": str(model), "name": name,
                                     "dest": str(root / "models" / name), "dequantize": False}, adapter, model,
-                     f"{label}-fuse-job")
+                     f"{label}-fuse-job", warm)
     cli_wall, cli_rss, _ = child([sys.executable, "-m", "mlx_lm", "fuse", "--model", str(model), "--adapter-path",
                                   job["result"]["adapter_path"], "--save-path", str(root / f"{label}-cli-fused")],
-                                 root, f"{label}-fuse-cli")
+                                 root, f"{label}-fuse-cli", warm)
     return {"model": str(model), "job_wall_s": job["wall_s"], "job_peak_rss_mb": job["peak_rss_mb"],
             "job_mlx_peak_mb": job["result"]["mlx_peak_bytes"] / 1e6, "size_bytes": job["result"]["size_bytes"],
             "fused_layers": job["result"]["fused_layers"], "cli_wall_s": cli_wall, "cli_peak_rss_mb": cli_rss}
@@ -151,14 +152,14 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TRAIN_ROW = re.compile(r"^\s*(\d+)\s+([0-9.]+)\s", re.M)  # mlx_lm's table: iter, train_loss, ...
 
 
-def train_figures(root: Path, label: str, model: Path, data: Path, iters: int, batch: int, seq: int
-                  ) -> dict[str, Any]:
+def train_figures(root: Path, label: str, model: Path, data: Path, iters: int, batch: int, seq: int,
+                  warm: bool) -> dict[str, Any]:
     layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]  # all of them (6 of the 20M's)
     wall, rss, log = child([sys.executable, "-c", TRAIN_SCRIPT, "--train", "--model", str(model), "--data",
                             str(data), "--iters", str(iters), "--batch-size", str(batch), "--num-layers",
                             str(layers), "--steps-per-report", "1", "--steps-per-eval", "100000", "--val-batches", "1",
                             "--max-seq-length", str(seq), "--adapter-path", str(root / f"{label}-train-adapter")],
-                           root, f"{label}-train")
+                           root, f"{label}-train", warm)
     peaks = [int(m) / 1e9 for m in PEAK.findall(log)]
     losses = [float(m[1]) for m in TRAIN_ROW.findall(ANSI.sub("", log))]
     weights = sum(p.stat().st_size for p in model.glob("model*.safetensors"))
@@ -187,19 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-fuse-", dir=CACHE_DIR))
     try:
-        fuse = {label: fuse_figures(root, label, model) for label, model in models.items()}
+        fuse = {label: fuse_figures(root, label, model, args.smoke) for label, model in models.items()}
         bf16 = root / f"bench-{qlora_key}-bf16"
         child([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(models[qlora_key]), "--mlx-path",
-               str(bf16), "--dtype", "bfloat16"], root, f"{qlora_key}-bf16")
+               str(bf16), "--dtype", "bfloat16"], root, f"{qlora_key}-bf16", args.smoke)
         config = json.loads((bf16 / "config.json").read_text())  # convert keeps the source's torch_dtype, which
         (bf16 / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))  # quantize reapplies
         q4 = root / "models" / f"bench-{qlora_key}-q4"
         quant = worker_job(root, "quantize", {"model": str(bf16), "source": str(bf16), "name": q4.name,
                                               "dest": str(q4), "bits": 4, "group_size": group_size}, None, bf16,
-                           f"{qlora_key}-quantize-job")
+                           f"{qlora_key}-quantize-job", args.smoke)
         data = smoke_data(DEFAULT_DATA) if args.smoke else DEFAULT_DATA  # a smoke's 2 steps need few examples
         train = {label: train_figures(root, label, folder, data, args.train_iters, args.batch_size,
-                                      args.max_seq_length)
+                                      args.max_seq_length, args.smoke)
                  for label, folder in (("bf16", bf16), ("q4", q4))}
     finally:
         if not args.keep:

@@ -55,9 +55,10 @@ def has_llama_cpp() -> bool:
     return True
 
 
-def export(model: Path, out_type: str, exports: Path) -> tuple[float, dict[str, Any]]:
+def export(model: Path, out_type: str, exports: Path, warm: bool = False) -> tuple[float, dict[str, Any]]:
     """One export as the dashboard runs it: the request checked (app/models/gguf.prepare), a job row in a temporary
-    database, `python -m worker job --job-id N` as its own process; (the process's wall seconds, the result)."""
+    database, `python -m worker job --job-id N` as its own process (warm: a smoke's, forked from this interpreter:
+    bench/warm.py); (the process's wall seconds, the result)."""
     from sqlmodel import Session
 
     from app.contract.settings import Settings
@@ -74,7 +75,8 @@ def export(model: Path, out_type: str, exports: Path) -> tuple[float, dict[str, 
     engine.dispose()
     env = base_env(LORABOARD_DB_PATH=str(settings.database_path), LORABOARD_MODELS_DIR=str(model.parent),
                    LORABOARD_EXPORTS_DIR=str(settings.local_exports_dir))
-    child = run_child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], env, root / "job.log", 600)
+    child = run_child([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], env, root / "job.log", 600,
+                      warm=warm)
     with sqlite3.connect(settings.database_path) as conn:
         status, result = conn.execute("SELECT status, result_json FROM job WHERE id = ?", (job_id,)).fetchone()
     if status != "completed":
@@ -150,14 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for key in args.models.split(","):
             model = DEFAULT_MODEL if key == "tiny" else ensure_model_20m()
+            # the exports before this process imports MLX, so that a smoke's export jobs can be forked from it
+            exported = {out_type: [export(model, out_type, exports, args.smoke) for _ in range(args.rounds)]
+                        for out_type in types}
             text, ids = prompt_ids(model)
             reference = mlx_greedy(model, ids, args.tokens)
             for out_type in types:
-                times, inside, result = [], [], {}
-                for _ in range(args.rounds):
-                    wall, result = export(model, out_type, exports)
-                    times.append(wall)
-                    inside.append(result["seconds"])
+                times = [wall for wall, _ in exported[out_type]]
+                inside = [result["seconds"] for _, result in exported[out_type]]
+                result = exported[out_type][-1][1]
                 entry: dict[str, Any] = {"model": key, "type": out_type, "export_s": times, "inside_s": inside,
                                          "export_median_s": statistics.median(times),
                                          "gguf_bytes": result["gguf_bytes"], "checked": result["checked"],

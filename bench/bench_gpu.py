@@ -60,7 +60,9 @@ rounds and the experiments not run yet, added to the same results:
 the whole script on a small model of the same architecture (CPU included): 2 iterations
 of 2 rows of 32 tokens, 1 round, in a temporary --work folder (removed after), the model and
 data built once into data/.cache/bench-gpu-smoke (shared with bench_distributed_gpu.py's
-smoke), results to bench_gpu-smoke.json, its figures checked. Without CUDA it leaves out the CUDA-only
+smoke), results to bench_gpu-smoke.json, its figures checked. Unless --modes or --experiments
+say otherwise it trains each way once (SMOKE_MODES: plain, loraboard-mixed, peft;
+SMOKE_EXPERIMENTS: gpu_plain.py's two flags). Without CUDA it leaves out the CUDA-only
 experiments, and PEFT where PyTorch or PEFT is not installed, each with a line saying so.
 """
 
@@ -106,6 +108,11 @@ from bench.common import (
 from bench.gpu_build import LORA_KEYS, MISTRAL_7B, SMOKE, count_parameters, lora_parameter_count
 from bench.gpu_modes import EXPERIMENTS, MODES, PLAIN, REFERENCE, WORKER_MODES, Variant, measured, report, summarize
 
+# A smoke's modes and experiments: each way the script starts a training process once. The worker's other modes
+# are the same run_worker with another lora_precision or batch_padding; the experiments left out are
+# plain_mlx_lm.py with one environment variable or flag more, as plain runs it; gpu_plain.py's two flags both run.
+SMOKE_MODES = ["plain", "loraboard-mixed", "peft"]
+SMOKE_EXPERIMENTS = ["clear-cache-1gb", "cache-limit-4gb"]
 TRAINABLE_RE = re.compile(r"Trainable parameters: [\d.]+% \(([\d.]+)M/([\d.]+)M\)")
 
 
@@ -142,11 +149,12 @@ print("PROBE " + json.dumps(info))
 """
 
 
-def probe(work: Path, size: int = 8192) -> dict[str, Any]:
-    """MLX's version, whether it sees CUDA, and its bf16 n^3 matrix-product rate (best of 3 x 20)."""
+def probe(work: Path, size: int = 8192, warm: bool = False) -> dict[str, Any]:
+    """MLX's version, whether it sees CUDA, and its bf16 n^3 matrix-product rate (best of 3 x 20).
+    warm: a smoke's, in a fork of this interpreter (bench/warm.py), as the smoke's other children."""
     log = work / "probe.log"
     log.unlink(missing_ok=True)
-    child = run_child([sys.executable, "-c", PROBE, str(size)], base_env(), log, 300)
+    child = run_child([sys.executable, "-c", PROBE, str(size)], base_env(), log, 300, warm=warm)
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("PROBE "):
             return json.loads(line[6:])
@@ -185,7 +193,8 @@ def run_plain(args: argparse.Namespace, work: Path, variant: Variant) -> dict[st
     else:
         cmd = [sys.executable, str(PROJECT_DIR / "bench" / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
     log = work / "run.log"
-    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false", **variant.env), log, args.timeout)
+    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false", **variant.env), log, args.timeout,
+                      warm=args.smoke)
     if child.returncode != 0 or not out.exists():
         raise RuntimeError(f"plain mlx-lm ({variant.name}) failed (exit {child.returncode}):\n{log_tail(log, 30)}")
     data = json.loads(out.read_text())
@@ -205,7 +214,7 @@ def run_peft(args: argparse.Namespace, work: Path) -> dict[str, Any]:
            str(args.tokenizer), "--out", str(out), "--iters", str(args.iters), "--batch-size", str(args.batch_size),
            "--num-layers", str(args.num_layers), "--steps-per-report", str(args.steps_per_report),
            *(["--smoke"] if args.smoke else [])]
-    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false"), log, args.timeout)
+    child = run_child(cmd, base_env(TOKENIZERS_PARALLELISM="false"), log, args.timeout, warm=args.smoke)
     if child.returncode != 0 or not out.exists():
         raise RuntimeError(f"PyTorch+PEFT failed (exit {child.returncode}):\n{log_tail(log, 30)}")
     data = json.loads(out.read_text())
@@ -237,7 +246,7 @@ def run_worker(args: argparse.Namespace, work: Path, mode: tuple[str, str] = ("m
         assert run_id is not None
         log = work / "run.log"
         cmd = [sys.executable, "-m", "worker", "train", "--run-id", str(run_id)]
-        child = run_child(cmd, worker_env(settings), log, args.timeout)
+        child = run_child(cmd, worker_env(settings), log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             reports = session.exec(
@@ -370,6 +379,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.rounds, args.iters, args.steps_per_report, args.batch_size, args.seq_tokens = 1, 2, 1, 2, 32
+        if args.modes == MODES:  # one run of each way the script trains, unless --modes or --experiments say
+            args.modes = SMOKE_MODES
+        if args.experiments == [v.name for v in EXPERIMENTS]:
+            args.experiments = SMOKE_EXPERIMENTS
     if args.work is None:
         args.work = Path(tempfile.mkdtemp(prefix="bench-gpu-smoke-")) if args.smoke else Path("/tmp/lb")
     out = os.environ.get("OUT")
@@ -418,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
     tic = time.perf_counter()
     args.model, args.data = build_inputs(args)
     print(f"bench_gpu: inputs ready in {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
-    probe_info = probe(args.work, 256 if args.smoke else 8192)
+    probe_info = probe(args.work, 256 if args.smoke else 8192, warm=args.smoke)
     print(f"bench_gpu: probe {probe_info}", file=sys.stderr, flush=True)
     bench.cuda = bool(probe_info.get("cuda"))
     bench.payload = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,10 +26,11 @@ from bench.common import (
     CACHE_DIR,
     DEFAULT_MODEL,
     MODEL_20M,
-    PROJECT_DIR,
+    base_env,
     check_figures,
     ensure_defaults,
     ensure_model_20m,
+    run_child,
 )
 
 SETTINGS: list[dict[str, Any]] = [
@@ -97,13 +97,17 @@ def measure(setting: dict[str, Any]) -> dict[str, Any]:
     return {**setting, "train_dtype": dtype, "peak_bytes": int(mx.get_peak_memory())}
 
 
-def measure_in_child(setting: dict[str, Any]) -> dict[str, Any]:
-    """measure() in its own process (`--one`), so each peak is that setting's alone."""
-    child = subprocess.run([sys.executable, __file__, "--one", json.dumps(setting)], cwd=PROJECT_DIR,
-                           capture_output=True, text=True, check=False)
+def measure_in_child(setting: dict[str, Any], warm: bool) -> dict[str, Any]:
+    """measure() in its own process (`--one`), so each peak is that setting's alone; warm: a smoke's, forked from
+    this interpreter (bench/warm.py)."""
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        log = Path(tmp) / "one.log"
+        child = run_child([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(setting)], base_env(),
+                          log, 1800, warm=warm)
+        output = log.read_text(errors="replace")
     if child.returncode != 0:
-        raise SystemExit(f"bench: measuring {setting} failed:\n{child.stderr[-3000:]}")
-    return dict(json.loads(child.stdout.strip().splitlines()[-1]))
+        raise SystemExit(f"bench: measuring {setting} failed:\n{output[-3000:]}")
+    return dict(json.loads([line for line in output.splitlines() if line.startswith("{")][-1]))
 
 
 def estimate(setting: dict[str, Any]) -> int:
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke:
             ensure_model_20m()
         settings = SMOKE if args.smoke else SETTINGS
-        results = [measure_in_child(setting) for setting in settings]
+        results = [measure_in_child(setting, args.smoke) for setting in settings]
     figures: list[tuple[str, float | None]] = []
     for result in results:
         guess = estimate(result)

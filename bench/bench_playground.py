@@ -44,14 +44,17 @@ from bench.common import (
     ensure_defaults,
     ensure_model_20m,
     fmt,
+    log_tail,
     machine_info,
     machine_line,
     markdown_table,
     median,
     ratio,
+    run_child,
     verdict,
     write_results,
 )
+from bench.warm import Forked, forkable, popen_forked, warm_up
 
 PROMPT = "I want to cancel my subscription and get my money back, and also change my address and my phone number."
 TARGET_OVERHEAD = 0.05
@@ -128,12 +131,15 @@ def playground_round(db: Path, model: str, max_tokens: int, timeout_s: float = 6
     return {"first_token_s": first, "tokens_per_second": speed, "tokens": tokens, "text": text, "wall_s": wall}
 
 
-def start_playground(root: Path, model: Path) -> tuple[Path, subprocess.Popen[bytes]]:
-    """The playground worker on a temporary database; its settings allow `model`, wherever it lies."""
+def start_playground(root: Path, model: Path, warm: bool) -> tuple[Path, subprocess.Popen[bytes] | Forked]:
+    """The playground worker on a temporary database; its settings allow `model`, wherever it lies.
+    warm: a smoke's, its processes forked from this interpreter where they can be (bench/warm.py)."""
     env = base_env(LORABOARD_DB_PATH=str(root / "loraboard.db"), LORABOARD_ADAPTERS_DIR=str(root / "adapters"),
                    LORABOARD_ALLOWED_MODEL_DIRS=str(model))
-    subprocess.run([sys.executable, "-c", "from app.db import make_engine; from app.contract.settings import Settings;"
-                    " make_engine(Settings().database_path)"], cwd=PROJECT_DIR, env=env, check=True)
+    create = run_child([sys.executable, "-c", "from app.db import make_engine; from app.contract.settings import "
+                        "Settings; make_engine(Settings().database_path)"], env, root / "create.log", 300, warm=warm)
+    if create.returncode != 0:
+        raise SystemExit(f"bench: creating the playground's database failed:\n{log_tail(root / 'create.log')}")
     db = root / "loraboard.db"
     conn = sqlite3.connect(db)
     with conn:
@@ -141,17 +147,29 @@ def start_playground(root: Path, model: Path) -> tuple[Path, subprocess.Popen[by
                               " allow_while_training, created_at) VALUES ('playground', '', ?, 'queued', 0, 0, '', 0,"
                               " datetime('now'))", (json.dumps({"idle_s": 3600}),)).lastrowid
     conn.close()
-    log = (root / "worker.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "worker", "job", "--job-id", str(job_id)], cwd=PROJECT_DIR,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    return db, process
+    cmd = [sys.executable, "-m", "worker", "job", "--job-id", str(job_id)]
+    with (root / "worker.log").open("ab") as log:
+        if warm and forkable(cmd, env):
+            warm_up()
+            return db, popen_forked(cmd, env, PROJECT_DIR, log.fileno())
+        return db, subprocess.Popen(cmd, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def bench_model(name: str, model: Path, rounds: int, max_tokens: int) -> dict[str, Any]:
+def start_plain(model: Path, max_tokens: int, warm: bool) -> subprocess.Popen[str] | Forked:
+    """The plain stream_generate process (PLAIN), its standard input and output text pipes; a smoke's forked
+    from this interpreter where it can be (bench/warm.py)."""
+    cmd = [sys.executable, "-c", PLAIN, str(model), str(max_tokens), PROMPT]
+    if warm and forkable(cmd, base_env()):
+        warm_up()
+        return popen_forked(cmd, base_env(), PROJECT_DIR)
+    return subprocess.Popen(cmd, cwd=PROJECT_DIR, env=base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+
+
+def bench_model(name: str, model: Path, rounds: int, max_tokens: int, warm: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-playground-") as tmp:
-        db, worker = start_playground(Path(tmp), model)
-        plain = subprocess.Popen([sys.executable, "-c", PLAIN, str(model), str(max_tokens), PROMPT], cwd=PROJECT_DIR,
-                                 env=base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        db, worker = start_playground(Path(tmp), model, warm)
+        plain = start_plain(model, max_tokens, warm)
         assert plain.stdin is not None and plain.stdout is not None
         try:
             if plain.stdout.readline().strip() != "ready":
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         model = ensure_model_20m() if name == "20m" else MODELS[name]
         ensure_defaults()
-        results.append(bench_model(name, model, args.rounds, args.max_tokens))
+        results.append(bench_model(name, model, args.rounds, args.max_tokens, warm=args.smoke))
     rows = []
     for result in results:
         for label, a, b in (("median", result["playground"], result["stream_generate"]),

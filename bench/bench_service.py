@@ -1,7 +1,7 @@
 """Service numbers of a real `python -m app serve`: start latency, server memory, live-chart latency.
 
     .venv/bin/python bench/bench_service.py [--start-runs 5] [--live-seconds 60]
-    .venv/bin/python bench/bench_service.py --smoke     # 1 start, a short live watch: checks its figures
+    .venv/bin/python bench/bench_service.py --smoke     # 1 start, a short live watch of it: checks its figures
 
 1. Start latency: seconds from POST /api/runs to the first train report visible through
    GET /api/runs/{id}/metrics (polled every 20 ms); each run is stopped after its first
@@ -39,6 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -252,8 +253,9 @@ def stop_all(service: Service) -> None:
         pass
 
 
-def measure_start(service: Service, config: dict[str, Any], timeout: float) -> float:
-    """Seconds from POST /api/runs to the first train report in /metrics; the run is then stopped."""
+def measure_start(service: Service, config: dict[str, Any], timeout: float, keep: bool = False) -> tuple[float, int]:
+    """Seconds from POST /api/runs to the first train report in /metrics, and the run's id; the run is then stopped,
+    or left training when `keep` (a smoke watches it live next)."""
     started = time.perf_counter()
     run = service.call("POST", "/api/runs", config)
     run_id = run["id"]
@@ -269,10 +271,12 @@ def measure_start(service: Service, config: dict[str, Any], timeout: float) -> f
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: no train report {timeout:.0f} s after starting run {run_id}")
         time.sleep(0.02)
+    if keep:
+        return latency, run_id
     status = stop_and_wait(service, run_id)
     if status == "failed":
         raise SystemExit(f"bench: run {run_id} failed: {service.call('GET', f'/api/runs/{run_id}')['error']}")
-    return latency
+    return latency, run_id
 
 
 def report_times(db_path: Path, run_id: int) -> list[tuple[int, float]]:
@@ -307,7 +311,10 @@ def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]
     return latencies
 
 
-def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: argparse.Namespace,
+                 start: Callable[[], int] | None = None) -> dict[str, Any]:
+    """The live latencies of a run started for it once the browser is up, or by `start` (a smoke's timed start
+    run, left training: the worker trains no longer than the watch)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -317,7 +324,8 @@ def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: 
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             page.goto(service.first_visit())  # the token cookie, set before the measured page
             page.add_init_script(OBSERVER_JS)
-            run_id = service.call("POST", "/api/runs", {**config, "iters": 1_000_000})["id"]
+            run_id = start() if start is not None else service.call("POST", "/api/runs",
+                                                                    {**config, "iters": 1_000_000})["id"]
             commits = CommitClock(db_path, run_id).start()
             stream = StreamClock(service.request("GET", f"/api/runs/{run_id}/events")).start()
             page.goto(f"{service.base}/runs/{run_id}")
@@ -402,9 +410,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--supervisor-interval", type=float, default=None,
                         help="LORABOARD_SUPERVISOR_INTERVAL_S for the server (default: the app's own)")
     parser.add_argument("--chromium", default=chromium_default(), help="Chromium executable (default: %(default)s)")
-    parser.add_argument("--smoke", action="store_true", help="the whole script on the least work (1 start, 1 s of "
-                        "live chart or until a point is drawn, 0.5 s idle; rows of 64 tokens, a report every 5 steps), "
-                        "its figures checked; results to bench_service-smoke.json")
+    parser.add_argument("--smoke", action="store_true", help="the whole script on the least work (1 start, then 1 s "
+                        "of that run's live chart or until a point is drawn, 0.5 s idle; rows of 64 tokens, a report "
+                        "every 5 steps), its figures checked; results to bench_service-smoke.json")
     args = parser.parse_args(argv)
     if args.smoke:
         args.start_runs, args.live_seconds, args.idle_seconds = 1, 1.0, 0.5
@@ -440,12 +448,22 @@ def main(argv: list[str] | None = None) -> int:
             cpu_idle = (cpu_seconds(process.pid) - cpu_before) / args.idle_seconds
             idle_kb = proc_status_kb(process.pid, "VmRSS") or 0
             sampler.phase = "start"
-            starts = []
-            for n in range(args.start_runs):
-                starts.append(measure_start(service, config, args.start_timeout))
-                print(f"  start latency {n + 1}/{args.start_runs}: {starts[-1]:.2f} s", file=sys.stderr, flush=True)
+            starts: list[float] = []
+
+            def timed_start(keep: bool) -> int:
+                latency, run_id = measure_start(service, {**config, "iters": 1_000_000} if keep else config,
+                                                args.start_timeout, keep=keep)
+                starts.append(latency)
+                print(f"  start latency {len(starts)}/{args.start_runs}: {latency:.2f} s", file=sys.stderr, flush=True)
+                return run_id
+
+            # a smoke's last start run goes on training for the live watch (one worker start less), started once
+            # the browser is up
+            for _ in range(args.start_runs - 1 if args.smoke else args.start_runs):
+                timed_start(keep=False)
             sampler.phase = "live"
-            live = measure_live(service, root / "loraboard.db", config, args)
+            live = measure_live(service, root / "loraboard.db", config, args,
+                                (lambda: timed_start(keep=True)) if args.smoke else None)
             print(f"  live: {len(live['latencies_s'])} points, p95 {fmt(live['p95_s'], 3)} s", file=sys.stderr)
             hwm_kb = proc_status_kb(process.pid, "VmHWM") or 0
             mapped = mlx_mappings(process.pid)

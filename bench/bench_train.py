@@ -1,7 +1,8 @@
 """Training throughput and memory: loraboard's worker against plain mlx-lm, interleaved in one run.
 
     .venv/bin/python bench/bench_train.py [--iters 100] [--repeats 3] [--model-size tiny 20m]
-    .venv/bin/python bench/bench_train.py --smoke    # tiny, 3 iterations at batch 2, 1 round: checks its figures
+    .venv/bin/python bench/bench_train.py --smoke    # tiny, 3 iterations at batch 2, 1 round, 3 modes: checks
+                                                     # its figures
 
 Modes, all on the same model, data, seed and settings, run round-robin (the order
 rotates each round so no mode always runs first):
@@ -61,6 +62,9 @@ from bench.common import (
 )
 
 MODES = ["plain", "plain+openblas", "loraboard", "loraboard-no-openblas"]
+# A smoke's modes: each way the script trains once (loraboard-no-openblas is the same worker run with
+# openblas off in its settings).
+SMOKE_MODES = ["plain", "plain+openblas", "loraboard"]
 # (name, numerator mode, denominator mode, target, higher is better)
 SPEED_RATIOS = [
     ("loraboard / plain", "loraboard", "plain", 5.0, True),
@@ -106,7 +110,7 @@ def run_plain(args: argparse.Namespace, work: Path, shim: Path | None) -> dict[s
         env["LD_PRELOAD"] = " ".join(filter(None, [str(shim), env.get("LD_PRELOAD", "")]))
     cmd = [sys.executable, str(PROJECT_DIR / "bench" / "plain_mlx_lm.py"), "--out", str(out), "--", *cli]
     log = work / "plain.log"
-    child = run_child(cmd, env, log, args.timeout)
+    child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
     if child.returncode != 0 or not out.exists():
         raise SystemExit(f"bench: plain mlx-lm failed (exit {child.returncode}):\n{log_tail(log)}")
     data = json.loads(out.read_text())
@@ -134,7 +138,7 @@ def run_worker(args: argparse.Namespace, work: Path, openblas: bool) -> dict[str
         env.update(train_env())
         cmd = [sys.executable, "-m", "worker", "train", "--run-id", str(run_id)]
         log = work / "worker.log"
-        child = run_child(cmd, env, log, args.timeout)
+        child = run_child(cmd, env, log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             reports = session.exec(
@@ -256,12 +260,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-seq-length", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one training process may take")
-    parser.add_argument("--smoke", action="store_true", help="the tiny model alone, every mode once: 3 iterations "
-                        "at batch 2 of 64 tokens (a report each), 1 validation batch, figures checked; results to "
-                        "bench_train-smoke.json")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model alone, plain, plain+openblas and "
+                        "loraboard once (unless --modes): 3 iterations at batch 2 of 64 tokens (a report each), 1 "
+                        "validation batch, figures checked; results to bench_train-smoke.json")
     args = parser.parse_args(argv)
     if args.smoke:
         args.model_size, args.repeats, args.iters, args.batch_size = ["tiny"], 1, 3, 2
+        if args.modes == MODES:  # each way of training once, unless --modes says
+            args.modes = SMOKE_MODES
         args.steps_per_report, args.val_batches, args.max_seq_length = 1, 1, 64
     return args
 

@@ -1,6 +1,7 @@
 """Shared helpers of the benchmarks: paths, the machine, child processes, statistics, output.
 
-Imports neither mlx nor the app, so a benchmark's own process stays small.
+Imports neither mlx nor the app, so a benchmark's own process stays small (a smoke's imports transformers, for
+its children: bench/warm.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bench.warm import forkable, start_forked, warm_up
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_DIR / "bench" / "results"
@@ -284,30 +287,42 @@ class ChildResult:
 
 
 def run_child(
-    cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float, cwd: Path = PROJECT_DIR
+    cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float, cwd: Path = PROJECT_DIR,
+    warm: bool = False,
 ) -> ChildResult:
-    """Run one process to its end; its peak RSS comes from wait4 (this child only, not the others)."""
+    """Run one process to its end; its peak RSS comes from wait4 (this child only, not the others).
+
+    warm: a smoke's child: a Python command runs in a fork of this interpreter with transformers imported
+    (bench/warm.py) where it can, instead of a new interpreter."""
     started = time.perf_counter()
+    process: subprocess.Popen[bytes] | None = None
     with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
+        if warm and forkable(cmd, env):
+            warm_up()
+            pid = start_forked(cmd, env, cwd, log.fileno())
+        else:
+            process = subprocess.Popen(
+                list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+            pid = process.pid
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
 
     timer = threading.Timer(timeout_s, kill)
     timer.start()
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status, usage = os.wait4(pid, 0)
     finally:
         timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    returncode = os.waitstatus_to_exitcode(status)
+    if process is not None:
+        process.returncode = returncode  # reaped here: keep Popen from waiting again
     return ChildResult(
-        returncode=process.returncode,
+        returncode=returncode,
         peak_rss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
         wall_s=time.perf_counter() - started,
         timed_out=timed_out.is_set(),

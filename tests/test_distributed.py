@@ -7,18 +7,20 @@ import hashlib
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from conftest import QUICK_RUN, Server
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
 from test_runs_e2e import generate_with_adapter, unzip_adapter
 
 from app.contract.distributed import Distributed
 from app.contract.pids import is_worker
-from app.jobs.process import launch_args
+from app.jobs.process import free_ports, launch_args
 
 TWO_RANKS = {"backend": "ring", "hosts": ["127.0.0.1"], "processes_per_host": 2}
 # 20 steps of batch 4 (2 examples per rank), reports every 5, validation at 0, 10, 20 on all 16 examples (short ones)
@@ -87,6 +89,36 @@ def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
     hostfile = launch_args(Distributed.model_validate({"hostfile": "/h.json"}), [], {}, "/py")
     assert hostfile[2:4] == ["--hostfile", "/h.json"] and "--hosts" not in hostfile
     assert "--starting-port" not in args and "--starting-port" not in hostfile  # other machines' ports: their own
+
+
+@pytest.mark.real
+def test_launcher_waits_while_its_ranks_run() -> None:
+    """`python -m worker launch` takes next to no CPU while its ranks run: mlx.launch's rank threads wait for
+    the ranks' output alone (worker/distributed.select_reads_only) instead of looping on the ranks' standard
+    input (always writable)."""
+    cmd = [sys.executable, "-m", "worker", "launch", "--backend", "ring", "--hosts", "127.0.0.1", "-n", "2",
+           "--starting-port", str(free_ports(2)), "--python", sys.executable, "--cwd", str(PROJECT_DIR), "--",
+           "-c", "import time; time.sleep(8)"]
+    process = subprocess.Popen(cmd, cwd=PROJECT_DIR, env=base_env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        launcher = psutil.Process(process.pid)
+        deadline = time.monotonic() + 60
+        while len([p for p in launcher.children(recursive=True) if "time.sleep(8)" in " ".join(p.cmdline())]) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.1)
+        before = launcher.cpu_times()
+        time.sleep(2)
+        after = launcher.cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert busy < 0.2, f"the launcher used {busy:.2f} CPU-seconds in 2 s while its ranks slept"
+        assert process.wait(timeout=60) == 0
+    finally:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
