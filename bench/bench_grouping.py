@@ -24,6 +24,7 @@ Prints Markdown tables and writes bench/results/bench_grouping.json (a smoke: be
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -77,6 +78,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                "--train", str(args.train), "--valid", str(args.valid), "--seeds", *map(str, args.seeds),
                "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
                "--learning-rate", str(args.learning_rate), "--max-seq-length", str(args.max_seq_length),
+               "--epochs", str(args.epochs),
                "--share-lengths", *map(str, args.share_lengths), "--chunk-batches", str(args.chunk_batches)]
         log = work / "child.log"
         child = run_child(cmd, openblas_env(), log, args.timeout)
@@ -98,6 +100,50 @@ def spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def interpolated(curve: list[dict[str, Any]], positions: float) -> float | None:
+    """A run's validation loss at `positions` computed, linear between its epochs' ends (None outside them)."""
+    for before, after in itertools.pairwise(curve):
+        if before["positions"] <= positions <= after["positions"]:
+            part = (positions - before["positions"]) / (after["positions"] - before["positions"])
+            return float(before["val_loss"] + part * (after["val_loss"] - before["val_loss"]))
+    return None
+
+
+def at_equal_positions(file_order: list[dict[str, Any]], length: list[dict[str, Any]],
+                       epoch: int) -> tuple[str, float] | None:
+    """length - file_order at the positions one of them had computed by the end of `epoch`: the `length` curve at
+    file_order's positions when they lie inside it, else the file_order curve at length's (None: neither)."""
+    mine, theirs = file_order[epoch - 1], length[epoch - 1]
+    loss = interpolated(length, mine["positions"])
+    if loss is not None:
+        return "length at file_order's positions", loss - mine["val_loss"]
+    loss = interpolated(file_order, theirs["positions"])
+    if loss is not None:
+        return "file_order at length's positions", theirs["val_loss"] - loss
+    return None
+
+
+def epoch_summary(by: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per epoch, means over seeds of each grouping's positions, wall time and validation loss, and the
+    difference length - file_order at equal trained tokens (the same epoch) and at equal computed positions."""
+    pairs = list(zip(by["file_order"], by["length"], strict=True))
+    rows = []
+    for epoch in range(1, len(pairs[0][0]["epochs"]) + 1):
+        row: dict[str, Any] = {"epoch": epoch}
+        for grouping in GROUPINGS:
+            row[grouping] = {key: statistics.fmean(r["epochs"][epoch - 1][key] for r in by[grouping])
+                             for key in ("positions", "wall_s", "val_loss")}
+        same_epoch = [b["epochs"][epoch - 1]["val_loss"] - a["epochs"][epoch - 1]["val_loss"] for a, b in pairs]
+        row["difference"] = {"mean": statistics.fmean(same_epoch), "spread": spread(same_epoch)}
+        equal = [at_equal_positions(a["epochs"], b["epochs"], epoch) for a, b in pairs]
+        if all(equal):
+            values = [difference for _how, difference in equal]
+            row["at_equal_positions"] = {"how": equal[0][0], "mean": statistics.fmean(values),
+                                         "spread": spread(values), "per_seed": values}
+        rows.append(row)
+    return rows
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     runs = result["runs"]
     by = {g: sorted((r for r in runs if r["grouping"] == g), key=lambda r: r["seed"]) for g in GROUPINGS}
@@ -112,6 +158,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     summary["tokens_difference"] = max(abs(b["trained_tokens"] - a["trained_tokens"])
                                        for a, b in zip(by["file_order"], by["length"], strict=True))
     summary["speedup"] = summary["length"]["tokens_per_second"] / summary["file_order"]["tokens_per_second"]
+    summary["epochs"] = epoch_summary(by)
     return summary
 
 
@@ -127,6 +174,22 @@ def report(args: argparse.Namespace, result: dict[str, Any], summary: dict[str, 
                 for grouping, s in ((g, summary[g]) for g in GROUPINGS)]
     difference = summary["loss_difference"]
     seeds = ", ".join(str(s) for s in args.seeds)
+    epochs = []
+    if args.epochs > 1:
+        epoch_rows = []
+        for row in summary["epochs"]:
+            equal = row.get("at_equal_positions")
+            epoch_rows.append([str(row["epoch"]), *(fmt(row[g]["positions"], 0) for g in GROUPINGS),
+                               *(fmt(row[g]["wall_s"], 1) for g in GROUPINGS),
+                               *(fmt(row[g]["val_loss"], 4) for g in GROUPINGS),
+                               f"{row['difference']['mean']:+.4f}", fmt(row["difference"]["spread"], 4),
+                               f"{equal['mean']:+.4f}" if equal else "-", fmt(equal["spread"], 4) if equal else "-",
+                               equal["how"] if equal else "outside both curves"])
+        epochs = [f"### Epoch by epoch, mean of seeds {seeds}: length - file_order at equal trained tokens (the "
+                  "same epoch) and at equal computed positions (one curve linear between its epochs' ends)",
+                  markdown_table(["epoch", "positions, file_order", "positions, length", "wall s, file_order",
+                                  "wall s, length", "val loss, file_order", "val loss, length", "difference",
+                                  "sd", "difference at equal positions", "sd", "interpolated"], epoch_rows)]
     return "\n\n".join([
         f"## Length grouping on a seed-shaped set: tiny model, CPU, batch {args.batch_size}",
         f"Training set: {shape['examples']:,.0f} examples scaled to {args.max_seq_length} tokens, mean "
@@ -145,6 +208,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], summary: dict[str, 
             ["trained tokens, largest difference between the groupings (mlx-lm's count)",
              fmt(summary["tokens_difference"], 0)],
         ]),
+        *epochs,
         machine_line(info),
     ])
 
@@ -159,6 +223,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs each run trains (mlx-lm shuffles the batches "
+                        "each epoch, from the seed), the validation loss measured after each")
     parser.add_argument("--max-seq-length", type=int, default=512,
                         help="the runs' limit; the seed's 2,048 is scaled to it (default: as the tiny model's "
                         "test runs train)")

@@ -1,4 +1,4 @@
-"""One process of bench/bench_grouping.py: one-epoch LoRA runs on a seed-shaped set, `length` against `file_order`.
+"""One process of bench/bench_grouping.py: LoRA runs on a seed-shaped set, `length` against `file_order`.
 
     python bench/grouping_child.py --out result.json --model M --work DIR --train 120 --valid 32 --seeds 0 1 2 ...
 
@@ -7,16 +7,19 @@ The set is worker/seed_shaped.py's at the seed's size (--full-train examples, 1,
 The useful-token share of one epoch over the whole set is counted from its batches alone (no model: the same
 iterator, grouping and padding as the runs), at --max-seq-length and at each of --share-lengths (a set generated at
 that scale); the runs train on the first --train examples (a sample of the same distribution: the generator
-shuffles its lengths). Each run is one epoch (every training example
-once, so both groupings train on exactly the same tokens) through mlx-lm's trainer, its batches made as the worker
+shuffles its lengths). Each run is --epochs epochs (every training example
+once an epoch, so both groupings train on exactly the same tokens; mlx-lm shuffles the batches each epoch from the
+run's seed) through mlx-lm's trainer, its batches made as the worker
 makes them (worker/train.py's StepHooks): worker/length_grouping.grouped for the run's batch_grouping, mlx-lm's
 iterate_batches, worker/batch_padding's padding, worker/length_grouping.counted for the useful-token share; the loss
 is the worker's (worker/token_weighting.training_loss: token-weighted for `length`, mlx-lm's own for file order). A run
 starts from the base model with fresh LoRA weights and numpy's and MLX's generators seeded with its seed; after
-the epoch the whole validation set is measured (grouped as the run's training batches, as the worker does).
+each epoch the whole validation set is measured (grouped as the run's training batches, as the worker does; numpy's
+generator is put back after it, so the epochs' order does not depend on it).
 
 Writes JSON: the set's token lengths; the whole set's share per max_seq_length, padding and grouping; per run its
-seed, grouping, useful-token share, trained tokens, wall time of the epoch, tokens/s and validation loss. Run it
+seed, grouping, useful-token share, trained tokens, wall time of the training, tokens/s and validation loss
+at the end, and per epoch the validation loss, positions computed, trained tokens and wall time so far. Run it
 with loraboard's OpenBLAS shim in LD_PRELOAD (the parent does), as the worker trains.
 """
 
@@ -49,13 +52,29 @@ from worker.train import SilentUI, make_optimizer
 
 
 class Trained(TrainingCallback):
-    """The tokens mlx-lm counted as trained (its last train report's running total)."""
+    """The tokens mlx-lm counted as trained (its last train report's running total), and, when a run trains
+    several epochs (one report an epoch), each earlier epoch's end: its validation loss, the positions computed and
+    the training's wall time so far (the validations' own time left out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, measure: Any = None, useful: UsefulTokens | None = None, started: float = 0.0,
+                 last_step: int = 0) -> None:
         self.tokens = 0
+        self.measure, self.useful, self.started, self.last_step = measure, useful, started, last_step
+        self.eval_s = 0.0
+        self.epochs: list[dict[str, Any]] = []
 
     def on_train_loss_report(self, train_info: dict[str, Any]) -> None:
         self.tokens = int(train_info["trained_tokens"])
+        if self.measure is None or self.useful is None or train_info["iteration"] >= self.last_step:
+            return
+        wall_s = time.perf_counter() - self.started - self.eval_s
+        started_eval = time.perf_counter()
+        order = np.random.get_state()  # evaluating draws from numpy's generator: the next epochs' order stays
+        val_loss = self.measure()
+        np.random.set_state(order)
+        self.eval_s += time.perf_counter() - started_eval
+        self.epochs.append({"epoch": len(self.epochs) + 1, "positions": self.useful.positions,
+                            "trained_tokens": self.tokens, "wall_s": wall_s, "val_loss": val_loss})
 
 
 def seed_shaped_rows(args: argparse.Namespace, tokenizer: Any,
@@ -98,9 +117,10 @@ def epoch_share(dataset: CacheDataset, grouping: str, batch_size: int, max_seq_l
     return useful.share
 
 
-def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: CacheDataset, seed: int,
-              grouping: str) -> dict[str, Any]:
-    """One epoch from the base model with fresh LoRA weights, then the validation loss on the whole valid set."""
+def one_run(args: argparse.Namespace, train_set: CacheDataset, valid_set: CacheDataset, seed: int,
+            grouping: str) -> dict[str, Any]:
+    """--epochs epochs (mlx-lm's iterator shuffles the batches each epoch, from the seed) from the base model with
+    fresh LoRA weights, the validation loss on the whole valid set after each."""
     config = RunConfig(model=str(args.model), data=str(args.work), seed=seed, batch_size=args.batch_size,
                        num_layers=args.num_layers, learning_rate=args.learning_rate,
                        max_seq_length=args.max_seq_length, batch_grouping=grouping)
@@ -111,7 +131,10 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
     model, _tokenizer = load(str(args.model))
     attach_adapters(model, config)
     useful = UsefulTokens()
-    trained = Trained()
+
+    def validation_loss() -> float:
+        return float(trainer.evaluate(model=model, dataset=grouped(valid_set, grouping), batch_size=args.batch_size,
+                                      num_batches=-1, max_seq_length=args.max_seq_length))
 
     def iterate_batches(**kwargs: Any) -> Any:
         kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], grouping, chunk, seed)}
@@ -119,22 +142,25 @@ def one_epoch(args: argparse.Namespace, train_set: CacheDataset, valid_set: Cach
         return counted(batches, useful) if kwargs.get("loop") else batches
 
     training = trainer.TrainingArgs(
-        batch_size=args.batch_size, iters=steps, val_batches=0, steps_per_report=steps, steps_per_eval=steps + 1,
-        steps_per_save=steps + 1, max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size, iters=steps * args.epochs, val_batches=0, steps_per_report=steps,
+        steps_per_eval=steps * args.epochs + 1, steps_per_save=steps * args.epochs + 1,
+        max_seq_length=args.max_seq_length,
         adapter_file=str(Path(args.work) / f"adapters-{seed}-{grouping}.safetensors"))
     started = time.perf_counter()  # the loss as the worker's (token-weighted for `length`), its constant timed too
+    trained = Trained(validation_loss, useful, started, steps * args.epochs)
     loss, _per_batch = training_loss(train_set, grouping, args.batch_size, args.max_seq_length)
     if chunk and grouping == "length":  # the constant of the chunked batches (the same set less a different rest)
         sorted_set = grouped(train_set, grouping, chunk, seed)
         loss = token_weighted_loss(tokens_per_batch(batching_rows(sorted_set), args.batch_size, args.max_seq_length))
     trainer.train(model=model, optimizer=make_optimizer(config), train_dataset=train_set, val_dataset=None,
                   args=training, loss=loss, iterate_batches=iterate_batches, training_callback=trained)
-    wall_s = time.perf_counter() - started
-    val_loss = trainer.evaluate(model=model, dataset=grouped(valid_set, grouping), batch_size=args.batch_size,
-                                num_batches=-1, max_seq_length=args.max_seq_length)
+    wall_s = time.perf_counter() - started - trained.eval_s
+    val_loss = validation_loss()
+    epochs = [*trained.epochs, {"epoch": args.epochs, "positions": useful.positions,
+                                "trained_tokens": trained.tokens, "wall_s": wall_s, "val_loss": val_loss}]
     return {"seed": seed, "grouping": grouping, "useful_token_share": useful.share, "positions": useful.positions,
             "trained_tokens": trained.tokens, "wall_s": wall_s, "tokens_per_second": trained.tokens / wall_s,
-            "val_loss": float(val_loss), "steps": steps}
+            "val_loss": val_loss, "steps": steps, "epochs": epochs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-layers", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs each run trains, validated after each")
     parser.add_argument("--max-seq-length", type=int, required=True)
     parser.add_argument("--chunk-batches", type=int, default=0, help="`length` sorts within random chunks of this "
                         "many batches (0: the whole set)")
@@ -174,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for number, seed in enumerate(args.seeds):  # the order alternates, so neither grouping always runs first
         for grouping in (("file_order", "length") if number % 2 == 0 else ("length", "file_order")):
-            runs.append(one_epoch(args, train_set, valid_set, seed, grouping))
+            runs.append(one_run(args, train_set, valid_set, seed, grouping))
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     args.out.write_text(json.dumps({"lengths": lengths, "shares": shares, "runs": runs,
                                     "prepared_s": prepared_s}))
