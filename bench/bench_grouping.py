@@ -1,6 +1,6 @@
 """Batches grouped by length against file order, on a seed-shaped set: useful-token share, speed, and loss.
 
-    .venv/bin/python bench/bench_grouping.py [--train 120] [--seeds 0 1 2] [--max-seq-length 512]
+    .venv/bin/python bench/bench_grouping.py [--train 120] [--seeds 0 1 2] [--max-seq-length 512] [--epochs 1]
     .venv/bin/python bench/bench_grouping.py --smoke    # a few examples, one seed: checks its figures
 
 The set is worker/seed_shaped.py's (the seed run's shape of token lengths, text records), its lengths scaled to
@@ -17,6 +17,10 @@ as the worker trains) does everything, A/B in one run:
             per seed the difference `length` - `file_order`, against the spread between seeds. (mlx-lm's
             count of trained tokens may still differ by a few: its loss mask counts one position past the end
             of each row shorter than its batch, none for a row that fills it, and grouping changes which do.)
+  epochs    with --epochs N, each run trains N epochs (mlx-lm shuffles the batches every epoch, from the seed)
+            and is validated after each: per epoch the difference at equal trained tokens (the same epoch) and at
+            equal computed positions (the `length` curve, linear between its epochs' ends, at the positions
+            `file_order` had computed by that epoch, or the other way round where those lie outside it).
 
 Prints Markdown tables and writes bench/results/bench_grouping.json (a smoke: bench_grouping-smoke.json).
 """
@@ -217,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
     parser.add_argument("--full-train", type=int, default=1500, help="training examples of the set (the seed's)")
-    parser.add_argument("--train", type=int, default=120, help="the first this many are trained on, one epoch")
+    parser.add_argument("--train", type=int, default=120, help="the first this many are trained on")
     parser.add_argument("--valid", type=int, default=32, help="validation examples, all measured after the epoch")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=4)
@@ -248,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args.model = args.model.resolve()
     check_inputs(args.model, PROJECT_DIR / "data" / "contact-center")
     info = machine_info()
-    print(f"bench: seed-shaped set, {args.train} of {args.full_train} examples trained on for one epoch, seeds "
-          f"{args.seeds}", file=sys.stderr, flush=True)
+    print(f"bench: seed-shaped set, {args.train} of {args.full_train} examples trained on for "
+          f"{args.epochs} epoch(s), seeds {args.seeds}", file=sys.stderr, flush=True)
     result = measure(args)
     summary = summarize(result)
     table = report(args, result, summary, info)
