@@ -98,8 +98,7 @@ def test_jobs_page_says_why_a_memory_job_waits(jobs_server: Server, page: Page) 
                                     "--run-id", str(run.id)])
         try:
             run.status, run.pid, run.heartbeat_at = "running", trainer.pid, utcnow()
-            session.add(run)
-            session.commit()
+            session.add(run)  # committed with the job: no tick sees the job without its training run
             job = create_job(session, "no_such_kind", NoParams())  # unknown: taken to need the model's memory
             page.goto(f"{jobs_server.url}/jobs")
             row = page.locator(f"#jobs-live-table tr[data-job-id='{job.id}']")

@@ -139,10 +139,11 @@ class Supervisor:
 
     def start_queued(self, session: Session) -> None:
         """Start queued runs and jobs, oldest first, as far as the capacity rule lets them; a job that must
-        wait is told why."""
-        active = self.holders(session)
+        wait is told why. The queue is read before what holds the memory: a row committed with its holder in one
+        transaction (a queued job and the run it must wait for) is never seen without that holder."""
         runs = queued_runs(session)  # in queue order (app/runs/store/queue.py)
         jobs = session.exec(select(Job).where(Job.status == RunStatus.queued.value)).all()
+        active = self.holders(session)
         queue: list[tuple[datetime, Run | Job]] = sorted(
             [(as_utc(run.created_at), run) for run in runs] + [(as_utc(job.created_at), job) for job in jobs],
             key=lambda pair: (pair[0], isinstance(pair[1], Job), pair[1].id or 0),
