@@ -24,7 +24,9 @@ bench/bench_gpu.py's docstring shows (its calls 1 and 2), then
 --smoke tries the script on any machine (CPU included): bench_gpu's small smoke model, 4 iterations of 2 rows
 of 32 tokens, one round, figures checked. Without CUDA MLX has no NCCL backend, so there nccl-1 is started
 directly (`python -m worker train`, no mlx.launch): the rerouting is still installed (the run's backend is
-nccl) and reroutes to the CPU's default stream, which tries the worker's path but measures nothing of a GPU.
+nccl) and reroutes to the CPU's default stream, which tries the worker's path but measures nothing of a GPU. In
+smoke mode the probe and the workers run in forks of the script's interpreter (bench/warm.py), with the OpenBLAS
+shim built once in data/.cache.
 """
 
 from __future__ import annotations
@@ -51,7 +53,16 @@ from app.jobs.supervisor import worker_env
 from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport, ValReport
 from bench.bench_gpu import build_inputs, gpu_info, probe
-from bench.common import PROJECT_DIR, RESULTS_DIR, check_figures, fmt, log_tail, machine_info, run_child
+from bench.common import (
+    CACHE_DIR,
+    PROJECT_DIR,
+    RESULTS_DIR,
+    check_figures,
+    fmt,
+    log_tail,
+    machine_info,
+    run_child,
+)
 from bench.gpu_build import LORA_KEYS
 
 MODES = ("plain", "nccl-1")
@@ -85,7 +96,8 @@ def run_worker(args: argparse.Namespace, mode: str, label: str) -> dict[str, Any
     """One run of `mode` through the real worker: its reports, tokens/s and wall time."""
     work = args.work / "runs" / label
     work.mkdir(parents=True, exist_ok=True)
-    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=args.work / "cache",
+    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db",
+                        cache_dir=CACHE_DIR if args.smoke else args.work / "cache",  # a smoke: the shim built once
                         hf_offline=True, allowed_dirs=os.pathsep.join((str(args.work), str(args.model.parent),
                                                                        str(args.data.parent))))
     config = run_config(args, settings, mode)
@@ -96,7 +108,8 @@ def run_worker(args: argparse.Namespace, mode: str, label: str) -> dict[str, Any
         assert run_id is not None
         log = work / "run.log"
         launched = mode == "nccl-1" and args.cuda
-        child = run_child(worker_command(config, settings, run_id, launched), worker_env(settings), log, args.timeout)
+        child = run_child(worker_command(config, settings, run_id, launched), worker_env(settings), log, args.timeout,
+                          warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             train = session.exec(select(TrainReport).where(TrainReport.run_id == run_id)
@@ -180,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     info, gpu = machine_info(), gpu_info()
     args.model, args.data = build_inputs(args)
     args.num_layers = min(args.num_layers, json.loads((args.model / "config.json").read_text())["num_hidden_layers"])
-    probe_info = probe(args.work, 256 if args.smoke else 8192)
+    probe_info = probe(args.work, 256 if args.smoke else 8192, warm=args.smoke)
     args.cuda = bool(probe_info.get("cuda"))
     print(f"nccl_stream_check: probe {probe_info}", file=sys.stderr, flush=True)
     if not args.cuda and not args.smoke:
