@@ -9,6 +9,12 @@ with the same seed, data order and settings, differing only in `lora_precision`.
 read from the run's reports (the mean over each report's steps), validation loss from its
 validations on the whole validation set, both at the same iterations; the table gives both runs
 and mixed minus float32. Writes $OUT/gpu_quality.json (or bench/results/) and prints Markdown.
+
+--smoke tries the script on any machine (CPU included): the embedded model in bf16, the sample's first 16
+examples of each split (bench/common.smoke_data) cut to 64 tokens, 4 iterations at batch 2 with a report every
+step and a validation every 2, in a temporary --work folder (removed after), its children forked (bench/warm.py),
+results to gpu_quality-smoke.json, figures checked. MLX's CPU backend trains a bf16 model in float32, where
+`lora_precision` does not apply: there the smoke tries the script's path, not mixed precision (it says so).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,21 @@ from app.db import make_engine
 from app.jobs.supervisor import worker_env
 from app.runs.store.runs import create_run
 from app.tables import Run, TrainReport, ValReport
-from bench.common import PROJECT_DIR, RESULTS_DIR, base_env, fmt, log_tail, markdown_table, run_child
+from bench.common import (
+    CACHE_DIR,
+    DEFAULT_DATA,
+    PROJECT_DIR,
+    RESULTS_DIR,
+    base_env,
+    check_figures,
+    ensure_defaults,
+    fmt,
+    log_tail,
+    markdown_table,
+    median,
+    run_child,
+    smoke_data,
+)
 
 CONVERT = """
 import json, shutil, sys
@@ -55,11 +76,12 @@ print("converted", out)
 """
 
 
-def convert(source: Path, out: Path, work: Path) -> Path:
+def convert(source: Path, out: Path, work: Path, warm: bool = False) -> Path:
+    """`source` with its floating weights in bfloat16, written to `out` once (warm: a smoke's, in a fork)."""
     if (out / "config.json").exists():
         return out
     log = work / "convert.log"
-    child = run_child([sys.executable, "-c", CONVERT, str(source), str(out)], base_env(), log, 300)
+    child = run_child([sys.executable, "-c", CONVERT, str(source), str(out)], base_env(), log, 300, warm=warm)
     if child.returncode != 0:
         raise SystemExit(f"gpu_quality: converting the model failed:\n{log_tail(log, 30)}")
     return out
@@ -68,12 +90,14 @@ def convert(source: Path, out: Path, work: Path) -> Path:
 def train(args: argparse.Namespace, model: Path, precision: str) -> dict[str, Any]:
     work = args.work / f"run-{precision}-{time.strftime('%H%M%S')}"
     work.mkdir(parents=True, exist_ok=True)
-    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db", cache_dir=work / "cache",
-                        hf_offline=True, allowed_dirs=str(args.work))
+    settings = Settings(adapters_dir=work / "adapters", db_path=work / "loraboard.db",
+                        cache_dir=CACHE_DIR if args.smoke else work / "cache",  # a smoke: the shim built once
+                        hf_offline=True, allowed_dirs=os.pathsep.join((str(args.work), str(args.data.parent))))
     config = RunConfig(
         name=f"quality-{precision}", model=str(model), data=str(args.data), seed=args.seed, batch_size=args.batch_size,
         iters=args.iters, num_layers=-1, learning_rate=args.learning_rate, steps_per_report=args.steps_per_report,
-        steps_per_eval=args.steps_per_eval, save_every=args.iters + 1, val_batches=-1, max_seq_length=512,
+        steps_per_eval=args.steps_per_eval, save_every=args.iters + 1, val_batches=-1,
+        max_seq_length=args.max_seq_length,
         lora_precision=precision, lora_parameters=LoraParameters(rank=8, scale=20.0, dropout=0.0),
     ).resolved(settings)
     engine = make_engine(settings.database_path)
@@ -82,7 +106,7 @@ def train(args: argparse.Namespace, model: Path, precision: str) -> dict[str, An
         with Session(engine) as session:
             run_id = create_run(session, config).id
         child = run_child([sys.executable, "-m", "worker", "train", "--run-id", str(run_id)], worker_env(settings),
-                          log, args.timeout)
+                          log, args.timeout, warm=args.smoke)
         with Session(engine) as session:
             run = session.get(Run, run_id)
             trains = session.exec(select(TrainReport).where(TrainReport.run_id == run_id)
@@ -114,33 +138,86 @@ def table(runs: dict[str, dict[str, Any]], key: str, every: int) -> tuple[str, l
     return markdown_table(["iteration", "float32 LoRA", "mixed LoRA", "mixed - float32", "relative"], rows), diffs
 
 
-def main(argv: list[str] | None = None) -> int:
+def runs_table(runs: dict[str, dict[str, Any]]) -> str:
+    """Each run: how it trained, its median tokens/s (the first report skipped) and its last losses."""
+    rows = []
+    for precision, r in runs.items():
+        tps = r["tokens_per_second"][1:] or r["tokens_per_second"]
+        rows.append([precision, str(r["backend"]), str(r["train_dtype"]), fmt(median(tps), 1),
+                     fmt(r["train"][max(r["train"])], 4) if r["train"] else "n/a",
+                     fmt(r["val"][max(r["val"])], 4) if r["val"] else "n/a"])
+    return markdown_table(["run", "backend", "trains in", "tokens/s", "last train loss", "last validation loss"], rows)
+
+
+def smoke_figures(runs: dict[str, dict[str, Any]]) -> list[tuple[str, float | None]]:
+    """What a smoke checks (check_figures): each run's tokens/s and last train and validation losses."""
+    figures: list[tuple[str, float | None]] = []
+    for precision, r in runs.items():
+        tps = r["tokens_per_second"][1:] or r["tokens_per_second"]
+        figures += [(f"| {precision} |", median(tps)),
+                    (f"| {precision} |", r["train"][max(r["train"])] if r["train"] else None),
+                    (f"| {precision} |", r["val"][max(r["val"])] if r["val"] else None)]
+    return figures
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=PROJECT_DIR / "data" / "models" / "tiny-mistral")
-    parser.add_argument("--data", type=Path, default=PROJECT_DIR / "data" / "contact-center")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/lbq"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=None, help="default: /tmp/lbq; --smoke: a temporary folder")
     parser.add_argument("--iters", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--steps-per-report", type=int, default=10)
     parser.add_argument("--steps-per-eval", type=int, default=50)
+    parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed (LoRA initialisation and data order)")
+    parser.add_argument("--smoke", action="store_true", help="4 iterations at batch 2 of 64 tokens on 16 examples, "
+                        "figures checked (any machine, CPU included); results to gpu_quality-smoke.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.iters, args.batch_size, args.steps_per_report, args.steps_per_eval = 4, 2, 1, 2
+        args.max_seq_length = 64
+        args.data = smoke_data(args.data)
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="gpu-quality-smoke-")) if args.smoke else Path("/tmp/lbq")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    finally:
+        if args.smoke and args.work.name.startswith("gpu-quality-smoke-"):
+            shutil.rmtree(args.work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Both runs on args (parse_args), their tables printed and written."""
     args.work = args.work.resolve()
+    args.data = args.data.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    model = convert(args.source.resolve(), args.work / f"{args.source.name}-bf16", args.work)
+    if args.source.resolve() == (PROJECT_DIR / "data" / "models" / "tiny-mistral").resolve():
+        ensure_defaults()
+    model = convert(args.source.resolve(), args.work / f"{args.source.name}-bf16", args.work, warm=args.smoke)
     runs: dict[str, dict[str, Any]] = {}
     for precision in ("float32", "mixed"):
         runs[precision] = train(args, model, precision)
         print(f"gpu_quality: {precision}: {runs[precision]['train_dtype']}, {runs[precision]['wall_s']:.0f} s",
               file=sys.stderr, flush=True)
-    train_table, train_diffs = table(runs, "train", 50)
+    if not all(str(r["train_dtype"]).startswith("bfloat16") for r in runs.values()):
+        print("gpu_quality: the worker trained this bf16 model in " + ", ".join(
+              sorted({str(r["train_dtype"]) for r in runs.values()})) + " here (MLX's CPU backend), where "
+              "lora_precision does not apply: this run tries the script's path, not mixed precision",
+              file=sys.stderr, flush=True)
+    train_table, train_diffs = table(runs, "train", args.steps_per_report if args.smoke else 50)
     val_table, val_diffs = table(runs, "val", args.steps_per_eval)
     parts = [f"## Mixed vs float32 LoRA on real data: {args.source.name} in bf16, {args.data.name}, "
              f"{args.iters} iters, batch {args.batch_size}, lr {args.learning_rate:g}, rank 8 on every layer, "
              f"seed {args.seed}",
-             "Runs: " + "; ".join(f"{p}: {r['backend']}, {r['train_dtype']}" for p, r in runs.items()),
+             runs_table(runs),
              "### Train loss (mean of the report's steps)", train_table,
              "### Validation loss (whole validation set)", val_table,
              f"Largest |mixed - float32|: train {max(map(abs, train_diffs)):.4f}, validation "
@@ -149,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    name = "gpu_quality.json" if args.seed == 0 else f"gpu_quality_seed{args.seed}.json"
-    (out / name).write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                      "runs": runs}, indent=2, default=str))
-    shutil.rmtree(args.work / "cache", ignore_errors=True)
+    name = "gpu_quality" if args.seed == 0 else f"gpu_quality_seed{args.seed}"
+    path = out / f"{name}{'-smoke' if args.smoke else ''}.json"
+    path.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2,
+                               default=str))
+    print(f"\nwrote {path}", flush=True)
+    if args.smoke:
+        check_figures(smoke_figures(runs), text)
+    else:
+        shutil.rmtree(args.work / "cache", ignore_errors=True)
     return 0
 
 
