@@ -17,7 +17,12 @@ part below: 3 warm-up calls, then --repeats timed ones (each ends with mx.eval),
                              (does MLX already skip the frozen prefix's backward?)
 
 The step variants run interleaved (--rounds), so each variant's median is over all rounds.
-Prints Markdown and writes $OUT/gpu_profile.json.
+Prints Markdown and writes $OUT/gpu_profile.json (or bench/results/).
+
+--smoke tries the script on any machine (CPU included): bench_gpu's small smoke model and its 32-token rows
+(built once into data/.cache/bench-gpu-smoke), LoRA on the last 2 of its 4 blocks, batch 2, one warm-up call and
+2 timed ones of each part, 1 round, results to gpu_profile-smoke.json, figures checked. Every part runs on MLX's
+CPU backend, so none is left out; there the times say nothing of a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -43,13 +49,14 @@ from mlx_lm.tuner.trainer import default_loss
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import load
 
-from bench.common import fmt, markdown_table, median
+from bench.common import DEFAULT_MODEL, RESULTS_DIR, check_figures, fmt, gpu_smoke_inputs, markdown_table, median
 from bench.gpu_build import LORA_KEYS
 from worker.mixed_lora import MixedLoRALinear, use_mixed_lora
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
-    for _ in range(3):
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> list[float]:
+    """`repeats` times of fn() evaluated, in seconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
         mx.eval(fn())
     out = []
     for _ in range(repeats):
@@ -91,15 +98,32 @@ def make_step(model: nn.Module, optimizer: optim.Optimizer) -> Callable[[mx.arra
     return step
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=None, help="required, unless --smoke")
+    parser.add_argument("--data", type=Path, default=None, help="required, unless --smoke")
     parser.add_argument("--num-layers", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before each part's timed ones")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_MODEL,
+                        help="--smoke: the small model's tokenizer files (default: the embedded model's)")
+    parser.add_argument("--smoke", action="store_true", help="bench_gpu's small smoke model, 2 LoRA blocks, batch 2, "
+                        "2 timed calls, 1 round, figures checked (any machine, CPU included)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.num_layers, args.batch_size, args.repeats, args.warmup, args.rounds = 2, 2, 2, 1, 1
+        if args.model is None or args.data is None:
+            with tempfile.TemporaryDirectory(prefix="gpu-profile-smoke-") as folder:
+                args.model, args.data = gpu_smoke_inputs(args.tokenizer, 32, Path(folder) / "build.log")
+    elif args.model is None or args.data is None:
+        parser.error("--model and --data are required (or --smoke)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     model, tokenizer = load(str(args.model))
     rows = []
@@ -139,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         return nn.losses.cross_entropy(logits, batch[:, 1:]).astype(mx.float32).mean()
 
     parts: dict[str, list[float]] = {
-        "prefix forward": timed(prefix, args.repeats),
-        "forward": timed(lambda: default_loss(model, batch, lengths)[0], args.repeats),
-        "logits+loss": timed(head, args.repeats),
+        "prefix forward": timed(prefix, args.repeats, args.warmup),
+        "forward": timed(lambda: default_loss(model, batch, lengths)[0], args.repeats, args.warmup),
+        "logits+loss": timed(head, args.repeats, args.warmup),
     }
     variants: dict[str, tuple[type[nn.Module], bool]] = {
         "step float32": (LoRALinear, False), "step mixed": (MixedLoRALinear, False),
@@ -157,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             optimizer = optim.Adam(learning_rate=1e-5)
             step = make_step(model, optimizer)
             mx.reset_peak_memory()
-            parts.setdefault(name, []).extend(timed(lambda step=step: step(batch, lengths), args.repeats))
+            parts.setdefault(name, []).extend(timed(lambda step=step: step(batch, lengths), args.repeats,
+                                                    args.warmup))
             peaks[name] = max(peaks.get(name, 0.0), mx.get_peak_memory() / 1e9)
             print(f"gpu_profile: round {round_no} {name}: {median(parts[name][-args.repeats:]) * 1e3:.1f} ms",
                   file=sys.stderr, flush=True)
@@ -170,11 +195,27 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(["part", "ms (median)", "tokens/s", "of a mixed step", "peak GB"], rows_out),
     ])
     print(text, flush=True)
-    out = Path(os.environ.get("OUT") or Path(__file__).resolve().parent / "results")
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_profile.json").write_text(json.dumps({"tokens": tokens, "parts_s": parts, "peak_gb": peaks},
-                                                     indent=2))
+    path = out / f"gpu_profile{'-smoke' if args.smoke else ''}.json"
+    path.write_text(json.dumps({"device": str(mx.default_device()), "tokens": tokens, "parts_s": parts,
+                                "peak_gb": peaks}, indent=2))
+    print(f"\nwrote {path}", flush=True)
+    if args.smoke:
+        check_figures(smoke_figures(parts, peaks, tokens), text)
     return 0
+
+
+def smoke_figures(parts: dict[str, list[float]], peaks: dict[str, float],
+                  tokens: int) -> list[tuple[str, float | None]]:
+    """What a smoke checks (check_figures): each part's median ms, and each step variant's tokens/s and peak GB."""
+    figures: list[tuple[str, float | None]] = []
+    for name, times in parts.items():
+        seconds = median(times)
+        figures.append((f"| {name} |", seconds * 1e3 if seconds else None))
+        if name.startswith("step"):
+            figures += [(f"| {name} |", tokens / seconds if seconds else None), (f"| {name} |", peaks.get(name))]
+    return figures
 
 
 if __name__ == "__main__":
