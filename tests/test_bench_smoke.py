@@ -6,10 +6,12 @@ Each script's process is a fork of the test's once that has imported transformer
 the scripts fork their own Python children the same way (the ring runs' ranks too: bench/rank_forks.py). The runs
 share one xdist group, so one test process starts them all: two at a time (the machine's two cores), the longest
 first, each test waiting for its own script's run. The two that train over MLX's ring backend never run beside each
-other (two ranks each on two cores). The GPU benchmarks' smokes (bench_gpu.py, bench_distributed_gpu.py) run here
-on the CPU: a small model of the same architecture, the experiments MLX's CPU backend has, and the 2-process runs
-over the ring backend instead of NCCL (each says what it leaves out). All fourteen took 40 s and 52 CPU-seconds
-together on the 2-core AMD EPYC with other work on it (load average about 3; 2026-12-07, bench/README.md).
+other (two ranks each on two cores). The GPU benchmarks' smokes (bench_gpu.py, bench_distributed_gpu.py,
+gpu_quality.py, nccl_stream_check.py, gpu_profile.py) run here on the CPU: a small model of the same architecture,
+the experiments MLX's CPU backend has, and the 2-process runs over the ring backend instead of NCCL (each says what
+it leaves out). The first fourteen took 40 s and 52 CPU-seconds together on the 2-core AMD EPYC with other work on
+it (load average about 3; 2026-12-07, bench/README.md); the three added since (gpu_quality, nccl_stream_check,
+gpu_profile) take about 8 CPU-seconds more.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "bench_grouping",
     "bench_distributed",
     "bench_distributed_gpu",
+    "gpu_quality",
+    "nccl_stream_check",
     "bench_eval",
     pytest.param("bench_bigrun", marks=pytest.mark.browser),
     "bench_gguf",
+    "gpu_profile",
     "bench_playground",
     "bench_memory",
     "bench_datasets",
