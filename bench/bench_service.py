@@ -35,13 +35,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +65,8 @@ from bench.common import (
     verdict,
     write_results,
 )
-from bench.live_stages import CommitClock, StreamClock, drawn_times, stage_summary
+from bench.live_stages import CommitClock, StreamClock, drawn_times, point_latencies, report_times, stage_summary
+from bench.process_stats import RssSampler, cpu_seconds, live_children, mlx_mappings, proc_status_kb
 
 TERMINAL = {"completed", "stopped", "early_stopped", "failed", "interrupted"}
 # tests/conftest.py QUICK_RUN, with iters 200.
@@ -168,68 +167,6 @@ def start_server(root: Path, args: argparse.Namespace) -> Service:
     raise SystemExit("bench: the server did not answer within 60 s")
 
 
-def proc_status_kb(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time so far (user + system), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class RssSampler:
-    """Samples a process's VmRSS every `interval_s`, keeping the maximum per phase."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self.pid = pid
-        self.interval_s = interval_s
-        self.phase = "idle"
-        self.max_kb: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-
-    def start(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            rss = proc_status_kb(self.pid, "VmRSS")
-            if rss is not None:
-                self.max_kb[self.phase] = max(rss, self.max_kb.get(self.phase, 0))
-            self._stop.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def live_children(pid: int) -> list[int]:
-    """The server's child processes (its workers) that have not ended yet."""
-    pids: list[int] = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            pids += [int(p) for p in children.read_text().split()]
-        except OSError:
-            continue
-    alive = []
-    for child in pids:
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in {"Z", "X"}:
-            alive.append(child)
-    return alive
-
-
 def stop_and_wait(service: Service, run_id: int, timeout: float = 120) -> str:
     """Request a stop, wait for the run's end and for its worker process to be gone."""
     service.call("POST", f"/api/runs/{run_id}/stop", {})
@@ -279,38 +216,6 @@ def measure_start(service: Service, config: dict[str, Any], timeout: float, keep
     return latency, run_id
 
 
-def report_times(db_path: Path, run_id: int) -> list[tuple[int, float]]:
-    """The run's train reports' iterations and recorded_at (UTC, epoch seconds), in iteration order."""
-    from sqlmodel import Session, col, select
-
-    from app.db import make_engine
-    from app.tables import TrainReport
-
-    engine = make_engine(db_path)
-    try:
-        with Session(engine) as session:
-            rows = session.exec(
-                select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
-            ).all()
-            stamps = [(r.iteration, r.recorded_at) for r in rows]
-    finally:
-        engine.dispose()
-    return [(it, (s if s.tzinfo else s.replace(tzinfo=UTC)).timestamp()) for it, s in stamps]
-
-
-def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]:
-    """Latency of each train point drawn after the first draw (points shown at page load are skipped)."""
-    if not seen:
-        return []
-    shown = seen[0][0]
-    latencies: list[float] = []
-    for count, now_ms in seen[1:]:
-        for index in range(shown, min(count, len(recorded))):
-            latencies.append(now_ms / 1000.0 - recorded[index])
-        shown = max(shown, count)
-    return latencies
-
-
 def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: argparse.Namespace,
                  start: Callable[[], int] | None = None) -> dict[str, Any]:
     """The live latencies of a run started for it once the browser is up, or by `start` (a smoke's timed start
@@ -353,16 +258,6 @@ def measure_live(service: Service, db_path: Path, config: dict[str, Any], args: 
             "points_drawn": seen[-1][0] if seen else 0, "latencies_s": latencies,
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
             "max_s": max(latencies) if latencies else None}
-
-
-def mlx_mappings(pid: int) -> list[str]:
-    """Mapped files of the process that belong to MLX (libmlx.so, mlx's extension modules)."""
-    try:
-        lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    except OSError:
-        return ["(cannot read /proc/<pid>/maps)"]
-    paths = {line.split(None, 5)[-1] for line in lines if len(line.split(None, 5)) == 6}
-    return sorted(p for p in paths if "libmlx" in p or "/mlx/" in p)
 
 
 def report(result: dict[str, Any], info: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import urllib.request
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,35 @@ def stage_summary(recorded: dict[int, float], committed: dict[int, float], strea
     }
     return {"points": len(points), **{name: {"p50_s": median(values), "p95_s": percentile(values, 95)}
                                       for name, values in stages.items()}}
+
+
+def report_times(db_path: Path, run_id: int) -> list[tuple[int, float]]:
+    """The run's train reports' iterations and recorded_at (UTC, epoch seconds), in iteration order."""
+    from sqlmodel import Session, col, select
+
+    from app.db import make_engine
+    from app.tables import TrainReport
+
+    engine = make_engine(db_path)
+    try:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(TrainReport).where(TrainReport.run_id == run_id).order_by(col(TrainReport.iteration))
+            ).all()
+            stamps = [(r.iteration, r.recorded_at) for r in rows]
+    finally:
+        engine.dispose()
+    return [(it, (s if s.tzinfo else s.replace(tzinfo=UTC)).timestamp()) for it, s in stamps]
+
+
+def point_latencies(seen: list[list[int]], recorded: list[float]) -> list[float]:
+    """Latency of each train point drawn after the first draw (points shown at page load are skipped)."""
+    if not seen:
+        return []
+    shown = seen[0][0]
+    latencies: list[float] = []
+    for count, now_ms in seen[1:]:
+        for index in range(shown, min(count, len(recorded))):
+            latencies.append(now_ms / 1000.0 - recorded[index])
+        shown = max(shown, count)
+    return latencies
