@@ -18,7 +18,7 @@ from app.runs.duration.padding import (
     validation_positions,
     validations,
 )
-from app.runs.duration.wall_time import Speed, duration_text, expected_wall
+from app.runs.duration.wall_time import Speed, expected_wall
 
 SEED_LIKE = [[40, 30], [75, 120], [160, 200], [300, 90], [520, 40], [900, 12], [1500, 4]]  # skewed, long tail
 
@@ -101,7 +101,6 @@ def test_wall_time_from_an_earlier_run_and_from_another_model() -> None:
     assert bigger is not None and bigger.seconds == pytest.approx(5 + 200 + 20)
     assert "less certain" in bigger.basis
     assert expected_wall(1, 1, Speed(1, 10.0, None, 0.0), 5, same_model=False) is None  # nothing to scale by
-    assert [duration_text(s) for s in (40, 245, 7800)] == ["40 s", "4 min 5 s", "2 h 10 min"]
 
 
 # The form's panel, in process ------------------------------------------------------------------------------------

@@ -18,13 +18,14 @@ from sqlmodel import Session, col, select
 
 from app.catalog.info import ModelInfoError, model_info
 from app.catalog.requests import confined_model
+from app.contract.policy import format_duration
 from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
 from app.contract.status import RunStatus
 from app.datasets.token_stats import NO_RESULT, TokenStatsInputError, latest_stats, resolve_inputs, split_counts
 from app.jobs.jobs import LIVE, as_utc
 from app.runs.duration.padding import LengthCounts, epoch_batches, training_plan, validation_positions
-from app.runs.duration.wall_time import Speed, WallEstimate, duration_text, expected_wall
+from app.runs.duration.wall_time import Speed, WallEstimate, expected_wall
 from app.runs.form.fields import FormProblem, form_to_payload
 from app.tables import Run, ValReport
 
@@ -49,7 +50,7 @@ class RunEstimate:
 
     @property
     def wall_text(self) -> str | None:
-        return f"≈ {duration_text(self.wall.seconds)} ({self.wall.basis})" if self.wall else None
+        return f"≈ {format_duration(self.wall.seconds)} ({self.wall.basis})" if self.wall else None
 
     def to_json(self) -> dict[str, Any]:
         wall = self.wall

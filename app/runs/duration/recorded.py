@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.runs.duration.wall_time import duration_text
+from app.contract.policy import format_duration
 from app.tables import TERMINAL, Run, RunStatus
 
 if TYPE_CHECKING:
@@ -50,5 +50,5 @@ def estimate_view(run: Run) -> dict[str, Any] | None:
         return None
     wall = facts["wall_s"]
     measured = facts["measured_wall_s"]
-    return {**facts, "wall_text": duration_text(wall) if wall is not None else None,
-            "measured_text": duration_text(measured) if measured is not None else None}
+    return {**facts, "wall_text": format_duration(wall) if wall is not None else None,
+            "measured_text": format_duration(measured) if measured is not None else None}

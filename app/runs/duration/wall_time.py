@@ -69,15 +69,3 @@ def expected_wall(train_positions: float, val_positions: float, speed: Speed, to
     val_s = val_positions / val_rate
     return WallEstimate(speed.fixed_s + train_s + val_s, train_s, val_s, speed.fixed_s, rate, speed.run_id,
                         same_model)
-
-
-def duration_text(seconds: float) -> str:
-    """'2 h 10 min', '4 min 5 s', '40 s'."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s" if minutes < 10 else f"{minutes} min"
-    return f"{secs} s"
