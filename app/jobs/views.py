@@ -16,14 +16,15 @@ from app.datasets import demo_data, token_stats
 from app.evaluation import results as evaluation
 from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, progress_view
-from app.models import gguf
+from app.models import gguf, smollm2
 from app.models import requests as model_jobs
 from app.playground import kind as playground
 from app.serving import requests as serving
 from app.tables import Job
 
 VIEWS: tuple[JobView, ...] = (token_stats.JOB_VIEW, evaluation.JOB_VIEW, playground.JOB_VIEW, serving.JOB_VIEW,
-                              model_jobs.FUSE_VIEW, model_jobs.QUANTIZE_VIEW, gguf.JOB_VIEW, demo_data.JOB_VIEW)
+                              model_jobs.FUSE_VIEW, model_jobs.QUANTIZE_VIEW, gguf.JOB_VIEW, demo_data.JOB_VIEW,
+                              smollm2.JOB_VIEW)
 
 
 def view_of(kind: str) -> JobView | None:
