@@ -14,6 +14,7 @@ from app.catalog.requests import DEFAULT_NUM_LAYERS, DEFAULT_RANK, confined_mode
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
 from app.models.requests import FuseRequest, ModelJobRefused, QuantizeRequest, start_fuse, start_quantize
+from app.models.smollm2 import Smollm2Refused, card_context, start_job
 from app.models.view import fuse_context, models_context
 from app.routes.params import Iteration, RunId, run_checkpoint_or_404
 from app.runs.duration.estimate import estimate_for_form
@@ -87,7 +88,8 @@ def models_page(request: Request, session: SessionDep, settings: SettingsDep, te
     """Every model folder with its origin, size, archive download, quantize form and the command that made it;
     `model` (and `group_size`) prefill the quantize form (the model panel's QLoRA link)."""
     values = {"model": model, "group_size": group_size}
-    return templates.TemplateResponse(request, "models.html", models_context(session, settings, values=values))
+    context = {**models_context(session, settings, values=values), **card_context(session, settings)}
+    return templates.TemplateResponse(request, "models.html", context)
 
 
 @router.get("/models/table", response_class=HTMLResponse, include_in_schema=False)
@@ -115,6 +117,19 @@ def quantize_from_page(
     except ModelJobRefused as exc:
         error = str(exc)
     return templates.TemplateResponse(request, "_use_quantize.html", models_context(session, settings, error, values))
+
+
+@router.post("/models/smollm2", response_class=HTMLResponse, include_in_schema=False)
+def smollm2_from_page(request: Request, session: SessionDep, settings: SettingsDep, supervisor: SupervisorDep,
+                      templates: TemplatesDep) -> HTMLResponse:
+    """The Models page's Add SmolLM2-135M-Instruct button: the conversion job's progress (a live one rather than a
+    second), or why it cannot start (the wheel not installed: what to run)."""
+    error = None
+    try:
+        start_job(session, settings, supervisor)
+    except Smollm2Refused as exc:
+        error = str(exc)
+    return templates.TemplateResponse(request, "_model_smollm2.html", card_context(session, settings, error))
 
 
 @router.get("/runs/{run_id}/checkpoints/{iteration}/fuse", response_class=HTMLResponse, include_in_schema=False)
