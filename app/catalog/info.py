@@ -23,6 +23,7 @@ from app.catalog.files import (
     ModelInfoError,
     Module,
     Tensor,
+    converted_origin,
     folder_size,
     quant_params,
     read_config,
@@ -58,7 +59,7 @@ def _choice(name: str, model: str, source: str, folder: Path, roots: list[Path],
         model_type = ""
     return {"name": name, "model": model, "source": source, "path": str(folder), "revision": revision,
             "model_type": model_type if isinstance(model_type, str) else "",
-            "size_bytes": folder_size(folder, roots), "origin": origin}
+            "size_bytes": folder_size(folder, roots), "origin": origin or converted_origin(folder, roots)}
 
 
 def hub_snapshot(repo_dir: Path) -> tuple[str, Path] | None:
@@ -80,7 +81,8 @@ def model_choices(settings: Settings, environ: Mapping[str, str] | None = None,
     """Local model folders (one level of nesting: org/name) and Hugging Face cache entries the picker offers.
 
     origins: resolved folder -> where a model loraboard wrote came from ("fused from run 3 @ 40"), from the
-    registry (app/models/registry.origins); the choice's `origin` is None for the others."""
+    registry (app/models/registry.origins); a folder loraboard converted says it in its ORIGIN_FILE
+    (app/catalog/files.converted_origin); the choice's `origin` is None for the others."""
     choices: list[dict[str, Any]] = []
     roots = model_roots(settings, environ)
     root = settings.local_models_dir

@@ -1,8 +1,9 @@
 """The models folder and the RegisteredModel rows: what each model folder is, where it came from, and the
 terminal command that makes the same folder.
 
-A row is written by the fuse and quantize workers when their folder is whole; a folder placed under the models
-folder by hand has no row ("local folder").
+A row is written by the fuse and quantize workers when their folder is whole; a folder converted from a GGUF
+(worker/smollm2.py) says where it came from in its ORIGIN_FILE instead; a folder placed under the models folder by
+hand has neither ("local folder").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.catalog.files import folder_size
+from app.catalog.files import converted_origin, folder_size
 from app.contract.pids import pid_alive
 from app.contract.settings import Settings
 from app.tables import RegisteredModel
@@ -105,7 +106,7 @@ def model_folders(session: Session, settings: Settings) -> list[dict[str, Any]]:
                        if row is not None and row.run_id is not None and row.iteration is not None else None)
             found.append({
                 "name": folder.relative_to(root).as_posix(), "path": str(folder.resolve()), "row": row,
-                "origin": origin_text(row) if row is not None else "local folder",
+                "origin": origin_text(row) if row is not None else converted_origin(folder) or "local folder",
                 "size_bytes": row.size_bytes if row is not None and row.size_bytes else folder_size(folder),
                 "created": row.created_at if row is not None else datetime.fromtimestamp(folder.stat().st_mtime, UTC),
                 "command": made_by_command(row, adapter) if row is not None else "",
