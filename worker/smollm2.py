@@ -175,9 +175,11 @@ def converted(weights: dict[str, Any], precision: str, on_tensors: Callable[[int
     return out
 
 
-def quantization_entry(weights: dict[str, Any]) -> dict[str, Any]:
+def quantization_entry(gguf: Gguf, weights: dict[str, Any]) -> dict[str, Any]:
     """config.json's `quantization`: the most common bits as the default, a per-module entry for the others."""
     bits = quantized_bits(weights)
+    if not bits:
+        raise GgufRefused(f"{gguf.path} holds no quantized tensors to keep for the 4-bit copy; expected {EXPECTED}")
     common = max(set(bits.values()), key=list(bits.values()).count)
     return {"group_size": GROUP_SIZE, "bits": common,
             **{module: {"group_size": GROUP_SIZE, "bits": b} for module, b in bits.items() if b != common}}
@@ -216,8 +218,11 @@ def write_tokenizer(gguf: Gguf, folder: Path) -> None:
     meta = gguf.meta
     tokens = list(meta["tokenizer.ggml.tokens"])
     merges = [tuple(merge.split(" ", 1)) for merge in meta["tokenizer.ggml.merges"]]
-    tokenizer = Tokenizer(BPE(vocab={token: i for i, token in enumerate(tokens)}, merges=merges, fuse_unk=False,
-                              byte_fallback=False))
+    try:
+        tokenizer = Tokenizer(BPE(vocab={token: i for i, token in enumerate(tokens)}, merges=merges, fuse_unk=False,
+                                  byte_fallback=False))
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a merge out of the vocabulary
+        raise GgufRefused(f"{gguf.path} has a tokenizer that cannot be rebuilt ({exc}); expected {EXPECTED}") from None
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
@@ -261,9 +266,9 @@ def write_folder(gguf: Gguf, dest: Path, precision: str, on_tensors: Callable[[i
     """One model folder, written under a temporary name and renamed when whole; its size in bytes."""
     import mlx.core as mx
 
-    weights = renamed(gguf)
-    quantization = quantization_entry(weights) if precision == "4bit" else None
     with writing(dest) as temp:
+        weights = renamed(gguf)
+        quantization = quantization_entry(gguf, weights) if precision == "4bit" else None
         tensors = converted(weights, precision, on_tensors)
         mx.save_safetensors(str(temp / "model.safetensors"), tensors, metadata={"format": "mlx"})
         (temp / "config.json").write_text(json.dumps(model_config(gguf, precision, quantization), indent=2))
