@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TERMINAL, InProcess, Server, base_env, in_process, shot
+from conftest import PROJECT_DIR, TERMINAL, InProcess, Server, base_env, in_process, shot
 from playwright.sync_api import Page, expect
 
 from app.contract.kinds import ORIGIN_FILE, SMOLLM2_FOLDER, SMOLLM2_FOLDER_4BIT, Smollm2Params, smollm2_gguf
@@ -61,7 +61,7 @@ def converted(smollm2_server: Server) -> dict[str, Any]:
     jobs = smollm2_server.get("/api/jobs?kind=smollm2")
     assert len(jobs) == 1
     job = smollm2_server.poll(f"/api/jobs/{jobs[0]['id']}", lambda j: j["status"] in TERMINAL, 300, "ended")
-    return {"job": job, "models_dir": smollm2_server.models_dir}
+    return {"job": job, "models_dir": smollm2_server.models_dir, "server": smollm2_server}
 
 
 @pytest.mark.real
@@ -86,10 +86,16 @@ def test_the_button_converts_both_folders_through_the_job_system(converted: dict
                                      "model.embed_tokens": {"group_size": 32, "bits": 8}}
     assert 500e6 < job["result"]["folders"][SMOLLM2_FOLDER]["size_bytes"] < 560e6
     assert 90e6 < job["result"]["folders"][SMOLLM2_FOLDER_4BIT]["size_bytes"] < 110e6
+    listed = converted["server"].request("GET", "/jobs")[2].decode()
+    assert "SmolLM2-135M-Instruct conversion" in listed and "smollm2-135m-instruct-4bit (4bit, 97.2 MB)" in listed
 
 
 PERPLEXITY = textwrap.dedent("""
     import json, math, sys
+    from app.contract.settings import Settings
+    from worker.blas import route_blas
+    settings = Settings()
+    route_blas(settings.compiled_cache_dir, settings.openblas, settings.blas_threads)  # as a worker computes
     import mlx.core as mx
     import mlx.nn as nn
     from mlx_lm import load
@@ -104,7 +110,7 @@ PERPLEXITY = textwrap.dedent("""
 @pytest.mark.real
 def test_the_float32_folder_reads_plain_english_well(converted: dict[str, Any]) -> None:
     folder = converted["models_dir"] / SMOLLM2_FOLDER
-    done = subprocess.run([sys.executable, "-c", PERPLEXITY, str(folder), PARAGRAPH], env=base_env(),
+    done = subprocess.run([sys.executable, "-c", PERPLEXITY, str(folder), PARAGRAPH], cwd=PROJECT_DIR, env=base_env(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
