@@ -222,8 +222,9 @@ def test_rename_and_notes(listing: InProcess, two_runs: Any) -> None:
     assert run["name"] == "alpha sweep" and run["notes"] == "from the row"
 
 
-def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared_server: Server) -> None:
-    config = {**SHORT_RUN, "name": "parent"}
+def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared_server: Server,
+                                                                          short_data: Path) -> None:
+    config = {**SHORT_RUN, "name": "parent", "data": str(short_data)}
     status, parent = shared_server.post("/api/runs", config)
     assert status == 201
     parent = shared_server.wait_terminal(parent["id"])
