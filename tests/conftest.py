@@ -343,6 +343,11 @@ def chromium_path() -> str:
     pytest.fail("no Chromium found: install Debian's chromium or set LORABOARD_CHROMIUM (make test does)")
 
 
+# Every page's settings: the window's size, and reduced motion (the dashboard then draws its live badges without
+# their pulse, which software rendering would repaint at every frame while a run is live: CPU, nothing tested).
+CONTEXT: dict[str, Any] = {"viewport": {"width": 1280, "height": 900}, "reduced_motion": "reduce"}
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
@@ -353,7 +358,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(**CONTEXT, accept_downloads=True)
     page = context.new_page()
     yield page
     context.close()
