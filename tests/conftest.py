@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from forked_serve import SERVE_EVENT, ForkedServe
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -102,7 +103,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SPAWNED] = spawned
 
     def note_popen(event: str, args: tuple[Any, ...]) -> None:
-        if event == "subprocess.Popen":
+        if event in ("subprocess.Popen", SERVE_EVENT):
             spawned.append([str(word) for word in args[1]])
 
     sys.addaudithook(note_popen)
@@ -135,7 +136,7 @@ class Server:
 
     root: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedServe | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. HF_HOME for a test's own model cache
 
     @property
@@ -165,11 +166,9 @@ class Server:
         ), **self.extra_env}
 
     def start(self) -> Server:
-        log = (self.root / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(self.port)],
-            cwd=PROJECT_DIR, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
+        """`python -m app serve --port PORT` in the project folder, its output in server.log (forked_serve: from a
+        process that has imported the dashboard already); returns once it answers."""
+        self.process = ForkedServe(["serve", "--port", str(self.port)], self.env(), self.root / "server.log")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -344,6 +343,11 @@ def chromium_path() -> str:
     pytest.fail("no Chromium found: install Debian's chromium or set LORABOARD_CHROMIUM (make test does)")
 
 
+# Every page's settings: the window's size, and reduced motion (the dashboard then draws its live badges without
+# their pulse, which software rendering would repaint at every frame while a run is live: CPU, nothing tested).
+CONTEXT: dict[str, Any] = {"viewport": {"width": 1280, "height": 900}, "reduced_motion": "reduce"}
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
@@ -354,7 +358,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(**CONTEXT, accept_downloads=True)
     page = context.new_page()
     yield page
     context.close()

@@ -50,8 +50,9 @@ def call(server: Server, what: str, method: str, path: str, body: Any = None) ->
     return send
 
 
-def training_run(server: Server, name: str, checkpoints: int = 0, **config: Any) -> int:
-    status, run = server.post("/api/runs", {**LONG_RUN, "name": name, **config})
+def training_run(server: Server, name: str, data: Path, checkpoints: int = 0, **config: Any) -> int:
+    """A run that trains on data until stopped; answers once it is past `checkpoints` checkpoints."""
+    status, run = server.post("/api/runs", {**LONG_RUN, "name": name, "data": str(data), **config})
     assert status == 201, run
     server.wait_for(run["id"], lambda r: r["status"] == "running" and r["iteration"] >= max(1, 5 * checkpoints),
                     what=f"training past {5 * checkpoints} iterations")
@@ -84,8 +85,8 @@ def assert_checkpoints_match_files(server: Server, run_id: int) -> int:
     return len(rows)
 
 
-def test_stop_twice_and_retune_while_it_ends(race_server: Server) -> None:
-    run_id = training_run(race_server, "stopped by everyone", checkpoints=1, steps_per_eval=5)
+def test_stop_twice_and_retune_while_it_ends(race_server: Server, short_data: Path) -> None:
+    run_id = training_run(race_server, "stopped by everyone", short_data, checkpoints=1, steps_per_eval=5)
     rule = {"early_stopping": {"patience": 3, "min_delta": 0.01}}
     results = at_once([
         call(race_server, "stop", "POST", f"/api/runs/{run_id}/stop"),
@@ -106,8 +107,8 @@ def test_stop_twice_and_retune_while_it_ends(race_server: Server) -> None:
     assert len(deployment) == 1  # keep_best: the best checkpoint is the deployment one, once
 
 
-def test_delete_while_stopping(race_server: Server) -> None:
-    run_id = training_run(race_server, "deleted while stopping", checkpoints=1)
+def test_delete_while_stopping(race_server: Server, short_data: Path) -> None:
+    run_id = training_run(race_server, "deleted while stopping", short_data, checkpoints=1)
 
     def delete_until_gone() -> tuple[str, int, Any]:
         """DELETE is refused (409) while the run is live; keep asking until it is deleted or gone."""
@@ -140,8 +141,8 @@ def test_delete_while_stopping(race_server: Server) -> None:
         assert db_rows(race_server, f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", run_id) == [(0,)], table
 
 
-def test_cancel_queue_while_runs_are_stopped_and_moved(race_server: Server) -> None:
-    training = training_run(race_server, "trains through the queue's turmoil")
+def test_cancel_queue_while_runs_are_stopped_and_moved(race_server: Server, short_data: Path) -> None:
+    training = training_run(race_server, "trains through the queue's turmoil", short_data)
     waiting = []
     for index in range(4):
         status, run = race_server.post("/api/runs", {**LONG_RUN, "name": f"waiting {index + 1}"})
@@ -172,10 +173,10 @@ def test_cancel_queue_while_runs_are_stopped_and_moved(race_server: Server) -> N
     assert race_server.wait_terminal(training)["status"] in TERMINAL
 
 
-def test_delete_races_edits_of_the_same_run(race_server: Server) -> None:
+def test_delete_races_edits_of_the_same_run(race_server: Server, short_data: Path) -> None:
     """Runs that ended before they started (cancelled from the queue) are deleted while other clients rename
     them, write their notes, stop them and read them: each of those answers 200/202 or 404, never a 5xx."""
-    training = training_run(race_server, "holds the only slot")
+    training = training_run(race_server, "holds the only slot", short_data)
     ended = []
     for index in range(8):
         status, run = race_server.post("/api/runs", {**LONG_RUN, "name": f"to delete {index + 1}"})

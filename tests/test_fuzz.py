@@ -38,11 +38,13 @@ STARTS_WORKERS = ("POST", "/api/runs")
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
-    """The dashboard with one short run that has ended with checkpoints, so that run 1 and its checkpoints exist."""
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path,
+                short_data: Path) -> Iterator[InProcess]:
+    """The dashboard with one short run (on the sample's examples cut short) that has ended with checkpoints, so
+    that run 1 and its checkpoints exist."""
     with in_process(tmp_path_factory.mktemp("fuzz")) as srv:
         status, run = srv.post("/api/runs", {**QUICK_RUN, "iters": 10, "save_every": 5, "steps_per_eval": 5,
-                                             "steps_per_report": 5})
+                                             "steps_per_report": 5, "data": str(short_data)})
         assert status == 201, run
         assert srv.wait_terminal(run["id"])["status"] == "completed"
         yield srv

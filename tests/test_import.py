@@ -18,7 +18,6 @@ import pytest
 from conftest import PROJECT_DIR, TERMINAL, Server, base_env, points, shot
 from playwright.sync_api import Page, expect
 
-SAMPLE = PROJECT_DIR / "data" / "contact-center"
 # The installed `mlx_lm lora` CLI, its matrix products routed to OpenBLAS as loraboard's workers do (seconds
 # instead of a minute on CPU); everything else is mlx_lm's own code and output.
 CLI = """
@@ -38,15 +37,16 @@ def sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Path:
-    """A 30-iteration run of the mlx_lm CLI: its adapters folder (relative --adapter-path) and its log."""
+def cli_run(tmp_path_factory: pytest.TempPathFactory, default_model: Path, short_data: Path) -> Path:
+    """A 30-iteration run of the mlx_lm CLI on the sample's examples cut short: its adapters folder (relative
+    --adapter-path) and its log."""
     work = tmp_path_factory.mktemp("mlx-cli")
     with (work / "train.log").open("wb") as log:
         subprocess.run(
             [sys.executable, "-c", CLI.format(project=str(PROJECT_DIR)), "--model", str(default_model),
-             "--data", str(SAMPLE), "--train", "--iters", "30", "--steps-per-report", "5", "--steps-per-eval", "10",
+             "--data", str(short_data), "--train", "--iters", "30", "--steps-per-report", "5", "--steps-per-eval", "10",
              "--save-every", "10", "--adapter-path", "adapters", "--batch-size", "4", "--num-layers", "2",
-             "--val-batches", "2", "--max-seq-length", "256"],
+             "--val-batches", "2", "--max-seq-length", "256", "--learning-rate", "1e-4"],
             cwd=work, env=base_env(), stdout=log, stderr=subprocess.STDOUT, check=True, timeout=300)
     return work
 
@@ -80,7 +80,7 @@ def test_a_run_of_the_mlx_lm_cli_imports_with_its_curves_and_checkpoints(shared_
     metrics = shared_server.get(f"/api/runs/{run_id}/metrics")
     assert [(p["iteration"], p["train_loss"], p["tokens_per_second"], p["trained_tokens"])
             for p in metrics["train"]] == train
-    assert all(p["learning_rate"] == 1e-5 for p in metrics["train"])  # the config's constant rate
+    assert all(p["learning_rate"] == 1e-4 for p in metrics["train"])  # the config's constant rate
     assert [(p["iteration"], p["val_loss"]) for p in metrics["val"]] == val
 
     checkpoints = shared_server.get(f"/api/runs/{run_id}/checkpoints")

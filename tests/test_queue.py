@@ -87,11 +87,11 @@ def queue_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) 
     srv.stop()
 
 
-def start_runs(server: Server, count: int, prefix: str) -> list[int]:
-    """One run that trains (it waits until it does) and count - 1 queued behind it."""
+def start_runs(server: Server, count: int, prefix: str, data: Path) -> list[int]:
+    """One run that trains (it waits until it does) and count - 1 queued behind it, on data."""
     ids = []
     for index in range(count):
-        status, run = server.post("/api/runs", {**LONG_RUN, "name": f"{prefix} {index + 1}"})
+        status, run = server.post("/api/runs", {**LONG_RUN, "name": f"{prefix} {index + 1}", "data": str(data)})
         assert status == 201, run
         ids.append(run["id"])
         if index == 0:
@@ -117,8 +117,8 @@ def stop_and_wait(server: Server, run_id: int) -> dict[str, Any]:
     return server.wait_terminal(run_id)
 
 
-def test_reorder_then_cancel_all(queue_server: Server) -> None:
-    first, *waiting = start_runs(queue_server, 5, "queued")
+def test_reorder_then_cancel_all(queue_server: Server, short_data: Path) -> None:
+    first, *waiting = start_runs(queue_server, 5, "queued", short_data)
     assert [status_of(queue_server, run_id) for run_id in waiting] == ["queued"] * 4
 
     # the last one goes to the top; another goes down one place; the API answers the queue's order
@@ -156,8 +156,8 @@ def test_reorder_then_cancel_all(queue_server: Server) -> None:
 
 
 @pytest.mark.browser
-def test_runs_list_queue_controls(queue_server: Server, page: Page) -> None:
-    first, *waiting = start_runs(queue_server, 4, "waiting")
+def test_runs_list_queue_controls(queue_server: Server, page: Page, short_data: Path) -> None:
+    first, *waiting = start_runs(queue_server, 4, "waiting", short_data)
     page.goto(queue_server.url + "/")
     queue = page.locator("#run-queue")
     expect(queue).to_be_visible()

@@ -201,7 +201,7 @@ def test_evaluation_rows_with_the_base_model() -> None:
 @pytest.fixture(scope="module")
 def report_run(shared_server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An early-stopped run with a checkpoint at every evaluation, a note with a pipe, and its token statistics."""
-    config = {**overfitting_run(tmp_path_factory.mktemp("report")), "save_every": 10, "name": RUN_NAME}
+    config = {**overfitting_run(tmp_path_factory.mktemp("report"), short=True), "save_every": 5, "name": RUN_NAME}
     status, run = shared_server.post("/api/runs", config)
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])

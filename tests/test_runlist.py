@@ -222,8 +222,9 @@ def test_rename_and_notes(listing: InProcess, two_runs: Any) -> None:
     assert run["name"] == "alpha sweep" and run["notes"] == "from the row"
 
 
-def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared_server: Server) -> None:
-    config = {**SHORT_RUN, "name": "parent"}
+def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared_server: Server,
+                                                                          short_data: Path) -> None:
+    config = {**SHORT_RUN, "name": "parent", "data": str(short_data)}
     status, parent = shared_server.post("/api/runs", config)
     assert status == 201
     parent = shared_server.wait_terminal(parent["id"])
@@ -264,9 +265,9 @@ def test_delete_removes_rows_and_folder_and_a_continued_run_still_renders(shared
     assert shared_server.get(f"/api/runs/{child['id']}")["status"] == "completed"
 
 
-def test_a_live_run_is_not_deleted(shared_server: Server) -> None:
+def test_a_live_run_is_not_deleted(shared_server: Server, short_data: Path) -> None:
     status, run = shared_server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "save_every": 100_000,
-                                                   "name": "long"})
+                                                   "name": "long", "data": str(short_data)})
     assert status == 201
     shared_server.wait_for(run["id"], lambda r: r["status"] == "running" and r["iteration"] >= 5, what="training")
     table = page(shared_server, "/?status=active")

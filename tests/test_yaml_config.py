@@ -158,9 +158,10 @@ def test_parse_api_and_export_api(shared_app_client: InProcess) -> None:
     assert status == 404
 
 
-def test_mlx_lm_cli_trains_from_an_exported_run(shared_server: Server, tmp_path: Path) -> None:
+def test_mlx_lm_cli_trains_from_an_exported_run(shared_server: Server, tmp_path: Path, short_data: Path) -> None:
     """A real run's exported YAML, with the length cut to 3 iterations, trains with `python -m mlx_lm lora -c`."""
-    config = {**QUICK_RUN, "iters": 10, "steps_per_eval": 5, "save_every": 5, "optimizer": "adamw",
+    config = {**QUICK_RUN, "data": str(short_data), "iters": 10, "steps_per_eval": 5, "save_every": 5,
+              "optimizer": "adamw",
               "optimizer_config": {"adamw": {"weight_decay": 0.02}},
               "lr_schedule": {"name": "cosine_decay", "arguments": [1e-3, 10], "warmup": 2},
               "lora_parameters": {"rank": 4, "scale": 10.0, "dropout": 0.0, "keys": ["self_attn.q_proj",
