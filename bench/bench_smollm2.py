@@ -1,6 +1,6 @@
 """Training throughput on the real model: SmolLM2-135M-Instruct in float32, loraboard's worker against plain mlx-lm.
 
-    .venv/bin/python bench/bench_smollm2.py [--iters 6] [--repeats 1] [--batch-size 2] [--max-seq-length 128]
+    .venv/bin/python bench/bench_smollm2.py [--iters 4] [--repeats 1] [--batch-size 2] [--max-seq-length 64]
     .venv/bin/python bench/bench_smollm2.py --smoke    # the tiny model, 3 iterations at batch 2, 1 round: checks
                                                        # its figures
 
@@ -51,14 +51,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=SMOLLM2, help="model folder (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="rounds; each runs both modes once")
-    parser.add_argument("--iters", type=int, default=6)
+    parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--num-layers", type=int, default=4, help="layers to adapt (-1: all)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--steps-per-report", type=int, default=2)
     parser.add_argument("--val-batches", type=int, default=1,
                         help="batches of the two validations every run still does (start and end)")
-    parser.add_argument("--max-seq-length", type=int, default=128,
+    parser.add_argument("--max-seq-length", type=int, default=64,
                         help="rows are cut to this many tokens: plain mlx-lm's reference-BLAS steps are slow")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one training process may take")
