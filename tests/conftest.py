@@ -54,6 +54,20 @@ def default_model() -> Path:
     return model
 
 
+SMOLLM2 = PROJECT_DIR / "data" / "models" / "smollm2-135m-instruct"  # and its 4-bit copy, SMOLLM2_4BIT
+SMOLLM2_4BIT = PROJECT_DIR / "data" / "models" / "smollm2-135m-instruct-4bit"
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct as `loraboard defaults` converts it: the float32 folder (its 4-bit copy, SMOLLM2_4BIT,
+    beside it). Either missing fails the test with what to run; nothing is skipped."""
+    for folder in (SMOLLM2, SMOLLM2_4BIT):
+        if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
+            pytest.fail(f"{folder} is missing or incomplete: run `loraboard defaults` first (it converts SmolLM2)")
+    return SMOLLM2
+
+
 # The fixtures that start a real server, a trained run or Chromium; a fixture whose return type names a server, a
 # browser or a page is one too (a module's own `srv`). Tests using any of them are `real`: `make test-fast` leaves
 # them out.

@@ -1,5 +1,5 @@
 """The new-run form in real headless Chromium: Advanced options, validation as you type, warnings, YAML import,
-clone, and a run started with advanced options that reports its test loss."""
+clone, presets, and a run started with advanced options that reports its test loss."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from conftest import QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Page, expect
 
 from app.contract.run_config import RunConfig
+from app.contract.settings import Settings
 from app.runs.form.fields import FORM_KEYS, form_values
+from app.runs.form.presets import REAL_MODEL_DEMO, preset_config
 
 pytestmark = pytest.mark.browser
 
@@ -223,3 +225,24 @@ def test_clone_prefills_every_field(shared_server: Server, page: Page, short_dat
     state = form_state(page)
     assert (state["resume_from.run_id"], state["resume_from.iteration"]) == (str(run["id"]), "6")
     assert state["optimizer_config"] == "momentum=0.9, nesterov=true" and state["epochs"] == ""
+
+
+def test_a_preset_fills_the_form_in_one_click(shared_server: Server, page: Page) -> None:
+    """The Real model demo preset: one click on its button fills every field with its settings (SmolLM2 under the
+    server's models folder, the sample data, LoRA on the last 4 blocks, the prompt masked, early stopping on)."""
+    page.goto(f"{shared_server.url}/runs/new")
+    preset = page.locator('#run-presets .preset[data-preset="real-model-demo"]')
+    expect(preset).to_contain_text("SmolLM2-135M-Instruct (float32)")
+    preset.locator("a.btn").click()
+    page.wait_for_url("**/runs/new?preset=real-model-demo")
+    expect(page.locator("#form-notice")).to_contain_text("The form holds the preset Real model demo")
+    settings = Settings(models_dir=shared_server.models_dir)
+    assert form_state(page) == form_values(preset_config(REAL_MODEL_DEMO, settings))
+    state = form_state(page)
+    assert state["model"] == str(shared_server.models_dir / "smollm2-135m-instruct")
+    assert state["mask_prompt"] is True and state["num_layers"] == "4" and state["fine_tune_type"] == "lora"
+    assert state["early_stopping.enabled"] is True and state["data"].endswith("contact-center")
+    shot(page, "new-run-09-preset")
+    page.goto(f"{shared_server.url}/runs/new?preset=no-such-preset")
+    expect(page.locator("#form-notice")).to_contain_text("There is no preset named 'no-such-preset'")
+    assert form_state(page)["model"].endswith("tiny-mistral")

@@ -2,9 +2,9 @@
 
 The base model is loaded with the checkpoint's `--adapter-path` folder
 (app/contract/paths.ensure_checkpoint_adapter_dir), every LoRA/DoRA linear is fused (`m.fuse(dequantize=...)`),
-optionally the model is dequantized, and the folder is written with mlx_lm.utils.save under a temporary name, then
-renamed and registered. A full fine-tuning checkpoint holds whole weights: loading them is the fuse. Progress: three
-steps (load, fuse, save).
+optionally the model is dequantized, and the folder is written with mlx_lm.utils.save under a temporary name (the
+base model's own tokenizer files copied over the ones it wrote), then renamed and registered. A full fine-tuning
+checkpoint holds whole weights: loading them is the fuse. Progress: three steps (load, fuse, save).
 """
 
 from __future__ import annotations
@@ -16,6 +16,25 @@ from app.contract.kinds import FuseParams
 from app.contract.paths import ensure_checkpoint_adapter_dir
 from worker.job import JobContext, JobInputError
 from worker.model_output import check_free, folder_bytes, peak_memory, register, writing
+
+# The tokenizer's own files: fusing changes weights only, so these stay as the base model has them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
+
+
+def keep_source_tokenizer(base: str, folder: Path) -> list[str]:
+    """Copy the base model's tokenizer files over those mlx_lm's save wrote, and return their names. The save
+    writes the tokenizer transformers rebuilt, which can differ from the original file (SmolLM2's tokenizer.json
+    loses its digit-splitting pre-tokenizer step), and the fused model must tokenize as its base does."""
+    import shutil
+
+    from mlx_lm.utils import hf_repo_to_path
+
+    source = Path(base) if Path(base).is_dir() else Path(hf_repo_to_path(base))
+    kept = [name for name in TOKENIZER_FILES if (source / name).is_file()]
+    for name in kept:
+        shutil.copyfile(source / name, folder / name)
+    return kept
 
 
 def run(ctx: JobContext[FuseParams]) -> dict[str, Any]:
@@ -51,6 +70,7 @@ def run(ctx: JobContext[FuseParams]) -> dict[str, Any]:
     ctx.detail = f"saving {dest.name}"
     with writing(dest) as temp:
         save(temp, base, model, tokenizer, config, donate_model=False)
+        keep_source_tokenizer(base, temp)
         ctx.check_stop()
     ctx.advance()
     quant = config.get("quantization") if isinstance(config.get("quantization"), dict) else {}

@@ -235,6 +235,23 @@ def vocabulary(folder: Path, tokenizer_model: str, n_vocab: int) -> tuple[list[b
     return tokens, scores, types
 
 
+def byte_level_flags(folder: Path) -> tuple[bool, bool]:
+    """(add_bos, add_space_prefix) of a byte-level BPE tokenizer.json, as its own encoder behaves: whether encoding
+    with special tokens puts a token before the text, and whether its ByteLevel step adds a leading space. Written
+    explicitly, since llama.cpp's default for a "gpt2" vocabulary is to add a BOS."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    plain = tok.encode("a", add_special_tokens=False).ids
+    special = tok.encode("a", add_special_tokens=True).ids
+    add_bos = len(special) > len(plain) and special[len(special) - len(plain):] == plain
+    data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    pre = data.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    add_space_prefix = any(step.get("type") == "ByteLevel" and step.get("add_prefix_space", False) for step in steps)
+    return add_bos, add_space_prefix
+
+
 def write_gguf(ctx: JobContext[GgufParams], folder: Path, path: Path, config: dict[str, Any], plan: list[Planned],
                weights: Weights, out_type: str, name: str) -> int:
     """Write the file tensor by tensor (each converted just before it is written); returns the vocab size."""
@@ -251,8 +268,12 @@ def write_gguf(ctx: JobContext[GgufParams], folder: Path, path: Path, config: di
     if tokenizer_model == "llama":
         writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=tokenizer_model == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer,
-                                                                                                      quiet=True)
+    special = gguf.SpecialVocab(folder, load_merges=tokenizer_model == "gpt2", n_vocab=len(tokens))
+    if tokenizer_model == "gpt2":
+        add_bos, add_space_prefix = byte_level_flags(folder)
+        special.add_special_token.setdefault("bos", add_bos)
+        writer.add_add_space_prefix(add_space_prefix)
+    special.add_to_gguf(writer, quiet=True)
     for entry in plan:
         if entry.qtype in ("F32", "F16"):
             dtype = np.float32 if entry.qtype == "F32" else np.float16

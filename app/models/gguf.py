@@ -38,6 +38,8 @@ QUANT_LIBRARY = "q4_k_m is made by llama.cpp's own quantizer: install llama-cpp-
 # The pre-tokenizer regex of Llama 3 style byte-level BPE (llama.cpp's "llama-bpe").
 LLAMA3_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                 "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+# SmolLM's pre-tokenizer (llama.cpp's "smollm"): each digit alone, then GPT-2's byte-level split with its regex.
+SMOLLM_STEPS = [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": True}]
 FreeSpace = Callable[[Path], int]
 
 
@@ -118,13 +120,26 @@ def tokenizer_kind(folder: Path) -> tuple[str, str]:
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt2", "gpt-2"
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if isinstance(steps, list) and [smollm_step(step) for step in steps] == SMOLLM_STEPS:
+        return "gpt2", "smollm"
     if steps:
         patterns = [(s.get("pattern") or {}).get("Regex") for s in steps if s.get("type") == "Split"]
         if patterns == [LLAMA3_REGEX]:
             return "gpt2", "llama-bpe"
     raise GgufRefused(422, ("path", "name"), f"{path.name}: its pre-tokenizer is not one llama.cpp is known to "
-                                             "reproduce (GPT-2 byte-level or Llama 3); the file would tokenize "
-                                             "differently")
+                                             "reproduce (GPT-2 byte-level, SmolLM or Llama 3); the file would "
+                                             "tokenize differently")
+
+
+def smollm_step(step: Any) -> dict[str, Any]:
+    """A pre-tokenizer step reduced to what tells SmolLM's apart: its type, and whether digits are split one by
+    one (Digits) or GPT-2's regex is applied without a prefix space (ByteLevel); anything else stays in, so it
+    cannot match."""
+    if not isinstance(step, dict):
+        return {"step": step}
+    if step.get("type") == "ByteLevel" and not step.get("add_prefix_space", False):
+        return {"type": "ByteLevel", "use_regex": step.get("use_regex", True)}
+    return dict(step)
 
 
 def weight_count(folder: Path) -> int:

@@ -32,6 +32,7 @@ from app.runs.form.fields import (
     grouped_specs,
     starting_config,
 )
+from app.runs.form.presets import find_preset, preset_choices, preset_config
 from app.runs.store.runs import queue_run
 from app.tables import Run
 
@@ -57,6 +58,7 @@ def form_context(
         "default_data": settings.default_dataset_dir,
         "model_choices": model_choices(settings, origins=origins(session)),
         "dataset_choices": dataset_choices(session, settings),
+        "presets": preset_choices(settings),
         "submitted": False,
         "notice": None,
         "yaml_text": "",
@@ -95,16 +97,29 @@ def source_values(source: Run, resume_iteration: int | None) -> tuple[dict[str, 
     return values, notice
 
 
+def preset_values(settings: Settings, key: str, fresh: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A preset's form values and the notice saying which it is (the fresh values when there is no such preset)."""
+    chosen = find_preset(key)
+    if chosen is None:
+        return fresh, f"There is no preset named {key!r}; the form shows the defaults."
+    return form_values(preset_config(chosen, settings)), (f"The form holds the preset {chosen.title}; change "
+                                                          "anything before Start.")
+
+
 @router.get("/runs/new", response_class=HTMLResponse)
 def new_run_form(
     request: Request, session: SessionDep, templates: TemplatesDep, settings: SettingsDep,
     from_run: int | None = bounded_query(None, "copy this run's settings"),
     resume_iteration: int | None = bounded_query(None, "continue from this checkpoint of from_run"),
     model: str | None = Query(None, max_length=4096, description="start from this model (the models page's link)"),
+    preset: str | None = Query(None, max_length=64, description="start from this preset (app/runs/form/presets.py)"),
 ) -> Response:
-    """The form: small defaults for the embedded model, or a copy of an earlier run (to clone or continue it)."""
+    """The form: small defaults for the embedded model, a preset, or a copy of an earlier run (to clone or
+    continue it)."""
     values = fresh_values(settings)
     notice = None
+    if preset is not None:
+        values, notice = preset_values(settings, preset, values)
     if from_run is not None:
         source = session.get(Run, from_run)
         if source is None:
