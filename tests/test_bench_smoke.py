@@ -52,6 +52,7 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "bench_eval",
     pytest.param("bench_bigrun", marks=pytest.mark.browser),
     "bench_gguf",
+    "bench_smollm2_convert",
     "gpu_profile",
     "bench_playground",
     "bench_memory",
