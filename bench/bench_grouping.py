@@ -21,6 +21,10 @@ as the worker trains) does everything, A/B in one run:
             and is validated after each: per epoch the difference at equal trained tokens (the same epoch) and at
             equal computed positions (the `length` curve, linear between its epochs' ends, at the positions
             `file_order` had computed by that epoch, or the other way round where those lie outside it).
+The `length` side pads as the worker does (each batch to its own longest row, rounded up to 8; --row-multiple 16,
+or 0 for mlx-lm's shapes cut to their longest batch) and may try other training: --chunk-batches N (sorted within
+random chunks of N batches), --lr-by-tokens (each step's learning rate times its trained tokens over the run's mean),
+--mean-loss (mlx-lm's mean loss instead of the token-weighted one).
 
 Prints Markdown tables and writes bench/results/bench_grouping.json (a smoke: bench_grouping-smoke.json).
 """
@@ -83,7 +87,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
                "--learning-rate", str(args.learning_rate), "--max-seq-length", str(args.max_seq_length),
                "--epochs", str(args.epochs),
-               "--share-lengths", *map(str, args.share_lengths), "--chunk-batches", str(args.chunk_batches)]
+               "--share-lengths", *map(str, args.share_lengths), "--chunk-batches", str(args.chunk_batches),
+               "--row-multiple", str(args.row_multiple), *(["--lr-by-tokens"] if args.lr_by_tokens else []),
+               *(["--mean-loss"] if args.mean_loss else [])]
         log = work / "child.log"
         child = run_child(cmd, openblas_env(), log, args.timeout)
         if child.returncode != 0 or not out.exists():
@@ -237,6 +243,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-batches", type=int, default=0,
                         help="the runs' `length` batches sorted within random chunks of this many batches, "
                         "Hugging Face's megabatches (default 0: the whole set sorted, as the worker does)")
+    parser.add_argument("--row-multiple", type=int, default=8,
+                        help="`length` batches each padded to their own longest row rounded up to this, as the "
+                        "worker does with 8 (0: mlx-lm's shapes cut to their longest batch, the earlier rule)")
+    parser.add_argument("--lr-by-tokens", action="store_true", help="`length` steps' learning rate scaled by the "
+                        "batch's trained tokens over the run's mean tokens per batch")
+    parser.add_argument("--mean-loss", action="store_true", help="`length` trains with mlx-lm's mean loss instead "
+                        "of the token-weighted one")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds the measuring process may take")
     parser.add_argument("--smoke", action="store_true", help="64-example set, 8 trained on at 128 tokens, one "
                         "seed, figures checked; results to bench_grouping-smoke.json")

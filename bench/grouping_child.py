@@ -17,6 +17,10 @@ starts from the base model with fresh LoRA weights and numpy's and MLX's generat
 each epoch the whole validation set is measured (grouped as the run's training batches, as the worker does; numpy's
 generator is put back after it, so the epochs' order does not depend on it).
 
+Options for the `length` side alone: --row-multiple (its batches' row lengths), --chunk-batches, --lr-by-tokens,
+--mean-loss (bench/bench_grouping.py lists them); --groupings leaves a grouping out (file order's runs are
+deterministic, so a comparison of `length` variants may run it once).
+
 Writes JSON: the set's token lengths; the whole set's share per max_seq_length, padding and grouping; per run its
 seed, grouping, useful-token share, trained tokens, wall time of the training, tokens/s and validation loss
 at the end, and per epoch the validation loss, positions computed, trained tokens and wall time so far. Run it
@@ -105,7 +109,26 @@ def epoch_batches(dataset: CacheDataset, grouping: str, batch_size: int, max_seq
     """One epoch of batches as the worker makes them (worker/train.py's StepHooks.iterate_batches)."""
     kwargs = {"dataset": grouped(dataset, grouping), "batch_size": batch_size, "max_seq_length": max_seq_length,
               "loop": loop}
-    return padded_batches(trainer.iterate_batches(**kwargs), kwargs, batch_padding, len(dataset) // batch_size)
+    return padded_batches(trainer.iterate_batches(**kwargs), kwargs, batch_padding, len(dataset) // batch_size,
+                          grouping)
+
+
+def rows_of(args: argparse.Namespace, grouping: str) -> str:
+    """How a run's batches are padded: the batch_grouping given to padded_batches (--row-multiple 0: `length` keeps
+    mlx-lm's shapes, each cut to its longest batch, as file order does)."""
+    return grouping if args.row_multiple else "file_order"
+
+
+def by_tokens(batches: Any, optimizer: Any, learning_rate: float, per_batch: float) -> Any:
+    """The batches, the optimizer's learning rate set before each to `learning_rate` times its trained tokens (as
+    mlx-lm's loss mask counts them) over `per_batch`, the run's mean."""
+    for batch in batches:
+        _tokens, lengths = batch
+        rows = np.array(lengths)
+        trained = int(np.maximum(np.minimum(rows[:, 1], batch[0].shape[1] - 1) - np.maximum(rows[:, 0], 1) + 1,
+                                 0).sum())
+        optimizer.learning_rate = learning_rate * trained / per_batch
+        yield batch
 
 
 def epoch_share(dataset: CacheDataset, grouping: str, batch_size: int, max_seq_length: int,
@@ -136,10 +159,17 @@ def one_run(args: argparse.Namespace, train_set: CacheDataset, valid_set: CacheD
         return float(trainer.evaluate(model=model, dataset=grouped(valid_set, grouping), batch_size=args.batch_size,
                                       num_batches=-1, max_seq_length=args.max_seq_length))
 
+    optimizer = make_optimizer(config)
+
     def iterate_batches(**kwargs: Any) -> Any:
         kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], grouping, chunk, seed)}
-        batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, config.batch_padding, steps)
-        return counted(batches, useful) if kwargs.get("loop") else batches
+        batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, config.batch_padding, steps,
+                                 rows_of(args, grouping), args.row_multiple or 8)
+        if not kwargs.get("loop"):
+            return batches
+        if args.lr_by_tokens and per_batch is not None:
+            batches = by_tokens(batches, optimizer, args.learning_rate, per_batch)
+        return counted(batches, useful)
 
     training = trainer.TrainingArgs(
         batch_size=args.batch_size, iters=steps * args.epochs, val_batches=0, steps_per_report=steps,
@@ -148,11 +178,14 @@ def one_run(args: argparse.Namespace, train_set: CacheDataset, valid_set: CacheD
         adapter_file=str(Path(args.work) / f"adapters-{seed}-{grouping}.safetensors"))
     started = time.perf_counter()  # the loss as the worker's (token-weighted for `length`), its constant timed too
     trained = Trained(validation_loss, useful, started, steps * args.epochs)
-    loss, _per_batch = training_loss(train_set, grouping, args.batch_size, args.max_seq_length)
+    loss, per_batch = training_loss(train_set, grouping, args.batch_size, args.max_seq_length)
     if chunk and grouping == "length":  # the constant of the chunked batches (the same set less a different rest)
         sorted_set = grouped(train_set, grouping, chunk, seed)
-        loss = token_weighted_loss(tokens_per_batch(batching_rows(sorted_set), args.batch_size, args.max_seq_length))
-    trainer.train(model=model, optimizer=make_optimizer(config), train_dataset=train_set, val_dataset=None,
+        per_batch = tokens_per_batch(batching_rows(sorted_set), args.batch_size, args.max_seq_length)
+        loss = token_weighted_loss(per_batch)
+    if args.mean_loss:  # mlx-lm's own mean loss on both sides (the constant still scales --lr-by-tokens)
+        loss = trainer.default_loss
+    trainer.train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None,
                   args=training, loss=loss, iterate_batches=iterate_batches, training_callback=trained)
     wall_s = time.perf_counter() - started - trained.eval_s
     val_loss = validation_loss()
@@ -180,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, required=True)
     parser.add_argument("--chunk-batches", type=int, default=0, help="`length` sorts within random chunks of this "
                         "many batches (0: the whole set)")
+    parser.add_argument("--row-multiple", type=int, default=8, help="`length` batches each padded to their own "
+                        "longest row rounded up to this (0: mlx-lm's shapes cut to their longest batch)")
+    parser.add_argument("--lr-by-tokens", action="store_true", help="`length` steps' learning rate scaled by the "
+                        "batch's trained tokens over the run's mean")
+    parser.add_argument("--mean-loss", action="store_true", help="`length` trains with mlx-lm's mean loss, not the "
+                        "token-weighted one")
+    parser.add_argument("--groupings", nargs="+", default=["file_order", "length"],
+                        help="the groupings trained (file order's runs are deterministic: one may leave them out)")
     parser.add_argument("--share-lengths", type=int, nargs="*", default=[],
                         help="other max_seq_lengths at which to count the whole set's share (no training)")
     args = parser.parse_args(argv)
@@ -201,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for number, seed in enumerate(args.seeds):  # the order alternates, so neither grouping always runs first
         for grouping in (("file_order", "length") if number % 2 == 0 else ("length", "file_order")):
+            if grouping not in args.groupings:
+                continue
             runs.append(one_run(args, train_set, valid_set, seed, grouping))
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     args.out.write_text(json.dumps({"lengths": lengths, "shares": shares, "runs": runs,

@@ -9,7 +9,13 @@ from conftest import PROJECT_DIR
 
 from app.contract.run_config import RunConfig
 from app.runs.configs.yaml_config import export_yaml, parse_yaml_config
-from worker.batch_padding import batch_longest, mlx_lm_row_length, tight_applies, tight_row_lengths
+from worker.batch_padding import (
+    batch_longest,
+    grouped_row_length,
+    mlx_lm_row_length,
+    tight_applies,
+    tight_row_lengths,
+)
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 
@@ -30,6 +36,18 @@ def test_one_tight_length_per_mlx_lm_shape_never_longer_and_always_enough() -> N
     assert table[33] == 33  # 30 and 31 share mlx-lm's 33: 31 tokens need 30 positions, rounded up to 32, plus one
     assert table[65] == 65 and table[97] == 65  # 64 tokens: mlx-lm's 65, 63 positions; 65: mlx-lm's 97, 64 positions
     assert table[2048] == 2048  # truncated rows keep the cap
+
+
+def test_a_grouped_batch_gets_its_own_row_length_never_longer_than_mlx_lm() -> None:
+    # 294 tokens: mlx-lm's 321 (the next 32 past 294, plus one); 293 positions needed, 296 the next 8, plus one
+    assert grouped_row_length(mlx_lm_row_length(294, 512), 294) == 297
+    assert grouped_row_length(mlx_lm_row_length(294, 512), 294, multiple=16) == 305
+    assert grouped_row_length(mlx_lm_row_length(289, 512), 289) == 289  # 288 positions: a multiple of 8 already
+    assert grouped_row_length(mlx_lm_row_length(700, 512), 512) == 512  # truncated rows keep the cap
+    for longest in range(1, 600):
+        width = mlx_lm_row_length(longest, 512)
+        own = grouped_row_length(width, min(longest, 512))
+        assert min(longest, 512) <= own <= width and (own == 512 or (own - 1) % 8 == 0)
 
 
 def test_batch_longest_follows_mlx_lm_cuts_and_rank_shares() -> None:
@@ -93,3 +111,11 @@ def test_mlx_lm_batches_of_the_sample_set_are_cut_to_their_need_and_the_loss_is_
         cut_loss, cut_count = default_loss(model, cut, lengths)
         assert count.item() == cut_count.item()
         assert abs(loss.item() - cut_loss.item()) < 1e-5
+
+    np.random.seed(0)  # grouped by length: every batch cut to its own longest row, rounded up to 8
+    own = list(padded_batches(iterate_batches(**kwargs), kwargs, "tight", epoch, "length"))
+    for (tokens, lengths), (cut, cut_lengths), (table_cut, _) in zip(plain, own, tight, strict=True):
+        longest = max(int(n) for _, n in lengths.tolist())
+        assert cut.shape[1] == grouped_row_length(tokens.shape[1], longest) <= table_cut.shape[1]
+        assert mx.array_equal(cut, tokens[:, :cut.shape[1]]).item() and mx.array_equal(cut_lengths, lengths).item()
+    assert sum(t.shape[1] for t, _ in own) < sum(t.shape[1] for t, _ in tight)

@@ -30,8 +30,8 @@ def counts_of(lengths: list[int]) -> list[list[int]]:
     return [[length, tally[length]] for length in sorted(tally)]
 
 
-def worker_epoch(lengths_in_file: list[int], batch_size: int, max_seq_length: int, padding: str, steps: int
-                 ) -> tuple[int, int]:
+def worker_epoch(lengths_in_file: list[int], batch_size: int, max_seq_length: int, padding: str, steps: int,
+                 grouping: str = "length") -> tuple[int, int]:
     """(tokens, positions) of one epoch as the worker's training iterator counts them: mlx-lm's iterate_batches over
     a dataset it sorts by token count (what LengthSorted gives it), padded as asked, counted by UsefulTokens."""
     from mlx_lm.tuner import trainer
@@ -42,7 +42,8 @@ def worker_epoch(lengths_in_file: list[int], batch_size: int, max_seq_length: in
     dataset = [(list(range(1, length + 1)), 0) for length in lengths_in_file]
     kwargs = {"dataset": dataset, "batch_size": batch_size, "max_seq_length": max_seq_length}
     useful = UsefulTokens()
-    for _batch in counted(padded_batches(trainer.iterate_batches(**kwargs), kwargs, padding, steps), useful):
+    for _batch in counted(padded_batches(trainer.iterate_batches(**kwargs), kwargs, padding, steps, grouping),
+                          useful):
         pass
     return useful.tokens, useful.positions
 
@@ -54,6 +55,19 @@ def test_length_grouping_counts_what_the_worker_counts(padding: str, max_seq_len
     tokens, positions = worker_epoch(lengths, 4, max_seq_length, padding, steps=10_000)
     epoch = epoch_batches(counts_of(lengths), 4, max_seq_length, "length", tight=padding == "tight")
     assert (epoch.tokens, epoch.positions) == (tokens, positions)
+
+
+@pytest.mark.parametrize(("padding", "max_seq_length"), [("mlx_lm", 512), ("tight", 512), ("tight", 300)])
+def test_spread_lengths_grouped_count_what_the_worker_counts(padding: str, max_seq_length: int) -> None:
+    # lengths of every value, so batches that share one of mlx-lm's shapes have different longest rows: grouped,
+    # tight padding cuts each batch to its own, and the estimate must too
+    lengths = [round(value) for value in (random.Random(7 + i).lognormvariate(5.6, 0.45) for i in range(600))]
+    tokens, positions = worker_epoch(lengths, 4, max_seq_length, padding, steps=10_000)
+    epoch = epoch_batches(counts_of(lengths), 4, max_seq_length, "length", tight=padding == "tight")
+    assert (epoch.tokens, epoch.positions) == (tokens, positions)
+    if padding == "tight":  # each batch its own length: more useful than mlx-lm's shapes cut to their longest batch
+        table_tokens, table_positions = worker_epoch(lengths, 4, max_seq_length, padding, 10_000, "file_order")
+        assert tokens == table_tokens and positions < table_positions
 
 
 def test_file_order_is_the_mean_of_shuffled_orders_cut_as_the_worker_cuts() -> None:

@@ -10,6 +10,13 @@ up to a multiple of 8 (1,161 for the rows above). The batches are known before t
 into fixed groups once, then shuffles their order), so each shape's longest row is too. The number of shapes stays
 mlx-lm's, each is at most mlx-lm's length, and the padded tail is masked out of the loss as before. A run shorter
 than one pass over its training set keeps mlx-lm's padding (tight_applies).
+
+A length-grouped run (`batch_grouping: length`) goes further: each batch gets its own row length, one plus its own
+longest row's positions rounded up to 8 (`grouped_row_length`). Its batches are rows of like length sorted over the
+whole set, so the top of mlx-lm's 32-token shape is a whole shape's worth of padding for most of them (about 17
+positions a row of 294 at 512 tokens); with its own length a batch pads only to the next 8. That makes up to four
+times as many shapes to compile, each once (bench/README.md measures what it costs). File order keeps the table of
+mlx-lm's shapes above: its batches' longest rows are of every length, so per-batch shapes would save little there.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 
 MLX_LM_PAD_TO = 32  # mlx-lm's iterate_batches: rows padded to one plus a multiple of this
 TIGHT_MULTIPLE = 8  # positions per row rounded up to this (matrix units work in tiles of 8 or 16)
+GROUPED_MULTIPLE = 8  # a length-grouped batch's positions per row rounded up to this, batch by batch
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -55,6 +63,12 @@ def tight_row_lengths(longest_per_batch: Iterable[int], max_seq_length: int) -> 
     return {shape: min(shape, 1 + round_up(longest - 1, TIGHT_MULTIPLE)) for shape, longest in needed.items()}
 
 
+def grouped_row_length(width: int, longest: int, multiple: int = GROUPED_MULTIPLE) -> int:
+    """The row length of a length-grouped batch that mlx-lm made `width` wide and whose longest row (as truncated)
+    has `longest` tokens: one plus that row's positions rounded up to `multiple`, never longer than mlx-lm's."""
+    return min(width, 1 + round_up(longest - 1, multiple))
+
+
 def example_lengths(dataset: Any) -> list[int]:
     """Each example's token count, in the order mlx-lm's iterate_batches cuts batches from: sorted by its own
     length measure (for a CacheDataset, the raw record's length, which leaves most sets in file order)."""
@@ -65,11 +79,12 @@ def example_lengths(dataset: Any) -> list[int]:
     return [len(dataset[i][0]) for i in order]
 
 
-def tightened(batches: Iterable[tuple[mx.array, mx.array]], row_length: Callable[[int], int]
+def tightened(batches: Iterable[tuple[mx.array, mx.array]], row_length: Callable[[int, int], int]
               ) -> Iterator[tuple[mx.array, mx.array]]:
-    """mlx-lm's (tokens, lengths) batches with each row cut to `row_length(its current length)`."""
+    """mlx-lm's (tokens, lengths) batches with each row cut to `row_length(its current length, the batch's longest
+    row)`."""
     for tokens, lengths in batches:
-        width = row_length(tokens.shape[1])
+        width = row_length(tokens.shape[1], int(np.array(lengths)[:, 1].max()))
         # a fresh contiguous array (a host copy of a few thousand ids), not a strided view, goes to the step
         yield (mx.array(np.array(tokens)[:, :width]) if width < tokens.shape[1] else tokens), lengths
 
@@ -82,12 +97,16 @@ def tight_applies(batch_padding: str, steps: int, batch_size: int, examples: int
 
 
 def padded_batches(batches: Iterable[tuple[mx.array, mx.array]], kwargs: dict[str, Any], batch_padding: str,
-                   steps: int) -> Iterable[tuple[mx.array, mx.array]]:
+                   steps: int, batch_grouping: str = "file_order", multiple: int = GROUPED_MULTIPLE
+                   ) -> Iterable[tuple[mx.array, mx.array]]:
     """The batches mlx-lm's iterate_batches(**kwargs) makes for a run of `steps` steps, padded as the run's
-    batch_padding asks."""
+    batch_padding asks: tight, each batch its own row length when grouped by length (rounded up to `multiple`),
+    else each of mlx-lm's shapes cut to its longest batch."""
     if not tight_applies(batch_padding, steps, kwargs["batch_size"], len(kwargs["dataset"])):
         return batches
+    if batch_grouping == "length":
+        return tightened(batches, lambda width, longest: grouped_row_length(width, longest, multiple))
     lengths = example_lengths(kwargs["dataset"])
     ranks = kwargs["comm_group"].size() if kwargs.get("comm_group") is not None else 1
     table = tight_row_lengths(batch_longest(lengths, kwargs["batch_size"], ranks), kwargs["max_seq_length"])
-    return tightened(batches, lambda width: table.get(width, width))
+    return tightened(batches, lambda width, _longest: table.get(width, width))

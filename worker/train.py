@@ -228,7 +228,8 @@ class StepHooks:
         stepped_at: float | None = None
         steps = self.config.iters - self.start_iteration
         kwargs = {**kwargs, "dataset": grouped(kwargs["dataset"], self.config.batch_grouping)}
-        batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding, steps)
+        batches = padded_batches(trainer.iterate_batches(**kwargs), kwargs, self.config.batch_padding, steps,
+                                 self.config.batch_grouping)
         if kwargs.get("loop"):
             batches = counted(batches, self.useful)
         for batch in batches:

@@ -236,8 +236,9 @@ class RunConfig(BaseModel):
     max_seq_length: int = Field(2048, ge=8, le=1_000_000, description="Longer examples are truncated to this.")
     batch_padding: Literal["tight", "mlx_lm"] = Field(
         "tight", description="tight pads a batch's rows to what the longest batch of its shape needs (rounded up "
-        "to 8 tokens): mlx_lm's shapes, less padding; a run shorter than one epoch keeps mlx_lm's. mlx_lm pads to "
-        "the next multiple of 32 (loraboard's own key).",
+        "to 8 tokens): mlx_lm's shapes, less padding; grouped by length, each batch to its own longest row (rounded "
+        "up to 8 tokens: more shapes, each compiled once). A run shorter than one epoch keeps mlx_lm's. mlx_lm pads "
+        "to the next multiple of 32 (loraboard's own key).",
     )
     batch_grouping: Literal["length", "file_order"] = Field(
         "length", description="length cuts the training set into batches of examples of similar token length "

@@ -6,7 +6,8 @@ multiple of 32 tokens, at most `max_seq_length`; longer rows are truncated to it
 order is by token count (worker/length_grouping.py); with `file_order` it is the file's, which token statistics do
 not keep, so the estimate takes the mean over a few seeded shuffles of the lengths. `batch_padding: tight` cuts each
 of mlx-lm's row lengths to what its longest batch needs, rounded up to 8 (worker/batch_padding.py), when the run
-reads every example at least once.
+reads every example at least once; grouped by length, each batch is cut to what its own longest row needs, rounded
+up to 8.
 
 The worker counts a batch's useful tokens as its rows' lengths (at most the width) and its positions as rows times
 width (worker/length_grouping.py `UsefulTokens`); these functions count the same.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 MLX_LM_PAD_TO = 32  # as worker/batch_padding.py: mlx-lm pads rows to one plus a multiple of this
 TIGHT_MULTIPLE = 8  # tight padding rounds positions up to this
+GROUPED_MULTIPLE = 8  # as worker/batch_padding.py: a length-grouped batch's own positions rounded up to this
 FILE_ORDER_SHUFFLES = 5  # file order is unknown: the mean over this many seeded shuffles
 LengthCounts = list[list[int]]  # [[length, count], ...] as token statistics give them
 
@@ -69,8 +71,10 @@ def tight_applies(batch_padding: str, steps: int, batch_size: int, examples: int
     return batch_padding == "tight" and steps * batch_size >= examples
 
 
-def cut(lengths_in_order: Sequence[int], batch_size: int, max_seq_length: int, tight: bool) -> EpochBatches:
-    """The batches of one epoch over examples of these lengths in batching order."""
+def cut(lengths_in_order: Sequence[int], batch_size: int, max_seq_length: int, tight: bool,
+        per_batch: bool = False) -> EpochBatches:
+    """The batches of one epoch over examples of these lengths in batching order (`per_batch`: tight padding gives
+    each batch its own row length, as for a length-grouped run)."""
     batches = [lengths_in_order[start:start + batch_size]
                for start in range(0, len(lengths_in_order) - batch_size + 1, batch_size)]
     longest = [max(batch) for batch in batches]
@@ -78,7 +82,8 @@ def cut(lengths_in_order: Sequence[int], batch_size: int, max_seq_length: int, t
     tokens = positions = 0
     for batch, top in zip(batches, longest, strict=True):
         width = mlx_lm_width(top, max_seq_length)
-        width = table.get(width, width)
+        width = min(width, 1 + round_up(min(top, max_seq_length) - 1, GROUPED_MULTIPLE)) if tight and per_batch \
+            else table.get(width, width)
         tokens += sum(min(length, width) for length in batch)
         positions += width * len(batch)
     return EpochBatches(len(batches), tokens, positions)
@@ -89,7 +94,7 @@ def epoch_batches(counts: LengthCounts, batch_size: int, max_seq_length: int, gr
     """One epoch over a split of these lengths: sorted when grouped by length, else the mean of seeded shuffles."""
     lengths = expand(counts)
     if grouping == "length":
-        return cut(lengths, batch_size, max_seq_length, tight)
+        return cut(lengths, batch_size, max_seq_length, tight, per_batch=True)
     runs = []
     for seed in range(FILE_ORDER_SHUFFLES):
         order = list(lengths)
