@@ -8,11 +8,13 @@ job's own function (worker/smollm2.convert_smollm2), once for each precision the
 the 4-bit QLoRA base); the median wall time and the folder sizes are reported. Then each of `--prompts` chat prompts
 (the converted tokenizer's chat template, generation prompt added) is answered greedily for `--tokens` tokens by
 llama.cpp (llama-cpp-python, CPU) from the original GGUF and by mlx_lm from the float32 folder (and with
-`--with-4bit` the 4-bit one), from the same prompt ids. The table gives the leading tokens that agree, and whether
-llama.cpp tokenizes the prompt text to the same ids as the converted tokenizer. llama.cpp computes Q4_1 products on
-8-bit quantized activations, so the float32 folder (and MLX's 4-bit product) may part from it after a near tie.
-Nothing is asserted; results go to bench/results/bench_smollm2_convert.json. Without llama-cpp-python (`pip install
-'loraboard[gguf-quant]'`) only the conversion is measured.
+`--with-4bit` the 4-bit one), from the same prompt ids. The table gives the leading tokens that agree; then, with
+the folder's model fed llama.cpp's own continuation, at how many of its positions the model's most likely token is
+llama.cpp's, and the largest logit gap by which llama.cpp's token is behind where it is not (a near tie is a small
+gap); and whether llama.cpp tokenizes the prompt text to the same ids as the converted tokenizer. llama.cpp computes
+Q4_1 products on 8-bit quantized activations, so the float32 folder (and MLX's 4-bit product) may part from it after
+a near tie. Nothing is asserted; results go to bench/results/bench_smollm2_convert.json. Without llama-cpp-python
+(`pip install 'loraboard[gguf-quant]'`) only the conversion is measured.
 """
 
 from __future__ import annotations
@@ -85,6 +87,19 @@ def mlx_greedy(folder: Path, ids: list[int], n: int) -> list[int]:
     return out
 
 
+def teacher_forced(folder: Path, ids: list[int], continuation: list[int]) -> dict[str, Any]:
+    """The folder's model fed the prompt and llama.cpp's own continuation: at each of its positions, whether the
+    model's most likely token is llama.cpp's, and where not, how far (in logits) llama.cpp's token is behind."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    model, _ = load(str(folder))
+    logits = model(mx.array([ids + continuation[:-1]]))[0, len(ids) - 1:].astype(mx.float32)
+    top = mx.argmax(logits, axis=-1).tolist()
+    gaps = [float(logits[i, top[i]] - logits[i, token]) for i, token in enumerate(continuation) if top[i] != token]
+    return {"agree": sum(1 for i, token in enumerate(continuation) if top[i] == token), "gaps": gaps}
+
+
 def greedy_rows(gguf: Path, folders: dict[str, Path], prompts: list[str], n: int) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -101,6 +116,7 @@ def greedy_rows(gguf: Path, folders: dict[str, Path], prompts: list[str], n: int
             tokens = mlx_greedy(folder, ids, n)
             row[f"{name}_tokens"] = tokens
             row[f"{name}_agree"] = leading_agreement(tokens, llama["tokens"])
+            row[f"{name}_forced"] = teacher_forced(folder, ids, llama["tokens"])
         rows.append(row)
     return rows
 
@@ -142,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             folders["4bit"] = models / SMOLLM2_FOLDER_4BIT
         rows = greedy_rows(gguf, folders, PROMPTS[: args.prompts], args.tokens)
         lines += ["", markdown_table(
-            ["prompt", "tokens", "same prompt ids", *(f"{name} agree" for name in folders)],
+            ["prompt", "tokens", "same prompt ids",
+             *(f"{name}: {what}" for name in folders for what in ("leading tokens equal", "equal when fed "
+                                                                  "llama.cpp's tokens", "largest logit gap"))],
             [[r["prompt"][:48], str(args.tokens), "yes" if r["same_prompt_ids"] else "no",
-              *(str(r[f"{name}_agree"]) for name in folders)] for r in rows])]
+              *(value for name in folders for value in (
+                  str(r[f"{name}_agree"]), str(r[f"{name}_forced"]["agree"]),
+                  f"{max(r[f'{name}_forced']['gaps'], default=0.0):.3f}"))] for r in rows])]
     else:
         lines.append("llama-cpp-python is not installed: greedy tokens not compared")
     table = "\n".join(lines)
