@@ -85,9 +85,11 @@ def test_the_button_converts_both_folders_through_the_job_system(converted: dict
     assert quant["quantization"] == {"group_size": 32, "bits": 4,
                                      "model.embed_tokens": {"group_size": 32, "bits": 8}}
     assert 500e6 < job["result"]["folders"][SMOLLM2_FOLDER]["size_bytes"] < 560e6
-    assert 90e6 < job["result"]["folders"][SMOLLM2_FOLDER_4BIT]["size_bytes"] < 110e6
+    # a CPU: the 4-bit copy computes in float32 too (its scales, biases and norms; float16 made it ~30x slower)
+    assert quant["torch_dtype"] == "float32"
+    assert 110e6 < job["result"]["folders"][SMOLLM2_FOLDER_4BIT]["size_bytes"] < 130e6
     listed = converted["server"].request("GET", "/jobs")[2].decode()
-    assert "SmolLM2-135M-Instruct conversion" in listed and "smollm2-135m-instruct-4bit (4bit, 97.2 MB)" in listed
+    assert "SmolLM2-135M-Instruct conversion" in listed and "smollm2-135m-instruct-4bit (4bit, 113.3 MB)" in listed
 
 
 PERPLEXITY = textwrap.dedent("""

@@ -8,7 +8,8 @@ projections is undone (`unpermute`), and then:
 - SMOLLM2_FOLDER holds the weights dequantized to the backend's precision (float32 on a CPU, bfloat16 on Metal and
   CUDA): the model LoRA trains on;
 - SMOLLM2_FOLDER_4BIT keeps MLX's quantized arrays as they are, with a per-layer `quantization` entry in
-  config.json: the QLoRA base.
+  config.json: the QLoRA base. Its scales, biases and norms are float32 beside a float32 full copy, so that a CPU
+  computes in float32 (`quantized_floats`), and float16 on Metal and CUDA.
 
 Both get config.json from the GGUF's llama.* keys, tokenizer.json (byte-level BPE with SmolLM2's one-digit
 pre-tokenizer) built with the `tokenizers` library, tokenizer_config.json with the GGUF's chat template, and
@@ -87,6 +88,13 @@ def backend_precision() -> str:
     return "bfloat16" if mx.metal.is_available() or mx.cuda.is_available() else "float32"
 
 
+def quantized_floats(precision: str) -> str:
+    """The 4-bit copy's dtype for its scales, biases and norms, and so for the activations it computes: float32
+    beside a float32 full copy (a CPU: a float16 model's products skip the BLAS and its 4-bit forward pass was
+    about 30 times slower), float16 on Metal and CUDA, as the GGUF stores the scales."""
+    return "float32" if precision == "float32" else "float16"
+
+
 def hf_name(gguf: Path, name: str) -> str:
     """The Hugging Face name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight")."""
     parts = name.split(".")
@@ -149,10 +157,11 @@ def quantized_bits(weights: dict[str, Any]) -> dict[str, int]:
     return bits
 
 
-def converted(weights: dict[str, Any], precision: str, on_tensors: Callable[[int], None]) -> dict[str, Any]:
+def converted(weights: dict[str, Any], precision: str, on_tensors: Callable[[int], None],
+              floats: str = "float16") -> dict[str, Any]:
     """The tensors a folder stores, each computed in turn (on_tensors(GGUF tensors done) after each): in
-    `precision` with the quantized ones dequantized, or for "4bit" the quantized arrays as they are (float32
-    norms as float16)."""
+    `precision` with the quantized ones dequantized, or for "4bit" the packed arrays as they are and every other
+    tensor (scales, biases, norms) in `floats`, the dtype the model then computes in."""
     import mlx.core as mx
 
     bits = quantized_bits(weights)
@@ -161,7 +170,7 @@ def converted(weights: dict[str, Any], precision: str, on_tensors: Callable[[int
     for key, value in weights.items():
         module, _, part = key.rpartition(".")
         if precision == "4bit":
-            out[key] = value.astype(mx.float16) if value.dtype == mx.float32 else value
+            out[key] = value if value.dtype == mx.uint32 else value.astype(getattr(mx, floats))
         elif module in bits and part in parts[1:]:
             continue  # dequantized with its weight
         elif module in bits:
@@ -201,7 +210,7 @@ def model_config(gguf: Gguf, precision: str, quantization: dict[str, Any] | None
         "tie_word_embeddings": "output.weight" not in gguf.weights,
         "bos_token_id": number("tokenizer.ggml.bos_token_id"), "eos_token_id": number("tokenizer.ggml.eos_token_id"),
         "pad_token_id": number("tokenizer.ggml.padding_token_id"),
-        "torch_dtype": "float16" if quantization else precision,
+        "torch_dtype": precision,
     }
     if quantization:
         config["quantization"] = quantization
@@ -262,16 +271,19 @@ def origin(gguf: Path, precision: str) -> dict[str, Any]:
             "converted_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
-def write_folder(gguf: Gguf, dest: Path, precision: str, on_tensors: Callable[[int], None]) -> int:
-    """One model folder, written under a temporary name and renamed when whole; its size in bytes."""
+def write_folder(gguf: Gguf, dest: Path, precision: str, on_tensors: Callable[[int], None],
+                 floats: str = "float16") -> int:
+    """One model folder, written under a temporary name and renamed when whole; its size in bytes. `floats`: the
+    4-bit copy's dtype for what is not packed (see `quantized_floats`)."""
     import mlx.core as mx
 
     with writing(dest) as temp:
         weights = renamed(gguf)
         quantization = quantization_entry(gguf, weights) if precision == "4bit" else None
-        tensors = converted(weights, precision, on_tensors)
+        tensors = converted(weights, precision, on_tensors, floats)
         mx.save_safetensors(str(temp / "model.safetensors"), tensors, metadata={"format": "mlx"})
-        (temp / "config.json").write_text(json.dumps(model_config(gguf, precision, quantization), indent=2))
+        config = model_config(gguf, precision if quantization is None else floats, quantization)
+        (temp / "config.json").write_text(json.dumps(config, indent=2))
         write_tokenizer(gguf, temp)
         (temp / ORIGIN_FILE).write_text(json.dumps(origin(gguf.path, precision), indent=2))
     return folder_bytes(dest)
@@ -292,7 +304,7 @@ def convert_smollm2(gguf_path: Path, models_dir: Path, precision: str, on_tensor
     on_total(len(gguf.weights) * len(missing))
     for name, kind in missing.items():
         dest = models_dir / name
-        size = write_folder(gguf, dest, kind, on_tensors)
+        size = write_folder(gguf, dest, kind, on_tensors, quantized_floats(precision))
         result["folders"][name] = {"path": str(dest), "precision": kind, "size_bytes": size}
     return result
 

@@ -88,7 +88,7 @@ def card_context(session: Session, settings: Settings, error: str | None = None)
 
 
 def result_summary(job: Job) -> str:
-    """'smollm2-135m-instruct (float32, 538 MB) · smollm2-135m-instruct-4bit (4bit, 98 MB)' for the jobs list."""
+    """'smollm2-135m-instruct (float32, 516.5 MB) · smollm2-135m-instruct-4bit (4bit, 113.3 MB)' for the jobs list."""
     result = job.result or {}
     written = result.get("folders") or {}
     parts = [f"{name} ({entry.get('precision')}, {human_bytes(int(entry.get('size_bytes') or 0))})"
