@@ -215,6 +215,7 @@ def test_the_picker_and_the_models_page_show_where_it_came_from(converted: dict[
         assert f"{name} · {words}" in lists, lists
         assert words in page
     assert 'id="smollm2-button"' not in page  # both folders there: no button
+    assert "Quantize: already 4/8-bit." in " ".join(page.split())  # 4-bit layers, an 8-bit embedding
 
 
 def test_the_button_refuses_what_cannot_start_and_other_origins(tmp_path: Path, default_model: Path,

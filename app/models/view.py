@@ -38,7 +38,8 @@ def working_group_sizes(model: str, settings: Settings) -> tuple[list[int], str 
     except ModelInfoError as exc:
         return [], str(exc)
     if info.quantization is not None:
-        return [], f"already {info.quantization.get('bits')}-bit"
+        bits = info.quantization.get("bits")  # a list where layers differ (a 4-bit model with an 8-bit embedding)
+        return [], f"already {'/'.join(map(str, bits)) if isinstance(bits, list) else bits}-bit"
     return [size for size in GROUP_SIZES if group_size_problem(info, size) is None], None
 
 
