@@ -2,9 +2,11 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py                  # tiny model and the 20M model
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py --models tiny --rounds 1
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py --models smollm2 --rounds 1   # the real model
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_gguf.py --smoke     # tiny, f16 only, 1 round, 4 tokens: checks
 
-For each model (the embedded tiny model; the ~20M bench model, built by bench/model_20m.py on first use) and each
+For each model (the embedded tiny model; the ~20M bench model, built by bench/model_20m.py on first use; with
+`--models smollm2`, SmolLM2-135M-Instruct as `loraboard defaults` converts it, the `smollm` pre-tokenizer) and each
 type (f16, q8_0, and q4_k_m when llama-cpp-python is installed: `pip install 'loraboard[gguf-quant]'`), the export
 job runs `--rounds` times as the dashboard runs it (request checks, a job row in a temporary database,
 `python -m worker job` as its own process: write, read back and check every tensor, Modelfile); the median wall
@@ -30,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.contract.kinds import SMOLLM2_FOLDER
 from bench.common import (
     DEFAULT_MODEL,
     base_env,
@@ -123,6 +126,20 @@ def llama_greedy(path: Path, text: str, ids: list[int], n: int) -> dict[str, Any
             "tokenized": list(tokenized), "text": llm.detokenize(out).decode(errors="replace")}
 
 
+def bench_model(key: str) -> Path:
+    """The model folder a --models key names: tiny, 20m (built on first use) or smollm2 (`loraboard defaults`)."""
+    if key == "tiny":
+        return DEFAULT_MODEL
+    if key == "20m":
+        return ensure_model_20m()
+    if key == "smollm2":
+        folder = DEFAULT_MODEL.parent / SMOLLM2_FOLDER
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"bench: {folder} is missing: run `loraboard defaults` (it converts SmolLM2)")
+        return folder
+    raise SystemExit(f"bench: --models takes tiny, 20m and smollm2, not {key!r}")
+
+
 def leading_agreement(a: list[int], b: list[int]) -> int:
     count = 0
     for x, y in zip(a, b, strict=False):
@@ -134,7 +151,8 @@ def leading_agreement(a: list[int], b: list[int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,20m", help="comma-separated: tiny, 20m")
+    parser.add_argument("--models", default="tiny,20m", help="comma-separated: tiny, 20m, smollm2 (SmolLM2-135M-"
+                        "Instruct, as `loraboard defaults` converts it)")
     parser.add_argument("--rounds", type=int, default=3, help="exports per model and type (median reported)")
     parser.add_argument("--tokens", type=int, default=24, help="greedy tokens to compare")
     parser.add_argument("--smoke", action="store_true", help="the tiny model's f16 export alone, 1 round, 4 tokens, "
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     exports = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     try:
         for key in args.models.split(","):
-            model = DEFAULT_MODEL if key == "tiny" else ensure_model_20m()
+            model = bench_model(key)
             # the exports before this process imports MLX, so that a smoke's export jobs can be forked from it
             exported = {out_type: [export(model, out_type, exports, args.smoke) for _ in range(args.rounds)]
                         for out_type in types}
