@@ -50,6 +50,7 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "gpu_quality",
     "nccl_stream_check",
     "bench_eval",
+    "bench_demo_preset",
     pytest.param("bench_bigrun", marks=pytest.mark.browser),
     "bench_gguf",
     "bench_smollm2_convert",
