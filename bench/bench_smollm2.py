@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_train import comparisons, report, run_rounds, summarize
+from bench.bench_train import measure
 from bench.common import (
     DEFAULT_DATA,
     DEFAULT_MODEL,
     PROJECT_DIR,
-    check_figures,
     check_inputs,
     machine_info,
     smoke_data,
-    write_results,
 )
 
 SMOLLM2 = PROJECT_DIR / "data" / "models" / "smollm2-135m-instruct"
@@ -83,24 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"bench: {args.model}, {args.iters} iters x {args.repeats} rounds: {', '.join(MODES)}", file=sys.stderr,
           flush=True)
-    with tempfile.TemporaryDirectory(prefix="loraboard-bench-smollm2-") as scratch:
-        results = run_rounds(args, MODES, Path(scratch))
-    summary = summarize(results)
-    speed = comparisons(summary, "median_tokens_per_second", SPEED_RATIOS)
-    rss = comparisons(summary, "median_peak_rss_mb", RSS_RATIOS)
     title = (f"Training throughput: {args.model.name} (float32), {args.iters} iters, batch {args.batch_size}, "
              f"{args.max_seq_length} tokens at most, LoRA on {args.num_layers} layers, {args.repeats} rounds")
-    table = report(title, summary, speed, rss, info)
-    print(table, flush=True)
-    if args.smoke:
-        check_figures([(f"| {mode} |", s[key]) for mode, s in summary.items()
-                       for key in ("median_tokens_per_second", "median_peak_rss_mb", "median_wall_s")]
-                      + [(f"tokens/s {r['name']} |", r["value"]) for r in speed]
-                      + [(f"peak RSS {r['name']} |", r["value"]) for r in rss], table)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    path = write_results("bench_smollm2", {"settings": settings, "machine": info, "summary": summary,
-                                           "speed_ratios": speed, "rss_ratios": rss, "runs": results},
-                         smoke=args.smoke)
+    path = measure(args, MODES, title, "bench_smollm2", info)
     print(f"\nwrote {path.relative_to(PROJECT_DIR)}\n", flush=True)
     return 0
 

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_gguf import has_llama_cpp, leading_agreement, llama_greedy
+from bench.bench_gguf import has_llama_cpp, leading_agreement, llama_greedy, mlx_greedy
 from bench.common import check_figures, machine_info, machine_line, markdown_table, write_results
 
 PROMPTS = [
@@ -72,18 +72,6 @@ def convert_rounds(gguf: Path, rounds: int, precisions: tuple[str, ...]) -> dict
             finally:
                 shutil.rmtree(models, ignore_errors=True)
         out[precision] = {"median_s": statistics.median(times), "times_s": times, "size_bytes": size}
-    return out
-
-
-def mlx_greedy(folder: Path, ids: list[int], n: int) -> list[int]:
-    import mlx.core as mx
-    from mlx_lm import load
-    from mlx_lm.generate import generate_step
-
-    model, _ = load(str(folder))
-    out: list[int] = []
-    for token, _ in generate_step(mx.array(ids), model, max_tokens=n, sampler=lambda x: mx.argmax(x, axis=-1)):
-        out.append(int(token))
     return out
 
 

@@ -272,6 +272,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def measure(args: argparse.Namespace, modes: list[str], title: str, name: str, info: dict[str, Any]) -> Path:
+    """`run_rounds` of the modes, then the report printed (a smoke's figures checked) and the results written to
+    bench/results/<name>.json; the path written."""
+    with tempfile.TemporaryDirectory(prefix=f"loraboard-{name}-") as scratch:
+        results = run_rounds(args, modes, Path(scratch))
+    summary = summarize(results)
+    speed = comparisons(summary, "median_tokens_per_second", SPEED_RATIOS)
+    rss = comparisons(summary, "median_peak_rss_mb", RSS_RATIOS)
+    table = report(title, summary, speed, rss, info)
+    print(table, flush=True)
+    if args.smoke:
+        check_figures([(f"| {mode} |", s[key]) for mode, s in summary.items()
+                       for key in ("median_tokens_per_second", "median_peak_rss_mb", "median_wall_s")]
+                      + [(f"tokens/s {r['name']} |", r["value"]) for r in speed]
+                      + [(f"peak RSS {r['name']} |", r["value"]) for r in rss], table)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return write_results(name, {"settings": settings, "machine": info, "summary": summary, "speed_ratios": speed,
+                                "rss_ratios": rss, "runs": results}, smoke=args.smoke)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.model, args.data = args.model.resolve(), args.data.resolve()
@@ -285,25 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for m in MODES if m in args.modes]
         print(f"bench: {size} model {size_args.model}, {args.iters} iters x {args.repeats} rounds: "
               f"{', '.join(modes)}", file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="loraboard-bench-train-") as scratch:
-            results = run_rounds(size_args, modes, Path(scratch))
-        summary = summarize(results)
-        speed = comparisons(summary, "median_tokens_per_second", SPEED_RATIOS)
-        rss = comparisons(summary, "median_peak_rss_mb", RSS_RATIOS)
         title = (f"Training throughput: {size} model ({size_args.model.name}), {args.iters} iters, "
                  f"batch {args.batch_size}, {args.repeats} rounds")
-        table = report(title, summary, speed, rss, info)
-        print(table, flush=True)
-        if args.smoke:
-            check_figures([(f"| {mode} |", s[key]) for mode, s in summary.items()
-                           for key in ("median_tokens_per_second", "median_peak_rss_mb", "median_wall_s")]
-                          + [(f"tokens/s {r['name']} |", r["value"]) for r in speed]
-                          + [(f"peak RSS {r['name']} |", r["value"]) for r in rss], table)
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(size_args).items()}
-        path = write_results("bench_train" if size == "tiny" else f"bench_train-{size}", {
-            "settings": settings, "machine": info, "summary": summary, "speed_ratios": speed,
-            "rss_ratios": rss, "runs": results,
-        }, smoke=args.smoke)
+        path = measure(size_args, modes, title, "bench_train" if size == "tiny" else f"bench_train-{size}", info)
         print(f"\nwrote {path.relative_to(PROJECT_DIR)}\n", flush=True)
     return 0
 
