@@ -22,6 +22,7 @@ bench/results/bench_smollm2.json. The model folder is the one `loraboard default
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"bench: {args.model}, {args.iters} iters x {args.repeats} rounds: {', '.join(MODES)}", file=sys.stderr,
           flush=True)
-    title = (f"Training throughput: {args.model.name} (float32), {args.iters} iters, batch {args.batch_size}, "
+    dtype = json.loads((args.model / "config.json").read_text()).get("torch_dtype", "?")
+    title = (f"Training throughput: {args.model.name} ({dtype}), {args.iters} iters, batch {args.batch_size}, "
              f"{args.max_seq_length} tokens at most, LoRA on {args.num_layers} layers, {args.repeats} rounds")
     path = measure(args, MODES, title, "bench_smollm2", info)
     print(f"\nwrote {path.relative_to(PROJECT_DIR)}\n", flush=True)

@@ -154,10 +154,11 @@ def run_worker(args: argparse.Namespace, work: Path, openblas: bool) -> dict[str
             "wall_s": child.wall_s}
 
 
-def runners(shim: Path) -> dict[str, Runner]:
+def runners() -> dict[str, Runner]:
+    """Each mode's runner; the OpenBLAS shim is built only for the mode that needs it (a GPU machine may lack it)."""
     return {
         "plain": lambda a, w: run_plain(a, w, None),
-        "plain+openblas": lambda a, w: run_plain(a, w, shim),
+        "plain+openblas": lambda a, w: run_plain(a, w, openblas_shim()),
         "loraboard": lambda a, w: run_worker(a, w, True),
         "loraboard-no-openblas": lambda a, w: run_worker(a, w, False),
     }
@@ -169,7 +170,7 @@ def measured(tokens: list[float]) -> list[float]:
 
 
 def run_rounds(args: argparse.Namespace, modes: list[str], scratch: Path) -> dict[str, list[dict[str, Any]]]:
-    table = runners(openblas_shim())
+    table = runners()
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for round_no in range(args.repeats):
         shift = round_no % len(modes)
