@@ -98,6 +98,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
         if item.get_closest_marker("real") is None and (item.get_closest_marker("browser") or uses_real_fixture(item)):
             item.add_marker(pytest.mark.real)
+    items.sort(key=lambda item: group_rank(group_of(item)))  # stable: the rest keep their order
+
+
+# Groups that take minutes in one process go out first: xdist hands out groups in collection order, and one long
+# group left to the end runs alone while the other processes sit idle.
+FIRST_GROUPS = ("smollm2",)
+
+
+def group_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker is not None and marker.args else ""
+
+
+def group_rank(group: str) -> int:
+    return FIRST_GROUPS.index(group) if group in FIRST_GROUPS else len(FIRST_GROUPS)
 
 
 # The fast tier's guard: every program a test process starts is noted (an audit hook sees each Popen), and a test
