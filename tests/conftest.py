@@ -25,6 +25,8 @@ import pytest
 from forked_serve import SERVE_EVENT, ForkedServe
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from app.contract.worker_fork import FORK_EVENT
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT_DIR / "tests" / "artifacts"
 TERMINAL = {"completed", "stopped", "early_stopped", "failed", "interrupted"}
@@ -132,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SPAWNED] = spawned
 
     def note_popen(event: str, args: tuple[Any, ...]) -> None:
-        if event in ("subprocess.Popen", SERVE_EVENT):
+        if event in ("subprocess.Popen", SERVE_EVENT, FORK_EVENT):
             spawned.append([str(word) for word in args[1]])
 
     sys.addaudithook(note_popen)

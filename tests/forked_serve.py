@@ -33,6 +33,7 @@ def serve_child(argv: list[str], env: dict[str, str], log_path: str) -> None:
 
     if Path(app.__file__).resolve().parent != PROJECT_DIR / "app":  # the forkserver imported another checkout
         raise SystemExit(f"forked server imported {app.__file__}, not {PROJECT_DIR / 'app'}")
+    multiprocessing.current_process().daemon = False  # a main process, as `python -m app serve` is: it may fork
     os.environ.clear()
     os.environ.update(env)
     get_settings.cache_clear()  # read from this environment

@@ -74,13 +74,14 @@ def exited(proc: psutil.Process) -> bool:
 
 
 def worker_processes(server: Server, job_id: int) -> list[psutil.Process]:
-    """This dashboard's worker of the job (`python -m worker job --job-id N` with its database), if still there."""
+    """This dashboard's worker of the job (`python -m worker job --job-id N`, a descendant of its server; a forked
+    worker's command line is its title, one string), if still there."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if (proc.info["cmdline"] or [])[-3:] != ["job", "--job-id", str(job_id)]:
+        if " ".join(proc.info["cmdline"] or []).split()[-3:] != ["job", "--job-id", str(job_id)]:
             continue
         with contextlib.suppress(psutil.Error):
-            if proc.environ().get("LORABOARD_DB_PATH") == str(server.root / "loraboard.db"):
+            if server.process.pid in [parent.pid for parent in proc.parents()]:
                 found.append(proc)
     return found
 

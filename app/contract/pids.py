@@ -9,6 +9,10 @@ import contextlib
 import os
 from pathlib import Path
 
+# the command line of multiprocessing's forkserver, which a forked worker has until it sets its title
+# (app/contract/worker_fork.py)
+FORKSERVER_CODE = b"from multiprocessing.forkserver import main"
+
 
 def pid_alive(pid: int) -> bool:
     try:
@@ -34,7 +38,10 @@ def is_worker(pid: int, job: str, job_id: int) -> bool:
         return False
     if args == [b""]:  # just spawned: exec has not yet laid out the new program's arguments
         return True
-    return b"worker" in args and job.encode() in args and str(job_id).encode() in args
+    if any(arg.startswith(FORKSERVER_CODE) for arg in args):  # just forked: the worker's title is not yet set
+        return True
+    words = [word for arg in args for word in arg.split(b" ")]  # a forked worker's title is one string
+    return b"worker" in words and job.encode() in words and str(job_id).encode() in words
 
 
 def is_job_process(pid: int, job_id: int) -> bool:

@@ -3,15 +3,20 @@ still our worker: app/contract/pids.py)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import socket
 import subprocess
 import sys
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Protocol
 
 from app.contract.distributed import Distributed
 from app.contract.settings import PROJECT_DIR, Settings
+from app.contract.worker_fork import FORK_EVENT, PRELOAD, worker_child, worker_command
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -88,9 +93,56 @@ def launch_args(spec: Distributed, hosts: list[str], env: dict[str, str], python
     return args
 
 
+class WorkerProcess(Protocol):
+    """A started worker as the supervisor holds it: subprocess.Popen, or ForkedWorker answering as one."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class ForkedWorker:
+    """`python -m worker <args>` started as a fork of the worker forkserver (app/contract/worker_fork.py),
+    answering as its subprocess.Popen would. The forkserver is this process's child and the worker its child: the
+    exit status comes back through multiprocessing. The worker outlives this process, as a spawned one does: it
+    is not among the children multiprocessing would wait for (or end) as this process exits."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = worker_command(args)
+        sys.audit(FORK_EVENT, sys.executable, self.args)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        self.process: BaseProcess = context.Process(target=worker_child, args=(args, env, str(log_path)),
+                                                    name=" ".join(args))
+        self.process.start()
+        multiprocessing.process._children.discard(self.process)  # type: ignore[attr-defined]
+        assert self.process.pid is not None
+        self.pid: int = self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (minus the signal's number if a signal ended it); None while it runs."""
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self.process.exitcode
+
+
 def spawn_worker(args: list[str], settings: Settings, log_path: Path,
-                 launch: list[str] | None = None) -> subprocess.Popen[bytes]:
-    """Start `python -m worker <args>` in its own session, its output appended to log_path.
+                 launch: list[str] | None = None) -> WorkerProcess:
+    """Start `python -m worker <args>` in its own session, its output appended to log_path: on Linux as a fork
+    of the worker forkserver (ForkedWorker; Settings.fork_workers), else as a new process.
 
     launch: the run is trained by several processes: start `python -m worker launch <launch> -- -m worker
     <args>` instead, which starts every rank through mlx.launch (worker/distributed.py); its command line names
@@ -100,6 +152,9 @@ def spawn_worker(args: list[str], settings: Settings, log_path: Path,
     a stop that arrives while it is still importing waits until its handler is in place
     (worker.reporting.on_stop_signal) instead of killing it before it can save and say why it ended.
     """
+    if launch is None and settings.fork_workers and sys.platform == "linux":
+        log_path.touch()  # there, whatever becomes of the child
+        return ForkedWorker(args, worker_env(settings), log_path)
     held = hasattr(signal, "pthread_sigmask")
     if held:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +41,7 @@ from app.jobs.jobs import (
     set_allow_while_training,
     waiting_reason,
 )
-from app.jobs.process import launch_args, log_tail, spawn_worker, worker_env
+from app.jobs.process import WorkerProcess, launch_args, log_tail, spawn_worker, worker_env
 from app.runs.store.queue import cancel_queued, queued_runs
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
@@ -62,7 +61,7 @@ def jobs_dir(settings: Settings) -> Path:
     return settings.database_path.parent / "jobs"
 
 
-def commit_or_abandon(session: Session, process: subprocess.Popen[bytes], children: dict[int, subprocess.Popen[bytes]],
+def commit_or_abandon(session: Session, process: WorkerProcess, children: dict[int, WorkerProcess],
                       key: int) -> None:
     """Record a worker's start; when the database refuses, end the worker at once (it has done nothing yet) and
     raise: its run or job is still queued, and a later tick starts it again (never twice)."""
@@ -80,8 +79,8 @@ def commit_or_abandon(session: Session, process: subprocess.Popen[bytes], childr
 class Supervisor:
     settings: Settings
     engine: Engine
-    children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-    job_children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    children: dict[int, WorkerProcess] = field(default_factory=dict)
+    job_children: dict[int, WorkerProcess] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     write_failure: WriteFailure | None = None  # the last refused write, until one works again (the pages' banner)
     probed_at: float = 0.0  # monotonic time of check_writable's last write
