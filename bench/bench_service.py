@@ -125,18 +125,19 @@ class Service:
         return f"{self.base}{path}{'&' if '?' in path else '?'}token={self.token}"
 
 
-def server_env(root: Path, args: argparse.Namespace, token: str) -> dict[str, str]:
-    """The server's whole configuration: temporary folders, the token, and the folders its runs may read."""
+def server_env(root: Path, args: argparse.Namespace, token: str, **extra: str) -> dict[str, str]:
+    """The server's whole configuration: temporary folders, the token, the folders its runs may read, and `extra`
+    (further LORABOARD_ settings)."""
     allowed = [root, args.model, args.data]
     settings = {"LORABOARD_DATA_DIR": str(root / "data"), "LORABOARD_DB_PATH": str(root / "loraboard.db"),
                 "LORABOARD_ADAPTERS_DIR": str(root / "adapters"), "LORABOARD_CACHE_DIR": str(CACHE_DIR),
                 "LORABOARD_TOKEN": token, "LORABOARD_ALLOWED_DIRS": os.pathsep.join(str(p) for p in allowed)}
     if args.supervisor_interval is not None:
         settings["LORABOARD_SUPERVISOR_INTERVAL_S"] = str(args.supervisor_interval)
-    return own_env(**settings)
+    return own_env(**settings, **extra)
 
 
-def start_server(root: Path, args: argparse.Namespace) -> Service:
+def start_server(root: Path, args: argparse.Namespace, **extra: str) -> Service:
     """`python -m app serve` on a free port, configured by server_env; returns once it answers."""
     ensure_defaults()
     data_dir = root / "data"
@@ -148,7 +149,7 @@ def start_server(root: Path, args: argparse.Namespace) -> Service:
     port = free_port()
     log = (root / "server.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port)], cwd=PROJECT_DIR,
-                               env=server_env(root, args, token), stdin=subprocess.DEVNULL, stdout=log,
+                               env=server_env(root, args, token, **extra), stdin=subprocess.DEVNULL, stdout=log,
                                stderr=subprocess.STDOUT)
     service = Service(process, f"http://127.0.0.1:{port}", token)
     deadline = time.monotonic() + 60

@@ -51,21 +51,37 @@ class RssSampler:
         self._thread.join()
 
 
-def live_children(pid: int) -> list[int]:
-    """The server's child processes (its workers) that have not ended yet."""
+def child_pids(pid: int) -> list[int]:
     pids: list[int] = []
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
             pids += [int(p) for p in children.read_text().split()]
         except OSError:
             continue
+    return pids
+
+
+# multiprocessing's forkserver: the server's worker forkserver (app/contract/worker_fork.py), whose children are
+# the server's forked workers; and the resource tracker that multiprocessing starts beside it
+FORKSERVER_CODE = b"from multiprocessing.forkserver import main"
+RESOURCE_TRACKER_CODE = b"from multiprocessing.resource_tracker import main"
+
+
+def live_children(pid: int) -> list[int]:
+    """The server's worker processes that have not ended yet: its children, and for its worker forkserver the
+    forkserver's children (neither the forkserver nor multiprocessing's resource tracker is a worker)."""
     alive = []
-    for child in pids:
+    for child in child_pids(pid):
         try:
             state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if state not in {"Z", "X"}:
+        if FORKSERVER_CODE in command:
+            alive += live_children(child)
+        elif RESOURCE_TRACKER_CODE in command:
+            continue
+        elif state not in {"Z", "X"}:
             alive.append(child)
     return alive
 

@@ -43,6 +43,7 @@ SCRIPTS = [  # the longest first: the order the runs start in
     "bench_fuse",
     pytest.param("bench_service", marks=pytest.mark.browser),
     "bench_train",
+    "bench_worker_start",
     "bench_smollm2",
     "bench_grouping",
     "bench_distributed",

@@ -11,7 +11,7 @@ from types import FrameType
 
 from app.contract.kinds import SMOLLM2_FOLDER, SMOLLM2_FOLDER_4BIT
 from app.contract.settings import PROJECT_DIR, Settings, get_settings
-from app.jobs.supervisor import worker_env
+from app.jobs.process import start_worker_forkserver, worker_env
 from app.main import create_app
 from app.security import BindRefused, is_loopback, routable_addresses, start_lines, token_for_bind
 
@@ -62,6 +62,7 @@ def serve_main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(exc)) from None
     settings = settings.model_copy(update={"token": token})
     ensure_defaults(settings)
+    start_worker_forkserver(settings)
     import uvicorn
 
     app = create_app(settings)

@@ -4,6 +4,7 @@ still our worker: app/contract/pids.py)."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.context
 import multiprocessing.process
 import os
 import signal
@@ -106,6 +107,27 @@ class WorkerProcess(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
 
+def forks_workers(settings: Settings) -> bool:
+    """Whether this server starts its workers as forks of the worker forkserver (Settings.fork_workers, Linux)."""
+    return settings.fork_workers and sys.platform == "linux"
+
+
+def worker_forkserver() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def start_worker_forkserver(settings: Settings) -> None:
+    """Start the worker forkserver now: it imports what it preloads in its own process while the server starts,
+    so the first job starts as soon as the next ones (else the first worker starts it)."""
+    if forks_workers(settings):
+        worker_forkserver()
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 class ForkedWorker:
     """`python -m worker <args>` started as a fork of the worker forkserver (app/contract/worker_fork.py),
     answering as its subprocess.Popen would. The forkserver is this process's child and the worker its child: the
@@ -115,9 +137,7 @@ class ForkedWorker:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = worker_command(args)
         sys.audit(FORK_EVENT, sys.executable, self.args)
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        self.process: BaseProcess = context.Process(target=worker_child, args=(args, env, str(log_path)),
+        self.process: BaseProcess = worker_forkserver().Process(target=worker_child, args=(args, env, str(log_path)),
                                                     name=" ".join(args))
         self.process.start()
         multiprocessing.process._children.discard(self.process)  # type: ignore[attr-defined]
@@ -152,7 +172,7 @@ def spawn_worker(args: list[str], settings: Settings, log_path: Path,
     a stop that arrives while it is still importing waits until its handler is in place
     (worker.reporting.on_stop_signal) instead of killing it before it can save and say why it ended.
     """
-    if launch is None and settings.fork_workers and sys.platform == "linux":
+    if launch is None and forks_workers(settings):
         log_path.touch()  # there, whatever becomes of the child
         return ForkedWorker(args, worker_env(settings), log_path)
     held = hasattr(signal, "pthread_sigmask")
