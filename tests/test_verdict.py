@@ -46,6 +46,16 @@ def test_within_one_percent_the_best_task_score_wins() -> None:
                               "the best validation loss (1.500 at 200)")
 
 
+def test_a_pick_alone_within_one_percent_is_said_as_such() -> None:
+    alone = [Ckpt(100, 2.0), Ckpt(200, 1.5), Ckpt(300, 1.8)]
+    scored = checkpoint_verdict(3.0, alone, {200: 1.4}, {200: 0.422, 300: 0.9})
+    assert scored.reason == ("iteration 200: the lowest validation loss (1.500); no other checkpoint is within 1% "
+                             "of it, and a task score of 0.422")
+    tested = checkpoint_verdict(3.0, alone, {200: 1.4, 300: 1.2}, {}, split="valid")
+    assert tested.reason == ("iteration 200: the lowest validation loss (1.500); no other checkpoint is within 1% "
+                             "of it, and a valid loss of 1.400")
+
+
 def test_within_one_percent_without_scores_the_lowest_test_loss_wins() -> None:
     verdict = checkpoint_verdict(3.0, CKPTS, {100: 1.0, 200: 1.45, 300: 1.41}, {})
     assert verdict.recommended == 300

@@ -65,22 +65,23 @@ def checkpoint_verdict(
         return Verdict(best.iteration, "least bad", warning, None, reason, test_best, disagreement)
     limit = best.val_loss * (1 + RECOMMEND_WITHIN) if best.val_loss > 0 else best.val_loss
     near = [c.iteration for c in checkpoints if c.val_loss is not None and c.val_loss <= limit]
-    count = f"the {len(near)} checkpoints" if len(near) > 1 else "the one checkpoint"
-    among = (f"among {count} within {RECOMMEND_WITHIN:.0%} of the best validation loss "
+    alone = (f"the lowest validation loss ({best.val_loss:.3f}); no other checkpoint is within "
+             f"{RECOMMEND_WITHIN:.0%} of it")
+    among = (f"among the {len(near)} checkpoints within {RECOMMEND_WITHIN:.0%} of the best validation loss "
              f"({best.val_loss:.3f} at {best.iteration:,})")
     scores = {it: task_score[it] for it in near if it in task_score}
     if scores:
         pick = max(scores, key=lambda it: (scores[it], -test.get(it, 0.0), it))
-        return Verdict(best.iteration, "best", None, pick,
-                       f"iteration {pick:,}: the highest task score ({scores[pick]:.3f}) {among}", test_best,
-                       disagreement)
+        reason = (f"{alone}, and a task score of {scores[pick]:.3f}" if len(near) == 1
+                  else f"the highest task score ({scores[pick]:.3f}) {among}")
+        return Verdict(best.iteration, "best", None, pick, f"iteration {pick:,}: {reason}", test_best, disagreement)
     tested = {it: test[it] for it in near if it in test}
     if tested:
         pick = _lowest(tested)
         assert pick is not None
-        return Verdict(best.iteration, "best", None, pick,
-                       f"iteration {pick:,}: the lowest {split} loss ({tested[pick]:.3f}) {among}", test_best,
-                       disagreement)
+        reason = (f"{alone}, and a {split} loss of {tested[pick]:.3f}" if len(near) == 1
+                  else f"the lowest {split} loss ({tested[pick]:.3f}) {among}")
+        return Verdict(best.iteration, "best", None, pick, f"iteration {pick:,}: {reason}", test_best, disagreement)
     return Verdict(best.iteration, "best", None, best.iteration,
                    f"iteration {best.iteration:,}: the lowest validation loss ({best.val_loss:.3f}); evaluate the "
                    "checkpoints on the test split to check the pick", test_best, disagreement)
