@@ -71,6 +71,7 @@ def test_eta_only_while_working_and_from_the_pace_so_far() -> None:
     assert job_eta_s("running", done=1000, total=1000, elapsed_s=10.0) == 0.0
     assert job_eta_s("queued", done=0, total=1000, elapsed_s=0.0) is None
     assert job_eta_s("completed", done=500, total=1000, elapsed_s=10.0) is None
+    assert job_eta_s("running", done=1, total=1, elapsed_s=60.0, resident=True) is None  # up until released
 
 
 def test_cancel_state_changes() -> None:

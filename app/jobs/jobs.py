@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
+from app.contract.kinds import is_resident
 from app.contract.pids import is_job_process
 from app.contract.policy import eta_seconds, format_duration
 from app.contract.settings import Settings
@@ -71,9 +72,10 @@ def dead_end(status: str, process_alive: bool) -> tuple[str, str | None]:
     return RunStatus.interrupted.value, "the worker process ended without reporting"
 
 
-def job_eta_s(status: str, done: int, total: int, elapsed_s: float) -> float | None:
-    """Seconds left at the average pace so far, while the job runs; None before there is a pace or after it."""
-    if status not in WORKING or total <= 0:
+def job_eta_s(status: str, done: int, total: int, elapsed_s: float, resident: bool = False) -> float | None:
+    """Seconds left at the average pace so far, while the job runs; None before there is a pace or after it, and
+    for a resident job (a server, the playground): it runs until it is released."""
+    if status not in WORKING or total <= 0 or resident:
         return None
     return eta_seconds(done, total, elapsed_s)
 
@@ -269,11 +271,12 @@ def set_allow_while_training(session: Session, job: Job, allow: bool) -> bool:
 
 
 def progress_view(job: Job, now: datetime | None = None) -> dict[str, Any]:
-    """done/total/unit with percent, elapsed and ETA (seconds and words)."""
+    """done/total/unit with percent, elapsed and ETA (seconds and words); a resident job's elapsed is its uptime."""
     now = now or utcnow()
     elapsed = elapsed_s(job, now)
-    eta = job_eta_s(job.status, job.done, job.total, elapsed)
-    return {"done": job.done, "total": job.total, "unit": job.unit,
+    resident = is_resident(job.kind)
+    eta = job_eta_s(job.status, job.done, job.total, elapsed, resident)
+    return {"done": job.done, "total": job.total, "unit": job.unit, "resident": resident,
             "percent": min(100.0, 100.0 * job.done / job.total) if job.total else 0.0,
             "elapsed_s": elapsed, "eta_s": eta, "elapsed": format_duration(elapsed if job.started_at else None),
             "eta": format_duration(eta)}
