@@ -215,7 +215,7 @@ def runs(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     for column in ("id", "name", "status", "iteration", "best val loss", "created"):
         table.add_column(column, justify="right" if column in ("id", "iteration", "best val loss") else "left")
     for item in answer:
-        best = item.get("best_checkpoint")
+        best = item.get("best_val")  # the lowest validation loss, as the run page's summary shows it
         table.add_row(str(item["id"]), item["name"], item["status"], f"{item['iteration']:,}/{item['total_iters']:,}",
                       f"{_fmt(best['val_loss'])} @ {best['iteration']:,}" if best else "—",
                       (item.get("created_at") or "")[:16].replace("T", " "))

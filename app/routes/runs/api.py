@@ -37,6 +37,7 @@ from app.runs.store.runs import (
     run_json,
     set_early_stopping,
 )
+from app.runs.store.summary import val_figures
 
 router = APIRouter(prefix="/api", tags=["runs"])
 
@@ -77,7 +78,9 @@ def post_run(
 
 @router.get("/runs")
 def get_runs(session: SessionDep) -> list[dict[str, Any]]:
-    return [run_json(session, run) for run in list_runs(session)]
+    runs = list_runs(session)
+    vals = val_figures(session, [run.id for run in runs if run.id is not None])
+    return [run_json(session, run, vals) for run in runs]
 
 
 @router.get("/runs/{run_id}", responses=problems(404, 422))

@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from app.contract.settings import Settings
 from app.runs.duration.estimate import RunEstimate
 from app.runs.duration.recorded import estimate_json, record_estimate
 from app.runs.live.downsample import lttb
+from app.runs.store.summary import ValFigures, val_figures
 from app.tables import Checkpoint, Run, RunStatus, TrainReport, ValReport, utcnow
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,12 @@ def checkpoint_json(ckpt: Checkpoint, best: Checkpoint | None) -> dict[str, Any]
     }
 
 
-def run_json(session: Session, run: Run) -> dict[str, Any]:
+def run_json(session: Session, run: Run, vals: Mapping[int, ValFigures] | None = None) -> dict[str, Any]:
+    """A run as the API answers it. vals: val_figures of a list of runs, read once for all of them (else read here).
+    `best_val` is the lowest validation loss reported (the run page's summary), checkpoint or not."""
     assert run.id is not None
     best = best_checkpoint(checkpoints_of(session, run.id))
+    val = (vals if vals is not None else val_figures(session, [run.id])).get(run.id)
     return {
         "id": run.id,
         "name": run.name,
@@ -161,6 +165,7 @@ def run_json(session: Session, run: Run) -> dict[str, Any]:
         "stop_reason": run.stop_reason,
         "error": run.error,
         "best_checkpoint": checkpoint_json(best, best) if best else None,
+        "best_val": {"iteration": val.best_iteration, "val_loss": val.best_loss} if val else None,
         "iteration": run.iteration,
         "total_iters": run.total_iters,
         "backend": run.backend,
