@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, in_process
 from sqlmodel import Session, select
 
 from app.catalog.info import model_info, trainable_params
@@ -210,16 +210,22 @@ def test_disk_space_and_group_size_rules(tmp_path: Path) -> None:
     assert not (settings.local_models_dir / f"never-{SUFFIX}").exists()
 
 
-def test_model_panel_offers_qlora_with_both_estimates(made: dict[str, Any]) -> None:
+def test_model_panel_offers_qlora_only_where_it_matters(made: dict[str, Any], tmp_path: Path) -> None:
+    """The tiny model's 4 MB of weights get no QLoRA offer (from 1 GB up, by default); where the threshold lets it
+    (in-process, at 0 GB) the panel shows both estimates, says why and links to the quantize form."""
     srv = made["srv"]
     _, _, raw = srv.request("GET", f"/models/info?model={TINY}&batch_size=4&max_seq_length=256")
-    html = raw.decode()
-    assert "QLoRA: train on a 4-bit copy." in html and "group size 32" in html
+    assert "model-qlora" not in raw.decode()  # 4 MB of weights: too little to matter
+    with in_process(tmp_path / "app", qlora_offer_min_gb=0.0) as inproc:
+        html = inproc.client.get(f"/models/info?model={TINY}&batch_size=4&max_seq_length=256").text
+    assert "QLoRA: train on a 4-bit copy." in html and "group size 32" in html and "offered from 0 GB up" in html
     assert f'href="/models?model={TINY}&amp;group_size=32#quantize-status"' in html
     settings = Settings()
     info = model_info(str(TINY), settings)
     choice = qlora_choice(info, trainable_params(info), 4, 256, False, True, 10**9)
     assert choice is not None and choice["group_size"] == 32 and choice["weights"] < choice["current_weights"] / 4
+    assert qlora_choice(info, trainable_params(info), 4, 256, False, True, 10**9,
+                        min_weight_bytes=choice["current_weights"] + 1) is None
     _, _, raw = srv.request("GET", f"/models/info?model={srv.models_dir / made['names']['quantized']}")
     assert "model-qlora" not in raw.decode()  # already 4-bit: nothing to offer
 

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         "meanwhile) saves its adapter and ends; its run fails, saying so."
     )
     max_concurrent_runs: int = Field(1, ge=1, description="Runs that train at once; the rest wait queued.")
+    qlora_offer_min_gb: float = Field(
+        1.0, ge=0, description="The model panel offers QLoRA (training on a 4-bit copy) for models whose weights "
+        "take at least this many GB: below that, the memory it saves is too little to matter."
+    )
     fork_workers: bool = Field(
         True, description="On Linux, start each worker as a fork of a process that has imported transformers once "
         "(app/contract/worker_fork.py): every job but the first starts about 1.6 CPU-seconds sooner."

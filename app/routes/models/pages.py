@@ -55,7 +55,7 @@ def model_info_panel(request: Request, session: SessionDep, settings: SettingsDe
             split_keys(form.get("lora_parameters.keys")),
         )
         context["trainable"] = trainable.to_json()
-        context["memory"] = panel_memory(info, trainable, form)
+        context["memory"] = panel_memory(info, trainable, form, int(settings.qlora_offer_min_gb * 1e9))
         estimate = estimate_for_form(session, settings, form, info.total_params)
         context["duration"] = estimate.to_json() if estimate else None
     except ModelInfoError as exc:

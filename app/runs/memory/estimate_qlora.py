@@ -40,18 +40,20 @@ def quantized_weight_bytes(info: Any, bits: int, group_size: int, cpu: bool) -> 
 
 
 def qlora_choice(info: Any, trainable: Any, batch: int, seq: int, grad_checkpoint: bool, cpu: bool,
-                 current_total: int) -> dict[str, Any] | None:
+                 current_total: int, min_weight_bytes: int = 0) -> dict[str, Any] | None:
     """The 4-bit copy's estimate for LoRA/DoRA on an unquantized model (None: already quantized, full fine-tuning,
-    or no group size fits every layer)."""
+    no group size fits every layer, or weights under min_weight_bytes as they would train: too small to matter)."""
     if info.quantization is not None or trainable.fine_tune_type == "full":
         return None
     group_size = qlora_group_size(info)
     if group_size is None:
         return None
     shape = model_shape(info, cpu)
+    if shape.weight_bytes < min_weight_bytes:
+        return None
     weights = quantized_weight_bytes(info, QLORA_BITS, group_size, cpu)
     quantized = estimate_peak(shape.__class__(**{**shape.__dict__, "weight_bytes": weights}), trainable.trainable,
                               trainable.layers_trained, batch, seq, grad_checkpoint)
     return {"bits": QLORA_BITS, "group_size": group_size, "total_bytes": quantized.total_bytes,
             "weights": weights, "current_total": current_total, "current_weights": shape.weight_bytes,
-            "model": info.model}
+            "model": info.model, "min_weight_bytes": min_weight_bytes}

@@ -24,8 +24,9 @@ def _whole(text: str | None, default: int) -> int | None:
     return value if value >= 1 else None
 
 
-def panel_memory(info: Any, trainable: Any, form: dict[str, str]) -> dict[str, Any] | None:
-    """The new-run form's memory estimate for its current values, against the memory free now (psutil).
+def panel_memory(info: Any, trainable: Any, form: dict[str, str], qlora_min_bytes: int = 0) -> dict[str, Any] | None:
+    """The new-run form's memory estimate for its current values, against the memory free now (psutil), and the
+    4-bit copy's where the model's weights take at least qlora_min_bytes (Settings.qlora_offer_min_gb).
 
     None when batch_size or max_seq_length cannot be read (the form's own check says why).
     """
@@ -39,7 +40,7 @@ def panel_memory(info: Any, trainable: Any, form: dict[str, str]) -> dict[str, A
     estimate = estimate_peak(model_shape(info, cpu), trainable.trainable, trainable.layers_trained, batch, seq,
                              grad_checkpoint, full=trainable.fine_tune_type == "full")
     available = int(psutil.virtual_memory().available)
-    qlora = qlora_choice(info, trainable, batch, seq, grad_checkpoint, cpu, estimate.total_bytes)
+    qlora = qlora_choice(info, trainable, batch, seq, grad_checkpoint, cpu, estimate.total_bytes, qlora_min_bytes)
     return {**estimate.to_json(), "available_bytes": available, "batch_size": batch, "max_seq_length": seq,
             "grad_checkpoint": grad_checkpoint, "cpu": cpu, "warning": fits(estimate.total_bytes, available),
             "qlora": qlora}
