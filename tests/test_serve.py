@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
 from app.serving.requests import Target
-from app.serving.view import panel, state_of
+from app.serving.view import curl_snippet, panel, prompt_messages, python_snippet, state_of
 from app.tables import Job, Run
 from app.templating import register_filters
 
@@ -177,6 +178,14 @@ def test_the_serve_button_shows_a_snippet_that_works(served: dict[str, Any], pag
     assert curl.startswith(f"curl {served['base_url']}/v1/chat/completions")
     live = [j for j in srv.get("/api/jobs?kind=serve") if j["status"] not in TERMINAL]
     assert [j["id"] for j in live] == [served["job_id"]]  # the click showed the running server, made no other
+    assert live[0]["eta_s"] is None  # a server runs until it is stopped: no ETA
+
+    page.goto(f"{srv.url}/jobs")  # a running server shows its address and uptime, not a full bar and "ETA 0s"
+    progress = page.locator(f"#job-{served['job_id']}-progress")
+    expect(progress.locator("[data-role=uptime]")).to_contain_text(f"serving at {served['base_url']} · up ")
+    expect(progress).not_to_contain_text("ETA")
+    expect(progress.locator(".job-bar")).to_have_count(0)
+    shot(page, "serve_jobs_page")
 
 
 def test_a_killed_worker_takes_its_server_with_it(served: dict[str, Any]) -> None:
@@ -263,3 +272,35 @@ def test_the_panel_of_a_waiting_server_says_why_and_offers_to_start_anyway() -> 
     ended = Job(id=8, kind="serve", status="failed", params_json=json.dumps(params), error="<b>boom</b>")
     html = templates.get_template("_serve.html").render(serve=panel(target, ended, error=None))
     assert "hx-trigger" not in html and "&lt;b&gt;boom&lt;/b&gt;" in html and "Serve again" in html
+
+
+def test_a_served_model_folder_names_no_adapter_and_a_checkpoint_does() -> None:
+    templates = Jinja2Templates(directory=PROJECT_DIR / "templates")
+    register_filters(templates)
+    params = {"base_url": "http://127.0.0.1:5555", "client_model": "default_model", "port": 5555}
+    serving = Job(id=9, kind="serve", status="running", detail="serving at http://127.0.0.1:5555",
+                  params_json=json.dumps({**params, "model": "/models/fused"}))
+    folder = templates.get_template("_serve.html").render(serve=panel(Target(model_name="fused"), serving))
+    assert "without the adapter" not in folder and "the checkpoint's adapter" not in folder
+    with_adapter = Job(id=10, kind="serve", status="running", detail="serving at http://127.0.0.1:5555",
+                       params_json=json.dumps({**params, "adapter_path": "/adapters/run-0003"}))
+    checkpoint = templates.get_template("_serve.html").render(serve=panel(Target(run_id=3, iteration=40), with_adapter))
+    assert "with the checkpoint's adapter" in checkpoint
+    assert "its own path would load it without the adapter" in checkpoint
+
+
+def test_the_snippets_ask_the_datas_own_first_prompt_quoted_for_the_shell() -> None:
+    chat = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "It's late, isn't it?"},
+                         {"role": "assistant", "content": "Issue: delay"}]}
+    assert prompt_messages(json.dumps(chat).encode()) == chat["messages"][:2]
+    assert prompt_messages(b'{"prompt": "Summarise: ...", "completion": "x"}') == [
+        {"role": "user", "content": "Summarise: ..."}]
+    assert prompt_messages(b'{"text": "<|user|>hi<|assistant|>yo"}') is None  # no turns to take apart
+    assert prompt_messages(b"not json") is None and prompt_messages(b"[1]") is None
+    messages = chat["messages"][:2]
+    curl = curl_snippet("http://127.0.0.1:5555", "default_model", messages)
+    words = shlex.split(curl.replace("\\\n", " "))  # as the shell reads it: the quote in the prompt survives
+    assert json.loads(words[words.index("-d") + 1])["messages"] == messages
+    python = python_snippet("http://127.0.0.1:5555", "default_model", messages)
+    assert f"messages={json.dumps(messages)}" in python and compile(python, "snippet", "exec")
