@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 from sqlmodel import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.body_limit import MAX_BODY_BYTES, BodyLimitMiddleware
 from app.contract.db_writes import Outage, failure_key, write_failure
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ObjectDeletedError, deleted_meanwhile)
     app.add_exception_handler(OperationalError, database_unwritable)
     app.add_exception_handler(sqlite3.OperationalError, database_unwritable)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     for module in (runs_api, runs_events_api, runs_config_api, runs_reports_api, runs_imports_api,
                    runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
@@ -167,6 +169,13 @@ async def database_unwritable(request: Request, exc: Exception) -> Response:
         supervisor.write_failure = failure
     unavailable = StarletteHTTPException(HTTPStatus.SERVICE_UNAVAILABLE, failure.sentence())
     return await html_error_page(request, unavailable)
+
+
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The browser went away while its request's body was being read: the form's live check drops the one in
+    flight as the user types on. Nothing is wrong and nobody is left to answer: one debug line, no traceback."""
+    LOG.debug("%s %s: the client went away before its request was read", request.method, request.url.path)
+    return Response(status_code=HTTPStatus.BAD_REQUEST)
 
 
 async def html_error_page(request: Request, exc: Exception) -> Response:

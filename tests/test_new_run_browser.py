@@ -3,6 +3,8 @@ clone, presets, and a run started with advanced options that reports its test lo
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +248,20 @@ def test_a_preset_fills_the_form_in_one_click(shared_server: Server, page: Page)
     page.goto(f"{shared_server.url}/runs/new?preset=no-such-preset")
     expect(page.locator("#form-notice")).to_contain_text("There is no preset named 'no-such-preset'")
     assert form_state(page)["model"].endswith("tiny-mistral")
+
+
+def test_a_check_the_browser_drops_mid_request_leaves_no_traceback(shared_server: Server) -> None:
+    """The form's live check drops the request in flight as the user types on: the server reads a body that never
+    comes, and says nothing about it."""
+    log = shared_server.root / "server.log"
+    start = log.stat().st_size
+    with socket.create_connection(("127.0.0.1", shared_server.port), timeout=10) as sock:
+        sock.sendall(f"POST /runs/new/check HTTP/1.1\r\nHost: 127.0.0.1:{shared_server.port}\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\n"
+                     "model=data%2Fmodels&iters=1".encode())
+        time.sleep(0.5)  # the route is reading the body
+    time.sleep(1.5)  # the server notices the closed connection at once, and would log it now
+    with log.open("rb") as handle:
+        handle.seek(start)
+        written = handle.read().decode(errors="replace")
+    assert "Traceback" not in written and "ClientDisconnect" not in written, written
