@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from app.evaluation.view import score_band
 from tests.conftest import shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("trained_run")]  # shares the trained run
@@ -97,8 +98,15 @@ def test_evaluate_all_checkpoints_with_the_task_from_the_run_page(trained_run: d
     shot(page, "evaluation-examples")
     page.click("#order-best")
     expect(page.locator("#order-best")).to_have_class("btn btn-sm btn-primary")
-    scores = [float(a.get_attribute("data-score") or "nan") for a in page.locator("article.example").all()]
+    answers = page.locator("article.example").all()
+    scores = [float(a.get_attribute("data-score") or "nan") for a in answers]
     assert scores == sorted(scores, reverse=True)
+    # each answer is coloured by its score's band: a good answer no longer wears the worst one's red
+    bands = [a.get_attribute("data-band") for a in answers]
+    assert bands == [score_band(score) for score in scores]
+    borders = {band: answer.evaluate("a => getComputedStyle(a).borderLeftColor")
+               for band, answer in zip(bands, answers, strict=True)}
+    assert len(set(borders.values())) == len(borders), borders  # one colour per band shown
 
     missing = max(iterations) + 1
     answer = page.goto(f"{server.url}/runs/{run_id}/evaluations/examples?iteration={missing}")

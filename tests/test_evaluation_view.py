@@ -15,6 +15,7 @@ from app.evaluation.view import (
     example_fields,
     field_cell,
     form_request,
+    score_band,
     table_truth,
     task_table,
     token_note,
@@ -131,3 +132,8 @@ def test_example_fields_mark_the_wrong_ones() -> None:
                            "amount": {"kind": "number", "expected": "12", "got": "15", "score": 0.0, "error": 3.0}})
     assert [(r["name"], r["wrong"]) for r in rows] == [("intent", False), ("amount", True)]
     assert rows[1]["error"] == 3.0
+
+
+def test_score_bands_colour_an_answer_by_how_much_of_it_is_right() -> None:
+    assert [score_band(s) for s in (1.0, 0.8, 0.5, 0.49, 0.01, 0.0)] == [
+        "right", "partly", "partly", "poor", "poor", "wrong"]

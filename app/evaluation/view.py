@@ -211,3 +211,12 @@ def example_fields(fields: Mapping[str, Mapping[str, Any]]) -> list[dict[str, An
                      "got": outcome.get("got"), "score": score, "wrong": score < 1.0,
                      "error": outcome.get("error")})
     return rows
+
+
+# An answer's score (the mean of its fields' scores) in words, as the examples page colours it.
+SCORE_BANDS = ((1.0, "right"), (0.5, "partly"), (1e-9, "poor"))
+
+
+def score_band(score: float) -> str:
+    """Pure: right (every field), partly (at least half), poor (some), wrong (none): one colour per band."""
+    return next((band for floor, band in SCORE_BANDS if score >= floor), "wrong")

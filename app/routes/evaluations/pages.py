@@ -21,6 +21,7 @@ from app.evaluation.view import (
     example_fields,
     form_request,
     read_table_truth,
+    score_band,
 )
 from app.routes.params import MAX_ID, RunId, run_or_404
 from app.runs.store.runs import checkpoints_of
@@ -92,6 +93,7 @@ def examples_page(
                                    "answers\" checked on the run page first.")
     for item in found["examples"]:
         item["field_rows"] = example_fields(item.get("fields") or {})
+        item["band"] = score_band(float(item["score"]))
     job = session.get(Job, found["job_id"])
     return templates.TemplateResponse(request, "evaluation_examples.html", {
         "run": run, "found": found, "order": order, "limit": limit, "job": job,
