@@ -173,6 +173,8 @@ def test_the_reference_tie_goes_to_the_later_checkpoint() -> None:
     assert "Validation loss rose from 0.268 (iteration 1,200) to 0.293 (iteration 1,300) while training loss fell " \
            "(0.198 → 0.180)" in md
     assert "Iteration 1,200 is marked for deployment." in md
+    assert "**Best checkpoint**: `<folder>/0001200_adapters.safetensors` (iteration 1,200: best, deployment, " \
+           "recommended)" in md.replace(report_facts.folder, "<folder>")  # one checkpoint in every role: one line
     assert "| `0000900_adapters.safetensors` | 40.0 MB | 900 | 0.268 | 73.6% | — | best (tied) |" not in md
     assert "| `0000900_adapters.safetensors` | 40.0 MB | 900 | 0.268 | 73.6% | — | — |" in md
     data = chart_data(report_facts)
@@ -401,3 +403,18 @@ def test_html_report_draws_its_chart_offline(shared_server: Server, report_run: 
     page.emulate_media(media="print")
     assert not page.locator(".site-header").is_visible() and not page.locator("#report-print").is_visible()
     shot(page, "report-print")
+
+
+def test_the_header_names_the_best_and_the_deployment_checkpoint_apart() -> None:
+    config = {"model": "mistral", "iters": 1500}
+    run = Run(id=1, name="contact center", status="completed", config_json=json.dumps(config), total_iters=1500,
+              iteration=1500)
+    val = dict(REFERENCE)
+    ckpts = [Checkpoint(id=i, run_id=1, iteration=it, filename=f"{it:07d}_adapters.safetensors", size_bytes=40 << 20,
+                        sha256="", val_loss=val[it], trained_tokens=it * 4630, is_deployment=it == 600)
+             for i, it in enumerate((300, 600, 1200), start=1)]
+    report_facts = facts(run, REFERENCE, ckpts, [], [])
+    md = render(build_report(report_facts)).replace(report_facts.folder, "<folder>")
+    assert "**Best checkpoint**: `<folder>/0001200_adapters.safetensors` (iteration 1,200: best, recommended)" in md
+    assert "**Deployment**: `<folder>/0000600_adapters.safetensors` (iteration 600: deployment)" in md
+    assert "Best model" not in md

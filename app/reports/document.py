@@ -16,6 +16,7 @@ from app.datasets.token_stats import over_text
 from app.reports.blocks import DASH, Block, Chart, FactList, Mono, Para, Report, Section, Strong, Text, text
 from app.reports.facts import RunFacts
 from app.reports.results import (
+    checkpoint_marks,
     checkpoint_section,
     evaluation_section,
     performance_section,
@@ -25,6 +26,7 @@ from app.reports.results import (
     validation_section,
 )
 from app.reports.svg import ChartMark, loss_chart_svg
+from app.tables import Checkpoint
 from app.templating import number
 
 METHODS = {"lora": "LoRA (low-rank adaptation)", "dora": "DoRA (weight-decomposed low-rank adaptation)",
@@ -62,6 +64,20 @@ def memory_text(size: int | None) -> str:
     return f"{size / 2**30:.1f} GB" if size else DASH
 
 
+def named_checkpoints(facts: RunFacts) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints the header names, each once under its first role: the best by validation loss, the one marked
+    for deployment, the recommended one (they may be one, two or three checkpoints)."""
+    recommended = facts.truth.verdict.recommended
+    roles = [(f"{facts.truth.verdict.best_label.capitalize()} checkpoint", facts.best),
+             ("Deployment", next((c for c in facts.checkpoints if c.is_deployment), None)),
+             ("Recommended", next((c for c in facts.checkpoints if c.iteration == recommended), None))]
+    named: list[tuple[str, Checkpoint]] = []
+    for title, checkpoint in roles:
+        if checkpoint is not None and all(checkpoint.id != other.id for _, other in named):
+            named.append((title, checkpoint))
+    return named
+
+
 def header(facts: RunFacts) -> list[tuple[str, Text]]:
     run = facts.run
     lines: list[tuple[str, Text]] = [
@@ -69,11 +85,9 @@ def header(facts: RunFacts) -> list[tuple[str, Text]]:
         ("Date", text(when(facts, "started_at"))),
         ("Status", text(status_words(facts))),
     ]
-    shown = facts.command_checkpoint
-    if shown is not None:
-        role = "deployment" if shown.is_deployment else facts.truth.verdict.best_label
-        lines.append(("Best model", text(Mono(f"{facts.folder}/{shown.filename}"),
-                                          f" (iteration {shown.iteration:,}, {role})")))
+    for title, checkpoint in named_checkpoints(facts):
+        lines.append((title, text(Mono(f"{facts.folder}/{checkpoint.filename}"),
+                                  f" (iteration {checkpoint.iteration:,}: {checkpoint_marks(facts, checkpoint)})")))
     if run.notes.strip():
         lines.append(("Notes", text(run.notes.strip())))
     return lines

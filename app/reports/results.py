@@ -8,6 +8,7 @@ from app.reports.blocks import DASH, Block, Command, FactList, Mono, Para, Secti
 from app.reports.facts import RunFacts
 from app.reports.labels import LEGEND, sample_rows
 from app.runs.store.checkpoints import improvement
+from app.tables import Checkpoint
 from app.templating import human_bytes
 
 TRAIN_ROWS = 15  # the training loss table shows at most this many reports
@@ -152,6 +153,12 @@ def stop_section(facts: RunFacts) -> Section:
         blocks.append(Para(text(overfit)))
     blocks += [Para(words) for words in _best_words(facts)]
     return Section("decision", "Stop decision", blocks)
+
+
+def checkpoint_marks(facts: RunFacts, checkpoint: Checkpoint) -> str:
+    """A checkpoint's roles as the checkpoint table writes them: best (or least bad), deployment, recommended."""
+    return _markers(facts, checkpoint.iteration, facts.best is not None and facts.best.id == checkpoint.id,
+                    checkpoint.is_deployment)
 
 
 def _markers(facts: RunFacts, iteration: int, is_best: bool, is_deployment: bool) -> str:
