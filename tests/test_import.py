@@ -76,6 +76,10 @@ def test_a_run_of_the_mlx_lm_cli_imports_with_its_curves_and_checkpoints(shared_
     assert answer["import"]["log_counts"]["unrecognised"] == 0
     assert answer["config"]["num_layers"] == 2 and answer["config"]["iters"] == 30
     assert answer["config"]["model"] == str(PROJECT_DIR / "data" / "models" / "tiny-mistral")
+    counted = re.search(r"^Trainable parameters: [\d.]+% \(([\d.]+)M/([\d.]+)M\)$", text, re.M)
+    assert counted is not None, text  # what the log states, the report shows (not "counted when training starts")
+    assert (answer["trainable_params"], answer["total_params"]) == (round(float(counted[1]) * 1e6),
+                                                                     round(float(counted[2]) * 1e6))
 
     metrics = shared_server.get(f"/api/runs/{run_id}/metrics")
     assert [(p["iteration"], p["train_loss"], p["tokens_per_second"], p["trained_tokens"])

@@ -48,7 +48,8 @@ def test_classic_lines_give_every_number() -> None:
     assert [(v.iteration, v.val_loss, v.val_time) for v in log.val] == [(1, 2.874, 12.345), (20, 1.801, 11.002)]
     assert log.saved == [20]
     assert log.test_loss == 1.750
-    assert (log.unrecognised, log.ignored) == (0, 6)
+    assert (log.trainable_params, log.total_params) == (5_243_000, 7_241_732_000)
+    assert (log.unrecognised, log.ignored) == (0, 5)
 
 
 def test_table_lines_with_colour_codes() -> None:

@@ -34,11 +34,13 @@ TABLE_TRAIN = re.compile(rf"^(?P<it>\d+)\s+(?P<loss>{NUMBER})\s*[▼▲]?\s+(?P<
 TABLE_VAL = re.compile(rf"^(?P<it>\d+)\s+val\s+(?P<loss>{NUMBER})\s+(?P<took>{NUMBER})s$")
 TABLE_SAVE = re.compile(r"^save\s+(?P<it>\d{7})_adapters\.safetensors$")
 TEST_LINE = re.compile(rf"^Test loss (?P<loss>{NUMBER}), Test ppl (?P<ppl>{NUMBER})\.?$")
+# mlx_lm's count of the parameters it trains, in millions: "Trainable parameters: 0.145% (10.486M/7241.732M)"
+TRAINABLE_LINE = re.compile(rf"^Trainable parameters: {NUMBER}% \((?P<trainable>{NUMBER})M/(?P<total>{NUMBER})M\)$")
 
 # mlx_lm's own lines that carry no number worth keeping.
 CHATTER = re.compile(
     r"^(?:Loading (?:pretrained model|datasets)|Training|Testing|Fetching \d+ files|Starting training\b.*"
-    r"|Trainable parameters:.*|Calculating loss.*|Saved final weights to .*|\[WARNING\].*"
+    r"|Calculating loss.*|Saved final weights to .*|\[WARNING\].*"
     r"|iter\s+train_loss\s+tok/s\s+tokens|(?:train|val)\s+[█░▏▎▍▌▋▊▉ ]*\d+%.*"
     r"|[─│╭╮╰╯┌┐└┘ ]*|[│┃].*[│┃]|[╭╰].*[╮╯])$"
 )
@@ -72,6 +74,8 @@ class ParsedLog:
     val: list[ValPoint] = field(default_factory=list)
     saved: list[int] = field(default_factory=list)  # iterations of the numbered adapter files it saved
     test_loss: float | None = None
+    trainable_params: int | None = None  # as the log states them: to the thousand (mlx_lm prints millions, 3 decimals)
+    total_params: int | None = None
     style: str | None = None  # "classic", "table" (both: "mixed"), None when no line gave a number
     lines: int = 0
     ignored: int = 0  # mlx_lm's known lines without numbers (banner, loading, progress bar, blank)
@@ -165,6 +169,10 @@ def parse_log(text: str) -> ParsedLog:
                 known = True
             elif test := TEST_LINE.match(line):
                 log.test_loss = number(test["loss"])
+                known = True
+            elif counted := TRAINABLE_LINE.match(line):
+                log.trainable_params = round(number(counted["trainable"]) * 1e6)
+                log.total_params = round(number(counted["total"]) * 1e6)
                 known = True
         if known:
             continue

@@ -285,6 +285,8 @@ def import_run(session: Session, settings: Settings, adapter_dir: str, log: str 
                   finished_at=max([_mtime(f.path) for _, f in planned], default=now), iteration=last,
                   total_iters=max(config.iters, last), backend=IMPORTED_BACKEND,
                   test_loss=parsed.test_loss if parsed else None,
+                  trainable_params=parsed.trainable_params if parsed else None,
+                  total_params=parsed.total_params if parsed else None,
                   notes=run_notes(folder, log_path, parsed, dropped, copy))
         session.add(run)
         session.flush()
