@@ -195,3 +195,15 @@ def _start_with_token(server: Server, token: str) -> None:
             assert server.process.poll() is None, (server.root / "server.log").read_text()
             time.sleep(0.2)
     raise AssertionError("the server did not start in 30 s")
+
+
+def test_help_shows_no_type_beside_a_flag() -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app as cli
+
+    for name in ("run", "runs", "show", "stop", "report", "import", "export"):
+        helped = CliRunner().invoke(cli, [name, "--help"], env={"COLUMNS": "120", "NO_COLOR": "1"})
+        assert helped.exit_code == 0 and "--help" in helped.output, helped.output
+        assert "<bool>" not in helped.output, helped.output  # a flag takes no value
+    assert "<file>" in CliRunner().invoke(cli, ["run", "--help"], env={"COLUMNS": "120"}).output  # others keep theirs

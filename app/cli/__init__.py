@@ -4,8 +4,10 @@ dashboard over its HTTP API: run, runs, show, stop, report, import, export."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from app.cli import commands
 
@@ -32,13 +34,21 @@ def defaults(ctx: typer.Context) -> None:
     serve_main(["defaults", *ctx.args])
 
 
-app.command("run")(commands.run)
-app.command("runs")(commands.runs)
-app.command("show")(commands.show)
-app.command("stop")(commands.stop)
-app.command("report")(commands.report)
-app.command("import")(commands.import_)
-app.command("export")(commands.export)
+class FlagsTakeNoValue(TyperCommand):
+    """A command whose help shows no type beside a flag (typer would write `<bool>`: a flag takes no value)."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+for name, command in (("run", commands.run), ("runs", commands.runs), ("show", commands.show),
+                      ("stop", commands.stop), ("report", commands.report), ("import", commands.import_),
+                      ("export", commands.export)):
+    app.command(name, cls=FlagsTakeNoValue)(command)
 
 
 def main(argv: list[str] | None = None) -> None:
