@@ -4,10 +4,12 @@ output), with real runs of the tiny model."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,25 @@ def test_help_shows_no_type_beside_a_flag() -> None:
         assert helped.exit_code == 0 and "--help" in helped.output, helped.output
         assert "<bool>" not in helped.output, helped.output  # a flag takes no value
     assert "<file>" in CliRunner().invoke(cli, ["run", "--help"], env={"COLUMNS": "120"}).output  # others keep theirs
+
+
+def test_run_without_a_config_starts_the_forms_defaults(shared_server: Server) -> None:
+    defaults = shared_server.get("/api/configs/defaults")
+    started = loraboard(shared_server, "run", "--detach")
+    assert started.returncode == 0, started.stderr
+    assert f"no --config: the new-run form's defaults ({defaults['model']} on {defaults['data']})" in started.stdout
+    run_id = int(re.search(r"^run (\d+) ", started.stdout, re.M)[1])  # type: ignore[index]
+    stopped = loraboard(shared_server, "stop", str(run_id))  # the point is what it started: no need to train on
+    assert stopped.returncode == 0, stopped.stderr
+    config = shared_server.get(f"/api/runs/{run_id}")["config"]
+    assert {key: config[key] for key in ("model", "data", "iters", "learning_rate", "num_layers")} == {
+        key: defaults[key] for key in ("model", "data", "iters", "learning_rate", "num_layers")}
+
+
+def test_the_sample_config_in_run_help_is_one_the_dashboard_takes_as_it_is() -> None:
+    from app.cli.commands import RUN_EPILOG
+    from app.runs.configs.yaml_config import parse_yaml_config
+
+    sample = textwrap.dedent(RUN_EPILOG.split("\b\n", 1)[1].split("\n\n", 1)[0])
+    parsed = parse_yaml_config(sample)
+    assert parsed.ignored == [] and parsed.config.name == "first run" and parsed.config.iters == 200

@@ -45,9 +45,9 @@ class FlagsTakeNoValue(TyperCommand):
         return params
 
 
-for name, command in (("run", commands.run), ("runs", commands.runs), ("show", commands.show),
-                      ("stop", commands.stop), ("report", commands.report), ("import", commands.import_),
-                      ("export", commands.export)):
+app.command("run", cls=FlagsTakeNoValue, epilog=commands.RUN_EPILOG)(commands.run)
+for name, command in (("runs", commands.runs), ("show", commands.show), ("stop", commands.stop),
+                      ("report", commands.report), ("import", commands.import_), ("export", commands.export)):
     app.command(name, cls=FlagsTakeNoValue)(command)
 
 

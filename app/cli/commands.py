@@ -172,9 +172,30 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+RUN_EPILOG = """A config is mlx_lm lora's YAML, e.g. (a run page's "Export YAML" writes one):
+
+\b
+    model: data/models/tiny-mistral
+    data: data/contact-center
+    fine_tune_type: lora
+    num_layers: 4
+    batch_size: 4
+    iters: 200
+    learning_rate: 1.0e-4
+    steps_per_eval: 20
+    save_every: 20
+    loraboard:
+      name: first run
+      early_stopping: {patience: 3, min_delta: 0.0}
+
+Without --config, the run starts from the new-run form's defaults (the embedded model and the sample data)."""
+
+
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", exists=True, dir_okay=False, readable=True,
-                                         help="an mlx_lm lora YAML config (loraboard's own keys under loraboard:)")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", exists=True, dir_okay=False, readable=True, show_default=False,
+        help="an mlx_lm lora YAML config (loraboard's own keys under loraboard:); without it, the form's defaults")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="a name for the run (default: the config's, or model and time)",
                                              show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="start the run and return at once")] = False,
@@ -182,15 +203,19 @@ def run(
 ) -> None:
     """Start a run from a YAML config and follow it to its end (Ctrl-C: stop and save, or detach)."""
     client = Client(url, token)
-    try:
-        text = config.read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot read {config}: {exc.strerror}") from None
-    parsed = call(client.request, "POST", "/api/configs/parse", raw=text, content_type="application/yaml").json()
     out = console()
-    for ignored in parsed.get("ignored", []):
-        out.print(f"ignored {ignored['key']}: {ignored['reason']}", markup=False)
-    payload = parsed["config"]
+    if config is None:
+        payload = call(client.get, "/api/configs/defaults")
+        out.print(f"no --config: the new-run form's defaults ({payload['model']} on {payload['data']})", markup=False)
+    else:
+        try:
+            text = config.read_bytes()
+        except OSError as exc:
+            raise fail(f"cannot read {config}: {exc.strerror}") from None
+        parsed = call(client.request, "POST", "/api/configs/parse", raw=text, content_type="application/yaml").json()
+        for ignored in parsed.get("ignored", []):
+            out.print(f"ignored {ignored['key']}: {ignored['reason']}", markup=False)
+        payload = parsed["config"]
     if name:
         payload["name"] = name
     created = call(client.post, "/api/runs", payload)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -11,6 +13,7 @@ from app.deps import SessionDep, SettingsDep
 from app.routes.params import RunId, content, problems
 from app.runs.configs.warnings import read_model_facts
 from app.runs.configs.yaml_config import YamlConfigError, YamlProblem, export_yaml, parse_yaml_config
+from app.runs.form.fields import starting_config
 from app.tables import Run
 
 router = APIRouter(prefix="/api")
@@ -29,6 +32,14 @@ def export_run_yaml(session: SessionDep, settings: SettingsDep, run_id: RunId) -
     text = export_yaml(config, run.id, run.name, read_model_facts(config.model, settings).layers)
     headers = {"Content-Disposition": f'attachment; filename="loraboard-run-{run_id}.yaml"'}
     return Response(text, media_type="application/yaml", headers=headers)
+
+
+@router.get("/configs/defaults", tags=["configs"])
+def default_config(settings: SettingsDep) -> dict[str, Any]:
+    """The config a fresh new-run form holds: small settings for the embedded model and the sample data, as a
+    body for POST /api/runs (`loraboard run` without a config starts it)."""
+    return starting_config(str(settings.default_model_dir), str(settings.default_dataset_dir)).model_dump(
+        mode="json", exclude_none=True)
 
 
 @router.post("/configs/parse", tags=["configs"], responses=problems(422), openapi_extra=YAML_BODY)

@@ -30,6 +30,8 @@ MAX_YAML_NODES = 10_000  # keys, values and list items; a run config has about a
 MAX_PROBLEMS = 50  # listed one by one; past these, one line counts the rest
 OPTIONAL_MLX_KEYS = {"lr_schedule", *FEATURE_KEYS}
 # mlx_lm keys that loraboard decides itself: accepted in a file and reported as ignored.
+# What an exported file (export_yaml) sets of them for mlx_lm alone: read back, ignoring them needs no word.
+AS_EXPORTED: dict[str, Any] = {"train": True, "adapter_path": "adapters"}
 IGNORED_KEYS: dict[str, str] = {
     "train": "loraboard sets this (a run always trains)",
     "adapter_path": "loraboard sets this (each run has its own adapters folder)",
@@ -228,7 +230,8 @@ def parse_yaml_config(text: str) -> ParsedConfig:
             if value is not None or name not in OPTIONAL_MLX_KEYS:
                 payload[name] = value
         elif name in IGNORED_KEYS:
-            ignored.append(IgnoredKey(name, IGNORED_KEYS[name]))
+            if name not in AS_EXPORTED or value != AS_EXPORTED[name]:  # an exported file's own values: silently
+                ignored.append(IgnoredKey(name, IGNORED_KEYS[name]))
         elif name in UNSUPPORTED_KEYS:
             problems.append(_problem(name, UNSUPPORTED_KEYS[name], lines))
         elif name == "loraboard":
@@ -274,8 +277,7 @@ _ExportDumper.add_representer(list, _flow_list)
 def export_data(config: RunConfig, model_layers: int | None = None) -> dict[str, Any]:
     """The YAML document of a run config: mlx_lm's keys, then `loraboard:` (see the module doc)."""
     dumped = config.model_dump(mode="json")
-    document: dict[str, Any] = {"model": dumped["model"], "data": dumped["data"], "train": True,
-                                "adapter_path": "adapters"}
+    document: dict[str, Any] = {"model": dumped["model"], "data": dumped["data"], **AS_EXPORTED}
     for key in MLX_KEYS[2:]:
         value = dumped[key]
         if value is None and key in OPTIONAL_MLX_KEYS:
