@@ -545,6 +545,9 @@ def in_process_settings(root: Path, **overrides: Any) -> Any:
     values: dict[str, Any] = {
         "db_path": root / "loraboard.db", "adapters_dir": root / "adapters", "datasets_dir": root / "datasets",
         "supervisor_interval_s": 0.5, "heartbeat_timeout_s": 15.0, "hf_offline": True,
+        # workers, where an in-process test starts one at all, as new processes: the test sees (and may stand in
+        # for) each through subprocess.Popen, and no forkserver is left in the test process
+        "fork_workers": False,
         "allowed_dirs": os.pathsep.join((str(root.parent), "/nonexistent", "/nowhere")),
     }
     values.update(overrides)
