@@ -87,7 +87,7 @@ def test_advanced_section_live_errors_and_warnings(shared_server: Server, page: 
 
     # a bad value shows its error next to the field before anything is submitted
     page.fill("#f-iters", "0")
-    expect(page.locator("#err-iters")).to_have_text("Input should be greater than or equal to 1")
+    expect(page.locator("#err-iters")).to_have_text("iters must be at least 1")
     page.fill("#f-lora_parameters\\.dropout", "1.5")
     expect(page.locator("#err-lora_parameters-dropout")).to_contain_text("less than 1")
     page.select_option("#f-optimizer", "adam")

@@ -263,9 +263,24 @@ def test_form_errors_name_the_form_field() -> None:
             "iters": "0", "optimizer": "adamw", "optimizer_config": "weight_decay=-1",
             "lr_schedule.name": "cosine_decay", "lr_schedule.arguments": "1e-5, x"}))
     errors = form_errors(info.value)
-    assert errors["iters"] == "Input should be greater than or equal to 1"
-    assert errors["optimizer_config"] == "weight_decay: Input should be greater than or equal to 0"
-    assert errors["lr_schedule.arguments"].startswith("item 2: Input should be a valid number")
+    assert errors["iters"] == "iters must be at least 1"
+    assert errors["optimizer_config"] == "weight_decay must be at least 0"
+    assert errors["lr_schedule.arguments"] == ("lr_schedule.arguments item 2 takes a number, such as 0.0001 or 1e-4; "
+                                               "“x” is not one")
+
+
+def test_form_errors_are_sentences_naming_the_field_and_what_it_takes() -> None:
+    with pytest.raises(ValidationError) as info:
+        RunConfig.model_validate(form_to_payload({
+            "iters": "abc", "batch_size": "0", "learning_rate": "fast", "fine_tune_type": "qlora",
+            "lora_parameters.dropout": "1.5", "name": "x" * 300}))
+    errors = form_errors(info.value)
+    assert errors["iters"] == "iters takes a whole number, such as 200; “abc” is not one"
+    assert errors["learning_rate"] == "learning_rate takes a number, such as 0.0001 or 1e-4; “fast” is not one"
+    assert errors["batch_size"] == "batch_size must be at least 1"
+    assert errors["fine_tune_type"] == "fine_tune_type takes one of 'lora', 'dora' or 'full'"
+    assert errors["lora_parameters.dropout"] == "lora_parameters.dropout must be less than 1"
+    assert not any("Input should" in message for message in errors.values()), errors
 
 
 # Warnings ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.contract.run_config import (
     RunConfig,
     batches_per_epoch,
 )
+from app.runs.form.words import sentence
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,8 @@ def error_key(loc: tuple[Any, ...]) -> tuple[str, str]:
 
 
 def form_errors(exc: ValidationError) -> dict[str, str]:
-    """Validation errors by form field, with pydantic's messages (as the API's 422 words them)."""
+    """Validation errors by form field, each a sentence naming what is wrong and what the field takes
+    (app/runs/form/words.py; the API's 422 keeps pydantic's own messages)."""
     errors: dict[str, str] = {}
     for err in exc.errors(include_url=False):
         key, rest = error_key(tuple(err["loc"]))
@@ -344,8 +346,8 @@ def form_errors(exc: ValidationError) -> dict[str, str]:
         elif key == "optimizer_config" and "." in rest:
             rest = rest.split(".", 1)[1]
         if rest.isdigit():
-            rest = f"item {int(rest) + 1}"
-        message = f"{rest}: {err['msg']}" if rest else err["msg"]
+            rest = f"{key} item {int(rest) + 1}"
+        message = sentence(err, rest or key)
         errors[key] = f"{errors[key]}; {message}" if key in errors else message
     return errors
 
