@@ -120,6 +120,8 @@ def test_chart_streams_points_title_follows_and_the_end_notifies(
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     status, run = shared_server.post("/api/runs", {**QUICK_RUN, "name": "live-demo", "data": str(short_data),
                                                    "iters": 80, "steps_per_report": 2, "steps_per_eval": 20,
                                                    "save_every": 40})
@@ -152,6 +154,10 @@ def test_chart_streams_points_title_follows_and_the_end_notifies(
     best = final["best_checkpoint"]
     assert f"best val loss {best['val_loss']:.3f} at iteration {best['iteration']}" in notes[0]["body"]
     expect(page.locator("#notify")).to_be_hidden()  # only while live
+    # the Evaluate card, opened before the first checkpoint, lists every checkpoint once the run has ended
+    landed = shared_server.get(f"/api/runs/{run['id']}/checkpoints")
+    expect(page.locator("#evaluation-form input[name=iteration]")).to_have_count(len(landed), timeout=15_000)
+    assert errors == [], errors
 
     run_path = f"/api/runs/{run['id']}"
     assert sum("/metrics" in url for url in requests) == 1  # the first overview only: no polling
