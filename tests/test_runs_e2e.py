@@ -360,7 +360,8 @@ def test_bf16_weights_train_in_float32_on_cpu(shared_server: Server, default_mod
 
 @pytest.mark.real  # a real server and worker
 def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, short_data: Path, tmp_path: Path) -> None:
-    """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache."""
+    """A hub id (not a path) goes through mlx_lm's hub loading; offline it is served from the cache, and one that is
+    not cached is refused before a row exists."""
 
     snapshot = tmp_path / "hf" / "hub" / "models--loraboard--tiny-mistral" / "snapshots" / "0123456789abcdef"
     shutil.copytree(default_model, snapshot)
@@ -381,9 +382,12 @@ def test_a_hub_id_loads_from_the_hugging_face_cache(default_model: Path, short_d
         assert status == 201 and run["config"]["model"] == "loraboard/tiny-mistral"  # kept as a hub id
         run = server.wait_terminal(run["id"])
         assert run["status"] == "completed", run
-        status, run = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/not-in-the-cache", "iters": 10,
-                                                "data": str(short_data)})
-        run = server.wait_terminal(run["id"])
-        assert run["status"] == "failed" and run["error"]
+        before = len(server.get("/api/runs"))
+        status, answer = server.post("/api/runs", {**QUICK_RUN, "model": "loraboard/not-in-the-cache", "iters": 10,
+                                                   "data": str(short_data)})
+        assert status == 422 and answer["detail"][0]["loc"] == ["body", "model"], answer  # refused, not failed later
+        assert "not in the local Hugging Face cache" in answer["detail"][0]["msg"]
+        assert "works offline: download it first" in answer["detail"][0]["msg"]
+        assert len(server.get("/api/runs")) == before  # no row
     finally:
         server.stop()

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.catalog.hub import hub_model_problem
 from app.contract.paths import data_roots
 from app.contract.run_config import EarlyStopping, RunConfig
 from app.datasets.registry import dataset_problem
@@ -54,7 +55,7 @@ def validate_config(payload: dict[str, Any], settings: SettingsDep, session: Ses
         raise HTTPException(422, detail=errors) from None
     data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session,
                                    data_roots(settings))
-    for key, problem in (("data", data_problem),
+    for key, problem in (("model", hub_model_problem(config.model, settings)), ("data", data_problem),
                          ("resume_from", resume_problem(session, settings, config))):
         if problem:
             raise HTTPException(422, detail=[{"loc": ["body", key], "msg": problem, "type": "value_error"}])

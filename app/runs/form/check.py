@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from app.catalog.hub import hub_model_problem
 from app.contract.paths import data_roots
 from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
@@ -50,7 +51,7 @@ def check_form(form: dict[str, str], session: Session, settings: Settings) -> Fo
         return check
     data_problem = dataset_problem(Path(config.data), config.mask_prompt, config.model_dump(), session,
                                    data_roots(settings))
-    for key, problem_text in (("data", data_problem),
+    for key, problem_text in (("model", hub_model_problem(config.model, settings)), ("data", data_problem),
                               ("resume_from.run_id", resume_problem(session, settings, config))):
         if problem_text:
             check.errors[key] = problem_text
