@@ -56,6 +56,11 @@ def test_start_watch_stop_download_from_the_browser(server: Server, page: Page, 
     expect(page.locator("#checkpoint-table tbody tr").first).to_be_visible(timeout=15_000)
     expect(chart).to_have_attribute("data-live", "false", timeout=15_000)
     shot(page, "04-run-stopped")
+    row = page.locator("#checkpoint-table tbody tr:not(.row-base)").first
+    row.hover()  # the row's hover colour reaches into the sticky Actions cell
+    colours = row.evaluate("tr => [getComputedStyle(tr).backgroundColor,"
+                           " getComputedStyle(tr.lastElementChild).backgroundColor]")
+    assert colours[0] == colours[1] and colours[0] != "rgba(0, 0, 0, 0)", colours
 
     with page.expect_download() as download_info:
         page.locator("#checkpoint-table a", has_text="Download").first.click()
