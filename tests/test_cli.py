@@ -69,7 +69,7 @@ def test_runs_and_show(shared_server: Server, finished: dict[str, Any]) -> None:
     row = next(line for line in listed.stdout.splitlines() if line.strip().startswith(str(finished["id"])))
     assert "cli run" in row and "completed" in row and "10/10" in row
     best = shared_server.get(f"/api/runs/{finished['id']}")["best_val"]  # the lowest validation, as the page says
-    assert best is not None and f"{best['val_loss']:.3f} @ {best['iteration']}" in row, row
+    assert best is not None and f"{best['val_loss']:.4f} @ {best['iteration']}" in row, row
     shown = loraboard(shared_server, "show", str(finished["id"]))
     assert shown.returncode == 0, shown.stderr
     sha = shared_server.get(f"/api/runs/{finished['id']}/checkpoints")[-1]["sha256"]
