@@ -184,6 +184,7 @@ def test_the_serve_button_shows_a_snippet_that_works(served: dict[str, Any], pag
     progress = page.locator(f"#job-{served['job_id']}-progress")
     expect(progress.locator("[data-role=uptime]")).to_contain_text(f"serving at {served['base_url']} · up ")
     expect(progress).not_to_contain_text("ETA")
+    expect(progress.locator("[data-role=detail]")).to_have_count(0)  # its detail would say the address again
     expect(progress.locator(".job-bar")).to_have_count(0)
     shot(page, "serve_jobs_page")
 
