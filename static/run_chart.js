@@ -82,6 +82,8 @@
       return;
     }
     var marks = C.runMarks(chart), smalls = C.smallCharts(chart), detail = C.zoomDetail(chart), evals = C.evaluationCurve(chart);
+    var yRange = null;  // made after the first newPlot (it listens to the plot's relayout events)
+    function fitY() { return yRange ? yRange.fit(drawn.train, drawn.val) : null; }
 
     function queue(fn) {
       chain = chain.then(fn).catch(function (err) { if (window.console) console.warn("loss chart:", err); });
@@ -152,6 +154,7 @@
         customdata: [c.tcd, c.vcd, c.tcd] }, [0, 1, 4]))
         .then(function () { return smalls.restyle(c.tx, c.small); })
         .then(syncEmpty)
+        .then(fitY)
         .then(markDrawn);
     }
 
@@ -171,6 +174,7 @@
       return Promise.resolve(Plotly.extendTraces(div, upd, idx))
         .then(function () { return t.length ? smalls.extend(c.tx, c.small) : null; })
         .then(syncEmpty)
+        .then(fitY)
         .then(markDrawn)
         .then(function () { if (v.length) marks.refresh(); });  // a new validation may move the val-min mark
     }
@@ -259,7 +263,9 @@
     function onLogY() {
       chart.logY = !!ctl.logY.checked;
       queue(function () {
+        if (yRange) yRange.refit();
         return Promise.resolve(Plotly.relayout(div, { "yaxis.type": chart.logY ? "log" : "linear", "yaxis.autorange": true }))
+          .then(fitY)
           .then(marks.redraw)
           .then(markDrawn);
       });
@@ -321,6 +327,7 @@
         modeBarButtons: C.MODEBAR_BUTTONS };
       return Promise.resolve(Plotly.newPlot(div, traces, layout, config))
         .then(function () { return smalls.draw(c.tx, c.small); })
+        .then(function () { yRange = C.yRange(chart); return fitY(); })
         .then(markDrawn);
     }
 

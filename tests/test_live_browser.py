@@ -173,6 +173,18 @@ def test_chart_streams_points_title_follows_and_the_end_notifies(
     assert not [url for url in requests if "/events" in url]  # an ended run's page opens no stream
     assert len(page.evaluate("window.__notifications")) == 0  # and notifies nothing
 
+    # the loss axis shows the training: the base model's validation (iteration 0, far above) is left out of its
+    # range until the user asks (a double-click shows everything)
+    base = [p["val_loss"] for p in metrics["val"] if p["iteration"] == 0]
+    assert base, metrics["val"]  # the run validates before its first step
+    top = "() => document.getElementById('loss-chart')._fullLayout.yaxis.range[1]"
+    highest = max([p["train_loss"] for p in metrics["train"]] + [p["val_loss"] for p in metrics["val"][1:]])
+    expect(chart).to_have_attribute("data-y-fit", "training")
+    assert highest <= page.evaluate(top) < base[0], (highest, page.evaluate(top), base[0])
+    chart.dblclick()
+    expect(chart).to_have_attribute("data-y-fit", "user")
+    page.wait_for_function(f"({top})() >= {base[0]}")
+
 
 def test_chart_resumes_after_a_server_restart_with_no_gap_and_no_duplicate(browser: Browser,
                                                                            shared_server: Server) -> None:
