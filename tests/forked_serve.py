@@ -12,12 +12,11 @@ import contextlib
 import io
 import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 from multiprocessing.context import ForkServerContext
-from multiprocessing.process import BaseProcess
 from pathlib import Path
+
+from app.jobs.process import ProcessAsPopen
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Imported once by the forkserver, before any fork: the serve command and the web server it runs.
@@ -59,40 +58,15 @@ def forkserver() -> ForkServerContext:
     return context
 
 
-class ForkedServe:
+class ForkedServe(ProcessAsPopen):
     """A started `python -m app <argv>` (argv: serve and its options) in a forked process, answering as its
     subprocess.Popen would."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = [sys.executable, "-m", "app", *argv]
-        sys.audit(SERVE_EVENT, sys.executable, self.args)
+        args = [sys.executable, "-m", "app", *argv]
+        sys.audit(SERVE_EVENT, sys.executable, args)
         log_path.touch()  # there, whatever becomes of the child
-        self.process: BaseProcess = forkserver().Process(target=serve_child, args=(argv, env, str(log_path)),
-                                                         name="loraboard serve", daemon=True)
-        self.process.start()
-        assert self.process.pid is not None
-        self.pid: int = self.process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status (minus the signal's number if a signal ended it); None while it runs."""
-        return self.process.exitcode
-
-    def poll(self) -> int | None:
-        return self.process.exitcode
-
-    def wait(self, timeout: float | None = None) -> int:
-        self.process.join(timeout)
-        if self.process.exitcode is None:
-            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-        return self.process.exitcode
-
-    def send_signal(self, sig: int) -> None:
-        if self.process.exitcode is None:  # never a pid that has been reaped (and may be another's now)
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        process = forkserver().Process(target=serve_child, args=(argv, env, str(log_path)), name="loraboard serve",
+                                       daemon=True)
+        process.start()
+        super().__init__(process, args)

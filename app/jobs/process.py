@@ -128,21 +128,15 @@ def start_worker_forkserver(settings: Settings) -> None:
         forkserver.ensure_running()
 
 
-class ForkedWorker:
-    """`python -m worker <args>` started as a fork of the worker forkserver (app/contract/worker_fork.py),
-    answering as its subprocess.Popen would. The forkserver is this process's child and the worker its child: the
-    exit status comes back through multiprocessing. The worker outlives this process, as a spawned one does: it
-    is not among the children multiprocessing would wait for (or end) as this process exits."""
+class ProcessAsPopen:
+    """A started multiprocessing process answering as the subprocess.Popen of the command `args` would (pid, poll,
+    returncode, wait, send_signal, terminate, kill)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = worker_command(args)
-        sys.audit(FORK_EVENT, sys.executable, self.args)
-        self.process: BaseProcess = worker_forkserver().Process(target=worker_child, args=(args, env, str(log_path)),
-                                                    name=" ".join(args))
-        self.process.start()
-        multiprocessing.process._children.discard(self.process)  # type: ignore[attr-defined]
-        assert self.process.pid is not None
-        self.pid: int = self.process.pid
+    def __init__(self, process: BaseProcess, args: list[str]) -> None:
+        assert process.pid is not None, "start the process first"
+        self.process = process
+        self.args = args
+        self.pid: int = process.pid
 
     @property
     def returncode(self) -> int | None:
@@ -157,6 +151,31 @@ class ForkedWorker:
         if self.process.exitcode is None:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
         return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:  # never a pid that has been reaped (and may be another's now)
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkedWorker(ProcessAsPopen):
+    """`python -m worker <args>` started as a fork of the worker forkserver (app/contract/worker_fork.py). The
+    forkserver is this process's child and the worker its child: the exit status comes back through
+    multiprocessing. The worker outlives this process, as a spawned one does: it is not among the children
+    multiprocessing would wait for (or end) as this process exits."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        command = worker_command(args)
+        sys.audit(FORK_EVENT, sys.executable, command)
+        process = worker_forkserver().Process(target=worker_child, args=(args, env, str(log_path)), name=" ".join(args))
+        process.start()
+        multiprocessing.process._children.discard(process)  # type: ignore[attr-defined]
+        super().__init__(process, command)
 
 
 def spawn_worker(args: list[str], settings: Settings, log_path: Path,

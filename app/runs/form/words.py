@@ -18,38 +18,37 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# pydantic's error type -> what the field takes, and the value pydantic refused is quoted back after it
+TAKES = {
+    "int_parsing": "a whole number, such as 200", "int_type": "a whole number, such as 200",
+    "int_from_float": "a whole number, such as 200", "float_parsing": "a number, such as 0.0001 or 1e-4",
+    "float_type": "a number, such as 0.0001 or 1e-4", "bool_parsing": "on or off (true or false)",
+    "bool_type": "on or off (true or false)",
+}
+# pydantic's error type -> (the sentence's words, the key of its limit in the error's context)
+LIMITS = {
+    "greater_than_equal": ("must be at least", "ge"), "greater_than": ("must be more than", "gt"),
+    "less_than_equal": ("must be at most", "le"), "less_than": ("must be less than", "lt"),
+    "literal_error": ("takes one of", "expected"), "enum": ("takes one of", "expected"),
+    "string_too_long": ("takes at most this many characters:", "max_length"),
+    "string_too_short": ("takes at least this many characters:", "min_length"),
+    "too_long": ("takes at most this many items:", "max_length"),
+    "too_short": ("takes at least this many items:", "min_length"),
+}
+
+
 def sentence(error: Mapping[str, Any], name: str) -> str:
     """One pydantic error (as ValidationError.errors() gives it) as a sentence about the field `name`."""
     kind = str(error.get("type", ""))
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     given = error.get("input")
-    shown = "" if given in (None, "") else f"; {_quoted(given)} is not one"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"{name} takes a whole number, such as 200{shown}"
-    if kind in ("float_parsing", "float_type"):
-        return f"{name} takes a number, such as 0.0001 or 1e-4{shown}"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"{name} takes on or off (true or false){shown}"
-    if kind == "greater_than_equal":
-        return f"{name} must be at least {_number(ctx.get('ge'))}"
-    if kind == "greater_than":
-        return f"{name} must be more than {_number(ctx.get('gt'))}"
-    if kind == "less_than_equal":
-        return f"{name} must be at most {_number(ctx.get('le'))}"
-    if kind == "less_than":
-        return f"{name} must be less than {_number(ctx.get('lt'))}"
-    if kind in ("literal_error", "enum"):
-        return f"{name} takes one of {ctx.get('expected', 'the listed values')}"
+    if kind in TAKES:
+        return f"{name} takes {TAKES[kind]}" + ("" if given in (None, "") else f"; {_quoted(given)} is not one")
+    if kind in LIMITS:
+        words, key = LIMITS[kind]
+        return f"{name} {words} {_number(ctx.get(key))}"
     if kind == "missing":
         return f"{name} is needed"
-    if kind == "string_too_long":
-        return f"{name} takes at most {ctx.get('max_length')} characters"
-    if kind == "string_too_short":
-        return f"{name} takes at least {ctx.get('min_length')} characters"
-    if kind == "too_short":
-        return f"{name} takes at least {ctx.get('min_length')} items"
-    if kind == "too_long":
-        return f"{name} takes at most {ctx.get('max_length')} items"
     message = str(error.get("msg", "")).removeprefix("Value error, ")
     if kind == "value_error":  # loraboard's own validators: already a sentence about the field
         return message
