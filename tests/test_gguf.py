@@ -296,6 +296,21 @@ def test_export_section_on_the_models_page(exports: dict[str, Any], page: Page) 
     blocked = page.locator(f'.gguf-export[data-model-name="{GPT2}"] [data-role="gguf-blocked"]')
     expect(blocked).to_contain_text("supported: llama, mistral, mixtral")
     assert errors == []  # the models table's reload trigger parses (htmx:syntax:error before)
+    # every name field shows its suggested name whole (its placeholder is not cut)
+    cut = page.evaluate("""() => [...document.querySelectorAll('.use-form input[placeholder]')].filter(input => {
+        const probe = document.createElement('span');
+        probe.style.cssText = 'position:absolute;visibility:hidden;white-space:pre;font:' +
+            getComputedStyle(input).font;
+        probe.textContent = input.placeholder;
+        document.body.appendChild(probe);
+        const wide = probe.getBoundingClientRect().width;
+        probe.remove();
+        const box = input.getBoundingClientRect(), style = getComputedStyle(input);
+        const inner = box.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)
+            - parseFloat(style.borderLeftWidth) - parseFloat(style.borderRightWidth);
+        return box.width > 0 && wide > inner + 1;
+    }).map(input => input.name + ': ' + input.placeholder)""")
+    assert cut == [], cut
     section.locator("select[name=type]").select_option("f16")
     section.locator("button[type=submit]").click()
     expect(page.locator(f'.gguf-export[data-model-name="{NAME}"] [data-role="gguf-error"]')).to_contain_text(
