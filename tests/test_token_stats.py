@@ -86,6 +86,11 @@ def test_worker_process_check_sees_start_life_and_end() -> None:
     process = subprocess.Popen([*sleeper, "worker", "job", "--job-id", "7"])
     try:
         assert is_token_stats_process(process.pid, 7)  # also right after spawn, before exec lays out argv
+        deadline = time.monotonic() + 60
+        while b"--job-id" not in Path(f"/proc/{process.pid}/cmdline").read_bytes():  # until exec has laid it out
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert is_token_stats_process(process.pid, 7)
         assert not is_token_stats_process(process.pid, 8)  # another job's number: a reused pid
     finally:
         process.kill()
