@@ -67,6 +67,8 @@ class Run(SQLModel, table=True):
     estimate_basis: str | None = None
     notes: str = ""  # free text from the runs list (what was tried, why)
     queue_position: int | None = None  # order among queued runs (app/runs/store/queue.py); None: behind, oldest first
+    waiting_reason: str | None = None  # why a queued run has not started, e.g. "waits for run 3 (training) to finish"
+    waiting_for: str | None = None  # what it waits for: "run 3" or "job 12" (the one click that frees it acts on it)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -145,6 +147,7 @@ class Job(SQLModel, table=True):
     params_json: str = "{}"
     status: str = Field(default=RunStatus.queued.value, index=True)
     waiting_reason: str | None = None  # why a queued job has not started, e.g. "waits for run 3 (training)..."
+    waiting_for: str | None = None  # what it waits for: "run 3" or "job 12"
     done: int = 0  # progress: done of total units
     total: int = 0
     unit: str = ""  # e.g. "examples"

@@ -1,10 +1,12 @@
-"""Jinja filters shared by the pages."""
+"""Jinja filters shared by the pages, and the one global (what frees a waiting run or job)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from fastapi.templating import Jinja2Templates
+
+from app.jobs.jobs import free_action
 
 
 def human_bytes(size: int | None) -> str:
@@ -34,3 +36,4 @@ def register_filters(templates: Jinja2Templates) -> None:
     templates.env.filters["human_bytes"] = human_bytes
     templates.env.filters["number"] = number
     templates.env.filters["when"] = when
+    templates.env.globals["free_action"] = free_action

@@ -248,8 +248,13 @@ class Server:
 
     def get(self, path: str) -> Any:
         status, parsed, _ = self.request("GET", path)
-        assert status == 200, (path, status, parsed)
+        assert status == 200, (path, status, parsed, self.log_tail() if status >= 500 else "")
         return parsed
+
+    def log_tail(self, size: int = 4096) -> str:
+        """The end of the server's log (its traceback, after a 500)."""
+        log = self.root / "server.log"
+        return log.read_text(errors="replace")[-size:] if log.exists() else ""
 
     def post(self, path: str, body: Any = None) -> tuple[int, Any]:
         status, parsed, _ = self.request("POST", path, body if body is not None else {})

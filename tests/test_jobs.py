@@ -25,17 +25,22 @@ from sqlmodel import Session
 
 from app.contract.kinds import EVALUATE, KINDS, TOKEN_STATS, TokenStatsParams
 from app.contract.pids import is_job_process
+from app.contract.policy import rough_duration
 from app.contract.settings import Settings
 from app.db import make_engine
 from app.jobs.jobs import (
     Candidate,
     Holder,
+    blocker,
     cancel_step,
     create_job,
     dead_end,
+    free_action,
+    holder_ref,
     job_eta_s,
     job_is_dead,
     request_cancel,
+    to_release_for,
     waiting_reason,
 )
 from app.jobs.supervisor import Supervisor
@@ -111,12 +116,41 @@ def test_a_resident_job_holds_runs_back_but_not_other_jobs() -> None:
     training = Holder("run", 3, "running", memory=True)
     playground = Candidate("playground", needs_memory=True, resident=True)
 
-    assert waiting_reason(Candidate("run", True), [serving], 1) == (
-        "waits for job 9 (serve) to finish (release it to train now)")
+    assert waiting_reason(Candidate("run", True), [serving], 1) == "waits for the server (job 9) to be stopped"
     assert waiting_reason(Candidate("evaluate", True), [serving], 1) is None
     assert waiting_reason(playground, [serving], 1) is None
     assert waiting_reason(playground, [Holder("evaluate", 7, "running", True)], 1) is None
     assert waiting_reason(playground, [training], 1) == "waits for run 3 (training) to finish"
+
+
+def test_an_idle_playground_alone_is_released_for_a_run_and_says_for_how_long() -> None:
+    idle = Holder("playground", 12, "running", memory=True, resident=True, idle_s=130, release_in_s=470)
+    answering = Holder("playground", 12, "running", memory=True, resident=True)
+    serving = Holder("serve", 9, "running", memory=True, resident=True)
+    run = Candidate("run", True)
+    assert waiting_reason(run, [idle], 1) == (
+        "waits for the playground (job 12, idle 2 min, releases itself in 8 min) to be released")
+    assert waiting_reason(run, [answering], 1) == "waits for the playground (job 12) to be released"
+    assert to_release_for(run, [idle], 1) == [idle]
+    assert to_release_for(run, [answering], 1) == []  # it is answering a prompt
+    assert to_release_for(run, [idle, serving], 1) == []  # the server holds the run back anyway
+    assert to_release_for(run, [Holder("run", 3, "running", True), idle], 1) == []  # a run trains: one at a time
+    assert to_release_for(run, [], 1) == []
+    assert to_release_for(Candidate("evaluate", True), [idle], 1) == []  # jobs never wait for it
+    shared = Holder("playground", 12, "running", memory=True, shares=True, resident=True, idle_s=5, release_in_s=595)
+    assert to_release_for(run, [shared], 1) == [] and blocker(run, [shared], 1) is None  # "Start anyway": it shares
+    assert (holder_ref(idle), holder_ref(Holder("run", 3, "running", True))) == ("playground 12", "run 3")
+    assert rough_duration(40) == "40 s" and rough_duration(3900) == "1 h 5 min" and rough_duration(7200) == "2 h"
+
+
+def test_the_one_click_that_frees_what_a_run_waits_for() -> None:
+    assert free_action("run 3") == {"url": "/runs/3/stop", "label": "Stop run 3",
+                                    "confirm": "Stop run 3? It saves its adapter at the next step and ends."}
+    assert free_action("playground 12")["label"] == "Release the playground"  # type: ignore[index]
+    assert free_action("serve 9") == {"url": "/jobs/9/cancel", "label": "Stop the server",
+                                      "confirm": "Stop the server (job 9)? What waits for it starts once it has ended."}
+    assert free_action("evaluate 7")["label"] == "Cancel job 7"  # type: ignore[index]
+    assert [free_action(ref) for ref in (None, "", "run", "run x", "job 3/../4")] == [None] * 5
 
 
 # Real SQLite and real processes: the supervisor's rule and cancel ---------------------------------------------
@@ -145,6 +179,35 @@ def wait_row(engine: Any, job_id: int, statuses: tuple[str, ...], timeout: float
                 return job
         assert time.monotonic() < deadline, f"job {job_id} stayed {job.status}"
         time.sleep(0.2)
+
+
+def test_a_stop_read_before_the_run_ended_leaves_its_end(engine_settings: tuple[Any, Settings]) -> None:
+    """Stop asked on a run read while it trained, after its worker recorded `completed`: the end stays; a stop
+    read while queued, of a run the supervisor has just started, stops it as a running one."""
+    engine, settings = engine_settings
+    supervisor = Supervisor(settings, engine)
+    with Session(engine) as reader, Session(engine) as worker:
+        run = Run(name="ends", status="running")
+        queued = Run(name="starts", status="queued")
+        reader.add_all([run, queued])
+        reader.commit()
+        reader.refresh(run)
+        reader.refresh(queued)
+        for row, status in ((worker.get(Run, run.id), "completed"), (worker.get(Run, queued.id), "running")):
+            assert row is not None
+            row.status = status
+            worker.add(row)
+        worker.commit()
+        assert (run.status, queued.status) == ("running", "queued")  # what the stop request read
+        supervisor.request_stop(reader, run)
+        supervisor.request_stop(reader, queued, keep_best=True)
+        ids = run.id, queued.id
+    with Session(engine) as session:
+        ended, started = session.get(Run, ids[0]), session.get(Run, ids[1])
+        assert ended is not None and started is not None
+        assert (ended.status, ended.stop_requested) == ("completed", False)
+        assert (started.status, started.stop_requested, started.deploy_best_on_end) == ("stopping", True, True)
+        assert started.finished_at is None
 
 
 @pytest.mark.real  # the supervisor starts a real worker

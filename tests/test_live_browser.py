@@ -105,8 +105,8 @@ def wait_for_the_end(page: Page, server: Server, run_id: int) -> None:
         expect(page.locator("#loss-chart")).to_have_attribute("data-live", "false", timeout=120_000)
     except AssertionError as error:
         run = server.get(f"/api/runs/{run_id}")
-        log = (server.root / "server.log").read_text(errors="replace")[-4000:]
-        raise AssertionError(f"the chart still says live; the run: {run}\nthe server's log ends:\n{log}") from error
+        raise AssertionError(f"the chart still says live; the run: {run}\nthe server's log ends:\n{server.log_tail()}"
+                             ) from error
 
 
 def wait_more_points(page: Page, than: int) -> None:

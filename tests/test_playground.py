@@ -259,6 +259,30 @@ def test_release_then_a_prompt_waits_for_training_and_starts_after_it(playground
     assert done["status"] == "completed" and done["columns"][0]["tokens"] == 4, done
 
 
+def test_a_run_queued_behind_the_idle_playground_releases_it_and_starts(playground: dict[str, Any]) -> None:
+    """The playground, loaded and idle, is released by the run that needs its memory: no click, no 10 minutes."""
+    server: Server = playground["server"]
+    status, answer = server.post("/api/generate", {"prompt": PROMPT, "max_tokens": 2, "stream": False})
+    assert status == 200, answer  # loaded again (the test above released it), now idle
+    holder = next(j for j in playground_jobs(server) if j["status"] not in TERMINAL)
+    status, run = server.post("/api/runs", {**QUICK_RUN, "iters": 100_000, "data": str(playground["data"]),
+                                            "name": "releases the playground"})
+    assert status == 201, run
+    try:  # the answer says so: the playground is being released for it
+        assert run["status"] == "queued" and run["waiting_for"] == f"playground {holder['id']}", run
+        assert run["waiting_reason"] == (f"waits for the playground (job {holder['id']}) to be released: it was idle, "
+                                         "so it is being released for this run"), run
+        started = server.wait_for(run["id"], lambda r: r["status"] in ("starting", "running"), 60, "training")
+        assert started["waiting_reason"] is None and started["waiting_for"] is None
+        released = server.get(f"/api/jobs/{holder['id']}")
+        assert released["status"] in ("stopping", "stopped"), released  # the run asked it to let go
+    finally:
+        server.post(f"/api/runs/{run['id']}/stop")
+    assert server.poll(f"/api/jobs/{holder['id']}", lambda j: j["status"] in TERMINAL, 60, "ended")["status"] == (
+        "stopped")
+    server.wait_terminal(run["id"], 120)
+
+
 # Pure rules (no server) ------------------------------------------------------------------------------------
 
 

@@ -305,3 +305,75 @@ def test_the_snippets_ask_the_datas_own_first_prompt_quoted_for_the_shell() -> N
     assert json.loads(words[words.index("-d") + 1])["messages"] == messages
     python = python_snippet("http://127.0.0.1:5555", "default_model", messages)
     assert f"messages={json.dumps(messages)}" in python and compile(python, "snippet", "exec")
+
+
+def a_live_server(srv: Server, served: dict[str, Any]) -> int:
+    """The job id of a server of the checkpoint that is up: the module's, if the tests that stop it have not run,
+    else a new one."""
+    live = [job["id"] for job in srv.get("/api/jobs?kind=serve") if job["status"] not in TERMINAL]
+    if live:
+        job_id = live[0]
+    else:
+        status, answer = srv.post(f"/api/runs/{served['run_id']}/checkpoints/{served['iteration']}/serve")
+        assert status == 201, answer
+        job_id = answer["job_id"]
+    assert srv.poll(f"/api/jobs/{job_id}", is_serving, timeout=120, what="serving")["status"] == "running"
+    return int(job_id)
+
+
+def start_from_the_form(page: Page, srv: Server, answer: str) -> int:
+    """Start the form's defaults while a server is up: the form asks first (nothing is queued yet); `answer` is
+    the button clicked. Returns the new run's id."""
+    before = {run["id"] for run in srv.get("/api/runs")}
+    page.goto(f"{srv.url}/runs/new")
+    page.locator("#start-button").click()
+    expect(page.locator("#serving-question")).to_contain_text("holds the model's memory")
+    assert {run["id"] for run in srv.get("/api/runs")} == before
+    shot(page, "new-run-asks-about-the-server")
+    page.locator(answer).click()
+    expect(page).to_have_url(re.compile(r"/runs/\d+$"))
+    return int(page.url.rsplit("/", 1)[1])
+
+
+@pytest.mark.browser
+def test_a_run_behind_a_server_asks_first_says_why_it_waits_and_one_click_frees_it(
+    served: dict[str, Any], page: Page,
+) -> None:
+    """A server holds the memory. Start on the form asks: stop the server, or queue behind it. Queued, the run says
+    what it waits for on its page, the runs list and the queue, beside the button that stops the server; one click
+    there and it trains. The other answer stops the server at once."""
+    srv: Server = served["server"]
+    page.on("dialog", lambda dialog: dialog.accept())  # the free button asks before it stops the server
+    job_id = a_live_server(srv, served)
+    run_ids = []
+    try:
+        run_ids.append(start_from_the_form(page, srv, "#queue-behind-server"))
+        reason = f"waits for the server (job {job_id}) to be stopped"
+        run = srv.get(f"/api/runs/{run_ids[0]}")
+        assert (run["status"], run["waiting_reason"], run["waiting_for"]) == ("queued", reason, f"serve {job_id}")
+        expect(page.locator("#run-waiting [data-role=waiting]")).to_have_text(reason)
+        expect(page.locator("#run-waiting [data-role=free]")).to_have_text("Stop the server")
+        page.goto(f"{srv.url}/")
+        row = page.locator(f"#run-row-{run_ids[0]}")
+        expect(row.locator("[data-role=waiting]")).to_have_text(reason)
+        expect(page.locator(f"#queue-item-{run_ids[0]} [data-role=waiting]")).to_have_text(reason)
+        shot(page, "runs-waiting-for-server")
+        row.locator("[data-role=free]").click()
+        expect(row).to_have_attribute("data-status", re.compile("starting|running"), timeout=60_000)
+        expect(row.locator("[data-role=waiting]")).to_have_count(0)
+        assert srv.get(f"/api/jobs/{job_id}")["status"] == "stopped"
+        srv.post(f"/api/runs/{run_ids[0]}/stop")
+        srv.wait_terminal(run_ids[0], 120)
+
+        job_id = a_live_server(srv, served)
+        run_ids.append(start_from_the_form(page, srv, "#stop-server-and-start"))
+        srv.wait_for(run_ids[1], lambda r: r["status"] in ("starting", "running"), 60, "training")
+        assert srv.get(f"/api/jobs/{job_id}")["status"] == "stopped"
+    finally:
+        for run_id in run_ids:
+            srv.post(f"/api/runs/{run_id}/stop")
+        for job in srv.get("/api/jobs?kind=serve"):
+            if job["status"] not in TERMINAL:
+                srv.post(f"/api/jobs/{job['id']}/cancel")
+    for run_id in run_ids:
+        srv.wait_terminal(run_id, 120)

@@ -145,7 +145,9 @@ class Follower:
                 if run["status"] != status:
                     status = run["status"]
                     if not live:
-                        self.out.print(f"run {self.run_id}: {status}", markup=False)
+                        reason = run.get("waiting_reason") if status == "queued" else None
+                        waits = f" ({reason})" if reason else ""
+                        self.out.print(f"run {self.run_id}: {status}{waits}", markup=False)
                 if live:
                     latest = self.client.get(f"/api/runs/{self.run_id}/metrics", after=self.after)["train"]
                     if latest:
@@ -163,6 +165,8 @@ def summary_lines(run: dict[str, Any]) -> list[str]:
     best = run.get("best_checkpoint")
     lines = [f"run {run['id']} ({run['name']}): {run['status']} at iteration {run['iteration']:,} "
              f"of {run['total_iters']:,}"]
+    if run["status"] == "queued" and run.get("waiting_reason"):
+        lines.append(f"it {run['waiting_reason']}")
     if run.get("stop_reason"):
         lines.append(f"reason: {run['stop_reason']}")
     if run.get("error"):
@@ -241,7 +245,9 @@ def runs(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
         table.add_column(column, justify="right" if column in ("id", "iteration", "best val loss") else "left")
     for item in answer:
         best = item.get("best_val")  # the lowest validation loss, as the run page's summary shows it
-        table.add_row(str(item["id"]), item["name"], item["status"], f"{item['iteration']:,}/{item['total_iters']:,}",
+        waits = item.get("waiting_reason") if item["status"] == "queued" else None
+        table.add_row(str(item["id"]), item["name"], f"{item['status']}: {waits}" if waits else item["status"],
+                      f"{item['iteration']:,}/{item['total_iters']:,}",
                       f"{_fmt(best['val_loss'])} @ {best['iteration']:,}" if best else "—",
                       (item.get("created_at") or "")[:16].replace("T", " "))
     out = console()

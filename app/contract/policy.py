@@ -49,6 +49,18 @@ def format_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
+def rough_duration(seconds: float) -> str:
+    """A duration as a person says it in passing: "40 s", "2 min", "1 h 5 min"."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 @dataclass(frozen=True)
 class EarlyStopDecision:
     stop: bool

@@ -21,15 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from app.contract.kinds import is_resident
 from app.contract.pids import is_job_process
-from app.contract.policy import eta_seconds, format_duration
+from app.contract.policy import eta_seconds, format_duration, rough_duration
 from app.contract.settings import Settings
 from app.contract.status import TERMINAL, RunStatus
 from app.jobs.process import log_tail
-from app.tables import Job, utcnow
+from app.tables import Generation, Job, utcnow
 
 WORKING = (RunStatus.starting.value, RunStatus.running.value, RunStatus.stopping.value)  # a worker process exists
 LIVE = (RunStatus.queued.value, *WORKING)
@@ -108,13 +108,26 @@ class Holder:
     memory: bool  # a training run, or a job of a kind that loads the model
     shares: bool = False  # a memory job the user let run beside training (allow_while_training)
     resident: bool = False  # a job that stays loaded until released (playground, serve)
+    idle_s: float | None = None  # a playground with no prompt to answer: for how long (None: busy, or another kind)
+    release_in_s: float | None = None  # ... and in how long it releases the model by itself
 
     @property
     def label(self) -> str:
         if self.what == "run":
             doing = "stopping" if self.status == RunStatus.stopping.value else "training"
             return f"run {self.id} ({doing})"
+        if self.what == "playground":
+            if self.idle_s is None:
+                return f"the playground (job {self.id})"
+            left = f", releases itself in {rough_duration(self.release_in_s)}" if self.release_in_s is not None else ""
+            return f"the playground (job {self.id}, idle {rough_duration(self.idle_s)}{left})"
+        if self.what == "serve":
+            return f"the server (job {self.id})"
         return f"job {self.id} ({self.what.replace('_', ' ')})"
+
+    @property
+    def idle_playground(self) -> bool:
+        return self.what == "playground" and self.idle_s is not None
 
 
 @dataclass(frozen=True)
@@ -127,8 +140,8 @@ class Candidate:
     resident: bool = False  # stays loaded until released (playground, serve)
 
 
-def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
-    """Why the candidate must stay queued, in words for the page; None: it may start now.
+def blocker(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> Holder | None:
+    """What the candidate must wait for (the first of them); None: it may start now.
 
     One rule for runs and jobs. A job that does not need the model's memory (token statistics) starts at
     once. A run waits while max_concurrent_runs runs are active, or while a memory job runs that did not
@@ -140,16 +153,56 @@ def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurren
     memory_jobs = [h for h in active if h.what != "run" and h.memory]
     if candidate.what == "run":
         if len(runs) >= max_concurrent_runs:
-            return f"waits for {runs[0].label} to finish"
+            return runs[0]
         exclusive = [h for h in memory_jobs if not h.shares]
-        if not exclusive:
-            return None
-        release = " (release it to train now)" if exclusive[0].resident else ""
-        return f"waits for {exclusive[0].label} to finish{release}"
+        return exclusive[0] if exclusive else None
     if not candidate.needs_memory or candidate.allow_while_training:
         return None
     blocking = runs + [h for h in memory_jobs if not h.resident and not candidate.resident]
-    return f"waits for {blocking[0].label} to finish" if blocking else None
+    return blocking[0] if blocking else None
+
+
+def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
+    """Why the candidate must stay queued, in words for the page (the blocker's); None: it may start now."""
+    holder = blocker(candidate, active, max_concurrent_runs)
+    if holder is None:
+        return None
+    if not holder.resident:
+        return f"waits for {holder.label} to finish"
+    return f"waits for {holder.label} to be {'stopped' if holder.what == 'serve' else 'released'}"
+
+
+def holder_ref(holder: Holder) -> str:
+    """What a queued run or job waits for, as its `waiting_for` column keeps it: "run 3", "playground 12"."""
+    return f"{holder.what} {holder.id}"
+
+
+FREE_LABELS = {"playground": "Release the playground", "serve": "Stop the server"}
+
+
+def free_action(waiting_for: str | None) -> dict[str, str] | None:
+    """The one click that frees what a queued run or job waits for (`waiting_for`, as holder_ref writes it):
+    {url (a POST), label, confirm}; None when it names nothing."""
+    what, _, number = (waiting_for or "").partition(" ")
+    if not what or not number.isdigit():
+        return None
+    if what == "run":
+        return {"url": f"/runs/{number}/stop", "label": f"Stop run {number}",
+                "confirm": f"Stop run {number}? It saves its adapter at the next step and ends."}
+    label = FREE_LABELS.get(what, f"Cancel job {number}")
+    return {"url": f"/jobs/{number}/cancel", "label": label,
+            "confirm": f"{label} (job {number})? What waits for it starts once it has ended."}
+
+
+def to_release_for(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> list[Holder]:
+    """The idle playgrounds a queued run releases as it asks to start: only when nothing else holds it back
+    (a prompt being answered, a server, another job or run keeps them all)."""
+    if candidate.what != "run" or blocker(candidate, active, max_concurrent_runs) is None:
+        return []
+    others = [h for h in active if not h.idle_playground]
+    if blocker(candidate, others, max_concurrent_runs) is not None:
+        return []
+    return [h for h in active if h.idle_playground and not h.shares]
 
 
 def lookup_key(*parts: str) -> str:
@@ -246,7 +299,7 @@ def request_cancel(session: Session, job: Job) -> bool:
     if step is None:
         return False
     job.status = step.status
-    job.waiting_reason = None
+    job.waiting_reason = job.waiting_for = None
     if step.finished:
         job.finished_at = utcnow()
     session.add(job)
@@ -255,6 +308,22 @@ def request_cancel(session: Session, job: Job) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(job.pid, signal.SIGTERM)
     return True
+
+
+def playground_idle(session: Session, job: Job, default_idle_s: float, now: datetime) -> dict[str, float | None]:
+    """A running playground job with no prompt to answer: {idle_s, release_in_s} (idle since it started or
+    last answered; it releases itself after its `idle_s`); both None while it answers, loads or for other kinds."""
+    if job.kind != "playground" or job.status != RunStatus.running.value or job.started_at is None:
+        return {"idle_s": None, "release_in_s": None}
+    busy = session.exec(select(Generation.id).where(
+        col(Generation.status).in_((RunStatus.queued.value, RunStatus.running.value))).limit(1)).first()
+    if busy is not None:
+        return {"idle_s": None, "release_in_s": None}
+    last = session.exec(select(func.max(Generation.finished_at)).where(Generation.job_id == job.id)).first()
+    since = max(as_utc(job.started_at), as_utc(last)) if last is not None else as_utc(job.started_at)
+    idle_s = max(0.0, (as_utc(now) - since).total_seconds())
+    limit = float(job.params.get("idle_s", default_idle_s))
+    return {"idle_s": idle_s, "release_in_s": max(0.0, limit - idle_s)}
 
 
 def set_allow_while_training(session: Session, job: Job, allow: bool) -> bool:
@@ -293,6 +362,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "progress": {"done": job.done, "total": job.total, "unit": job.unit}, "eta_s": progress["eta_s"],
         "run_id": job.run_id, "iteration": job.iteration, "params": job.params, "result": job.result,
         "error": job.error, "detail": job.detail, "waiting_reason": job.waiting_reason,
+        "waiting_for": job.waiting_for,
         "allow_while_training": job.allow_while_training,
         "created_at": _iso(job.created_at), "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
     }

@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -34,11 +35,15 @@ from app.jobs.jobs import (
     Candidate,
     Holder,
     as_utc,
+    blocker,
     end_dead_job,
     heartbeat_age_s,
+    holder_ref,
     job_is_dead,
+    playground_idle,
     request_cancel,
     set_allow_while_training,
+    to_release_for,
     waiting_reason,
 )
 from app.jobs.process import WorkerProcess, launch_args, log_tail, spawn_worker, worker_env
@@ -59,6 +64,17 @@ def is_worker_process(pid: int, run_id: int) -> bool:
 def jobs_dir(settings: Settings) -> Path:
     """Where job workers' logs go."""
     return settings.database_path.parent / "jobs"
+
+
+RELEASED_FOR_IT = ": it was idle, so it is being released for this run"  # said until the run starts
+
+
+def record_wait(session: Session, row: Run | Job, reason: str | None, waiting_for: str | None) -> None:
+    """A queued run's or job's reason to wait and what it waits for, written only when they changed."""
+    if (reason, waiting_for) != (row.waiting_reason, row.waiting_for):
+        row.waiting_reason, row.waiting_for = reason, waiting_for
+        session.add(row)
+        session.commit()
 
 
 def commit_or_abandon(session: Session, process: WorkerProcess, children: dict[int, WorkerProcess],
@@ -102,6 +118,7 @@ class Supervisor:
         self.children[run.id] = process
         run.pid = process.pid
         run.status = RunStatus.starting.value
+        run.waiting_reason = run.waiting_for = None
         run.started_at = utcnow()
         run.heartbeat_at = utcnow()
         run.log_path = str(log_path)
@@ -119,7 +136,7 @@ class Supervisor:
         self.working_job_ids.add(job.id)
         job.pid = process.pid
         job.status = RunStatus.starting.value
-        job.waiting_reason = None
+        job.waiting_reason = job.waiting_for = None
         job.started_at = utcnow()
         job.heartbeat_at = utcnow()
         job.log_path = str(log_path)
@@ -130,9 +147,11 @@ class Supervisor:
         """The active runs and jobs, oldest first: what a queued one may have to wait for."""
         runs = session.exec(select(Run).where(col(Run.status).in_(ACTIVE)).order_by(col(Run.id))).all()
         jobs = session.exec(select(Job).where(col(Job.status).in_(WORKING)).order_by(col(Job.id))).all()
+        now = utcnow()
         return [Holder("run", run.id or 0, run.status, memory=True) for run in runs] + [
             Holder(job.kind, job.id or 0, job.status, memory=needs_model_memory(job.kind),
-                   shares=job.allow_while_training, resident=is_resident(job.kind))
+                   shares=job.allow_while_training, resident=is_resident(job.kind),
+                   **playground_idle(session, job, self.settings.playground_idle_s, now))
             for job in jobs
         ]
 
@@ -151,9 +170,7 @@ class Supervisor:
         queue = [(at, next(in_queue_order) if isinstance(item, Run) else item) for at, item in queue]
         for _, item in queue:
             if isinstance(item, Run):
-                if waiting_reason(Candidate("run", True), active, self.settings.max_concurrent_runs) is None:
-                    self.spawn(session, item)
-                    active.append(Holder("run", item.id or 0, item.status, memory=True))
+                self.start_or_wait(session, item, active)
                 continue
             memory = needs_model_memory(item.kind)
             resident = is_resident(item.kind)
@@ -163,10 +180,30 @@ class Supervisor:
                 self.spawn_job(session, item)
                 active.append(Holder(item.kind, item.id or 0, item.status, memory, item.allow_while_training,
                                      resident))
-            elif reason != item.waiting_reason:
-                item.waiting_reason = reason
-                session.add(item)
-                session.commit()
+            else:
+                holder = blocker(Candidate(item.kind, memory, item.allow_while_training, resident), active,
+                                 self.settings.max_concurrent_runs)
+                record_wait(session, item, reason, holder_ref(holder) if holder else None)
+
+    def start_or_wait(self, session: Session, run: Run, active: list[Holder]) -> None:
+        """Start a queued run, or record what it waits for: an idle playground that alone holds it back is
+        released for it (the reason says so); active gains the run, or the released playground as stopping."""
+        candidate = Candidate("run", True)
+        limit = self.settings.max_concurrent_runs
+        released = to_release_for(candidate, active, limit)
+        for holder in released:
+            job = session.get(Job, holder.id)
+            if job is not None and request_cancel(session, job):
+                active[active.index(holder)] = replace(holder, status=RunStatus.stopping.value, idle_s=None,
+                                                       release_in_s=None)
+        holder = blocker(candidate, active, limit)
+        if holder is None:
+            self.spawn(session, run)
+            active.append(Holder("run", run.id or 0, run.status, memory=True))
+            return
+        reason = waiting_reason(candidate, active, limit) or ""
+        kept = run.waiting_for == holder_ref(holder) and (run.waiting_reason or "").endswith(RELEASED_FOR_IT)
+        record_wait(session, run, reason + RELEASED_FOR_IT if released or kept else reason, holder_ref(holder))
 
     @contextlib.contextmanager
     def locked(self, session: Session | None) -> Iterator[None]:
@@ -208,16 +245,23 @@ class Supervisor:
         """
         if run.is_terminal:
             return
-        run.stop_requested = True
-        run.deploy_best_on_end = run.deploy_best_on_end or keep_best
-        if run.status == RunStatus.queued.value:
-            run.status = RunStatus.stopped.value
-            run.finished_at = utcnow()
-            run.stop_reason = "stopped before it started"
+        # one statement that only touches the row in the state it was read in: a worker that recorded its end
+        # (or a supervisor that started the queued run) since then is never overwritten
+        was = run.status
+        values: dict[str, object] = {"stop_requested": True, "deploy_best_on_end": run.deploy_best_on_end or keep_best}
+        if was == RunStatus.queued.value:
+            values |= {"status": RunStatus.stopped.value, "finished_at": utcnow(),
+                       "stop_reason": "stopped before it started"}
         else:
-            run.status = RunStatus.stopping.value
-        session.add(run)
+            values["status"] = RunStatus.stopping.value
+        result = session.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.id) == run.id, col(Run.status) == was).values(**values).returning(Run.id))
+        changed = result.first() is not None
         session.commit()
+        session.refresh(run)
+        if not changed:  # it moved on meanwhile: ask again in its new state (ended: nothing to do)
+            self.request_stop(session, run, keep_best)
+            return
         if run.pid is not None and run.id is not None and is_worker_process(run.pid, run.id):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(run.pid, signal.SIGTERM)

@@ -21,7 +21,7 @@ from app.contract.kinds import CLIENT_MODEL, SERVE, ServeParams
 from app.contract.paths import checkpoint_adapter_dir, checkpoint_files, ensure_checkpoint_adapter_dir, run_dir
 from app.contract.settings import Settings
 from app.jobs.job_view import JobView
-from app.jobs.jobs import LIVE, JobRefused, check_job, create_job, lookup_key
+from app.jobs.jobs import LIVE, WORKING, JobRefused, check_job, create_job, lookup_key
 from app.tables import Checkpoint, Job, Run
 
 KIND = SERVE.name
@@ -85,6 +85,13 @@ def serve_jobs(session: Session, settings: Settings, target: Target, limit: int 
 def live_job(session: Session, settings: Settings, target: Target) -> Job | None:
     """The live (queued, starting, running or stopping) server of this target, if any."""
     return next((job for job in serve_jobs(session, settings, target) if job.status in LIVE), None)
+
+
+def servers_holding_memory(session: Session, settings: Settings) -> list[Job]:
+    """Servers that are up or starting and did not ask to share: a new training run waits until they stop."""
+    query = select(Job).where(Job.kind == KIND, col(Job.status).in_(WORKING), col(Job.allow_while_training).is_(False))
+    jobs = [check_job(session, settings, job) for job in session.exec(query.order_by(col(Job.id))).all()]
+    return [job for job in jobs if job.status in WORKING]
 
 
 def checkpoint_source(session: Session, settings: Settings, run_id: int, iteration: int,

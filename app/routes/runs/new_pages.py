@@ -34,6 +34,7 @@ from app.runs.form.fields import (
 )
 from app.runs.form.presets import find_preset, preset_choices, preset_config
 from app.runs.store.runs import queue_run
+from app.serving.requests import servers_holding_memory
 from app.tables import Run
 
 router = APIRouter(include_in_schema=False)
@@ -158,6 +159,14 @@ async def submit_run_form(
     if check.config is None:
         context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
         return render_form(request, templates, context, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    servers = await run_in_threadpool(servers_holding_memory, session, settings)
+    choice = form.get("when_serving")
+    if servers and choice not in ("stop", "queue"):  # ask first: stop the server, or queue the run behind it
+        context = await run_in_threadpool(form_context, session, settings, form, check, submitted=True)
+        return render_form(request, templates, {**context, "servers": servers})
+    if choice == "stop":
+        for job in servers:
+            await run_in_threadpool(supervisor.cancel_job, session, job)
     estimate = await run_in_threadpool(estimate_for_config, session, settings, check.config)  # reads model headers
     run = await run_in_threadpool(queue_run, session, check.config, supervisor.tick, estimate)  # may wait
     return RedirectResponse(f"/runs/{run.id}", status_code=status.HTTP_303_SEE_OTHER)

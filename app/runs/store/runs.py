@@ -163,6 +163,8 @@ def run_json(session: Session, run: Run, vals: Mapping[int, ValFigures] | None =
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),
         "stop_reason": run.stop_reason,
+        "waiting_reason": run.waiting_reason,
+        "waiting_for": run.waiting_for,
         "error": run.error,
         "best_checkpoint": checkpoint_json(best, best) if best else None,
         "best_val": {"iteration": val.best_iteration, "val_loss": val.best_loss} if val else None,
