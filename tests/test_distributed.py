@@ -91,6 +91,14 @@ def test_launch_args_name_backend_hosts_ranks_python_and_env() -> None:
     assert "--starting-port" not in args and "--starting-port" not in hostfile  # other machines' ports: their own
 
 
+def command_line(process: psutil.Process) -> str:
+    """The process's command line; "" once it has gone (a helper the launcher ran a moment ago)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 @pytest.mark.real
 def test_launcher_waits_while_its_ranks_run() -> None:
     """`python -m worker launch` takes next to no CPU while its ranks run: mlx.launch's rank threads wait for
@@ -104,7 +112,7 @@ def test_launcher_waits_while_its_ranks_run() -> None:
     try:
         launcher = psutil.Process(process.pid)
         deadline = time.monotonic() + 60
-        while len([p for p in launcher.children(recursive=True) if "time.sleep(8)" in " ".join(p.cmdline())]) < 2:
+        while len([p for p in launcher.children(recursive=True) if "time.sleep(8)" in command_line(p)]) < 2:
             assert process.poll() is None and time.monotonic() < deadline, "the ranks did not start"
             time.sleep(0.1)
         before = launcher.cpu_times()
