@@ -36,6 +36,8 @@ from app.models.registry import remove_leftover_model_temps
 from app.routes.checkpoints import api as checkpoints_api
 from app.routes.checkpoints import pages as checkpoints_pages
 from app.routes.datasets import api as datasets_api
+from app.routes.datasets import folders_api as datasets_folders_api
+from app.routes.datasets import folders_pages as datasets_folders_pages
 from app.routes.datasets import pages as datasets_pages
 from app.routes.evaluations import api as evaluations_api
 from app.routes.evaluations import pages as evaluations_pages
@@ -133,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    runs_list_pages, runs_compare_pages, runs_new_pages, runs_pages, runs_reports_pages,
                    checkpoints_api, checkpoints_pages,
                    evaluations_api, evaluations_pages,
-                   datasets_api, datasets_pages,
+                   datasets_api, datasets_pages, datasets_folders_api, datasets_folders_pages,
                    models_api, models_pages, models_gguf_api, models_gguf_pages,
                    playground_api, playground_pages,
                    serve_api, serve_pages,

@@ -17,9 +17,9 @@ _STATUS_LIST = ", ".join(f"'{s.value}'" for s in RunStatus)
 NEVER_REUSED: dict[str, Any] = {"sqlite_autoincrement": True}
 
 
-__all__ = ["TERMINAL", "Checkpoint", "Evaluation", "EvaluationExample", "Generation", "GenerationColumn",
-           "GenerationToken", "Job", "PromptSet", "RegisteredModel", "Run", "RunStatus", "TrainReport", "ValReport",
-           "utcnow"]
+__all__ = ["TERMINAL", "AllowedFolder", "Checkpoint", "Evaluation", "EvaluationExample", "Generation",
+           "GenerationColumn", "GenerationToken", "Job", "PromptSet", "RegisteredModel", "Run", "RunStatus",
+           "TrainReport", "ValReport", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -242,6 +242,18 @@ class Dataset(SQLModel, table=True):
     files_signature: str = ""  # JSON {file name: [size, mtime_ns]} of the split files when last checked
     error_count: int = 0  # problems found at the last check (0: valid)
     first_error: str | None = None  # the first of them, one line
+
+
+class AllowedFolder(SQLModel, table=True):
+    """A folder the user allowed (Allow this folder, POST /api/allowed-folders): datasets and models are read from it
+    as from the LORABOARD_ALLOWED_* settings' folders, from the moment it is added (app/contract/allowed_folders.py
+    reads this table for the app and the workers alike)."""
+
+    __table_args__ = NEVER_REUSED
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str = Field(unique=True)  # absolute, links resolved
+    added_at: datetime = Field(default_factory=utcnow)
 
 
 class DatasetCheck(SQLModel, table=True):

@@ -3,7 +3,10 @@ clone, presets, and a run started with advanced options that reports its test lo
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -227,6 +230,42 @@ def test_clone_prefills_every_field(shared_server: Server, page: Page, short_dat
     state = form_state(page)
     assert (state["resume_from.run_id"], state["resume_from.iteration"]) == (str(run["id"]), "6")
     assert state["optimizer_config"] == "momentum=0.9, nesterov=true" and state["epochs"] == ""
+
+
+def test_a_refused_folder_trains_after_one_click_and_is_refused_once_removed(
+    shared_server: Server, page: Page, short_data: Path,
+) -> None:
+    """Own data outside every folder loraboard reads: the data field refuses it, with Allow this folder beside the
+    refusal; one click, no restart, and the run trains on it. Removed on the Datasets page, it is refused again."""
+    outside = Path(tempfile.mkdtemp(prefix="loraboard-mine-"))  # not under the server's allowed folders
+    try:
+        data = outside / "data"
+        shutil.copytree(short_data, data)
+        page.on("dialog", lambda dialog: dialog.accept())  # Remove asks first
+        page.goto(f"{shared_server.url}/runs/new")
+        page.fill("#f-data", str(data))
+        page.fill("#f-iters", "10")
+        error = page.locator("#err-data")
+        expect(error).to_contain_text(f"allow {data.resolve()} with Allow this folder")
+        expect(page.locator("#new-run-form").get_by_text("outside the folders loraboard reads")).to_have_count(1)
+        shot(page, "new-run-refused-folder")
+        error.locator("[data-role=allow-folder]").click()
+        expect(error).to_have_text("")  # the form asks again at once: allowed
+        click_start(page)
+        page.wait_for_url(re.compile(r"/runs/\d+$"))
+        run = shared_server.wait_terminal(int(page.url.rsplit("/", 1)[1]))
+        assert run["status"] == "completed" and run["config"]["data"] == str(data.resolve()), run
+
+        page.goto(f"{shared_server.url}/datasets")
+        row = page.locator("#allowed-folders tr", has_text=str(data.resolve()))
+        expect(row).to_have_count(1)
+        shot(page, "datasets-allowed-folders")
+        row.locator(".folder-remove").click()
+        expect(page.locator("#allowed-folders-message")).to_contain_text("is no longer allowed")
+        status, body = shared_server.post("/api/runs", {**QUICK_RUN, "data": str(data)})
+        assert status == 422 and "outside the folders loraboard reads" in str(body), body
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
 
 
 def test_a_preset_fills_the_form_in_one_click(shared_server: Server, page: Page) -> None:

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from app.contract.allowed_folders import folder_of, stored_roots
 from app.contract.confinement import PathNotAllowed, confine_file, confine_tree
 from app.contract.settings import Settings
 
@@ -80,9 +81,10 @@ def split_dirs(text: str) -> list[Path]:
 
 
 def data_roots(settings: Settings) -> list[Path]:
-    """Folders a dataset may live in: data_dir, the datasets folder, and the allow-listed ones."""
+    """Folders a dataset may live in: data_dir, the datasets folder, the allow-listed ones and those the user
+    allowed from the pages (read now)."""
     return [settings.data_dir, settings.local_datasets_dir, *split_dirs(settings.allowed_data_dirs),
-            *split_dirs(settings.allowed_dirs)]
+            *split_dirs(settings.allowed_dirs), *stored_roots(settings.database_path)]
 
 
 def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -100,14 +102,16 @@ def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
 def model_roots(settings: Settings, environ: Mapping[str, str] | None = None) -> list[Path]:
     """Folders a model may live in: data_dir, the models folder, the Hugging Face cache, the allow-listed ones."""
     return [settings.data_dir, settings.local_models_dir, hf_hub_cache_dir(environ),
-            *split_dirs(settings.allowed_model_dirs), *split_dirs(settings.allowed_dirs)]
+            *split_dirs(settings.allowed_model_dirs), *split_dirs(settings.allowed_dirs),
+            *stored_roots(settings.database_path)]
 
 
 def run_file_roots(settings: Settings) -> list[Path]:
     """Folders a run's files may lead into: the adapters folder, and the folders an import may link from (a run
     imported with links holds links to its adapter folder)."""
     return [settings.adapters_dir, settings.data_dir, *split_dirs(settings.allowed_dirs),
-            *split_dirs(settings.allowed_data_dirs), *split_dirs(settings.allowed_model_dirs)]
+            *split_dirs(settings.allowed_data_dirs), *split_dirs(settings.allowed_model_dirs),
+            *stored_roots(settings.database_path)]
 
 
 def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting: str = ALL_DIRS_SETTING) -> Path:
@@ -134,8 +138,9 @@ def confine(path: str | Path, roots: Sequence[Path], what: str = "path", setting
     if any(given.is_relative_to(root) for root in allowed):
         raise PathNotAllowed(f"{what} {given} is a link to {resolved}, outside the folders loraboard reads "
                              f"({folders}); links out of these folders are refused")
-    raise PathNotAllowed(f"{what} {given} is outside the folders loraboard reads ({folders}); "
-                         f"to allow it, add its folder to {setting}")
+    raise PathNotAllowed(f"{what} {given} is outside the folders loraboard reads (the Datasets page lists them): "
+                         f"allow {folder_of(given)} with Allow this folder (there, or POST /api/allowed-folders), or "
+                         f"add it to {setting} before the server starts")
 
 
 # Files handed to mlx-lm and transformers by path (worker) ------------------------------------------------

@@ -29,6 +29,7 @@ ModelName = Annotated[str, Path(max_length=100, description="the model's folder 
 ServedModelName = Annotated[str, Path(min_length=1, max_length=128, description="a model folder's name under the "
                                                                                 "models folder")]
 PromptSetId = Annotated[int, Path(ge=1, le=MAX_ID, description="the prompt set's id")]
+FolderId = Annotated[int, Path(ge=1, le=MAX_ID, description="the allowed folder's id")]
 
 
 def run_or_404(session: Session, run_id: int) -> Run:

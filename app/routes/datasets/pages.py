@@ -16,6 +16,7 @@ from app.catalog.info import model_choices
 from app.contract.paths import MODEL_DIRS_SETTING, PathNotAllowed, confine, data_roots, model_roots
 from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
+from app.datasets.allowed_folders import allow_offer, folders_context
 from app.datasets.demo_data import DemoDataError, DemoDataRequest, check_request
 from app.datasets.demo_data import start_job as start_demo_job
 from app.datasets.preview import Preview, build_preview, model_options
@@ -62,8 +63,9 @@ def _list_page(
     **context: Any,
 ) -> Response:
     context = {"datasets": [dataset_json(d) for d in list_datasets(session, settings)], "error": None,
-               "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None,
-               "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir, **context}
+               "error_form": None, "issues": [], "error_count": 0, "values": {}, "added": None, "offer": None,
+               "max_upload_mb": settings.max_upload_mb, "datasets_dir": settings.local_datasets_dir,
+               **folders_context(session, settings), **context}
     name = "_dataset_table.html" if request.headers.get("HX-Request") else "datasets.html"
     return templates.TemplateResponse(request, name, context, status_code=code)
 
@@ -86,6 +88,7 @@ def register_from_form(
         report = exc.report
         return _list_page(request, session, settings, templates, 422, error=str(exc).split("\n")[0],
                           error_form="register", values={"name": name, "path": path},
+                          offer=allow_offer(path, data_roots(settings)),
                           issues=report.errors.issues if report else [],
                           error_count=report.errors.count if report else 0)
     return RedirectResponse(f"/datasets?added={dataset.id}", status_code=status.HTTP_303_SEE_OTHER)
@@ -205,8 +208,8 @@ def form_panel(
     panel: dict[str, Any] = {"error": None, "length_error": length_error, "stats": None}
     try:
         folder, resolved = resolve_inputs(settings, data, model)
-    except TokenStatsInputError as exc:
-        panel["error"] = exc.message
+    except TokenStatsInputError:  # the data or model field says what is wrong, once: the panel only waits
+        panel["error"] = "counted once the data and model fields are right"
     else:
         panel["stats"] = view(job_or_start(session, settings, supervisor, folder, resolved), length,
                               TRAINING_SPLITS)

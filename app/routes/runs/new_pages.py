@@ -14,8 +14,10 @@ from starlette.datastructures import UploadFile
 
 from app.body_limit import MAX_BODY_BYTES
 from app.catalog.info import model_choices
+from app.contract.paths import data_roots, model_roots
 from app.contract.run_config import RunConfig
 from app.contract.settings import Settings
+from app.datasets.allowed_folders import allow_offer
 from app.datasets.registry import dataset_choices
 from app.deps import SessionDep, SettingsDep, SupervisorDep, TemplatesDep
 from app.models.registry import origins
@@ -50,6 +52,7 @@ def form_context(
         "fields": field_specs(values),
         "values": values,
         "errors": check.errors,
+        "allow_offers": allow_offers(values, check.errors, settings),
         "other_errors": {k: v for k, v in check.errors.items() if k not in FORM_KEYS},
         "warnings": check.warnings,
         "iterations_note": check.iterations_note,
@@ -67,6 +70,13 @@ def form_context(
         "yaml_ignored": [],
         **extra,
     }
+
+
+def allow_offers(values: Any, errors: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The folders offered beside the data and model fields' refusals (Allow this folder)."""
+    roots = {"data": data_roots(settings), "model": model_roots(settings)}
+    offers = {key: allow_offer(str(values.get(key) or ""), roots[key]) for key in roots if key in errors}
+    return {key: folder for key, folder in offers.items() if folder}
 
 
 def render_form(
