@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, in_process
+from huggingface_hub import ModelCard
 from sqlmodel import Session, select
 
 from app.catalog.info import model_info, trainable_params
@@ -96,6 +97,22 @@ def test_fused_model_generates_like_base_plus_adapter(made: dict[str, Any]) -> N
     with_adapter = generate("--model", str(TINY), "--adapter-path", str(adapter))
     assert generate("--model", str(fused)) == with_adapter
     assert with_adapter != generate("--model", str(TINY))  # the adapter changes the answer: the test can fail
+
+
+def test_the_fused_folder_carries_a_model_card(made: dict[str, Any]) -> None:
+    """README.md in the Hugging Face format: huggingface_hub's ModelCard loads it, with the base model, the library
+    and the tags, and it says which checkpoint this is and how the run trained."""
+    srv: Server = made["srv"]
+    job = srv.poll(f"/api/jobs/{made['fuse']['id']}", lambda j: "model_card" in j["result"], 30, "its card")
+    fused = srv.models_dir / made["names"]["fused"]
+    assert job["result"]["model_card"] == str(fused.resolve() / "README.md")
+    card = ModelCard.load(fused / "README.md")
+    assert (card.data.base_model, card.data.library_name, card.data.base_model_relation) == (
+        TINY.name, "mlx", "finetune")
+    assert {"mlx", "lora"} <= set(card.data.tags)
+    assert f"iteration {made['iteration']:,} of run #{made['run_id']}" in card.text
+    assert "## Hyperparameters" in card.text and "python -m mlx_lm generate --model ." in card.text
+    assert generate("--model", str(fused))  # mlx_lm still loads the folder with the card in it
 
 
 def test_fused_model_is_registered_and_in_the_picker(made: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import pytest
 from conftest import PROJECT_DIR, Server, shot
 from gguf import GGUFReader
 from gguf.quants import dequantize
+from huggingface_hub import ModelCard
 from playwright.sync_api import Page, expect
 from sqlmodel import Session
 
@@ -28,6 +29,7 @@ from app.contract.settings import Settings
 from app.contract.status import TERMINAL
 from app.db import make_engine
 from app.models.gguf import GgufRefused, GgufRequest, prepare
+from app.reports.model_card import gguf_card
 from worker.gguf_modelfile import build_modelfile, chat_shape, go_template
 
 pytestmark = pytest.mark.xdist_group("checkpoint_use")
@@ -180,6 +182,19 @@ def test_modelfile_and_downloads(exports: dict[str, Any]) -> None:
     assert listed[0]["commands"]["ollama"].startswith(f"ollama create {NAME.lower()}-")
 
 
+def test_each_export_carries_a_model_card_with_the_fused_models_below(exports: dict[str, Any]) -> None:
+    srv = exports["server"]
+    for kind, folder in exports["folders"].items():
+        job = srv.poll(f"/api/jobs/{exports['jobs'][kind]['id']}", lambda j: "model_card" in j["result"], 30, "card")
+        assert job["result"]["model_card"] == str(folder.resolve() / "README.md")
+        card = ModelCard.load(folder / "README.md")
+        assert (card.data.library_name, card.data.base_model_relation) == ("gguf", "quantized")
+        assert {"gguf", kind, "lora", "mlx"} <= set(card.data.tags)
+        assert card.data.base_model == ModelCard.load(exports["fused"] / "README.md").data.base_model
+        assert f"llama-cli -m {NAME}-{kind}.gguf" in card.text
+        assert "## The model it was made from" in card.text and "### Hyperparameters" in card.text
+
+
 def test_bad_inputs_are_refused_before_any_job(exports: dict[str, Any]) -> None:
     srv = exports["server"]
     before = {job["id"] for job in srv.get("/api/jobs?kind=gguf")}
@@ -217,6 +232,12 @@ def test_disk_space_and_quantizer_library_checks(tmp_path: Path) -> None:
             prepare(session, settings, "tiny", GgufRequest(type="q4_k_m"), quant_library=lambda: False)
         assert refused.value.loc == ("body", "type")
     assert not (tmp_path / "exports").exists()
+
+
+def test_a_card_for_a_model_folder_without_one() -> None:
+    card = ModelCard(gguf_card(None, "/models/plain-model", "plain-model-f16.gguf", "f16"))
+    assert (card.data.base_model, card.data.library_name, card.data.tags) == ("plain-model", "gguf", ["gguf", "f16"])
+    assert "The model it was made from" not in card.text and "llama-server -m plain-model-f16.gguf" in card.text
 
 
 def test_chat_template_translation() -> None:

@@ -15,14 +15,18 @@ from typing import Any
 
 import pytest
 from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, overfitting_run, short_examples
+from huggingface_hub import ModelCard
 
 
 def unzip_adapter(server: Server, run_id: int, iteration: int, dest: Path) -> Path:
     status, _, raw = server.request("GET", f"/api/runs/{run_id}/checkpoints/{iteration}/download")
     assert status == 200
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-        assert {"adapters.safetensors", "adapter_config.json"} <= set(archive.namelist())
+        assert {"adapters.safetensors", "adapter_config.json", "README.md", "loraboard.json"} <= set(archive.namelist())
         archive.extractall(dest)
+    card = ModelCard.load(dest / "README.md")  # the model card, in the Hugging Face format
+    assert (card.data.library_name, card.data.base_model_relation) == ("mlx", "adapter") and card.data.base_model
+    assert f"iteration {iteration:,} of run #{run_id}" in card.text and "--adapter-path ." in card.text
     return dest
 
 

@@ -26,6 +26,7 @@ from app.contract.kinds import GGUF, GgufParams
 from app.contract.settings import Settings
 from app.jobs.job_view import JobView
 from app.jobs.jobs import LIVE, JobRefused, create_job, progress_view
+from app.models.cards import card_pending, write_gguf_card
 from app.models.registry import NAME, NAME_RULE
 from app.tables import Job
 
@@ -285,4 +286,4 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     return f"model {job.params.get('name', '')}, {job.params.get('type', '')}", "/models"
 
 
-JOB_VIEW = JobView(GGUF, summary=result_summary, subject=subject)
+JOB_VIEW = JobView(GGUF, summary=result_summary, subject=subject, on_completed=write_gguf_card, finishing=card_pending)

@@ -31,6 +31,7 @@ from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
 from app.jobs.job_view import JobView
 from app.jobs.jobs import JobRefused, create_job
+from app.models.cards import card_pending, write_fused_card
 from app.models.registry import NAME, NAME_RULE, name_taken, short_model
 from app.runs.store.checkpoints import find_checkpoint
 from app.tables import Job, Run
@@ -231,5 +232,6 @@ def subject(_session: Session, job: Job) -> tuple[str, str | None]:
     return f"model {params.get('name', '')}", "/models"
 
 
-FUSE_VIEW = JobView(FUSE, summary=result_summary, subject=subject)
+FUSE_VIEW = JobView(FUSE, summary=result_summary, subject=subject, on_completed=write_fused_card,
+                    finishing=card_pending)
 QUANTIZE_VIEW = JobView(QUANTIZE, summary=result_summary, subject=subject)

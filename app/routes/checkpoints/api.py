@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.contract.paths import PathNotAllowed
 from app.contract.policy import best_checkpoint
 from app.deps import SessionDep, SettingsDep
+from app.reports.facts import gather
+from app.reports.model_card import Artefact, model_card
 from app.routes.params import Iteration, RunId, content, problems, run_or_404
 from app.runs.store.checkpoints import CheckpointError, delete_checkpoint, find_checkpoint, set_deployment, set_note
 from app.runs.store.runs import adapter_zip, checkpoint_json, checkpoints_of
@@ -33,8 +35,9 @@ def get_checkpoints(session: SessionDep, run_id: RunId) -> list[dict[str, Any]]:
 def download_checkpoint(session: SessionDep, settings: SettingsDep, run_id: RunId, iteration: Iteration) -> Response:
     run = run_or_404(session, run_id)
     ckpt = checkpoint_or_404(session, run_id, iteration)
+    card = model_card(gather(session, settings, run, ""), Artefact("adapter", ckpt))
     try:
-        payload = adapter_zip(settings, run, ckpt)
+        payload = adapter_zip(settings, run, ckpt, card)
     except FileNotFoundError as exc:
         raise HTTPException(status.HTTP_410_GONE, detail=f"checkpoint file is missing: {exc.filename}") from None
     except PathNotAllowed as exc:

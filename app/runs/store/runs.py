@@ -297,9 +297,10 @@ def add_confined(archive: zipfile.ZipFile, path: Path, name: str, roots: list[Pa
             shutil.copyfileobj(source, target, 1 << 20)
 
 
-def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
-    """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready; PathNotAllowed
-    when one of them leads out of the folders a run's files may lie in (app/contract/paths.run_file_roots)."""
+def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint, card: str = "") -> bytes:
+    """A zip with adapters.safetensors + adapter_config.json: `mlx_lm generate --adapter-path` ready, with its model
+    card (README.md, when given) and loraboard.json; PathNotAllowed when one of the files leads out of the folders a
+    run's files may lie in (app/contract/paths.run_file_roots)."""
     assert run.id is not None
     folder = run_dir(settings, run.id)
     weights = folder / ckpt.filename
@@ -309,6 +310,8 @@ def adapter_zip(settings: Settings, run: Run, ckpt: Checkpoint) -> bytes:
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         add_confined(archive, weights, "adapters.safetensors", roots)
         add_confined(archive, config, "adapter_config.json", roots)
+        if card:
+            archive.writestr("README.md", card)
         archive.writestr(
             "loraboard.json",
             json.dumps({"run_id": run.id, "run_name": run.name, "iteration": ckpt.iteration,
