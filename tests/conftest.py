@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from forked_serve import SERVE_EVENT, ForkedServe
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from app.contract.worker_fork import FORK_EVENT
 
@@ -420,6 +420,14 @@ def click_start(page: Page) -> None:
     page.evaluate(CHECK_NOW)
     expect(page.locator("#new-run-form")).not_to_have_class(re.compile(r"\bhtmx-request\b"))
     page.click("#start-button")
+
+
+def row_action(row: Locator, selector: str) -> Locator:
+    """One of a checkpoint row's actions that sit in its ⋯ menu, the menu opened first."""
+    menu = row.locator(".row-menu")
+    if menu.get_attribute("open") is None:
+        menu.locator("summary").click()
+    return row.locator(selector)
 
 
 def points(page: Page, kind: str) -> int:

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_RUN, Server, click_start, overfitting_run, points, shot
+from conftest import QUICK_RUN, Server, click_start, overfitting_run, points, row_action, shot
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
@@ -108,7 +108,7 @@ def test_deployment_marker_and_download_from_the_checkpoint_table(shared_server:
     server.wait_terminal(run["id"])
     page.goto(f"{server.url}/runs/{run['id']}")
     row = page.locator("#checkpoint-table tr[data-iteration='20']")
-    row.locator(".deploy-button").click()
+    row_action(row, ".deploy-button").click()
     expect(row.locator(".badge", has_text="deployment")).to_be_visible()
     expect(page.locator("#checkpoint-table .badge", has_text="deployment")).to_have_count(1)
     assert [c["iteration"] for c in server.get(f"/api/runs/{run['id']}/checkpoints") if c["is_deployment"]] == [20]
@@ -119,15 +119,15 @@ def test_deployment_marker_and_download_from_the_checkpoint_table(shared_server:
     info.value.save_as(target)
     with zipfile.ZipFile(target) as archive:
         assert json.loads(archive.read("loraboard.json"))["iteration"] == 20
-        assert {"adapters.safetensors", "adapter_config.json"} <= set(archive.namelist())
+        assert {"adapters.safetensors", "adapter_config.json", "README.md"} <= set(archive.namelist())
     shot(page, "08-checkpoints-deployment")
 
     # deleting the deployment checkpoint asks, and a dismissed dialog deletes nothing
     page.once("dialog", lambda dialog: dialog.dismiss())
-    row.locator(".delete-button").click()
+    row_action(row, ".delete-button").click()
     expect(page.locator("#checkpoint-table tr[data-iteration='20']")).to_have_count(1)
     page.once("dialog", lambda dialog: dialog.accept())
-    page.locator("#checkpoint-table tr[data-iteration='10'] .delete-button").click()
+    row_action(page.locator("#checkpoint-table tr[data-iteration='10']"), ".delete-button").click()
     expect(page.locator("#checkpoint-table tr[data-iteration='10']")).to_have_count(0)
     expect(page.locator("#checkpoint-table tr[data-iteration='20'] .badge", has_text="deployment")).to_be_visible()
 

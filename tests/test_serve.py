@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import PROJECT_DIR, TERMINAL, InProcess, Server, base_env, shot
+from conftest import PROJECT_DIR, TERMINAL, InProcess, Server, base_env, row_action, shot
 from fastapi.templating import Jinja2Templates
 from openai import OpenAI
 from playwright.sync_api import Page, expect
@@ -161,7 +161,7 @@ def test_the_serve_button_shows_a_snippet_that_works(served: dict[str, Any], pag
     srv: Server = served["server"]
     page.goto(f"{srv.url}/runs/{served['run_id']}")
     row = page.locator(f'#checkpoint-table tr[data-iteration="{served["iteration"]}"]')
-    expect(row.locator(".serve-button")).to_have_text("Serve")
+    expect(row_action(row, ".serve-button")).to_have_text("Serve")
     shot(page, "serve_run_page")
     row.locator(".serve-button").click()
     panel = page.locator(".serve-panel[data-state='serving']")

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import shot
+from conftest import row_action, shot
 from playwright.sync_api import Page, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("checkpoint_use")]
@@ -20,7 +20,7 @@ def test_fuse_from_the_checkpoint_page_then_find_it_on_the_models_page(lora_run:
     name = f"page-fused-{uuid.uuid4().hex[:8]}"
     try:
         page.goto(f"{srv.url}/runs/{run_id}")
-        page.locator(f"#checkpoint-table tr[data-iteration='{iteration}'] a.use-link").click()
+        row_action(page.locator(f"#checkpoint-table tr[data-iteration='{iteration}']"), "a.use-link").click()
         expect(page).to_have_url(f"{srv.url}/runs/{run_id}/checkpoints/{iteration}")
         adapter = f"{srv.root}/adapters/run-{run_id:04d}/checkpoints/{iteration:07d}"
         expect(page.locator("#adapter-dir")).to_have_text(adapter)

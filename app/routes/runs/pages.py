@@ -25,14 +25,16 @@ router = APIRouter(include_in_schema=False)
 CHART_MAX_POINTS = 2000  # the chart's overview: as static/run_chart.js asks for it
 
 
-def _status_context(session: SessionDep, run: Run) -> dict[str, Any]:
+def _status_context(session: SessionDep, run: Run, alone: bool = True) -> dict[str, Any]:
+    """What _run_status.html shows; alone: the partial answers an htmx request (a live run's summary cards, shown
+    below the chart so that the chart stays above the fold, go out of band)."""
     assert run.id is not None
     latest = latest_train(session, run.id)
     config = run.config
     memory_note = memory_warning(peak_worker_memory(session, run.id), config.get("memory_limit_gb"),
                                  config.get("memory_limit_action", "warn"))
     return {"run": run, "latest": latest, "progress": progress_view(run), "rule": _live_rule(run),
-            "summary": run_summary(session, run), "memory_warning": memory_note}
+            "summary": run_summary(session, run), "memory_warning": memory_note, "summary_oob": alone}
 
 
 def _live_rule(run: Run) -> EarlyStopping | None:
@@ -44,7 +46,8 @@ def run_page(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep, run_id: RunId,
 ) -> Response:
     run = run_or_404(session, run_id)
-    context = {**_status_context(session, run), **table_context(session, run, str(request.base_url).rstrip("/")),
+    base_url = str(request.base_url).rstrip("/")
+    context = {**_status_context(session, run, alone=False), **table_context(session, run, base_url),
                **card_context(session, settings, run)}
     # a continued run's chart starts with the earlier run's curve
     source = run.config.get("resume_from")
