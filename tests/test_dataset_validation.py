@@ -341,6 +341,33 @@ def test_the_preview_renders_exactly_as_the_tokenizer_does(default_model: Path) 
         assert segments[1].text == messages[-1]["content"] + "</s>"
 
 
+def test_the_token_counts_are_mlx_lms(default_model: Path) -> None:
+    """The tokens shown as trained on are those mlx-lm's chat dataset trains on: apply_chat_template(messages)
+    tokenized, less the prompt's (apply_chat_template(messages[:-1], add_generation_prompt=True)), for the embedded
+    model and for SmolLM2 (another template and tokenizer) where it is there."""
+    from transformers import AutoTokenizer
+
+    from app.datasets.preview import count_tokens, load_chat_template, load_token_counter
+
+    models = [default_model, *[m for m in [PROJECT_DIR / "data" / "models" / "smollm2-135m-instruct"] if m.is_dir()]]
+    with (SAMPLE / "train.jsonl").open() as handle:
+        examples = [json.loads(next(handle)) for _ in range(3)]
+    for model in models:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        template, counter = load_chat_template(str(model)), load_token_counter(str(model))
+        assert counter is not None
+        for example in examples:
+            messages = example["messages"]
+            tokens = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+            prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True,
+                                                   return_dict=False)
+            rendered = count_tokens(render_example(example, "chat", template, mask_prompt=True), counter)
+            assert (rendered.total_tokens, rendered.loss_tokens) == (len(tokens), len(tokens) - len(prompt)), model
+            whole = count_tokens(render_example(example, "chat", template, mask_prompt=False), counter)
+            assert whole.total_tokens == whole.loss_tokens == len(tokens)
+    assert load_token_counter("/nonexistent/model") is None
+
+
 def test_a_check_is_reused_until_the_files_change(tmp_path: Path) -> None:
     """With a session, the answer is kept in the database per way of reading; a changed file is checked again."""
     data = tmp_path / "data"

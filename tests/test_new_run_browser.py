@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import QUICK_RUN, Server, click_start, shot
+from conftest import PROJECT_DIR, QUICK_RUN, Server, click_start, shot
 from playwright.sync_api import Page, expect
 
 from app.contract.run_config import RunConfig
@@ -266,6 +266,30 @@ def test_a_refused_folder_trains_after_one_click_and_is_refused_once_removed(
         assert status == 422 and "outside the folders loraboard reads" in str(body), body
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_the_form_shows_an_example_as_the_trainer_sees_it_for_the_chosen_model(shared_server: Server,
+                                                                                page: Page) -> None:
+    """Opened, the example is the first training line through the form's model's chat template, with the tokens it
+    trains on; another model or mask_prompt shows it again."""
+    page.goto(f"{shared_server.url}/runs/new")
+    example = page.locator("#form-example")
+    example.locator("summary").click()
+    tokens = example.locator("[data-role=tokens]")
+    expect(tokens).to_contain_text("tokens are trained on")
+    expect(example.locator("pre")).to_contain_text("<|assistant|>")  # the embedded model's template
+    expect(example.locator("pre .seg-prompt")).to_have_count(0)  # the form's default: no mask
+    whole = tokens.inner_text()
+    smollm2 = PROJECT_DIR / "data" / "models" / "smollm2-135m-instruct"
+    if smollm2.is_dir():
+        page.fill("#f-model", str(smollm2))
+        page.locator("#f-model").dispatch_event("change")
+        expect(example.locator("pre")).to_contain_text("<|im_start|>assistant")  # SmolLM2's ChatML
+        expect(tokens).not_to_have_text(whole)
+    page.locator("#advanced > summary").click()
+    page.check("#f-mask_prompt")
+    expect(example.locator("pre .seg-prompt")).to_have_count(1)  # the prompt is masked
+    shot(page, "new-run-example")
 
 
 def test_a_preset_fills_the_form_in_one_click(shared_server: Server, page: Page) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from jinja2 import Template, TemplateError, nodes
 from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
 
 from app import json_text
 from app.contract.confinement import PathNotAllowed, open_confined, read_confined_text
@@ -187,6 +188,8 @@ class RenderedExample:
     segments: list[Segment] = field(default_factory=list)
     error: str | None = None
     note: str | None = None
+    total_tokens: int | None = None  # under the model's tokenizer (count_tokens), when it has a tokenizer.json
+    loss_tokens: int | None = None  # of which carry the loss (all but the masked prompt's)
 
     @property
     def loss_chars(self) -> int:
@@ -238,6 +241,38 @@ def render_example(example: dict[str, Any], fmt: str, template: ChatTemplate, ma
     return RenderedExample(segments, note=note)
 
 
+TokenCounter = Callable[[str], int]
+
+
+def load_token_counter(model: str, roots: Sequence[Path] | None = None) -> TokenCounter | None:
+    """Counts a text's tokens with the model's tokenizer.json (the `tokenizers` library, no special tokens added:
+    the chat template writes its own), as the trainer's tokenizer cuts it; None without one (or a file linking out
+    of `roots`)."""
+    folder = model_folder(model)
+    if folder is None or not _present(folder / "tokenizer.json"):
+        return None
+    try:
+        text = read_confined_text(folder / "tokenizer.json", roots or [folder])
+    except (OSError, PathNotAllowed):
+        return None
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception:  # the library raises a bare Exception for a tokenizer.json it cannot read
+        return None
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def count_tokens(rendered: RenderedExample, counter: TokenCounter | None) -> RenderedExample:
+    """The example with its token counts: the whole, and what carries the loss (the whole less the prompt's tokens,
+    as mlx-lm's mask offset counts them)."""
+    if counter is None or rendered.error or not rendered.segments:
+        return rendered
+    total = counter("".join(seg.text for seg in rendered.segments))
+    masked = counter("".join(seg.text for seg in rendered.segments if not seg.loss))
+    rendered.total_tokens, rendered.loss_tokens = total, max(0, total - masked)
+    return rendered
+
+
 @dataclass
 class PreviewExample:
     split: str
@@ -277,7 +312,8 @@ def first_examples(path: Path, count: int, roots: Sequence[Path] | None = None) 
 
 
 def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, per_split: int = 3,
-                  data_roots: Sequence[Path] | None = None, model_roots: Sequence[Path] | None = None) -> Preview:
+                  data_roots: Sequence[Path] | None = None, model_roots: Sequence[Path] | None = None,
+                  splits: Sequence[str] = SPLITS) -> Preview:
     """The first examples of each split rendered with `model`'s chat template, split into loss / no loss.
 
     `data_roots` / `model_roots`: the folders the split files / the model's files may lead into (None: the data
@@ -285,12 +321,13 @@ def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, 
     """
     preview = Preview(model=model, format=fmt, mask_prompt=mask_prompt)
     template = load_chat_template(model, model_roots)
+    counter = load_token_counter(model, model_roots)
     preview.template_origin = template.origin
     if fmt != "text" and template.source is None:
         preview.problem = template.problem
         return preview
     allowed = [folder] if data_roots is None else data_roots
-    for split in SPLITS:
+    for split in splits:
         try:
             examples = first_examples(folder / f"{split}.jsonl", per_split, allowed)
         except PathNotAllowed as exc:
@@ -298,8 +335,8 @@ def build_preview(folder: Path, fmt: str | None, model: str, mask_prompt: bool, 
             return preview
         if examples:
             preview.splits[split] = [
-                PreviewExample(split, line, render_example(example, line_format(example) or fmt or "text", template,
-                                                           mask_prompt))
+                PreviewExample(split, line, count_tokens(render_example(
+                    example, line_format(example) or fmt or "text", template, mask_prompt), counter))
                 for line, example in examples
             ]
     return preview

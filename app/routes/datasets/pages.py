@@ -217,6 +217,23 @@ def form_panel(
     return templates.TemplateResponse(request, "_dataset_form_panel.html", {"panel": panel})
 
 
+@router.post("/dataset-tools/form-preview", response_class=HTMLResponse, include_in_schema=False)
+def form_preview(
+    request: Request, settings: SettingsDep, templates: TemplatesDep, data: Annotated[str, Form()] = "",
+    model: Annotated[str, Form()] = "", mask_prompt: Annotated[str | None, Form()] = None,
+) -> HTMLResponse:
+    """The new-run form's first training example as the trainer will see it: the form's model's chat template, its
+    mask_prompt, the token counts (reads only; the fields' own checks say what is wrong with them)."""
+    try:
+        folder = confine(data.strip(), data_roots(settings), "data folder")
+        chosen = preview_model(model, settings)
+    except (PathNotAllowed, HTTPException):
+        return templates.TemplateResponse(request, "_form_example_body.html", {"preview": None})
+    preview = build_preview(folder, None, chosen, mask_prompt not in (None, "", "false"), per_split=1,
+                            data_roots=data_roots(settings), model_roots=model_roots(settings), splits=("train",))
+    return templates.TemplateResponse(request, "_form_example_body.html", {"preview": preview})
+
+
 @router.post("/dataset-tools/subset", response_class=HTMLResponse, include_in_schema=False)
 def subset_form(
     request: Request, session: SessionDep, settings: SettingsDep, templates: TemplatesDep,
