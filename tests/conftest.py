@@ -252,7 +252,9 @@ class Server:
         return parsed
 
     def log_tail(self, size: int = 4096) -> str:
-        """The end of the server's log (its traceback, after a 500)."""
+        """The end of the server's log (its traceback, after a 500: logged once the answer has gone, so a moment
+        is given to it)."""
+        time.sleep(1)
         log = self.root / "server.log"
         return log.read_text(errors="replace")[-size:] if log.exists() else ""
 

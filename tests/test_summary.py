@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,39 @@ def test_differing_keys_lists_only_what_differs() -> None:
     assert set(resumed) == {"resume_from.run_id", "resume_from.iteration"}  # no separate "resume_from: null" row
     shown = [shown_value(v) for v in (MISSING, "adamw", 0.001, None, [1, 2])]
     assert shown == ["—", "adamw", "0.001", "null", "[1, 2]"]
+
+
+def test_a_first_validation_landing_between_the_two_reads_is_left_for_the_next(tmp_path: Path) -> None:
+    """val_figures reads the first validations, then the best ones; a worker's first report committed in between
+    (SQLite reads are no snapshot across statements) made the run's page answer 500. It is counted next time."""
+    from sqlalchemy import event
+    from sqlmodel import Session
+
+    from app.db import make_engine
+    from app.runs.store.summary import val_figures
+    from app.tables import Run, ValReport
+
+    engine = make_engine(tmp_path / "race.db")
+    with Session(engine) as session:
+        run = Run(name="reporting", status="running")
+        session.add(run)
+        session.commit()
+        run_id = run.id
+    assert run_id is not None
+    reads: list[str] = []
+
+    def worker_reports_after_the_first_read(conn: object, cursor: object, statement: str, *_: object) -> None:
+        reads.append(statement)
+        if len(reads) == 1:
+            with sqlite3.connect(tmp_path / "race.db") as worker:
+                worker.execute("INSERT INTO valreport (run_id, iteration, val_loss, val_time, batches, recorded_at)"
+                               " VALUES (?, 0, 2.5, 0.1, 1, '2026-12-07 10:00:00')", (run_id,))
+
+    event.listen(engine, "after_cursor_execute", worker_reports_after_the_first_read)
+    with Session(engine) as session:
+        assert val_figures(session, [run_id]) == {}  # the best read saw it, the first read did not
+    event.remove(engine, "after_cursor_execute", worker_reports_after_the_first_read)
+    with Session(engine) as session:
+        assert val_figures(session, [run_id]) == {run_id: ValFigures(0, 2.5, 0, 2.5)}
+        assert session.get(ValReport, 1) is not None
+    engine.dispose()

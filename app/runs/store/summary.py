@@ -85,6 +85,8 @@ def val_figures(session: Session, run_ids: Sequence[int]) -> dict[int, ValFigure
     firsts = {run_id: (iteration, loss) for run_id, iteration, loss in session.exec(first_query).all()}
     figures = {}
     for run_id, best_iteration, best in session.exec(best_query).all():
+        if run_id not in firsts:  # its first validation landed between the two reads: counted at the next one
+            continue
         first_iteration, first = firsts[run_id]
         figures[run_id] = ValFigures(first_iteration, first, best_iteration, best)
     return figures
