@@ -391,3 +391,19 @@ def test_a_check_is_reused_until_the_files_change(tmp_path: Path) -> None:
         problem = dataset_problem(data, session=session)
         assert problem is not None and "valid.jsonl line 1: 'messages'[0].role" in problem
     engine.dispose()
+
+
+def test_the_token_statistics_and_the_check_name_a_broken_line_alike(tmp_path: Path) -> None:
+    """One rule, one message: the worker that counts tokens reads the same files as the check and says the same."""
+    from worker.token_stats import DatasetFileError, read_split
+
+    good = lines(chat(("user", "hi"), ("assistant", "hello")))
+    for broken in ('{"messages": [}\n', "\n", "[1, 2]\n"):
+        folder = tmp_path / f"case-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "train.jsonl").write_text(good + broken)
+        (folder / "valid.jsonl").write_text(good)
+        checked = validate_dataset(folder)
+        with pytest.raises(DatasetFileError) as raised:
+            read_split(folder / "train.jsonl")
+        assert str(raised.value) == str(checked.errors.issues[0]), broken

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from app.contract.confinement import PathNotAllowed, open_confined
+from app.contract.jsonl import BLANK, not_an_object, not_json
 from app.contract.kinds import TokenStatsParams
 from app.contract.paths import confine_model_files, data_roots
 from app.contract.settings import Settings
@@ -47,14 +48,14 @@ def read_split(path: Path, roots: Sequence[Path] | None = None) -> list[dict[str
     examples = []
     with io.TextIOWrapper(open_confined(path, [path.parent] if roots is None else roots), encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
+            if not line.strip():  # the dataset check's words for the same line (app/contract/jsonl.py)
+                raise DatasetFileError(f"{path.name} line {number}: {BLANK}")
             try:
                 example = json.loads(line)
             except json.JSONDecodeError as exc:
-                what = "a blank line" if not line.strip() else f"not valid JSON ({exc.msg}, column {exc.colno})"
-                raise DatasetFileError(f"{path.name} line {number}: {what}") from None
-            if not isinstance(example, dict):
-                raise DatasetFileError(f"{path.name} line {number}: expected a JSON object, got "
-                                       f"{type(example).__name__}")
+                raise DatasetFileError(f"{path.name} line {number}: {not_json(exc)}") from None
+            if (problem := not_an_object(example)) is not None:
+                raise DatasetFileError(f"{path.name} line {number}: {problem}")
             examples.append(example)
     return examples
 

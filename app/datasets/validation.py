@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from app import json_text
 from app.contract.confinement import PathNotAllowed, open_confined
+from app.contract.jsonl import BLANK, json_type, not_an_object, not_json
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_SPLITS = {
@@ -147,21 +148,6 @@ def summarize(log: IssueLog, shown: int = SHOWN_ERRORS) -> str:
     return "\n".join(lines)
 
 
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 @dataclass
 class LineCheck:
     """What one parsed line is: its format (None when unknown) and its problems as (field, message)."""
@@ -190,8 +176,8 @@ def format_family(fmt: str | None) -> str | None:
 def check_example(example: Any, mask_prompt: bool = False, keys: FeatureKeys = DEFAULT_KEYS) -> LineCheck:
     """Check one parsed JSON line."""
     result = LineCheck()
-    if not isinstance(example, dict):
-        result.errors.append((None, f"must be a JSON object, got {json_type(example)}"))
+    if (problem := not_an_object(example)) is not None:
+        result.errors.append((None, problem))
         return result
     result.format = line_format(example, keys)
     if result.format is None:
@@ -312,7 +298,7 @@ def decode_line(number: int, raw: bytes, file: str, errors: IssueLog) -> str | N
                                         "without BOM"))
         raw = raw[len(UTF8_BOM):]
     if not raw.strip():
-        errors.add(Issue(file, number, None, "is blank: every line must hold one JSON object"))
+        errors.add(Issue(file, number, None, BLANK))
         return None
     try:
         return raw.decode("utf-8")
@@ -342,7 +328,7 @@ def validate_split(source: Path | IO[bytes], split: SplitSummary, errors: IssueL
         try:
             example = json_text.loads(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
-            errors.add(Issue(file, number, None, f"is not valid JSON: {exc.msg} (column {exc.colno})"))
+            errors.add(Issue(file, number, None, not_json(exc)))
             continue
         check = check_example(example, mask_prompt, keys)
         for field_name, message in check.errors:
