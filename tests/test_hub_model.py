@@ -51,3 +51,9 @@ def test_the_api_and_the_form_refuse_it_before_a_row_exists(app_client: InProces
     assert app_client.client.get("/api/runs").json() == []
     form = app_client.client.post("/runs/new/check", data={"model": "acme/not-downloaded", "iters": "10"})
     assert form.status_code == 200 and "acme/not-downloaded is not in the local Hugging Face cache" in form.text
+    # the token-lengths note neither starts a job that would fail with the hub's own error, nor repeats the field's
+    panel = app_client.client.post("/dataset-tools/form-panel", data={"model": "acme/not-downloaded"})
+    assert panel.status_code == 200 and "counted once the data and model fields are right" in panel.text
+    answer = app_client.client.post("/api/token-stats", json={"model": "acme/not-downloaded"})
+    assert answer.status_code == 422 and "is not in the local Hugging Face cache" in answer.text, answer.text
+    assert app_client.client.get("/api/jobs").json() == []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, select
 
+from app.catalog.hub import hub_model_problem
 from app.contract.kinds import TOKEN_STATS, TokenStatsParams
 from app.contract.paths import (
     DATA_DIRS_SETTING,
@@ -182,6 +183,8 @@ def resolve_inputs(settings: Settings, data: str, model: str) -> tuple[Path, str
             raise TokenStatsInputError("model", f"model folder {model_dir} does not exist")
         if not (model_dir / "config.json").is_file():
             raise TokenStatsInputError("model", f"{model_dir} is not a model folder: it has no config.json")
+    elif (problem := hub_model_problem(model, settings)) is not None:  # the form's own sentence, not the hub's
+        raise TokenStatsInputError("model", problem)
     return folder, model
 
 
