@@ -251,7 +251,8 @@ class SecurityMiddleware:
 def token_refusal(given: str | None) -> str:
     start = "the token given is not this dashboard's token" if given else "this dashboard needs its access token"
     return (f"{start}: open the link loraboard printed when it started (http://host:port/?token=...), or send "
-            "the header 'Authorization: Bearer <token>' (the token is LORABOARD_TOKEN or --token).")
+            "the header 'Authorization: Bearer <token>' (the token is LORABOARD_TOKEN, --token, or the one kept in "
+            "<data dir>/token).")
 
 
 async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
@@ -359,6 +360,9 @@ def start_lines(host: str, port: int, token: str | None, no_token: bool, address
     if no_token and not is_loopback(host):
         lines.append("loraboard: --no-token: anyone who can reach this port can start and delete runs and read "
                      "datasets and adapters; use it only on a network you trust.")
+    elif no_token:
+        lines.append("loraboard: --no-token: any program or account on this machine can use the dashboard at this "
+                     "address (start and delete runs, read datasets and adapters).")
     return lines
 
 

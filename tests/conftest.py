@@ -155,6 +155,22 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     return result
 
 
+# The access token every test server requires (loraboard serve's default): the one kept for this account in the
+# project's data folder, as `loraboard serve` makes it; tests send it as scripts do, and Chromium with each request.
+KEPT_TOKEN_FILE = PROJECT_DIR / "data" / "token"
+
+
+def kept_token() -> str:
+    from app.access_token import ensure_token
+
+    return ensure_token(KEPT_TOKEN_FILE)
+
+
+def bearer(token: str | None = None) -> dict[str, str]:
+    """The Authorization header of a request to a test server (its own LORABOARD_TOKEN, else the kept one)."""
+    return {"Authorization": f"Bearer {token or kept_token()}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -173,6 +189,12 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        """The access token it requires: LORABOARD_TOKEN where the test set one, else the one kept for this
+        account (the server reads it from the data folder, as `loraboard serve` does)."""
+        return self.extra_env.get("LORABOARD_TOKEN") or kept_token()
 
     @property
     def models_dir(self) -> Path:
@@ -235,7 +257,7 @@ class Server:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **bearer(self.token)})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 raw = resp.read()
@@ -396,7 +418,9 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(**CONTEXT, accept_downloads=True)
+    """A page whose every request carries the kept access token (a test server that sets its own token is visited
+    with ?token= instead)."""
+    context = browser.new_context(**CONTEXT, accept_downloads=True, extra_http_headers=bearer())
     page = context.new_page()
     yield page
     context.close()

@@ -172,8 +172,8 @@ def test_the_token_reaches_a_dashboard_that_needs_one(tmp_path: Path, default_mo
     try:
         _start_with_token(server, token)
         refused = subprocess.run([*LORABOARD, "runs", "--url", server.url], capture_output=True, text=True,
-                                 env=base_env(), timeout=60, check=False)
-        assert refused.returncode == 1 and "this dashboard needs its access token" in refused.stderr
+                                 env=base_env(), timeout=60, check=False)  # it sends the kept token: not this one
+        assert refused.returncode == 1 and "the token given is not this dashboard's token" in refused.stderr
         listed = subprocess.run([*LORABOARD, "runs", "--url", server.url], capture_output=True, text=True,
                                 env=base_env(LORABOARD_TOKEN=token), timeout=60, check=False)
         assert listed.returncode == 0 and "no runs yet" in listed.stdout, listed.stderr

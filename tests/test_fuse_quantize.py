@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, in_process
+from conftest import PROJECT_DIR, QUICK_RUN, Server, base_env, bearer, in_process
 from huggingface_hub import ModelCard
 from sqlmodel import Session, select
 
@@ -128,7 +128,8 @@ def test_fused_model_is_registered_and_in_the_picker(made: dict[str, Any]) -> No
 
 def test_archive_streams_the_model_folder(made: dict[str, Any]) -> None:
     srv, name = made["srv"], made["names"]["fused"]
-    with urllib.request.urlopen(f"{srv.url}/api/models/{name}/archive", timeout=60) as resp:
+    request = urllib.request.Request(f"{srv.url}/api/models/{name}/archive", headers=bearer(srv.token))
+    with urllib.request.urlopen(request, timeout=60) as resp:
         assert resp.headers["Content-Type"] == "application/x-tar"
         assert resp.headers.get("Content-Length") is None  # streamed, not built whole first
         assert f'filename="{name}.tar"' in resp.headers["Content-Disposition"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, InProcess, Server, in_process
+from conftest import PROJECT_DIR, InProcess, Server, bearer, in_process
 from pydantic import BaseModel
 from sqlmodel import Session
 
@@ -292,7 +292,7 @@ def read_events(url: str, timeout: float = 180) -> list[tuple[str, dict[str, Any
     """Every event of a server-sent event stream until the server ends it."""
     events: list[tuple[str, dict[str, Any]]] = []
     name = ""
-    with urllib.request.urlopen(url, timeout=timeout) as stream:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=bearer()), timeout=timeout) as stream:
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         for raw in stream:
             line = raw.decode().rstrip("\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_RUN, Server
+from conftest import QUICK_RUN, Server, bearer
 from fastapi.sse import ServerSentEvent
 from sqlmodel import Session
 
@@ -217,7 +217,7 @@ def stream(server: Server, path: str, headers: dict[str, str] | None = None, sto
     """Read an event stream until its `end` event (or until the server closes it)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request("GET", path, headers={**bearer(server.token), **(headers or {})})
         response = conn.getresponse()
         assert response.status == 200, (response.status, response.read())
         assert response.getheader("Content-Type", "").startswith("text/event-stream")
@@ -350,7 +350,8 @@ def test_bad_requests_name_the_problem(shared_server: Server) -> None:
     assert status == 404 and body["detail"] == "no run with id 987654"
     run_id, _ = seed_continued_runs(shared_server.root / "loraboard.db")
     conn = http.client.HTTPConnection("127.0.0.1", shared_server.port, timeout=30)
-    conn.request("GET", f"/api/runs/{run_id}/events", headers={"Last-Event-ID": "20-bad"})
+    conn.request("GET", f"/api/runs/{run_id}/events",
+                 headers={"Last-Event-ID": "20-bad", **bearer(shared_server.token)})
     response = conn.getresponse()
     body = json.loads(response.read())
     conn.close()
@@ -366,7 +367,7 @@ def test_shutdown_ends_open_streams_and_the_worker_trains_on(server: Server, sho
     assert status == 201
     server.wait_for(run["id"], lambda r: r["iteration"] >= 5, what="training")
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("GET", f"/api/runs/{run['id']}/events")
+    conn.request("GET", f"/api/runs/{run['id']}/events", headers=bearer(server.token))
     response = conn.getresponse()
     assert response.status == 200
     received = parse(response)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTEXT, QUICK_RUN, Server, points, shot
+from conftest import CONTEXT, QUICK_RUN, Server, bearer, points, shot
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from app.runs.live.stream import tab_title
@@ -59,7 +59,7 @@ LONG_RUN: dict[str, Any] = {**QUICK_RUN, "iters": 100_000, "steps_per_report": 1
 
 
 def live_context(browser: Browser, server: Server, notifications: bool) -> BrowserContext:
-    context = browser.new_context(**CONTEXT)
+    context = browser.new_context(**CONTEXT, extra_http_headers=bearer(server.token))
     if notifications:
         context.grant_permissions(["notifications"], origin=server.url)
     context.add_init_script(RECORDER)

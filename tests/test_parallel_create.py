@@ -11,7 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conftest import QUICK_RUN, TERMINAL, Server
+from conftest import QUICK_RUN, TERMINAL, Server, bearer
 
 CREATES = 50
 # trains until stopped: the first run is still training when the test looks at the queue
@@ -22,7 +22,7 @@ def create(server: Server, barrier: threading.Barrier, number: int) -> tuple[int
     """POST /api/runs once every thread is ready; (status, body), or (0, the error) when no answer came."""
     body = json.dumps({**LONG_RUN, "name": f"parallel {number}"}).encode()
     req = urllib.request.Request(server.url + "/api/runs", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **bearer(server.token)})
     barrier.wait()
     try:
         with urllib.request.urlopen(req, timeout=90) as resp:

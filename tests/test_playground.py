@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, InProcess, Server, base_env, in_process
+from conftest import PROJECT_DIR, QUICK_RUN, TERMINAL, InProcess, Server, base_env, bearer, in_process
 from markupsafe import escape
 from sqlmodel import Session
 
@@ -39,7 +39,7 @@ def events(server: Server, body: dict[str, Any], path: str = "/api/generate", me
     """(event, data) of a whole event stream."""
     data = json.dumps(body).encode() if method == "POST" else None
     request = urllib.request.Request(server.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **bearer(server.token)})
     found: list[tuple[str, dict[str, Any]]] = []
     with urllib.request.urlopen(request, timeout=120) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_RUN, TERMINAL, Server, shot
+from conftest import QUICK_RUN, TERMINAL, Server, bearer, shot
 from playwright.sync_api import Page, expect
 from sqlmodel import Session, select
 
@@ -102,7 +102,7 @@ def start_runs(server: Server, count: int, prefix: str, data: Path) -> list[int]
 def post_form(server: Server, path: str, fields: dict[str, str]) -> str:
     """An htmx form post, as the page sends it; answers the table's HTML."""
     request = urllib.request.Request(server.url + path, data=urllib.parse.urlencode(fields).encode(), method="POST",
-                                     headers={"HX-Request": "true"})
+                                     headers={"HX-Request": "true", **bearer(server.token)})
     with urllib.request.urlopen(request, timeout=30) as response:
         return html.unescape(response.read().decode())
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from conftest import ARTIFACTS, PROJECT_DIR, InProcess, Server, overfitting_run, shot
+from conftest import ARTIFACTS, PROJECT_DIR, InProcess, Server, bearer, overfitting_run, shot
 from playwright.sync_api import Page, Route
 
 from app.contract.policy import best_checkpoint
@@ -327,8 +328,9 @@ def test_markdown_snapshot(shared_server: Server, report_run: dict[str, Any]) ->
 
 
 def test_markdown_download(shared_server: Server, report_run: dict[str, Any]) -> None:
-    req = __import__("urllib.request").request
-    with req.urlopen(f"{shared_server.url}/api/runs/{report_run['id']}/report.md?download=1") as resp:
+    request = urllib.request.Request(f"{shared_server.url}/api/runs/{report_run['id']}/report.md?download=1",
+                                     headers=bearer(shared_server.token))
+    with urllib.request.urlopen(request) as resp:
         assert resp.headers["Content-Disposition"] == f'attachment; filename="run-{report_run["id"]}-report.md"'
         assert resp.headers["Content-Type"].startswith("text/markdown")
 

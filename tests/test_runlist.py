@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QUICK_RUN, InProcess, Server, in_process, occupy_training_slot
+from conftest import QUICK_RUN, InProcess, Server, bearer, in_process, occupy_training_slot
 from sqlmodel import Session
 
 from app.tables import Checkpoint, Run, TrainReport, ValReport, utcnow
@@ -30,7 +30,7 @@ def page(server: Server | InProcess, path: str, htmx: bool = False) -> str:
         response = server.client.get(path, headers=headers)
         response.raise_for_status()  # as urlopen raises
         return response.text
-    request = urllib.request.Request(server.url + path, headers=headers)
+    request = urllib.request.Request(server.url + path, headers={**headers, **bearer(server.token)})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode()
 
@@ -42,7 +42,7 @@ def post_form(server: Server | InProcess, path: str, fields: dict[str, str]) -> 
         return response.text
     data = urllib.parse.urlencode(fields).encode()
     request = urllib.request.Request(server.url + path, data=data, method="POST",
-                                     headers={"HX-Request": "true"})
+                                     headers={"HX-Request": "true", **bearer(server.token)})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read().decode()
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,9 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PROJECT_DIR, InProcess, Server, free_port, in_process, occupy_training_slot
+from conftest import (
+    KEPT_TOKEN_FILE,
+    PROJECT_DIR,
+    InProcess,
+    Server,
+    free_port,
+    in_process,
+    in_process_settings,
+    occupy_training_slot,
+)
+from test_routes_layout import flat_routes
 
+from app.access_token import ensure_token, read_token
 from app.contract.paths import PathNotAllowed, confine
+from app.main import create_app
 from app.security import (
     BindRefused,
     cross_site_problem,
@@ -307,22 +319,6 @@ def test_a_host_name_in_the_setting_is_served(named_server: InProcess) -> None:
 # An access token -----------------------------------------------------------------------
 
 
-@dataclass
-class TokenServer(Server):
-    """A server started with LORABOARD_TOKEN; its own calls (the wait for its start) send it as a bearer token."""
-
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as err:
-            raw, status, ctype = err.read(), err.code, err.headers.get("Content-Type", "")
-        return status, json.loads(raw) if "json" in ctype else None, raw
-
-
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -> Iterator[InProcess]:
     with in_process(tmp_path_factory.mktemp("token"), token=TOKEN) as inproc:
@@ -331,7 +327,7 @@ def token_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) 
 
 @pytest.mark.real  # the serve command's own output
 def test_a_server_with_a_token_prints_the_address_with_it(tmp_path: Path, default_model: Path) -> None:
-    srv = TokenServer(tmp_path, extra_env={"LORABOARD_TOKEN": TOKEN}).start()
+    srv = Server(tmp_path, extra_env={"LORABOARD_TOKEN": TOKEN}).start()
     try:
         log = (srv.root / "server.log").read_text()
         assert f"{srv.url}/?token={TOKEN}" in log  # the ready-to-click address
@@ -368,20 +364,63 @@ def test_the_first_visit_with_the_token_sets_a_cookie(token_server: InProcess) -
     assert call(token_server, "GET", "/api/runs/99999/events", jar).status == 404
 
 
-@pytest.mark.real  # the serve command, started and refused
-def test_binding_everywhere_without_a_token_is_refused(tmp_path: Path) -> None:
+@pytest.mark.real  # the serve command and the kept token, as another account on this machine meets them
+def test_by_default_every_route_refuses_who_has_not_the_kept_token(tmp_path: Path, default_model: Path) -> None:
+    """No token set: `loraboard serve` keeps one for this account (mode 0600, reused across restarts) and prints
+    the address with it. Without it, every route answers 401, a cross-site request too (before the origin check's
+    403); with it the same requests get through the token check."""
+    srv = Server(tmp_path).start()
+    try:
+        kept = KEPT_TOKEN_FILE.read_text().strip()
+        assert KEPT_TOKEN_FILE.stat().st_mode & 0o777 == 0o600
+        log = (srv.root / "server.log").read_text()
+        assert f"{srv.url}/?token={kept}" in log and f"kept in {KEPT_TOKEN_FILE}" in log
+        routes = [route for route in flat_routes(create_app(in_process_settings(tmp_path / "app")).routes)
+                  if getattr(route, "methods", None)]
+        assert len(routes) > 100
+        for route in routes:
+            path = re.sub(r"\{[^}]+\}", "1", route.path)
+            for method in sorted(route.methods - {"HEAD"}):
+                for headers in ({}, {"Origin": "http://evil.example"}, {"Authorization": "Bearer not-the-token-01234"}):
+                    request = urllib.request.Request(srv.url + path, method=method, headers=headers,
+                                                     data=b"{}" if method != "GET" else None)
+                    try:
+                        with urllib.request.urlopen(request, timeout=30) as answer:
+                            status = answer.status
+                    except urllib.error.HTTPError as err:
+                        status = err.code
+                    assert status == 401, (method, path, headers, status)
+        assert srv.request("GET", "/api/runs")[0] == 200  # with it (Server sends the kept token)
+        assert srv.request("GET", f"/api/runs?token={kept}")[0] == 200
+    finally:
+        srv.stop()
+    assert KEPT_TOKEN_FILE.read_text().strip() == kept  # the next start reuses it
+
+
+@pytest.mark.real  # the serve command, refused at once
+def test_a_token_file_without_a_token_stops_the_start_with_what_to_do(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "token").write_text("not a token\n")
     env = {k: v for k, v in os.environ.items() if k != "LORABOARD_TOKEN"}
-    env.update(LORABOARD_DB_PATH=str(tmp_path / "db.sqlite"), LORABOARD_ADAPTERS_DIR=str(tmp_path / "adapters"),
-               LORABOARD_DATASETS_DIR=str(tmp_path / "datasets"))
-    port = free_port()
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "app", "serve", "--host", "0.0.0.0", "--port", str(port)],
-                            cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "refusing to serve on 0.0.0.0 without an access token" in result.stderr
-    assert "--token" in result.stderr and "--no-token" in result.stderr and "LORABOARD_TOKEN" in result.stderr
-    assert "serving on" not in result.stdout and time.monotonic() - started < 60
+    env.update(LORABOARD_DATA_DIR=str(data), LORABOARD_DB_PATH=str(tmp_path / "db.sqlite"))
+    result = subprocess.run([sys.executable, "-m", "app", "serve", "--port", str(free_port())], cwd=PROJECT_DIR,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "serving on" not in result.stdout
+    assert f"{data / 'token'} does not hold an access token" in result.stderr and "delete it" in result.stderr
     assert not (tmp_path / "db.sqlite").exists()  # it stopped before opening anything
+
+
+def test_the_kept_token_is_made_once_and_this_account_alone_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "token"
+    first = ensure_token(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and ensure_token(path) == first == read_token(path)
+    path.chmod(0o644)
+    assert ensure_token(path) == first and path.stat().st_mode & 0o777 == 0o600  # made private again
+    assert read_token(tmp_path / "none") is None
+    assert [p.name for p in path.parent.iterdir()] == ["token"]  # no temporary file left
+    assert start_lines("127.0.0.1", 8000, None, True, [])[1].startswith("loraboard: --no-token: any program or "
+                                                                       "account on this machine")
 
 
 # Paths ---------------------------------------------------------------------------------------

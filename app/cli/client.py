@@ -1,4 +1,5 @@
-"""A small HTTP client of loraboard's API for the command line (standard library only)."""
+"""A small HTTP client of loraboard's API for the command line (standard library, and the token kept for this
+account: app/access_token.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from app.access_token import TokenFileError, read_token, token_path
+from app.contract.settings import Settings
+from app.security import is_loopback
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "LORABOARD_URL"
@@ -40,6 +45,18 @@ def problem_lines(detail: Any) -> list[str]:
     return [str(detail)]
 
 
+def kept_token(url: str) -> str | None:
+    """The token `loraboard serve` keeps for this account (<data dir>/token), for a dashboard on this machine only:
+    a remote address never gets it."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not is_loopback(host):
+        return None
+    try:
+        return read_token(token_path(Settings().data_dir))
+    except TokenFileError:
+        return None
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -65,8 +82,9 @@ class Client:
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        token = self.token or kept_token(self.url)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(address, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:

