@@ -16,7 +16,7 @@ from app.db import make_engine
 from app.id_upgrade import IdUpgradeError, autoincrement_tables, upgrade_ids
 from app.tables import Run, utcnow
 
-SHOWN = {"run", "job", "evaluation", "dataset", "registered_model", "promptset", "generation"}
+SHOWN = {"run", "job", "evaluation", "dataset", "registered_model", "promptset", "generation", "allowedfolder"}
 
 
 def table_sql(path: Path, name: str) -> str:

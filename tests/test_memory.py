@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import QUICK_RUN, Server, click_start, shot
+from conftest import QUICK_RUN, Server, bearer, click_start, shot
 from playwright.sync_api import Browser
 
 from app.catalog.info import model_info, trainable_params
@@ -133,7 +133,7 @@ def test_memory_limit_warn_keeps_training_and_the_page_warns(shared_server: Serv
     assert status == 201, run
     run = shared_server.wait_terminal(run["id"])
     assert run["status"] == "completed" and run["stop_reason"] is None, run
-    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page = browser.new_page(viewport={"width": 1280, "height": 1100}, extra_http_headers=bearer(shared_server.token))
     try:
         page.goto(f"{shared_server.url}/runs/{run['id']}")
         warning = page.locator("#memory-warning")
@@ -154,7 +154,7 @@ def test_memory_limit_warn_keeps_training_and_the_page_warns(shared_server: Serv
 def test_new_run_form_shows_the_estimate_and_warns_when_it_does_not_fit(
     shared_server: Server, browser: Browser
 ) -> None:
-    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page = browser.new_page(viewport={"width": 1280, "height": 1100}, extra_http_headers=bearer(shared_server.token))
     try:
         page.goto(f"{shared_server.url}/runs/new")
         estimate = page.locator("#memory-estimate")

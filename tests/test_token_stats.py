@@ -206,7 +206,7 @@ def test_bad_lines_are_named(shared_server: Server, default_model: Path, tmp_pat
     assert code == 201
     failed = wait_job(shared_server, job["id"])[0]
     assert failed["status"] == "failed"
-    assert failed["error"].startswith("train.jsonl line 3: not valid JSON"), failed["error"]
+    assert failed["error"].startswith("train.jsonl line 3: is not valid JSON"), failed["error"]
 
 
 def test_a_job_whose_worker_died_is_marked_interrupted(shared_app_client: InProcess, tmp_path: Path) -> None:
