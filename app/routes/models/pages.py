@@ -39,9 +39,15 @@ def model_info_panel(request: Request, session: SessionDep, settings: SettingsDe
     """The new-run form's model panel, for the form's current values (sent whole by hx-include): what the model
     is, what the run trains, its memory, and its useful-token share and wall time."""
     form = dict(request.query_params)
-    context: dict[str, Any] = {"info": None, "trainable": None, "error": None, "trainable_error": None}
+    context: dict[str, Any] = {"info": None, "trainable": None, "error": None, "trainable_error": None,
+                               "refused": False}
     try:
-        info = model_info(confined_model(form.get("model", ""), settings), settings)
+        model = confined_model(form.get("model", ""), settings)
+    except ModelInfoError:  # the model field says why, once, with Allow this folder beside it
+        context["refused"] = True
+        return templates.TemplateResponse(request, "_model_info.html", context)
+    try:
+        info = model_info(model, settings)
         context["info"] = info.to_json()
     except ModelInfoError as exc:
         context["error"] = str(exc)
