@@ -358,3 +358,35 @@ def test_a_killed_export_leaves_no_temp_folder_for_the_next(tmp_path: Path) -> N
         folder.mkdir()
     remove_stale_temps(dest)
     assert not dead.exists() and mine.exists() and other.exists()
+
+
+def test_a_source_card_linking_out_of_the_model_folders_is_not_copied(tmp_path: Path) -> None:
+    """The export's card copies the card of the folder it was made from, read within the model folders: a README.md
+    that links elsewhere is left out (nothing of its target is written), and the export still gets its own card."""
+    from sqlmodel import Session
+
+    from app.contract.settings import Settings
+    from app.db import make_engine
+    from app.models.cards import write_gguf_card
+    from app.tables import Job
+
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not for the card\n")
+    settings = Settings(data_dir=tmp_path / "data", db_path=tmp_path / "db.sqlite", allowed_dirs="")
+    source, dest = settings.local_models_dir / "linked", settings.local_exports_dir / "linked-f16"
+    source.mkdir(parents=True)
+    dest.mkdir(parents=True)
+    (source / "README.md").symlink_to(secret)
+    engine = make_engine(settings.database_path)
+    with Session(engine) as session:
+        job = Job(kind="gguf", status="completed", result_json="{}", params_json=json.dumps(
+            {"model": str(source), "dest": str(dest), "file": "linked-f16.gguf", "type": "f16"}))
+        session.add(job)
+        session.commit()
+        write_gguf_card(session, settings, job)
+        assert job.result == {"model_card": str(dest.resolve() / "README.md")}
+    card = (dest / "README.md").read_text()
+    assert "not for the card" not in card and "The model it was made from" not in card
+    assert ModelCard(card).data.base_model == "linked"
+    engine.dispose()

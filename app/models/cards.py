@@ -5,12 +5,15 @@ by the app once the job has completed (each kind's JobView.on_completed), record
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from sqlmodel import Session
 
-from app.contract.confinement import PathNotAllowed
+from app.contract.confinement import PathNotAllowed, read_confined_text
 from app.contract.paths import confine, model_roots
 from app.contract.settings import Settings
 from app.contract.status import RunStatus
@@ -36,12 +39,18 @@ def _record(session: Session, job: Job, **outcome: str) -> None:
 
 
 def _write(folder: Path, text: str) -> None:
-    """README.md written whole (a temporary name, then renamed); it replaces the generic card mlx-lm's fuse
-    writes (this one says how the model was trained)."""
-    target = folder / CARD
-    temp = folder / f".{CARD}.tmp"
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(target)
+    """README.md written whole (a new temporary file, then renamed over the name: a link there is replaced, never
+    followed); it replaces the generic card mlx-lm's fuse writes (this one says how the model was trained)."""
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{CARD}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, folder / CARD)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 def write_fused_card(session: Session, settings: Settings, job: Job) -> None:
@@ -62,6 +71,15 @@ def write_fused_card(session: Session, settings: Settings, job: Job) -> None:
     _record(session, job, model_card=str(folder / CARD))
 
 
+def _source_card(path: Path, settings: Settings) -> str | None:
+    """The card of the folder an export was made from, read within the model folders (one linking out of them is
+    left out: nothing of its target is copied)."""
+    try:
+        return read_confined_text(path, model_roots(settings), errors="replace")
+    except (FileNotFoundError, PathNotAllowed):
+        return None
+
+
 def write_gguf_card(session: Session, settings: Settings, job: Job) -> None:
     """A GGUF export's folder gets its card, with the card of the model folder it was made from (JobView.on_completed
     of `gguf`)."""
@@ -71,8 +89,7 @@ def write_gguf_card(session: Session, settings: Settings, job: Job) -> None:
     try:
         folder = confine(str(params.get("dest", "")), [settings.local_exports_dir], "export folder")
         source = confine(str(params.get("model", "")), model_roots(settings), "model folder")
-        earlier = source / CARD
-        source_card = earlier.read_text(encoding="utf-8", errors="replace") if earlier.is_file() else None
+        source_card = _source_card(source / CARD, settings)
         _write(folder, gguf_card(source_card, str(source), str(params.get("file", "")), str(params.get("type", ""))))
     except (OSError, PathNotAllowed) as exc:
         _record(session, job, model_card_error=str(exc))
