@@ -162,14 +162,17 @@ def blocker(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs:
     return blocking[0] if blocking else None
 
 
-def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
-    """Why the candidate must stay queued, in words for the page (the blocker's); None: it may start now."""
-    holder = blocker(candidate, active, max_concurrent_runs)
-    if holder is None:
-        return None
+def waits_for(holder: Holder) -> str:
+    """What a queued run or job waiting for `holder` says: "waits for run 3 (training) to finish"."""
     if not holder.resident:
         return f"waits for {holder.label} to finish"
     return f"waits for {holder.label} to be {'stopped' if holder.what == 'serve' else 'released'}"
+
+
+def waiting_reason(candidate: Candidate, active: Sequence[Holder], max_concurrent_runs: int) -> str | None:
+    """Why the candidate must stay queued, in words for the page (the blocker's); None: it may start now."""
+    holder = blocker(candidate, active, max_concurrent_runs)
+    return waits_for(holder) if holder is not None else None
 
 
 def holder_ref(holder: Holder) -> str:

@@ -44,7 +44,7 @@ from app.jobs.jobs import (
     request_cancel,
     set_allow_while_training,
     to_release_for,
-    waiting_reason,
+    waits_for,
 )
 from app.jobs.process import WorkerProcess, launch_args, log_tail, spawn_worker, worker_env
 from app.runs.store.queue import cancel_queued, queued_runs
@@ -174,16 +174,14 @@ class Supervisor:
                 continue
             memory = needs_model_memory(item.kind)
             resident = is_resident(item.kind)
-            reason = waiting_reason(Candidate(item.kind, memory, item.allow_while_training, resident), active,
-                                    self.settings.max_concurrent_runs)
-            if reason is None:
+            holder = blocker(Candidate(item.kind, memory, item.allow_while_training, resident), active,
+                             self.settings.max_concurrent_runs)
+            if holder is None:
                 self.spawn_job(session, item)
                 active.append(Holder(item.kind, item.id or 0, item.status, memory, item.allow_while_training,
                                      resident))
             else:
-                holder = blocker(Candidate(item.kind, memory, item.allow_while_training, resident), active,
-                                 self.settings.max_concurrent_runs)
-                record_wait(session, item, reason, holder_ref(holder) if holder else None)
+                record_wait(session, item, waits_for(holder), holder_ref(holder))
 
     def start_or_wait(self, session: Session, run: Run, active: list[Holder]) -> None:
         """Start a queued run, or record what it waits for: an idle playground that alone holds it back is
@@ -201,9 +199,9 @@ class Supervisor:
             self.spawn(session, run)
             active.append(Holder("run", run.id or 0, run.status, memory=True))
             return
-        reason = waiting_reason(candidate, active, limit) or ""
         kept = run.waiting_for == holder_ref(holder) and (run.waiting_reason or "").endswith(RELEASED_FOR_IT)
-        record_wait(session, run, reason + RELEASED_FOR_IT if released or kept else reason, holder_ref(holder))
+        reason = waits_for(holder) + (RELEASED_FOR_IT if released or kept else "")
+        record_wait(session, run, reason, holder_ref(holder))
 
     @contextlib.contextmanager
     def locked(self, session: Session | None) -> Iterator[None]:
