@@ -9,8 +9,7 @@ import socket
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
-from app.catalog.info import HUB_ID, hub_snapshot
-from app.contract.paths import hf_hub_cache_dir
+from app.catalog.info import HUB_ID, cached_hub_model
 from app.contract.run_config import looks_like_path
 from app.contract.settings import Settings
 
@@ -38,8 +37,8 @@ def hub_model_problem(model: str, settings: Settings, environ: Mapping[str, str]
     if not model or looks_like_path(model) or not HUB_ID.match(model) or "/" not in model:
         return None
     env = environ if environ is not None else os.environ
-    hub = hf_hub_cache_dir(env)
-    if hub_snapshot(hub / ("models--" + model.replace("/", "--"))) is not None:
+    hub, snapshot = cached_hub_model(model, env)
+    if snapshot is not None:
         return None
     fetch = f"download it first (`hf download {model}`, where there is a network) or pick a local folder"
     if settings.hf_offline or env.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

@@ -103,6 +103,12 @@ def model_choices(settings: Settings, environ: Mapping[str, str] | None = None,
     return choices
 
 
+def cached_hub_model(model: str, environ: Mapping[str, str] | None = None) -> tuple[Path, tuple[str, Path] | None]:
+    """(the Hugging Face cache, the hub id's snapshot there as hub_snapshot gives it, or None when not cached)."""
+    hub = hf_hub_cache_dir(environ)
+    return hub, hub_snapshot(hub / ("models--" + model.replace("/", "--")))
+
+
 def locate_model(model: str, settings: Settings, environ: Mapping[str, str] | None = None,
                  ) -> tuple[Path, str, str | None]:
     """(folder, source, revision) of a model given as the form gives it: a path, a hub id, or empty."""
@@ -117,8 +123,7 @@ def locate_model(model: str, settings: Settings, environ: Mapping[str, str] | No
         return folder, "local", None
     if not HUB_ID.match(model):
         raise ModelInfoError(f"'{model}' is neither an existing folder nor a Hugging Face model id (org/name)")
-    hub = hf_hub_cache_dir(environ)
-    snapshot = hub_snapshot(hub / ("models--" + model.replace("/", "--")))
+    hub, snapshot = cached_hub_model(model, environ)
     if snapshot is None:
         if settings.hf_offline:
             raise ModelInfoError(f"{model} is not in the local Hugging Face cache ({hub}); this machine works "
