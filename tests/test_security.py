@@ -258,6 +258,17 @@ def test_every_state_changing_route_refuses_another_origin(dashboard: InProcess,
         ("POST", "/serve/jobs/1/start-anyway", {}),
         ("POST", "/api/models/probe/gguf", {"body": {"type": "f16"}}),
         ("POST", "/models/probe/gguf", {"form": {"type": "f16"}}),
+        ("POST", "/api/allowed-folders", {"body": {"path": str(folder)}}),
+        ("DELETE", "/api/allowed-folders/1", {}),
+        ("POST", "/allowed-folders", {"form": {"path": str(folder)}}),
+        ("POST", "/allowed-folders/1/remove", {}),
+        ("POST", "/dataset-tools/form-preview", {"form": {"data": str(folder)}}),
+        ("POST", "/api/configs/parse", {"raw": b"iters: 10\n"}),
+        ("POST", "/runs/new/check", {"form": RUN_FORM}),
+        ("POST", "/api/datasets/upload", {"form": {"name": "probe"}}),
+        ("POST", "/api/datasets/demo", {"body": {"name": "probe-demo"}}),
+        ("POST", "/dataset-tools/subset", {"form": {"source": str(SAMPLE), "name": "probe-sub", "n": "10"}}),
+        ("POST", "/dataset-tools/demo", {"form": {"name": "probe-demo"}}),
     ]
     for method, path, payload in routes:
         for headers in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
@@ -266,7 +277,13 @@ def test_every_state_changing_route_refuses_another_origin(dashboard: InProcess,
             assert "cross-site request" in answer.json["detail"]
     after = dashboard.get(f"/api/runs/{rid}")
     assert after["name"] == "keep me" and run_ids(dashboard) == before | {rid}
-    assert len(dashboard.get("/api/datasets")) == datasets
+    assert len(dashboard.get("/api/datasets")) == datasets and dashboard.get("/api/allowed-folders") == []
+    # the list above names every route that takes more than GET: a new one cannot be left out
+    probed = [(method, path) for method, path, _ in routes]
+    for route in flat_routes(dashboard.app.routes):
+        for method in sorted((getattr(route, "methods", None) or set()) - {"GET", "HEAD"}):
+            shape = re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(route.path)) + "$")
+            assert any(m == method and shape.match(p) for m, p in probed), (method, route.path)
 
 
 def test_a_browser_with_cookies_but_no_origin_needs_the_csrf_token(dashboard: InProcess) -> None:
