@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import PROJECT_DIR, InProcess, Server, bearer, in_process
 from pydantic import BaseModel
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from app.contract.kinds import EVALUATE, KINDS, TOKEN_STATS, TokenStatsParams
 from app.contract.pids import is_job_process
@@ -45,7 +45,7 @@ from app.jobs.jobs import (
 )
 from app.jobs.supervisor import Supervisor
 from app.jobs.views import VIEWS
-from app.tables import Job, Run, utcnow
+from app.tables import Checkpoint, Job, Run, utcnow
 
 SAMPLE = PROJECT_DIR / "data" / "contact-center"
 ENDED = ("completed", "stopped", "failed", "interrupted")
@@ -208,6 +208,40 @@ def test_a_stop_read_before_the_run_ended_leaves_its_end(engine_settings: tuple[
         assert (ended.status, ended.stop_requested) == ("completed", False)
         assert (started.status, started.stop_requested, started.deploy_best_on_end) == ("stopping", True, True)
         assert started.finished_at is None
+
+
+def test_keep_best_asked_while_another_stop_ended_the_run_marks_the_best(
+        engine_settings: tuple[Any, Settings]) -> None:
+    """"Stop and keep best" read while the run stopped on a plain stop, arriving after the worker recorded its end
+    (too late for the worker to see it): the best checkpoint is marked all the same, once. A run with a deployment
+    checkpoint already, or that ended otherwise than stopped, keeps what it has."""
+    engine, settings = engine_settings
+    supervisor = Supervisor(settings, engine)
+    with Session(engine) as reader, Session(engine) as worker:
+        runs = {name: Run(name=name, status="stopping") for name in ("stopped", "marked", "failed")}
+        reader.add_all(runs.values())
+        reader.commit()
+        for run in runs.values():
+            reader.refresh(run)
+            for iteration, loss in ((5, 2.0), (10, 1.5), (15, 1.8)):
+                name = f"{iteration:07d}_adapters.safetensors"
+                worker.add(Checkpoint(run_id=run.id, iteration=iteration, filename=name,
+                                      size_bytes=1, sha256="0", val_loss=loss,
+                                      is_deployment=run.name == "marked" and iteration == 15))
+        for run in runs.values():  # the worker ends each run after the stop request read it
+            row = worker.get(Run, run.id)
+            assert row is not None
+            row.status = "failed" if run.name == "failed" else "stopped"
+            worker.add(row)
+        worker.commit()
+        for run in runs.values():
+            supervisor.request_stop(reader, run, keep_best=True)
+        supervisor.request_stop(reader, runs["stopped"], keep_best=True)  # asked twice: still one
+        ids = {name: run.id for name, run in runs.items()}
+    with Session(engine) as session:
+        deployed = {name: [c.iteration for c in session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id))
+                           if c.is_deployment] for name, run_id in ids.items()}
+    assert deployed == {"stopped": [10], "marked": [15], "failed": []}
 
 
 @pytest.mark.real  # the supervisor starts a real worker

@@ -47,6 +47,7 @@ from app.jobs.jobs import (
     waits_for,
 )
 from app.jobs.process import WorkerProcess, launch_args, log_tail, spawn_worker, worker_env
+from app.runs.store.deployment import deploy_best_once_stopped
 from app.runs.store.queue import cancel_queued, queued_runs
 from app.tables import TERMINAL, Job, Run, RunStatus, utcnow
 
@@ -257,7 +258,9 @@ class Supervisor:
         changed = result.first() is not None
         session.commit()
         session.refresh(run)
-        if not changed:  # it moved on meanwhile: ask again in its new state (ended: nothing to do)
+        if not changed:  # it moved on meanwhile: ask again in its new state
+            if run.is_terminal and keep_best and deploy_best_once_stopped(session, run):
+                session.commit()  # another stop ended it before this one's keep_best was recorded
             self.request_stop(session, run, keep_best)
             return
         if run.pid is not None and run.id is not None and is_worker_process(run.pid, run.id):
