@@ -77,6 +77,43 @@ def test_queue_order_and_cancel_in_sqlite(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_move_while_other_runs_leave_the_queue(tmp_path: Path) -> None:
+    """Another request deletes one queued run and cancels another after the move has read the queue: the move
+    places the runs still queued, leaves the others as those requests left them, and never answers as if the
+    moved run were gone. A moved run that left the queue itself is refused."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    engine = make_engine(tmp_path / "queue.db")
+    with Session(engine) as session:
+        runs = [Run(name=f"run {n}", status="queued") for n in range(1, 6)]
+        session.add_all(runs)
+        session.commit()
+        ids = [run.id for run in runs]
+        leave: list[str] = []
+
+        def others_leave_after_the_queue_is_read(conn: object, cursor: object, statement: str, *_: object) -> None:
+            if leave and "ORDER BY" in statement:
+                with sqlite3.connect(tmp_path / "queue.db") as other:
+                    for sql in leave:
+                        other.execute(sql)
+                leave.clear()
+
+        event.listen(engine, "after_cursor_execute", others_leave_after_the_queue_is_read)
+        leave[:] = [f"DELETE FROM run WHERE id = {ids[1]}",
+                    f"UPDATE run SET status = 'stopped', queue_position = NULL WHERE id = {ids[3]}"]
+        assert move_in_queue(session, runs[4], "top") == [ids[4], ids[0], ids[2]]
+        positions = {run.id: (run.status, run.queue_position) for run in session.exec(select(Run)).all()}
+        assert positions == {ids[4]: ("queued", 1), ids[0]: ("queued", 2), ids[2]: ("queued", 4),
+                             ids[3]: ("stopped", None)}
+        leave[:] = [f"UPDATE run SET status = 'stopped' WHERE id = {ids[2]}"]
+        with pytest.raises(NotQueuedError, match=f"run {ids[2]} left the queue while it was being moved"):
+            move_in_queue(session, session.get(Run, ids[2]), "up")
+        event.remove(engine, "after_cursor_execute", others_leave_after_the_queue_is_read)
+    engine.dispose()
+
+
 # ---- a real server: one run training, four waiting --------------------------------------------
 
 

@@ -51,19 +51,28 @@ def moved(order: list[int], run_id: int, move: str) -> list[int]:
 
 
 def move_in_queue(session: Session, run: Run, move: str) -> list[int]:
-    """Move a queued run; every queued run gets its new position. Returns the new order (run ids)."""
+    """Move a queued run; every queued run gets its new position. Returns the new order (run ids).
+
+    Each position is one statement that only touches a run still queued: a run that another request cancelled,
+    started or deleted since the queue was read keeps what that request did, and leaves the order."""
     assert run.id is not None
     session.refresh(run)
     if run.status != RunStatus.queued.value:
         raise NotQueuedError(f"run {run.id} is {run.status.replace('_', ' ')}, not queued: only a queued run "
                              "can be moved in the queue")
-    runs = {queued.id: queued for queued in queued_runs(session)}
-    order = moved([run_id for run_id in runs if run_id is not None], run.id, move)
+    order = moved([queued.id for queued in queued_runs(session) if queued.id is not None], run.id, move)
+    placed = []
     for position, run_id in enumerate(order, start=1):
-        runs[run_id].queue_position = position
-        session.add(runs[run_id])
+        result = session.exec(  # type: ignore[call-overload]
+            update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
+            .values(queue_position=position).returning(Run.id))
+        if result.first() is not None:
+            placed.append(run_id)
     session.commit()
-    return order
+    session.expire_all()
+    if run.id not in placed:
+        raise NotQueuedError(f"run {run.id} left the queue while it was being moved")
+    return placed
 
 
 def cancel_queued(session: Session, run_ids: list[int] | None = None) -> list[int]:
