@@ -104,20 +104,23 @@ def evaluated(trained_run: dict[str, Any]) -> None:
     server.poll(f"/api/jobs/{job['job_id']}", lambda j: j["status"] in ("completed", "failed", "stopped"), 300)
 
 
-def pages(trained_run: dict[str, Any], live: dict[str, int]) -> list[str]:
+def pages(trained_run: dict[str, Any], live: dict[str, int]) -> tuple[list[str], list[str]]:
+    """The pages seen while a run trains and one waits (those that show them), then the others."""
     server: Server = trained_run["server"]
     run_id, last = trained_run["run_id"], trained_run["iterations"][-1]
     dataset = server.get("/api/datasets")[0]["id"]
-    return ["/", "/runs/new", f"/runs/{run_id}", f"/runs/{live['running']}", f"/runs/{live['queued']}",
-            f"/runs/{run_id}/checkpoints/{last}", f"/runs/{run_id}/report",
-            f"/runs/{run_id}/evaluations/examples?iteration={last}",
-            f"/compare?ids={run_id}&ids={live['running']}", "/datasets", f"/datasets/{dataset}", "/jobs", "/models",
-            "/playground"]
+    running, queued = live["running"], live["queued"]
+    return (["/", f"/runs/{running}", f"/runs/{queued}", f"/compare?ids={run_id}&ids={running}"],
+            ["/runs/new", f"/runs/{run_id}", f"/runs/{run_id}/checkpoints/{last}", f"/runs/{run_id}/report",
+             f"/runs/{run_id}/evaluations/examples?iteration={last}", "/datasets", f"/datasets/{dataset}", "/jobs",
+             "/models", "/playground"])
 
 
 def test_every_page_fits_both_sizes_with_no_error_and_nothing_covered(
     trained_run: dict[str, Any], live_runs: dict[str, int], page: Page,
 ) -> None:
+    """Each page is loaded once at the smaller size and checked, then checked again at the larger one (the layout
+    follows the window; a chart redraws to its new width). The live runs are stopped once their pages are seen."""
     server: Server = trained_run["server"]
     last = trained_run["iterations"][-1]  # best, recommended and, from here on, deployment: its row's widest cell
     status, _ = server.request("PATCH", f"/api/runs/{trained_run['run_id']}/checkpoints/{last}",
@@ -127,15 +130,22 @@ def test_every_page_fits_both_sizes_with_no_error_and_nothing_covered(
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     problems: dict[str, Any] = {}
-    for width, height in SIZES:
-        page.set_viewport_size({"width": width, "height": height})
-        for path in pages(trained_run, live_runs):
-            errors.clear()
-            page.goto(f"{server.url}{path}")
-            if "/runs/" in path:  # a run's page polls and streams: it never goes quiet
-                page.wait_for_timeout(1500)
-            else:
-                page.wait_for_load_state("networkidle")
+    with_live_runs, others = pages(trained_run, live_runs)
+    for path in [*with_live_runs, *others]:
+        if path == others[0]:
+            for run_id in live_runs.values():
+                server.post(f"/api/runs/{run_id}/stop")
+        errors.clear()
+        page.set_viewport_size(dict(zip(("width", "height"), SIZES[0], strict=True)))
+        page.goto(f"{server.url}{path}")
+        if "/runs/" in path:  # a run's page polls and streams: it never goes quiet
+            page.wait_for_timeout(1500)
+        else:
+            page.wait_for_load_state("networkidle")
+        for width, height in SIZES:
+            if (width, height) != SIZES[0]:
+                page.set_viewport_size({"width": width, "height": height})
+                page.wait_for_timeout(400)  # Plotly redraws a chart to its new width after a resize
             found = {"console": list(errors), "overflow": page.evaluate(OVERFLOW), "covered": page.evaluate(COVERED)}
             if path == f"/runs/{live_runs['running']}":  # a training run's chart is in the first screen
                 chart = page.locator("#loss-chart").bounding_box()

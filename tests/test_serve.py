@@ -326,8 +326,8 @@ def start_from_the_form(page: Page, srv: Server, answer: str) -> int:
     the button clicked. Returns the new run's id."""
     before = {run["id"] for run in srv.get("/api/runs")}
     page.goto(f"{srv.url}/runs/new")
-    page.locator("#start-button").click()
-    expect(page.locator("#serving-question")).to_contain_text("holds the model's memory")
+    page.locator("#start-button").click()  # a whole-page POST: the form is checked and drawn again, estimates and all
+    expect(page.locator("#serving-question")).to_contain_text("holds the model's memory", timeout=20_000)
     assert {run["id"] for run in srv.get("/api/runs")} == before
     shot(page, "new-run-asks-about-the-server")
     page.locator(answer).click()

@@ -132,6 +132,12 @@ def exports(smol_server: Server, format_run: dict[str, Any]) -> Iterator[dict[st
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def readers(exports: dict[str, Any]) -> dict[str, GGUFReader]:
+    """The two exports read once (a reader parses the 49,152 tokens and their merges as it opens)."""
+    return {kind: GGUFReader(path) for kind, path in exports["files"].items()}
+
+
 def gguf_names(config: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
     """GGUF name -> (safetensors name, heads to permute for) of a Llama model with tied embeddings (no output)."""
     names: dict[str, tuple[str, int | None]] = {"token_embd.weight": ("model.embed_tokens.weight", None),
@@ -153,7 +159,8 @@ def permute(weights: np.ndarray, n_head: int) -> np.ndarray:
         weights.shape)
 
 
-def test_fused_checkpoint_exports_every_tensor(exports: dict[str, Any], smollm2_model: Path) -> None:
+def test_fused_checkpoint_exports_every_tensor(exports: dict[str, Any], readers: dict[str, GGUFReader],
+                                               smollm2_model: Path) -> None:
     import mlx.core as mx
 
     fused = exports["fused"]
@@ -169,8 +176,7 @@ def test_fused_checkpoint_exports_every_tensor(exports: dict[str, Any], smollm2_
     names = gguf_names(config)
     assert len(names) == len(source) == 2 + 9 * 30
     for kind, tolerance in (("f16", 1e-3), ("q8_0", 2e-2)):
-        reader = GGUFReader(exports["files"][kind])
-        tensors = {t.name: t for t in reader.tensors}
+        tensors = {t.name: t for t in readers[kind].tensors}
         assert set(tensors) == set(names), kind
         for name, (key, heads) in names.items():
             tensor = tensors[name]
@@ -186,12 +192,11 @@ def test_fused_checkpoint_exports_every_tensor(exports: dict[str, Any], smollm2_
     assert sizes["q8_0"] < 0.6 * sizes["f16"]
 
 
-def test_tokenizer_is_llama_cpps_smollm_as_in_the_original_file(exports: dict[str, Any]) -> None:
+def test_tokenizer_is_llama_cpps_smollm_as_in_the_original_file(readers: dict[str, GGUFReader]) -> None:
     """Tokens, types, merges, special ids, add_bos and the chat template equal those of the GGUF file SmolLM2
     came in, and the pre-tokenizer is llama.cpp's "smollm"."""
     original = GGUFReader(original_gguf())
-    for kind in ("f16", "q8_0"):
-        reader = GGUFReader(exports["files"][kind])
+    for kind, reader in readers.items():
         assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"
         for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
                     "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
@@ -213,10 +218,11 @@ def test_qlora_on_the_4bit_copy_trains_and_its_adapter_loads(smol_server: Server
     config = json.loads((quantized / "config.json").read_text())
     assert config["quantization"]["bits"] == 4
     # One step of 32-token rows (the loss on every token: a prompt this long leaves no answer in the row), validated
-    # once on one batch: the least that trains, validates and saves a checkpoint on the 4-bit layers.
+    # once on one batch, before the step (steps_per_eval past the last step): the least that trains, validates and
+    # saves a checkpoint on the 4-bit layers.
     run_body = {"name": "smollm2 qlora", "model": str(quantized), "data": str(smol_data), "fine_tune_type": "lora",
                 "num_layers": 2, "batch_size": 1, "iters": 1, "learning_rate": 1e-3, "mask_prompt": False,
-                "max_seq_length": 32, "steps_per_report": 1, "steps_per_eval": 1, "save_every": 1,
+                "max_seq_length": 32, "steps_per_report": 1, "steps_per_eval": 2, "save_every": 1,
                 "val_batches": 1}
     settings = Settings(models_dir=srv.models_dir, db_path=tmp_path / "form.db",
                         allowed_dirs=str(smol_data.parent),
