@@ -30,6 +30,17 @@ def race_server(tmp_path_factory: pytest.TempPathFactory, default_model: Path) -
     srv.stop()
 
 
+@pytest.fixture(autouse=True)
+def _runs_stopped_after(race_server: Server) -> Iterator[None]:
+    """A test that fails midway leaves no run training: the next one would wait for the only slot and fail too."""
+    yield
+    live = [run["id"] for run in race_server.get("/api/runs") if run["status"] not in TERMINAL]
+    for run_id in live:
+        race_server.post(f"/api/runs/{run_id}/stop")
+    for run_id in live:
+        race_server.wait_terminal(run_id)
+
+
 def at_once(calls: list[Call]) -> list[tuple[str, int, Any]]:
     """Run the calls in threads released together; each answers (what, status, body)."""
     barrier = threading.Barrier(len(calls))
