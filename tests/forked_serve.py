@@ -12,6 +12,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import signal
 import sys
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
@@ -26,6 +27,9 @@ SERVE_EVENT = "loraboard.tests.forked_serve"  # audit event: (executable, argv),
 
 def serve_child(argv: list[str], env: dict[str, str], log_path: str) -> None:
     """The forked process: the environment, folder and log of `python -m app <argv>`, then the command itself."""
+    # a test process has one forkserver: where an in-process test started it as the worker forkserver, it holds the
+    # stop signals for its forks (worker/warm.py); a server must receive them
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     import app
     from app.cli.serve import serve_main
     from app.contract.settings import get_settings
