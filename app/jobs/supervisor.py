@@ -258,9 +258,11 @@ class Supervisor:
         changed = result.first() is not None
         session.commit()
         session.refresh(run)
-        if not changed:  # it moved on meanwhile: ask again in its new state
-            if run.is_terminal and keep_best and deploy_best_once_stopped(session, run):
-                session.commit()  # another stop ended it before this one's keep_best was recorded
+        if not changed and run.is_terminal:  # it ended meanwhile: a keep-best came too late for its worker
+            if keep_best and deploy_best_once_stopped(session, run):
+                session.commit()
+            return
+        if not changed:  # it moved on meanwhile (started, or stopping): ask again in its new state
             self.request_stop(session, run, keep_best)
             return
         if run.pid is not None and run.id is not None and is_worker_process(run.pid, run.id):

@@ -61,7 +61,7 @@ def move_in_queue(session: Session, run: Run, move: str) -> list[int]:
         raise NotQueuedError(f"run {run.id} is {run.status.replace('_', ' ')}, not queued: only a queued run "
                              "can be moved in the queue")
     order = moved([queued.id for queued in queued_runs(session) if queued.id is not None], run.id, move)
-    placed = []
+    placed: list[int] = []
     for position, run_id in enumerate(order, start=1):
         result = session.exec(  # type: ignore[call-overload]
             update(Run).where(col(Run.id) == run_id, col(Run.status) == RunStatus.queued.value)
